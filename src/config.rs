@@ -1,0 +1,477 @@
+//! Configuration: one TOML file, parsed with serde into `Raw*` types, then validated into an
+//! immutable `Config` snapshot that workers read through `ArcSwap` (one `load` per request).
+//! Every error names the file and line. Validation is all or nothing: a `Config` that exists
+//! is one Apex can serve with; nothing in it is checked again on the hot path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::limits::{GROUP_SERVERS_CAP, HEADERS_CAP, HEAD_BYTES_CAP, HEAD_BYTES_FLOOR};
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; 0 in the file means one per core, resolved here.
+    pub workers: usize,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Most specific first: exact hosts, then wildcards by suffix length, then `*`.
+    pub sites: Vec<Site>,
+    pub groups: Vec<Group>,
+    /// Every distinct upstream address; groups refer to these by index, so passive health and
+    /// pools belong to an address, whichever groups share it.
+    pub servers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub client_head: Duration,
+    pub client_idle: Duration,
+    pub client_body: Duration,
+    pub client_send: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_head: Duration,
+    pub upstream_body: Duration,
+    pub upstream_idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub head_bytes: usize,
+    pub headers: usize,
+    pub body_bytes: u64,
+    pub connections: usize,
+    pub upstream_idle_per_server: usize,
+}
+
+#[derive(Debug)]
+pub struct Site {
+    pub host: HostPattern,
+    /// Longest path first.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Lower-case host name.
+    Exact(Box<[u8]>),
+    /// Lower-case suffix with its leading dot: `*.example.com` -> `.example.com`.
+    Suffix(Box<[u8]>),
+    Any,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub path: Box<[u8]>,
+    pub group: usize,
+}
+
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub servers: Vec<usize>,
+    pub cooldown: Duration,
+}
+
+impl HostPattern {
+    fn matches(&self, host: &[u8]) -> bool {
+        match self {
+            HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len()
+                    && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+            }
+            HostPattern::Any => true,
+        }
+    }
+}
+
+impl Config {
+    /// The upstream group for a request: most specific host, then longest path prefix within
+    /// that host's routes (as nginx picks a server block, then a location). `host` has no port.
+    pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
+        let site = self.sites.iter().find(|s| s.host.matches(host))?;
+        site.routes.iter().find(|r| path.starts_with(&r.path)).map(|r| r.group)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: file.clone(), line: 0, msg: format!("cannot read: {e}") })?;
+        Config::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, msg: String| ConfigError {
+            file: file.to_string(),
+            line: span.map_or(0, |s| line_of(text, s.start)),
+            msg,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+        build(raw).map_err(|(span, msg)| err(span, msg))
+    }
+}
+
+/// A config problem, shown as `FILE:LINE: problem` (line 0: the file as a whole).
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.msg)
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes().get(..offset).map_or(1, |b| b.iter().filter(|&&c| c == b'\n').count() + 1)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    workers: Option<Spanned<i64>>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
+    upstream: BTreeMap<String, Spanned<RawGroup>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    client_head: Option<Spanned<String>>,
+    client_idle: Option<Spanned<String>>,
+    client_body: Option<Spanned<String>>,
+    client_send: Option<Spanned<String>>,
+    upstream_connect: Option<Spanned<String>>,
+    upstream_head: Option<Spanned<String>>,
+    upstream_body: Option<Spanned<String>>,
+    upstream_idle: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    head_bytes: Option<Spanned<toml::Value>>,
+    headers: Option<Spanned<i64>>,
+    body_bytes: Option<Spanned<toml::Value>>,
+    connections: Option<Spanned<i64>>,
+    upstream_idle_per_server: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    servers: Spanned<Vec<Spanned<String>>>,
+    cooldown: Option<Spanned<String>>,
+}
+
+type BuildError = (Option<Range<usize>>, String);
+
+fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+/// `250ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at_checked(digits)?;
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }?;
+    Some(Duration::from_millis(ms))
+}
+
+/// An integer number of bytes, or a string with a unit: `512`, `"16KiB"`, `"1MiB"`, `"1GiB"`.
+fn parse_size(v: &toml::Value) -> Option<u64> {
+    match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => {
+            let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let (num, unit) = s.split_at_checked(digits)?;
+            let n: u64 = num.parse().ok()?;
+            let mul: u64 = match unit.trim() {
+                "" | "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                _ => return None,
+            };
+            n.checked_mul(mul)
+        }
+        _ => None,
+    }
+}
+
+fn duration(v: &Option<Spanned<String>>, name: &str, default_ms: u64, zero_ok: bool) -> Result<Duration, BuildError> {
+    let Some(v) = v else { return Ok(Duration::from_millis(default_ms)) };
+    let d = parse_duration(v.get_ref())
+        .ok_or_else(|| (at(v), format!("{name}: bad duration {:?} (use e.g. \"250ms\", \"10s\", \"2m\")", v.get_ref())))?;
+    if d.is_zero() && !zero_ok {
+        return Err((at(v), format!("{name}: a zero timeout would fire at once; give a positive duration")));
+    }
+    Ok(d)
+}
+
+fn int_in(v: &Option<Spanned<i64>>, name: &str, default: usize, min: usize, max: usize) -> Result<usize, BuildError> {
+    let Some(v) = v else { return Ok(default) };
+    match usize::try_from(*v.get_ref()) {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err((at(v), format!("{name}: must be between {min} and {max}"))),
+    }
+}
+
+fn size_in(v: &Option<Spanned<toml::Value>>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, BuildError> {
+    let Some(v) = v else { return Ok(default) };
+    match parse_size(v.get_ref()) {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        Some(_) => Err((at(v), format!("{name}: must be between {min} and {max} bytes"))),
+        None => Err((at(v), format!("{name}: bad size (use e.g. 16384, \"16KiB\", \"1MiB\", \"1GiB\")"))),
+    }
+}
+
+fn parse_addr(s: &Spanned<String>, what: &str) -> Result<SocketAddr, BuildError> {
+    s.get_ref().parse::<SocketAddr>().map_err(|_| {
+        (at(s), format!("{what}: bad address {:?} (want IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")", s.get_ref()))
+    })
+}
+
+fn host_pattern(s: &Spanned<String>) -> Result<HostPattern, BuildError> {
+    let h = s.get_ref().to_ascii_lowercase();
+    if h == "*" {
+        return Ok(HostPattern::Any);
+    }
+    let (wild, name) = match h.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, h.as_str()),
+    };
+    let ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !name.starts_with('.')
+        && !name.ends_with('.');
+    if !ok {
+        return Err((at(s), format!("route host {:?}: want \"example.com\", \"*.example.com\" or \"*\"", s.get_ref())));
+    }
+    Ok(if wild {
+        HostPattern::Suffix(format!(".{name}").into_bytes().into_boxed_slice())
+    } else {
+        HostPattern::Exact(name.as_bytes().into())
+    })
+}
+
+fn build(raw: RawConfig) -> Result<Config, BuildError> {
+    let Some(listen_raw) = raw.listen else {
+        return Err((None, "missing `listen`: give at least one address, e.g. listen = [\"127.0.0.1:8080\"]".into()));
+    };
+    if listen_raw.get_ref().is_empty() {
+        return Err((at(&listen_raw), "listen: give at least one address".into()));
+    }
+    let mut listen = Vec::new();
+    for a in listen_raw.get_ref() {
+        let addr = parse_addr(a, "listen")?;
+        if listen.contains(&addr) && addr.port() != 0 {
+            return Err((at(a), format!("listen: {addr} is listed twice")));
+        }
+        listen.push(addr);
+    }
+    let workers = match int_in(&raw.workers, "workers", 0, 0, 1024)? {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+
+    let t = &raw.timeouts;
+    let timeouts = Timeouts {
+        client_head: duration(&t.client_head, "client_head", 10_000, false)?,
+        client_idle: duration(&t.client_idle, "client_idle", 60_000, false)?,
+        client_body: duration(&t.client_body, "client_body", 30_000, false)?,
+        client_send: duration(&t.client_send, "client_send", 30_000, false)?,
+        upstream_connect: duration(&t.upstream_connect, "upstream_connect", 5_000, false)?,
+        upstream_head: duration(&t.upstream_head, "upstream_head", 60_000, false)?,
+        upstream_body: duration(&t.upstream_body, "upstream_body", 60_000, false)?,
+        upstream_idle: duration(&t.upstream_idle, "upstream_idle", 4_000, false)?,
+    };
+
+    let l = &raw.limits;
+    let limits = Limits {
+        head_bytes: size_in(&l.head_bytes, "head_bytes", HEAD_BYTES_CAP as u64, HEAD_BYTES_FLOOR as u64, HEAD_BYTES_CAP as u64)?
+            as usize,
+        headers: int_in(&l.headers, "headers", 100, 1, HEADERS_CAP)?,
+        body_bytes: size_in(&l.body_bytes, "body_bytes", 1 << 30, 0, u64::MAX)?,
+        connections: int_in(&l.connections, "connections", 10_000, 1, 1_000_000)?,
+        upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 64, 0, 100_000)?,
+    };
+
+    let mut servers: Vec<SocketAddr> = Vec::new();
+    let mut groups = Vec::new();
+    let mut group_index = BTreeMap::new();
+    for (name, g) in &raw.upstream {
+        let list = &g.get_ref().servers;
+        if list.get_ref().is_empty() {
+            return Err((at(list), format!("upstream {name:?}: empty group; give at least one server")));
+        }
+        if list.get_ref().len() > GROUP_SERVERS_CAP {
+            return Err((at(list), format!("upstream {name:?}: at most {GROUP_SERVERS_CAP} servers")));
+        }
+        let mut members = Vec::new();
+        for s in list.get_ref() {
+            let addr = parse_addr(s, &format!("upstream {name:?}"))?;
+            let idx = match servers.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    servers.push(addr);
+                    servers.len() - 1
+                }
+            };
+            if members.contains(&idx) {
+                return Err((at(s), format!("upstream {name:?}: {addr} is listed twice")));
+            }
+            members.push(idx);
+        }
+        let cooldown = duration(&g.get_ref().cooldown, "cooldown", 10_000, true)?;
+        group_index.insert(name.clone(), groups.len());
+        groups.push(Group { name: name.clone(), servers: members, cooldown });
+    }
+
+    if raw.route.is_empty() {
+        return Err((None, "no [[route]]: every request would get 404; add at least one route".into()));
+    }
+    let mut sites: Vec<Site> = Vec::new();
+    for r in &raw.route {
+        let host = match &r.host {
+            Some(h) => host_pattern(h)?,
+            None => HostPattern::Any,
+        };
+        let path: Box<[u8]> = match &r.path {
+            Some(p) if p.get_ref().starts_with('/') && p.get_ref().bytes().all(|b| (b'!'..=b'~').contains(&b)) => {
+                p.get_ref().as_bytes().into()
+            }
+            Some(p) => return Err((at(p), format!("route path {:?}: must start with '/' and be visible ASCII", p.get_ref()))),
+            None => b"/"[..].into(),
+        };
+        let Some(&group) = group_index.get(r.upstream.get_ref()) else {
+            return Err((at(&r.upstream), format!("route to unknown upstream group {:?}", r.upstream.get_ref())));
+        };
+        let site = match sites.iter_mut().position(|s| s.host == host) {
+            Some(i) => sites.get_mut(i),
+            None => {
+                sites.push(Site { host, routes: Vec::new() });
+                sites.last_mut()
+            }
+        };
+        let Some(site) = site else { return Err((None, "internal: site table".into())) };
+        if site.routes.iter().any(|x| x.path == path) {
+            return Err((at(&r.upstream), "duplicate route: this host and path are already routed".to_string()));
+        }
+        site.routes.push(Route { path, group });
+    }
+    for s in &mut sites {
+        s.routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    }
+    sites.sort_by_key(|s| match &s.host {
+        HostPattern::Exact(_) => (0, 0),
+        HostPattern::Suffix(x) => (1, usize::MAX - x.len()),
+        HostPattern::Any => (2, 0),
+    });
+
+    Ok(Config { listen, workers, timeouts, limits, sites, groups, servers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../apex.toml");
+        let c = Config::parse(text, "apex.toml").unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.timeouts.upstream_idle, Duration::from_secs(4));
+        assert_eq!(c.route(b"anything", b"/x"), Some(0));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        assert!(err(&format!("{BASE}bogus = 1\n")).starts_with("t.toml:6: "), "{}", err(&format!("{BASE}bogus = 1\n")));
+        assert!(err("listen = [\"nope\"]\n").starts_with("t.toml:1: listen: bad address"));
+        let e = err(&format!("{BASE}[timeouts]\nclient_head = \"0s\"\n"));
+        assert!(e.starts_with("t.toml:7: client_head: a zero timeout"), "{e}");
+        let e = err(&format!("{BASE}[[route]]\nupstream = \"app\"\n"));
+        assert!(e.starts_with("t.toml:7: duplicate route"), "{e}");
+        let e = err(&format!("{BASE}[[route]]\npath = \"/x\"\nupstream = \"nope\"\n"));
+        assert!(e.starts_with("t.toml:8: route to unknown upstream group"), "{e}");
+        let e = err("listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = []\n");
+        assert!(e.starts_with("t.toml:5: upstream \"app\": empty group"), "{e}");
+        let e = err("listen = [\"127.0.0.1:0\"\n");
+        assert!(e.starts_with("t.toml:"), "{e}");
+    }
+
+    #[test]
+    fn routing_specificity() {
+        let text = "listen = [\"127.0.0.1:0\"]\n\
+            [[route]]\nupstream = \"any\"\n\
+            [[route]]\nhost = \"*.example.com\"\nupstream = \"wild\"\n\
+            [[route]]\nhost = \"*.api.example.com\"\nupstream = \"wild2\"\n\
+            [[route]]\nhost = \"Example.com\"\nupstream = \"exact\"\n\
+            [[route]]\nhost = \"example.com\"\npath = \"/api\"\nupstream = \"api\"\n\
+            [upstream.any]\nservers = [\"127.0.0.1:1\"]\n[upstream.wild]\nservers = [\"127.0.0.1:2\"]\n\
+            [upstream.wild2]\nservers = [\"127.0.0.1:3\"]\n[upstream.exact]\nservers = [\"127.0.0.1:4\"]\n\
+            [upstream.api]\nservers = [\"127.0.0.1:4\"]\n";
+        let c = Config::parse(text, "t").unwrap();
+        let name = |h: &[u8], p: &[u8]| c.route(h, p).map(|g| c.groups[g].name.as_str());
+        assert_eq!(name(b"other", b"/"), Some("any"));
+        assert_eq!(name(b"a.example.com", b"/"), Some("wild"));
+        assert_eq!(name(b"x.api.example.com", b"/"), Some("wild2"));
+        assert_eq!(name(b"EXAMPLE.COM", b"/x"), Some("exact"));
+        assert_eq!(name(b"example.com", b"/api/v1"), Some("api"));
+        assert_eq!(c.servers.len(), 4, "shared addresses are one server");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5 s"), None);
+        assert_eq!(parse_size(&toml::Value::String("16KiB".into())), Some(16384));
+        assert_eq!(parse_size(&toml::Value::Integer(-1)), None);
+    }
+}

@@ -1,0 +1,366 @@
+//! Request heads (RFC 9112 §2-§3, §6; RFC 9110 §7). `parse_request` turns a complete head into a
+//! `Request` that borrows the head bytes, deciding the framing; `write_upstream` re-serialises it
+//! for the upstream. Invariant: a `Request` that parses is unambiguous: one Host, one body
+//! length (none, Content-Length or chunked), a target in origin-form for the upstream.
+
+use bumpalo::Bump;
+
+use super::{check_transfer_encoding, list_items, parse_content_length, trim_ows, valid_field_value, Framing, H1Error};
+
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The target as it goes upstream: origin-form (or `*` for OPTIONS).
+    pub path: &'a str,
+    /// HTTP minor version: 0 or 1.
+    pub minor: u8,
+    /// The Host value, as sent (or the authority of an absolute-form target).
+    pub host: &'a [u8],
+    pub framing: Framing,
+    /// The client wants the connection kept open after this exchange (RFC 9112 §9.3).
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// The Upgrade value, when the client asked for a protocol switch Apex will tunnel.
+    pub upgrade: Option<&'a [u8]>,
+    pub headers: &'a [httparse::Header<'a>],
+    /// Header names listed in Connection: hop-by-hop for this message (RFC 9110 §7.6.1).
+    pub connection_names: &'a [&'a [u8]],
+}
+
+impl Request<'_> {
+    /// RFC 9110 §9.2.2: idempotent methods may be retried automatically.
+    pub fn idempotent(&self) -> bool {
+        matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+    }
+
+    pub fn is_head(&self) -> bool {
+        self.method == "HEAD"
+    }
+}
+
+/// Parses one complete head (`head` ends with CRLFCRLF, as found by `find_head_end`).
+pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) -> Result<Request<'a>, H1Error> {
+    let slots = arena
+        .try_alloc_slice_fill_copy(headers_max, httparse::EMPTY_HEADER)
+        .map_err(|_| H1Error::TooManyHeaders)?;
+    let mut req = httparse::Request::new(slots);
+    let status = httparse::ParserConfig::default()
+        .parse_request(&mut req, head)
+        .map_err(H1Error::from_httparse)?;
+    if status.is_partial() {
+        return Err(H1Error::Syntax("incomplete head"));
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(H1Error::Syntax("incomplete request line"));
+    };
+    let headers: &'a [httparse::Header<'a>] = req.headers;
+
+    // RFC 9110 §9.3.6: CONNECT asks a forward proxy for a tunnel. Apex is a gateway.
+    if method == "CONNECT" {
+        return Err(H1Error::MethodNotAllowed);
+    }
+    // RFC 9112 §3.2: visible ASCII only; httparse lets some non-ASCII through.
+    if target.is_empty() || !target.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return Err(H1Error::BadTarget);
+    }
+
+    let mut host: Option<&[u8]> = None;
+    let mut content_length: Option<u64> = None;
+    let mut te_seen = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut upgrade_token = false;
+    let mut upgrade: Option<&[u8]> = None;
+    let mut expect_continue = false;
+    let mut names = bumpalo::collections::Vec::new_in(arena);
+
+    for h in headers {
+        let name = h.name.as_bytes();
+        // RFC 9110 §5.5: no NUL, CR, LF or other control bytes in a value.
+        if !valid_field_value(h.value) {
+            return Err(H1Error::BadFieldValue);
+        }
+        if name.eq_ignore_ascii_case(b"host") {
+            // RFC 9112 §3.2: more than one Host is a 400.
+            if host.replace(trim_ows(h.value)).is_some() {
+                return Err(H1Error::BadHost);
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            // RFC 9112 §6.3 item 5: repeated Content-Length is refused, even when equal.
+            if content_length.replace(parse_content_length(h.value)?).is_some() {
+                return Err(H1Error::BadContentLength);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te_seen = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for item in list_items(h.value) {
+                if item.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else if item.eq_ignore_ascii_case(b"upgrade") {
+                    upgrade_token = true;
+                } else if !item.is_empty() {
+                    names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
+                    names.push(item);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = Some(trim_ows(h.value));
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            // RFC 9110 §10.1.1: only 100-continue is defined.
+            if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = minor == 1;
+            } else {
+                return Err(H1Error::ExpectationFailed);
+            }
+        }
+    }
+
+    let framing = if te_seen {
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+        if minor == 0 {
+            return Err(H1Error::TransferEncodingOn10);
+        }
+        // RFC 9112 §6.1: a server MAY reject TE with CL; a proxy that guesses is a desync.
+        if content_length.is_some() {
+            return Err(H1Error::ConflictingLength);
+        }
+        check_transfer_encoding(
+            headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.value),
+        )?;
+        Framing::Chunked
+    } else {
+        match content_length {
+            Some(0) | None => Framing::None, // RFC 9112 §6.3 item 7: no length, no body.
+            Some(n) => Framing::Length(n),
+        }
+    };
+
+    // Request target forms, RFC 9112 §3.2.
+    let path = if target.starts_with('/') {
+        target // origin-form
+    } else if target == "*" {
+        if method != "OPTIONS" {
+            return Err(H1Error::BadTarget); // §3.2.4: asterisk-form is for OPTIONS only
+        }
+        target
+    } else if let Some((authority, path)) = split_absolute(target) {
+        // §3.2.2: the authority is the target host; one that disagrees with Host is ambiguous.
+        if authority.is_empty() || authority.contains('@') || !valid_host(authority.as_bytes()) {
+            return Err(H1Error::BadTarget);
+        }
+        match host {
+            Some(h) if !h.eq_ignore_ascii_case(authority.as_bytes()) => return Err(H1Error::BadHost),
+            _ => host = Some(authority.as_bytes()),
+        }
+        path
+    } else {
+        return Err(H1Error::BadTarget);
+    };
+
+    let host = match host {
+        Some(h) if valid_host(h) => h,
+        Some(_) => return Err(H1Error::BadHost),
+        None if minor == 1 => return Err(H1Error::BadHost), // RFC 9112 §3.2: Host is required
+        None => b"",
+    };
+
+    // RFC 9112 §9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
+    let keep_alive = !close && (minor == 1 || keep_alive_token);
+    // RFC 9110 §7.8: ignore Upgrade from HTTP/1.0, and honour it only when Connection names it.
+    // h2c is never tunnelled: Apex does not speak HTTP/2, and an h2c upgrade through a proxy is a
+    // known way past its routing rules.
+    let upgrade = upgrade.filter(|u| {
+        minor == 1 && upgrade_token && !u.is_empty() && !list_items(u).any(|p| p.eq_ignore_ascii_case(b"h2c"))
+    });
+
+    Ok(Request {
+        method,
+        path,
+        minor,
+        host,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+        headers,
+        connection_names: names.into_bump_slice(),
+    })
+}
+
+/// `http://authority/path?q` -> (authority, "/path?q"); a missing path becomes "/".
+/// The target has been checked to be visible ASCII, so slicing at ASCII positions is exact.
+fn split_absolute(target: &str) -> Option<(&str, &str)> {
+    let rest = strip_prefix_ignore_case(target, "http://").or_else(|| strip_prefix_ignore_case(target, "https://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at_checked(end)?;
+    if path.starts_with('/') {
+        Some((authority, path))
+    } else if path.is_empty() {
+        Some((authority, "/"))
+    } else {
+        None // "?query" with no path cannot be made origin-form without allocating; refuse.
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    if head.eq_ignore_ascii_case(prefix) { s.get(prefix.len()..) } else { None }
+}
+
+/// RFC 9110 §7.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]`, with uri-host an IP-literal in
+/// brackets or a reg-name (unreserved, pct-encoded, sub-delims). No userinfo, no spaces.
+pub fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if h.first() == Some(&b'[') {
+        let Some(close) = h.iter().position(|&b| b == b']') else { return false };
+        let (lit, rest) = h.split_at(close + 1);
+        let inner = lit.get(1..lit.len() - 1).unwrap_or(&[]);
+        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        match rest.split_first() {
+            None => return true,
+            Some((b':', port)) => (lit, port),
+            Some(_) => return false,
+        }
+    } else {
+        match h.iter().position(|&b| b == b':') {
+            Some(i) => (h.get(..i).unwrap_or(&[]), h.get(i + 1..).unwrap_or(&[])),
+            None => (h, &[][..]),
+        }
+    };
+    let reg_name_ok = host.first() == Some(&b'[')
+        || host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
+        });
+    reg_name_ok && port.iter().all(u8::is_ascii_digit) && port.len() <= 5
+}
+
+/// The host part of a Host value, without the port, for routing.
+pub fn host_name(h: &[u8]) -> &[u8] {
+    if h.first() == Some(&b'[') {
+        let end = h.iter().position(|&b| b == b']').map_or(h.len(), |e| e + 1);
+        return h.get(..end).unwrap_or(h);
+    }
+    match h.iter().position(|&b| b == b':') {
+        Some(i) => h.get(..i).unwrap_or(h),
+        None => h,
+    }
+}
+
+/// Headers an intermediary must not forward (RFC 9110 §7.6.1), plus those Apex re-writes itself.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+pub(crate) fn named_in(names: &[&[u8]], name: &[u8]) -> bool {
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(head: &[u8]) -> Result<Framing, H1Error> {
+        let arena = Bump::new();
+        parse_request(head, &arena, 64).map(|r| r.framing)
+    }
+
+    macro_rules! case {
+        ($name:ident, $head:expr, $want:expr) => {
+            #[test]
+            fn $name() {
+                assert_eq!(parse($head), $want);
+            }
+        };
+    }
+
+    case!(plain_get, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
+    case!(cl_body, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Ok(Framing::Length(5)));
+    case!(chunked_body, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked));
+    case!(te_and_cl, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", Err(H1Error::ConflictingLength));
+    case!(cl_and_te, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", Err(H1Error::ConflictingLength));
+    case!(two_cl_equal, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", Err(H1Error::BadContentLength));
+    case!(cl_list, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Err(H1Error::BadContentLength));
+    case!(te_on_10, b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Err(H1Error::TransferEncodingOn10));
+    case!(te_gzip, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Err(H1Error::UnknownCoding));
+    case!(no_host, b"GET / HTTP/1.1\r\n\r\n", Err(H1Error::BadHost));
+    case!(no_host_10, b"GET / HTTP/1.0\r\n\r\n", Ok(Framing::None));
+    case!(two_hosts, b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", Err(H1Error::BadHost));
+    case!(host_userinfo, b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Err(H1Error::BadHost));
+    case!(host_space, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Err(H1Error::BadHost));
+    case!(absolute_agrees, b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
+    case!(absolute_disagrees, b"GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadHost));
+    case!(asterisk_get, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadTarget));
+    case!(asterisk_options, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
+    case!(connect, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", Err(H1Error::MethodNotAllowed));
+    case!(authority_form, b"GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadTarget));
+    case!(nul_in_value, b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", Err(H1Error::BadFieldValue));
+    case!(space_before_colon, b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", Err(H1Error::Syntax("bad header name")));
+    case!(expect_other, b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", Err(H1Error::ExpectationFailed));
+
+    #[test]
+    fn obs_fold_refused() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn too_many_headers() {
+        let arena = Bump::new();
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert_eq!(parse_request(head, &arena, 2).map(|r| r.framing), Err(H1Error::TooManyHeaders));
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form() {
+        let arena = Bump::new();
+        let r = parse_request(b"GET HTTP://a:8/x?y HTTP/1.1\r\nHost: a:8\r\n\r\n", &arena, 8).unwrap();
+        assert_eq!((r.path, r.host), ("/x?y", &b"a:8"[..]));
+        let r = parse_request(b"GET http://a HTTP/1.1\r\n\r\n", &arena, 8).unwrap();
+        assert_eq!((r.path, r.host), ("/", &b"a"[..]));
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let arena = Bump::new();
+        let ka = |h: &[u8]| parse_request(h, &arena, 8).unwrap().keep_alive;
+        assert!(ka(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+        assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn upgrade_needs_connection_token_and_no_h2c() {
+        let arena = Bump::new();
+        let up = |h: &[u8]| parse_request(h, &arena, 8).unwrap().upgrade.is_some();
+        assert!(up(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(!up(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(!up(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"));
+        assert!(!up(b"GET / HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"));
+    }
+
+    #[test]
+    fn hosts() {
+        for ok in [&b"a"[..], b"a.b-c.example", b"a:80", b"[::1]", b"[::1]:8080", b"127.0.0.1:1"] {
+            assert!(valid_host(ok), "{:?}", ok);
+        }
+        for bad in [&b"a b"[..], b"u@a", b"a:x", b"[::1", b"[]", b"a:123456", b"a/b"] {
+            assert!(!valid_host(bad), "{:?}", bad);
+        }
+        assert_eq!(host_name(b"a.com:80"), b"a.com");
+        assert_eq!(host_name(b"[::1]:80"), b"[::1]");
+    }
+}

@@ -1,0 +1,273 @@
+//! HTTP/1.1 message syntax and framing (RFC 9110, RFC 9112). Nothing here touches a socket:
+//! every function takes bytes and returns a decision, so all of it is unit-tested and fuzzed.
+
+pub mod chunked;
+pub mod head;
+pub mod response;
+pub mod write;
+
+/// Why a message was refused. `status` is what the client is told; for an upstream response
+/// every variant becomes 502.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum H1Error {
+    /// Head over `limits.head_bytes` (RFC 6585 §5).
+    HeadTooLarge,
+    /// More header fields than `limits.headers` (RFC 6585 §5).
+    TooManyHeaders,
+    /// httparse refused the syntax.
+    Syntax(&'static str),
+    /// A bare CR or LF, or other control byte, where RFC 9112 §2.2 allows only CRLF.
+    BadLineEnding,
+    /// A control byte or non-ASCII in the request target (RFC 9112 §3.2).
+    BadTarget,
+    /// A field value with a control byte (RFC 9110 §5.5).
+    BadFieldValue,
+    /// Host missing, repeated or malformed on HTTP/1.1 (RFC 9112 §3.2).
+    BadHost,
+    /// Content-Length repeated or not `1*DIGIT` that fits in u64 (RFC 9112 §6.3).
+    BadContentLength,
+    /// Both Transfer-Encoding and Content-Length (RFC 9112 §6.1).
+    ConflictingLength,
+    /// Transfer-Encoding whose final coding is not chunked, or chunked twice (RFC 9112 §6.3).
+    BadTransferEncoding,
+    /// A transfer coding other than chunked (RFC 9112 §6.1: 501).
+    UnknownCoding,
+    /// Transfer-Encoding in an HTTP/1.0 message (RFC 9112 §6.1).
+    TransferEncodingOn10,
+    /// Malformed chunked framing (RFC 9112 §7.1).
+    BadChunk,
+    /// CONNECT: Apex is not a forward proxy (RFC 9110 §9.3.6).
+    MethodNotAllowed,
+    /// An Expect value other than 100-continue (RFC 9110 §10.1.1).
+    ExpectationFailed,
+    /// Request body over `limits.body_bytes`.
+    BodyTooLarge,
+}
+
+impl H1Error {
+    pub const fn status(self) -> u16 {
+        match self {
+            Self::HeadTooLarge | Self::TooManyHeaders => 431,
+            Self::UnknownCoding => 501,
+            Self::MethodNotAllowed => 405,
+            Self::ExpectationFailed => 417,
+            Self::BodyTooLarge => 413,
+            _ => 400,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HeadTooLarge => "head too large",
+            Self::TooManyHeaders => "too many header fields",
+            Self::Syntax(s) => s,
+            Self::BadLineEnding => "bare CR or LF",
+            Self::BadTarget => "bad request target",
+            Self::BadFieldValue => "control byte in field value",
+            Self::BadHost => "missing, repeated or malformed Host",
+            Self::BadContentLength => "bad Content-Length",
+            Self::ConflictingLength => "Transfer-Encoding with Content-Length",
+            Self::BadTransferEncoding => "bad Transfer-Encoding",
+            Self::UnknownCoding => "unsupported transfer coding",
+            Self::TransferEncodingOn10 => "Transfer-Encoding in HTTP/1.0",
+            Self::BadChunk => "bad chunked framing",
+            Self::MethodNotAllowed => "CONNECT not allowed",
+            Self::ExpectationFailed => "unsupported expectation",
+            Self::BodyTooLarge => "body too large",
+        }
+    }
+
+    pub(crate) fn from_httparse(e: httparse::Error) -> Self {
+        match e {
+            httparse::Error::TooManyHeaders => Self::TooManyHeaders,
+            httparse::Error::HeaderName => Self::Syntax("bad header name"),
+            httparse::Error::HeaderValue => Self::BadFieldValue,
+            httparse::Error::NewLine => Self::BadLineEnding,
+            httparse::Error::Status => Self::Syntax("bad status line"),
+            httparse::Error::Token => Self::Syntax("bad token"),
+            httparse::Error::Version => Self::Syntax("bad version"),
+        }
+    }
+}
+
+/// How a message body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// The chunked transfer coding.
+    Chunked,
+    /// Until the sender closes (responses only).
+    Close,
+}
+
+/// Finds the end of a head: the index just past the first CRLFCRLF. `scanned` remembers how far
+/// earlier calls got, so a head trickled a byte at a time costs linear, not quadratic, time.
+/// A bare LF, or a CR not followed by LF, is refused at once (RFC 9112 §2.2: we do not take the
+/// lenient path; a lone LF is a classic smuggling desync).
+pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H1Error> {
+    let mut i = *scanned;
+    while let Some(off) = buf.get(i..).and_then(|rest| memchr::memchr2(b'\r', b'\n', rest)) {
+        let at = i + off;
+        match buf.get(at) {
+            Some(b'\r') => match buf.get(at + 1) {
+                Some(b'\n') => {
+                    // CRLF at `at`; the head ends if another CRLF follows.
+                    match (buf.get(at + 2), buf.get(at + 3)) {
+                        (Some(b'\r'), Some(b'\n')) => {
+                            *scanned = at + 4;
+                            return Ok(Some(at + 4));
+                        }
+                        (Some(b'\r'), None) | (None, _) => {
+                            *scanned = at;
+                            return Ok(None);
+                        }
+                        _ => i = at + 2,
+                    }
+                }
+                Some(_) => return Err(H1Error::BadLineEnding),
+                None => {
+                    *scanned = at;
+                    return Ok(None);
+                }
+            },
+            _ => return Err(H1Error::BadLineEnding), // LF not preceded by CR
+        }
+    }
+    *scanned = buf.len();
+    Ok(None)
+}
+
+/// RFC 9110 §5.6.2 tchar.
+pub const fn is_tchar(b: u8) -> bool {
+    matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
+        | b'`' | b'|' | b'~' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+}
+
+/// RFC 9110 §5.5: field-value bytes are VCHAR, obs-text, SP and HTAB; nothing else.
+pub fn valid_field_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+}
+
+/// Trims optional whitespace (SP, HTAB) from both ends (RFC 9110 §5.6.3 OWS).
+pub fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
+    v.get(start..end).unwrap_or(&[])
+}
+
+/// Parses Content-Length: exactly `1*DIGIT` (RFC 9110 §8.6), checked against u64 overflow
+/// (HAProxy once read 2^64+1 as 1). No sign, no list, no hex, no empty value.
+pub fn parse_content_length(v: &[u8]) -> Result<u64, H1Error> {
+    let v = trim_ows(v);
+    if v.is_empty() {
+        return Err(H1Error::BadContentLength);
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return Err(H1Error::BadContentLength);
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(H1Error::BadContentLength)?;
+    }
+    Ok(n)
+}
+
+/// Splits a comma-separated list value into trimmed elements (RFC 9110 §5.6.1).
+pub fn list_items(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(trim_ows)
+}
+
+/// The framing a Transfer-Encoding value asks for: `chunked` must appear exactly once and last
+/// (RFC 9112 §6.3 item 4: otherwise the length cannot be determined: 400); any other coding is
+/// one Apex does not implement (RFC 9112 §6.1: 501). Empty list elements are refused rather than
+/// skipped: a proxy that skips what its upstream does not is a desync.
+pub fn check_transfer_encoding<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<(), H1Error> {
+    let mut chunked_seen = false;
+    let mut last_chunked = false;
+    let mut unknown = false;
+    for value in values {
+        for item in list_items(value) {
+            if item.is_empty() || !item.iter().all(|&b| is_tchar(b)) {
+                return Err(H1Error::BadTransferEncoding);
+            }
+            if item.eq_ignore_ascii_case(b"chunked") {
+                if chunked_seen {
+                    return Err(H1Error::BadTransferEncoding); // RFC 9112 §7: never twice
+                }
+                chunked_seen = true;
+                last_chunked = true;
+            } else {
+                unknown = true;
+                last_chunked = false;
+            }
+        }
+    }
+    if !last_chunked {
+        return Err(if unknown && !chunked_seen { H1Error::UnknownCoding } else { H1Error::BadTransferEncoding });
+    }
+    if unknown {
+        return Err(H1Error::UnknownCoding);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_found_once_whatever_the_split() {
+        let msg = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest";
+        for split in 0..msg.len() {
+            let mut scanned = 0;
+            let first = find_head_end(&msg[..split], &mut scanned).unwrap();
+            let got = first.or_else(|| find_head_end(msg, &mut scanned).unwrap());
+            assert_eq!(got, Some(27), "split {split}");
+        }
+    }
+
+    #[test]
+    fn bare_lf_and_cr_refused() {
+        let mut s = 0;
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n", &mut s), Err(H1Error::BadLineEnding));
+        let mut s = 0;
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", &mut s), Err(H1Error::BadLineEnding));
+        let mut s = 0;
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\n", &mut s), Err(H1Error::BadLineEnding));
+    }
+
+    #[test]
+    fn content_length_strict() {
+        assert_eq!(parse_content_length(b"0"), Ok(0));
+        assert_eq!(parse_content_length(b" 42 "), Ok(42));
+        assert_eq!(parse_content_length(b"007"), Ok(7));
+        assert_eq!(parse_content_length(b"18446744073709551615"), Ok(u64::MAX));
+        for bad in [&b""[..], b"+5", b"-1", b"5, 5", b"0x10", b"18446744073709551616", b"18446744073709551617", b"1 2", b"5a"] {
+            assert_eq!(parse_content_length(bad), Err(H1Error::BadContentLength), "{:?}", bad);
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_rules() {
+        let te = |v: &[&[u8]]| check_transfer_encoding(v.iter().copied());
+        assert_eq!(te(&[b"chunked"]), Ok(()));
+        assert_eq!(te(&[b"Chunked"]), Ok(()));
+        assert_eq!(te(&[b" chunked\t"]), Ok(()));
+        assert_eq!(te(&[b"gzip, chunked"]), Err(H1Error::UnknownCoding));
+        assert_eq!(te(&[b"gzip", b"chunked"]), Err(H1Error::UnknownCoding));
+        assert_eq!(te(&[b"gzip"]), Err(H1Error::UnknownCoding));
+        assert_eq!(te(&[b"chunked, gzip"]), Err(H1Error::BadTransferEncoding));
+        assert_eq!(te(&[b"chunked, chunked"]), Err(H1Error::BadTransferEncoding));
+        assert_eq!(te(&[b"chunked", b"chunked"]), Err(H1Error::BadTransferEncoding));
+        assert_eq!(te(&[b"chunked,"]), Err(H1Error::BadTransferEncoding));
+        assert_eq!(te(&[b"\"chunked\""]), Err(H1Error::BadTransferEncoding));
+        assert_eq!(te(&[b""]), Err(H1Error::BadTransferEncoding));
+        assert_eq!(te(&[b"chunked;q=1"]), Err(H1Error::BadTransferEncoding));
+    }
+}

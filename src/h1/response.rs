@@ -1,0 +1,155 @@
+//! Response heads from an upstream (RFC 9112 §4, §6.3). An upstream is trusted no more than a
+//! client: a response whose framing is ambiguous is refused (the proxy answers 502 and drops
+//! that connection) instead of being relayed for the client to misread.
+
+use bumpalo::Bump;
+
+use super::{check_transfer_encoding, list_items, parse_content_length, valid_field_value, Framing, H1Error};
+
+#[derive(Debug)]
+pub struct Response<'a> {
+    pub code: u16,
+    pub reason: &'a str,
+    pub minor: u8,
+    /// How this response's body is delimited on the upstream connection.
+    pub framing: Framing,
+    /// Content-Length as sent, relayed on bodiless responses (HEAD, 304).
+    pub content_length: Option<u64>,
+    /// The upstream connection can carry another request after this message.
+    pub reusable: bool,
+    pub upgrade: Option<&'a [u8]>,
+    pub headers: &'a [httparse::Header<'a>],
+    pub connection_names: &'a [&'a [u8]],
+}
+
+pub fn parse_response<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize, req_is_head: bool) -> Result<Response<'a>, H1Error> {
+    let slots = arena
+        .try_alloc_slice_fill_copy(headers_max, httparse::EMPTY_HEADER)
+        .map_err(|_| H1Error::TooManyHeaders)?;
+    let mut resp = httparse::Response::new(slots);
+    let status = httparse::ParserConfig::default()
+        .parse_response(&mut resp, head)
+        .map_err(H1Error::from_httparse)?;
+    if status.is_partial() {
+        return Err(H1Error::Syntax("incomplete head"));
+    }
+    let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+        return Err(H1Error::Syntax("incomplete status line"));
+    };
+    // RFC 9110 §15: three digits, 100-599 (httparse takes any three digits).
+    if !(100..=599).contains(&code) {
+        return Err(H1Error::Syntax("bad status code"));
+    }
+    let reason = resp.reason.unwrap_or("");
+    let headers: &'a [httparse::Header<'a>] = resp.headers;
+
+    let mut content_length: Option<u64> = None;
+    let mut te_seen = false;
+    let mut close = false;
+    let mut upgrade = None;
+    let mut names = bumpalo::collections::Vec::new_in(arena);
+    for h in headers {
+        if !valid_field_value(h.value) {
+            return Err(H1Error::BadFieldValue);
+        }
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // RFC 9112 §6.3 item 5: an invalid or repeated length in a response is a 502.
+            if content_length.replace(parse_content_length(h.value)?).is_some() {
+                return Err(H1Error::BadContentLength);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te_seen = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for item in list_items(h.value) {
+                if item.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !item.is_empty() && !item.eq_ignore_ascii_case(b"keep-alive") && !item.eq_ignore_ascii_case(b"upgrade") {
+                    names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
+                    names.push(item);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = Some(super::trim_ows(h.value));
+        }
+    }
+
+    if te_seen {
+        if minor == 0 {
+            return Err(H1Error::TransferEncodingOn10); // RFC 9112 §6.1
+        }
+        if content_length.is_some() {
+            return Err(H1Error::ConflictingLength); // RFC 9112 §6.3 item 3: "ought to be handled as an error"
+        }
+        // Apex relays only the chunked coding; anything else would have to pass through as
+        // close-delimited with a coding the client may not know.
+        check_transfer_encoding(
+            headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.value),
+        )?;
+    }
+    // RFC 9112 §6.3 items 1-7, in order.
+    let framing = if req_is_head || code < 200 || code == 204 || code == 304 {
+        Framing::None
+    } else if te_seen {
+        Framing::Chunked
+    } else {
+        match content_length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let reusable = minor == 1 && !close && framing != Framing::Close;
+    Ok(Response {
+        code,
+        reason,
+        minor,
+        framing,
+        content_length,
+        reusable,
+        upgrade,
+        headers,
+        connection_names: names.into_bump_slice(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framing(head: &[u8], req_is_head: bool) -> Result<(Framing, bool), H1Error> {
+        let arena = Bump::new();
+        parse_response(head, &arena, 32, req_is_head).map(|r| (r.framing, r.reusable))
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false), Ok((Framing::Length(3), true)));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true), Ok((Framing::None, true)));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false), Ok((Framing::Chunked, true)));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", false), Ok((Framing::Close, false)));
+        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n", false), Ok((Framing::None, true)));
+        assert_eq!(framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false), Ok((Framing::None, true)));
+        assert_eq!(framing(b"HTTP/1.1 100 Continue\r\n\r\n", false), Ok((Framing::None, true)));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false), Ok((Framing::Length(1), false)));
+        assert_eq!(framing(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false), Ok((Framing::Length(1), false)));
+    }
+
+    #[test]
+    fn ambiguous_refused() {
+        let bad: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+            b"HTTP/1.1 999 Nope\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ];
+        for head in bad {
+            assert!(framing(head, false).is_err(), "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Serialising heads. Apex never forwards a client's or an upstream's raw head: it writes a
+//! canonical one from the parsed message, so the next hop sees one unambiguous message whatever
+//! oddity arrived. All writes go into a caller's fixed buffer; nothing allocates.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use super::head::{is_hop_by_hop, named_in, Request};
+use super::response::Response;
+use super::{list_items, Framing};
+
+/// A cursor over a fixed output buffer. Any write that does not fit fails as a whole message:
+/// the caller checks `Out::finish`.
+pub struct Out<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+    overflow: bool,
+}
+
+impl<'b> Out<'b> {
+    pub fn new(buf: &'b mut [u8]) -> Self {
+        Out { buf, len: 0, overflow: false }
+    }
+
+    pub fn put(&mut self, bytes: &[u8]) {
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(dst) if !self.overflow => {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            _ => self.overflow = true,
+        }
+    }
+
+    /// Bytes written, or None if the message did not fit.
+    pub fn finish(self) -> Option<usize> {
+        if self.overflow { None } else { Some(self.len) }
+    }
+}
+
+impl std::fmt::Write for Out<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.put(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// How the request body goes upstream.
+pub fn write_request(req: &Request, client_ip: IpAddr, out: &mut Out) {
+    out.put(req.method.as_bytes());
+    out.put(b" ");
+    out.put(req.path.as_bytes());
+    // RFC 9110 §2.5: an intermediary sends its own version.
+    out.put(b" HTTP/1.1\r\nHost: ");
+    out.put(req.host);
+    out.put(b"\r\n");
+    for h in req.headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || named_in(req.connection_names, name)
+            || name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+        {
+            continue;
+        }
+        out.put(name);
+        out.put(b": ");
+        out.put(h.value);
+        out.put(b"\r\n");
+    }
+    // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
+    // append the client's address.
+    out.put(b"X-Forwarded-For: ");
+    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+        let v = super::trim_ows(h.value);
+        if !v.is_empty() {
+            out.put(v);
+            out.put(b", ");
+        }
+    }
+    let _ = write!(out, "{client_ip}\r\n");
+    out.put(b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    out.put(req.host);
+    out.put(b"\r\n");
+    match req.framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::Close => {}
+    }
+    if let Some(proto) = req.upgrade {
+        out.put(b"Connection: upgrade\r\nUpgrade: ");
+        out.put(proto);
+        out.put(b"\r\n");
+    }
+    out.put(b"\r\n");
+}
+
+/// How a response goes to the client.
+#[derive(Clone, Copy, Debug)]
+pub struct RespMode {
+    /// The framing the client will see.
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub client_minor: u8,
+    /// A 101 that opens a tunnel.
+    pub tunnel: bool,
+}
+
+pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.code);
+    out.put(resp.reason.as_bytes());
+    out.put(b"\r\n");
+    for h in resp.headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name) || named_in(resp.connection_names, name) {
+            continue;
+        }
+        out.put(name);
+        out.put(b": ");
+        out.put(h.value);
+        out.put(b"\r\n");
+    }
+    match mode.framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
+        // A bodiless response still says how long the body would be (HEAD, 304: RFC 9110 §8.6).
+        Framing::None => {
+            if let (Some(n), true) = (resp.content_length, resp.code != 204 && resp.code >= 200) {
+                let _ = write!(out, "Content-Length: {n}\r\n");
+            }
+        }
+        Framing::Close => {}
+    }
+    if mode.tunnel {
+        out.put(b"Connection: upgrade\r\nUpgrade: ");
+        out.put(resp.upgrade.unwrap_or(b""));
+        out.put(b"\r\n");
+    } else if !mode.keep_alive {
+        out.put(b"Connection: close\r\n");
+    } else if mode.client_minor == 0 {
+        out.put(b"Connection: keep-alive\r\n");
+    }
+    out.put(b"\r\n");
+}
+
+pub const fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// A response Apex writes itself: short, well formed, `Connection: close` when it will close.
+pub fn write_error(status: u16, close: bool, head_only: bool, keep_alive_10: bool, out: &mut Out) {
+    let reason = reason(status);
+    let body_len = 3 + 1 + reason.len() + 1;
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
+    if status == 405 {
+        out.put(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE\r\n");
+    }
+    if close {
+        out.put(b"Connection: close\r\n");
+    } else if keep_alive_10 {
+        out.put(b"Connection: keep-alive\r\n");
+    }
+    out.put(b"\r\n");
+    if !head_only {
+        let _ = write!(out, "{status} {reason}\n");
+    }
+}
+
+/// Is `token` one of the comma-separated items of any value? Used for `Connection`.
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    list_items(value).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h1::head::parse_request;
+    use bumpalo::Bump;
+
+    fn rewrite(head: &[u8]) -> String {
+        let arena = Bump::new();
+        let req = parse_request(head, &arena, 32).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut out = Out::new(&mut buf);
+        write_request(&req, "10.0.0.9".parse().unwrap(), &mut out);
+        let n = out.finish().unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_removed_and_forwarded_set() {
+        let got = rewrite(
+            b"GET /x HTTP/1.1\r\nHost: a.com\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n\
+              TE: trailers\r\nProxy-Connection: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\n\
+              X-Forwarded-For: 2.2.2.2\r\nAccept: */*\r\n\r\n",
+        );
+        assert_eq!(
+            got,
+            "GET /x HTTP/1.1\r\nHost: a.com\r\nAccept: */*\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9\r\n\
+             X-Forwarded-Proto: http\r\nX-Forwarded-Host: a.com\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Apex: an HTTP/1.1 reverse proxy. One mio event loop per worker thread, share-nothing; a slab
+//! of connection state machines; heads parsed with httparse into a per-worker arena; bodies
+//! streamed through pooled buffers; configuration behind arc-swap.
+//!
+//! Linux only (SO_REUSEPORT per worker, and later splice(2)).
+
+pub mod buf;
+pub mod config;
+pub mod h1;
+pub mod limits;

@@ -1,0 +1,55 @@
+//! Every fixed bound in Apex, as a named constant. Configurable limits (head bytes, header count,
+//! body bytes, connections) live in `config::Limits` and are validated against the caps here.
+
+/// Size of one pooled I/O buffer. A request head must fit in one (see `HEAD_BYTES_CAP`).
+pub const BUF_BYTES: usize = 16 * 1024;
+
+/// The largest `limits.head_bytes` an operator may configure: a head is parsed in one buffer.
+pub const HEAD_BYTES_CAP: usize = BUF_BYTES;
+
+/// Smallest `limits.head_bytes`: below this, ordinary browsers' requests would not fit.
+pub const HEAD_BYTES_FLOOR: usize = 1024;
+
+/// The largest `limits.headers` an operator may configure (httparse's slot array lives in the arena).
+pub const HEADERS_CAP: usize = 256;
+
+/// Upstream servers per group: a request remembers which it tried in a `u64` bit set.
+pub const GROUP_SERVERS_CAP: usize = 64;
+
+/// Bytes of per-request scratch memory (parsed header slots, Connection tokens).
+pub const ARENA_BYTES: usize = 32 * 1024;
+
+/// Turns of one connection's state machine per event before it is declared runaway.
+pub const STEP_TURNS_MAX: usize = 64;
+
+/// Events taken from epoll per `poll` call.
+pub const EVENTS_CAPACITY: usize = 1024;
+
+/// A chunk-size line, with its extensions, may not exceed this (RFC 9112 §7.1.1 sets no bound;
+/// we do, so a client cannot make us scan forever).
+pub const CHUNK_LINE_MAX: usize = 4096;
+
+/// Total bytes of a chunked trailer section (RFC 9112 §7.1.2), parsed and then dropped.
+pub const TRAILER_BYTES_MAX: usize = 16 * 1024;
+
+/// After Apex answers an error and shuts down its write side, it reads and discards what the
+/// client still sends for at most this long (nginx's lingering close), so the client sees the
+/// response instead of a reset.
+pub const LINGER_MS: u64 = 2_000;
+
+/// Interim (1xx) responses from an upstream skipped per request before it is called a liar.
+pub const INTERIM_MAX: u8 = 8;
+
+/// Leading empty lines tolerated before a request line (RFC 9112 §2.2 says "at least one").
+pub const LEADING_CRLF_MAX: usize = 8;
+
+/// Timers are swept at most this often; each deadline fires within this much of its time.
+pub const SWEEP_MIN_MS: u64 = 10;
+
+/// And at least this often, so a paused accept loop retries after fd exhaustion.
+pub const SWEEP_MAX_MS: u64 = 1_000;
+
+const _: () = assert!(HEAD_BYTES_FLOOR <= HEAD_BYTES_CAP);
+const _: () = assert!(GROUP_SERVERS_CAP <= 64);
+const _: () = assert!(BUF_BYTES <= u32::MAX as usize);
+const _: () = assert!(HEADERS_CAP * 64 < ARENA_BYTES);
