@@ -8,3 +8,8 @@ pub mod buf;
 pub mod config;
 pub mod h1;
 pub mod limits;
+pub mod conn;
+pub mod io;
+pub mod reactor;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,980 @@
+//! One client connection and the upstream exchange it drives: the state machine.
+//!
+//! ```text
+//! ReadHead -> Connect -> Exchange -> RespBody -> ReadHead | Respond(close)
+//!                           \-> Tunnel (after a 101, only when the client asked to upgrade)
+//! any -> Respond (Apex's own answer) -> ReadHead | Linger -> Close
+//! ```
+//! Only `step` assigns `self.phase`. Each phase function does one bounded round of work and
+//! returns `Next::Again` (made progress, run again), `Next::Wait` (blocked on I/O or a timer) or
+//! `Next::Go(phase)`. The request body keeps flowing upstream during `RespBody` (an upstream may
+//! answer before it has read everything); the exchange ends when the response has ended, and a
+//! request body not fully sent by then closes the client connection after the response.
+//!
+//! Buffers: `cin` (client bytes: heads, bodies, pipelined requests), `uout` (what goes upstream),
+//! `uin` (upstream bytes), `cout` (what goes to the client). Taken from the worker's pool when
+//! bytes arrive, given back when empty at the end of an exchange.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bumpalo::Bump;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::buf::{Buf, BufPool};
+use crate::config::Config;
+use crate::h1::chunked::Decoder;
+use crate::h1::head::{host_name, parse_request};
+use crate::h1::response::parse_response;
+use crate::h1::write::{write_error, write_request, write_response, Out, RespMode};
+use crate::h1::{find_head_end, Framing, H1Error};
+use crate::io::{fill, flush, Filled, Io};
+use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX, LINGER_MS, STEP_TURNS_MAX};
+use crate::upstream::{UpConn, Upstreams};
+
+/// What a worker lends a connection while it steps.
+pub struct Cx {
+    pub now: Instant,
+    pub cfg: std::sync::Arc<Config>,
+    pub registry: Registry,
+    pub bufs: BufPool,
+    pub arena: Bump,
+    pub ups: Upstreams,
+    /// Earliest deadline armed since the last sweep.
+    pub next_sweep: Instant,
+    /// An fd was closed: a paused accept loop may resume.
+    pub fd_freed: bool,
+}
+
+impl Cx {
+    fn arm(&mut self, d: Duration) -> Instant {
+        let at = self.now + d;
+        if at < self.next_sweep {
+            self.next_sweep = at;
+        }
+        at
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    ReadHead,
+    Connect,
+    Exchange,
+    RespBody,
+    Tunnel,
+    Respond,
+    Linger,
+    Close,
+}
+
+enum Next {
+    Again,
+    Wait,
+    Go(Phase),
+}
+
+/// What pumping the request body did: moved bytes (or not), or the exchange must change course.
+enum Pump {
+    Moved(bool),
+    Divert(Next),
+}
+
+/// How a body is being moved.
+#[derive(Clone, Copy, Debug)]
+enum Body {
+    Done,
+    Length(u64),
+    Chunked(Decoder),
+    /// Until EOF (close-delimited responses).
+    Raw,
+}
+
+impl Body {
+    fn is_done(&self) -> bool {
+        match self {
+            Body::Done => true,
+            Body::Length(n) => *n == 0,
+            Body::Chunked(d) => d.is_done(),
+            Body::Raw => false,
+        }
+    }
+}
+
+/// Why a connection is being closed, for the error log and for which status was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Internal(&'static str),
+}
+
+pub struct Conn {
+    sock: TcpStream,
+    peer: SocketAddr,
+    io: Io,
+    pub phase: Phase,
+    cin: Option<Buf>,
+    cout: Option<Buf>,
+    uin: Option<Buf>,
+    uout: Option<Buf>,
+    /// The attached upstream connection (key in `Upstreams::conns`).
+    up: Option<usize>,
+    pub deadline: Instant,
+    /// On the worker's run-again list.
+    pub queued: bool,
+    requests: u32,
+    rq: Exchange,
+}
+
+/// Per-exchange state, reset when a new request head is parsed.
+#[derive(Clone, Copy)]
+struct Exchange {
+    head_scan: usize,
+    head_timer: bool,
+    keep_alive: bool,
+    close_after: bool,
+    client_minor: u8,
+    is_head: bool,
+    retry_ok: bool,
+    retried: bool,
+    upgrade: bool,
+    group: usize,
+    server: usize,
+    tried: u64,
+    head_len: usize,
+    req_body: Body,
+    resp_body: Body,
+    rechunk: bool,
+    resp_scan: usize,
+    resp_reusable: bool,
+    resp_seen: bool,
+    interim: u8,
+    timed_out: bool,
+    client_eof: bool,
+    up_eof: bool,
+    client_shut: bool,
+    up_shut: bool,
+    body_limit: u64,
+}
+
+impl Exchange {
+    const fn new() -> Self {
+        Exchange {
+            head_scan: 0,
+            head_timer: false,
+            keep_alive: false,
+            close_after: false,
+            client_minor: 1,
+            is_head: false,
+            retry_ok: false,
+            retried: false,
+            upgrade: false,
+            group: 0,
+            server: 0,
+            tried: 0,
+            head_len: 0,
+            req_body: Body::Done,
+            resp_body: Body::Done,
+            rechunk: false,
+            resp_scan: 0,
+            resp_reusable: false,
+            resp_seen: false,
+            interim: 0,
+            timed_out: false,
+            client_eof: false,
+            up_eof: false,
+            client_shut: false,
+            up_shut: false,
+            body_limit: 0,
+        }
+    }
+}
+
+type Step = Result<Next, Fault>;
+
+impl Conn {
+    pub fn new(sock: TcpStream, peer: SocketAddr, cx: &mut Cx) -> Conn {
+        let deadline = cx.arm(cx.cfg.timeouts.client_head);
+        Conn {
+            sock,
+            peer,
+            io: Io { readable: true, writable: true, hup: false },
+            phase: Phase::ReadHead,
+            cin: None,
+            cout: None,
+            uin: None,
+            uout: None,
+            up: None,
+            deadline,
+            queued: false,
+            requests: 0,
+            rq: Exchange::new(),
+        }
+    }
+
+    pub fn on_event(&mut self, ev: &mio::event::Event) {
+        self.io.on_event(ev);
+    }
+
+    /// Runs the state machine until it waits for I/O. Returns true if it stopped only because
+    /// its turn budget ran out with work left (the worker steps it again after other work).
+    pub fn step(&mut self, cx: &mut Cx, key: usize) -> Result<bool, Fault> {
+        for _ in 0..STEP_TURNS_MAX {
+            let next = match self.phase {
+                Phase::ReadHead => self.read_head(cx)?,
+                Phase::Connect => self.connect(cx, key)?,
+                Phase::Exchange => self.exchange(cx)?,
+                Phase::RespBody => self.resp_body(cx)?,
+                Phase::Tunnel => self.tunnel(cx)?,
+                Phase::Respond => self.respond(cx)?,
+                Phase::Linger => self.linger(cx)?,
+                Phase::Close => return Ok(false),
+            };
+            match next {
+                Next::Again => {}
+                Next::Wait => return Ok(false),
+                Next::Go(p) => self.enter(p, cx),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Entry actions of each phase, in one place.
+    fn enter(&mut self, p: Phase, cx: &mut Cx) {
+        let t = cx.cfg.timeouts;
+        match p {
+            Phase::ReadHead => {
+                self.rq = Exchange::new();
+                self.release_bufs(cx);
+                let has_bytes = self.cin.as_ref().is_some_and(|b| !b.is_empty());
+                // Pipelined bytes already waiting start the whole-head clock; otherwise idle.
+                self.deadline = cx.arm(if has_bytes { t.client_head } else { t.client_idle });
+                self.rq.head_timer = has_bytes;
+            }
+            Phase::Exchange => {
+                self.deadline = cx.arm(if self.rq.req_body.is_done() { t.upstream_head } else { t.client_body });
+            }
+            Phase::RespBody | Phase::Tunnel => self.deadline = cx.arm(t.upstream_body),
+            Phase::Respond => self.deadline = cx.arm(t.client_send),
+            Phase::Linger => {
+                let _ = self.sock.shutdown(Shutdown::Write);
+                self.deadline = cx.arm(Duration::from_millis(LINGER_MS));
+            }
+            Phase::Connect | Phase::Close => {}
+        }
+        self.phase = p;
+    }
+
+    /// Gives back every buffer that holds nothing.
+    fn release_bufs(&mut self, cx: &mut Cx) {
+        cx.bufs.release_if_empty(&mut self.cin);
+        cx.bufs.release_if_empty(&mut self.cout);
+        cx.bufs.release_if_empty(&mut self.uin);
+        cx.bufs.release_if_empty(&mut self.uout);
+    }
+
+    /// Called by the worker when the connection is removed.
+    pub fn close(mut self, cx: &mut Cx) {
+        cx.bufs.release(&mut self.cin);
+        cx.bufs.release(&mut self.cout);
+        cx.bufs.release(&mut self.uin);
+        cx.bufs.release(&mut self.uout);
+        if let Some(uk) = self.up.take() {
+            cx.ups.close(uk);
+        }
+        cx.fd_freed = true;
+    }
+
+    fn drop_upstream(&mut self, cx: &mut Cx) {
+        if let Some(uk) = self.up.take() {
+            cx.ups.close(uk);
+            cx.fd_freed = true;
+        }
+        if let Some(b) = self.uin.as_mut() {
+            b.clear();
+        }
+        if let Some(b) = self.uout.as_mut() {
+            b.clear();
+        }
+    }
+
+    /// Queues Apex's own response and moves to `Respond`. Anything from the upstream is dropped.
+    fn fail(&mut self, cx: &mut Cx, status: u16, close: bool) -> Step {
+        self.drop_upstream(cx);
+        if matches!(self.phase, Phase::RespBody | Phase::Tunnel) {
+            // The response head is already out: no status can be sent any more, only a close.
+            return Ok(Next::Go(Phase::Close));
+        }
+        self.rq.close_after |= close || !self.rq.keep_alive;
+        let head_only = self.rq.is_head;
+        let ka10 = self.rq.client_minor == 0 && !self.rq.close_after;
+        let out = cx.bufs.fill_slot(&mut self.cout);
+        let mut tmp = [0u8; 256];
+        let mut w = Out::new(&mut tmp);
+        write_error(status, self.rq.close_after, head_only, ka10, &mut w);
+        let n = w.finish().ok_or(Fault::Internal("error response too long"))?;
+        if !out.put(tmp.get(..n).unwrap_or(&[])) {
+            return Err(Fault::Client); // the client has not read earlier responses; give up
+        }
+        Ok(Next::Go(Phase::Respond))
+    }
+
+    fn flush_client(&mut self) -> Result<usize, Fault> {
+        match self.cout.as_mut() {
+            Some(b) => flush(&self.sock, &mut self.io, b).map_err(|_| Fault::Client),
+            None => Ok(0),
+        }
+    }
+
+    fn up_conn<'a>(&self, cx: &'a mut Cx) -> Option<&'a mut UpConn> {
+        self.up.and_then(|k| cx.ups.conns.get_mut(k))
+    }
+
+    // ---- ReadHead -------------------------------------------------------------------------
+
+    fn read_head(&mut self, cx: &mut Cx) -> Step {
+        let progress = self.flush_client()? > 0;
+        let limits = cx.cfg.limits;
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        // RFC 9112 §2.2: ignore a few empty lines before a request line.
+        for _ in 0..LEADING_CRLF_MAX {
+            if cin.filled().starts_with(b"\r\n") {
+                cin.consume(2);
+            } else {
+                break;
+            }
+        }
+        let found = match find_head_end(cin.filled(), &mut self.rq.head_scan) {
+            Ok(f) => f,
+            Err(e) => return self.reject(cx, e),
+        };
+        let Some(end) = found else {
+            if cin.len() >= limits.head_bytes {
+                return self.reject(cx, H1Error::HeadTooLarge);
+            }
+            match fill(&self.sock, &mut self.io, cin).map_err(|_| Fault::Client)? {
+                Filled::Data(_) => {
+                    if !self.rq.head_timer {
+                        self.rq.head_timer = true;
+                        self.deadline = cx.arm(cx.cfg.timeouts.client_head);
+                    }
+                    return Ok(Next::Again);
+                }
+                Filled::Eof => {
+                    // Between requests, a close is the client's way to end; mid-head it is an abort.
+                    if cin.is_empty() && self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+                        self.rq.close_after = true;
+                        return Ok(Next::Go(Phase::Respond));
+                    }
+                    return Ok(Next::Go(Phase::Close));
+                }
+                Filled::Idle => {
+                    if cin.is_empty() {
+                        cx.bufs.release_if_empty(&mut self.cin);
+                    }
+                    return Ok(if progress { Next::Again } else { Next::Wait });
+                }
+            }
+        };
+        if end > limits.head_bytes {
+            return self.reject(cx, H1Error::HeadTooLarge);
+        }
+
+        // Parse, route, and write the upstream head, all from the borrowed head bytes.
+        cx.arena.reset();
+        let Some(cin) = self.cin.as_ref() else { return Err(Fault::Internal("cin")) };
+        let head = cin.filled().get(..end).unwrap_or(&[]);
+        let req = match parse_request(head, &cx.arena, limits.headers) {
+            Ok(r) => r,
+            Err(e) => {
+                // A syntax error says nothing about the version; answer for what we saw.
+                return self.reject(cx, e);
+            }
+        };
+        self.requests = self.requests.saturating_add(1);
+        let rq = &mut self.rq;
+        rq.keep_alive = req.keep_alive;
+        rq.client_minor = req.minor;
+        rq.is_head = req.is_head();
+        rq.upgrade = req.upgrade.is_some();
+        rq.body_limit = limits.body_bytes;
+        rq.req_body = match req.framing {
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(Decoder::new()),
+            Framing::None | Framing::Close => Body::Done,
+        };
+        rq.retry_ok = req.idempotent() && matches!(req.framing, Framing::None);
+        let has_body = !matches!(req.framing, Framing::None);
+        let expect_continue = req.expect_continue && has_body;
+        if let Framing::Length(n) = req.framing {
+            if n > limits.body_bytes {
+                return self.reject(cx, H1Error::BodyTooLarge);
+            }
+        }
+        let path = req.path.as_bytes();
+        let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
+        let Some(group) = cx.cfg.route(host_name(req.host), path_only) else {
+            let close = has_body; // the body was not read: it cannot be told from the next request
+            let consumed = end;
+            if let Some(b) = self.cin.as_mut() {
+                b.consume(consumed);
+            }
+            return self.fail(cx, 404, close);
+        };
+        self.rq.group = group;
+
+        let uout = cx.bufs.fill_slot(&mut self.uout);
+        uout.clear();
+        let mut w = Out::new(uout.spare());
+        write_request(&req, self.peer.ip(), &mut w);
+        let Some(n) = w.finish() else {
+            return self.reject(cx, H1Error::HeadTooLarge);
+        };
+        uout.commit(n);
+        self.rq.head_len = n;
+        if let Some(b) = self.cin.as_mut() {
+            b.consume(end);
+        }
+        // RFC 9110 §10.1.1: Apex answers 100-continue itself, once it has an upstream to send to
+        // (the Expect header is not forwarded, so the upstream never sends a second one).
+        if expect_continue {
+            let cout = cx.bufs.fill_slot(&mut self.cout);
+            if !cout.put(b"HTTP/1.1 100 Continue\r\n\r\n") {
+                return Err(Fault::Client);
+            }
+        }
+        self.start_connect(cx)
+    }
+
+    /// A malformed request: its status, `Connection: close`, and nothing forwarded.
+    fn reject(&mut self, cx: &mut Cx, e: H1Error) -> Step {
+        if let Some(b) = self.cin.as_mut() {
+            b.clear();
+        }
+        self.fail(cx, e.status(), true)
+    }
+
+    // ---- Connect --------------------------------------------------------------------------
+
+    fn start_connect(&mut self, _cx: &mut Cx) -> Step {
+        Ok(Next::Go(Phase::Connect))
+    }
+
+    fn connect(&mut self, cx: &mut Cx, key: usize) -> Step {
+        // Waiting on a connect in progress?
+        if let Some(uk) = self.up {
+            let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+            if u.connected {
+                return Ok(Next::Go(Phase::Exchange));
+            }
+            if !u.io.writable && !u.io.hup {
+                return Ok(Next::Wait);
+            }
+            let ok = match u.sock.take_error() {
+                Ok(None) => match u.sock.peer_addr() {
+                    Ok(_) => Some(true),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
+                    Err(_) => Some(false),
+                },
+                _ => Some(false),
+            };
+            match ok {
+                None => {
+                    u.io.writable = false;
+                    return Ok(Next::Wait);
+                }
+                Some(true) => {
+                    u.connected = true;
+                    let server = u.server;
+                    cx.ups.mark_up(server);
+                    return Ok(Next::Go(Phase::Exchange));
+                }
+                Some(false) => {
+                    self.connect_failed(cx, false);
+                }
+            }
+        }
+        // Pick a server: a pooled connection to it, else a new one.
+        for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
+            let cfg = cx.cfg.clone();
+            let Some((idx, server)) = cx.ups.pick(&cfg, self.rq.group, self.rq.tried, cx.now) else {
+                let status = if self.rq.timed_out { 504 } else { 502 };
+                let close = !self.rq.req_body.is_done();
+                return self.fail(cx, status, close);
+            };
+            self.rq.tried |= 1u64 << idx;
+            self.rq.server = server;
+            if !self.rq.retried {
+                if let Some(uk) = cx.ups.take_idle(server, key) {
+                    self.up = Some(uk);
+                    return Ok(Next::Go(Phase::Exchange));
+                }
+            }
+            let Some(addr) = cfg.servers.get(server).copied() else { continue };
+            match self.open(cx, key, server, addr) {
+                Ok(uk) => {
+                    self.up = Some(uk);
+                    self.deadline = cx.arm(cfg.timeouts.upstream_connect);
+                    return Ok(Next::Again);
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    // Not the server's fault: do not mark it down.
+                    let close = !self.rq.req_body.is_done();
+                    return self.fail(cx, 502, close);
+                }
+                Err(_) => {
+                    cx.ups.mark_down(server, cx.now + cfg.groups.get(self.rq.group).map_or(Duration::ZERO, |g| g.cooldown));
+                }
+            }
+        }
+        Err(Fault::Internal("connect loop"))
+    }
+
+    fn open(&mut self, cx: &mut Cx, key: usize, server: usize, addr: SocketAddr) -> io::Result<usize> {
+        let mut sock = TcpStream::connect(addr)?;
+        let _ = sock.set_nodelay(true);
+        let entry = cx.ups.conns.vacant_entry();
+        let uk = entry.key();
+        cx.registry.register(&mut sock, Token(uk << 1 | 1), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(UpConn {
+            sock,
+            io: Io::default(),
+            server,
+            owner: Some(key),
+            connected: false,
+            reused: false,
+            idle_deadline: cx.now,
+        });
+        Ok(uk)
+    }
+
+    /// The connect failed (or timed out): cool the server down and let `connect` pick the next.
+    fn connect_failed(&mut self, cx: &mut Cx, timed_out: bool) {
+        let cooldown = cx.cfg.groups.get(self.rq.group).map_or(Duration::ZERO, |g| g.cooldown);
+        cx.ups.mark_down(self.rq.server, cx.now + cooldown);
+        self.rq.timed_out = timed_out;
+        if let Some(uk) = self.up.take() {
+            cx.ups.close(uk);
+            cx.fd_freed = true;
+        }
+    }
+
+    // ---- Exchange: request out, response head in -----------------------------------------
+
+    fn exchange(&mut self, cx: &mut Cx) -> Step {
+        let mut progress = self.flush_client()? > 0;
+        match self.pump_request(cx)? {
+            Pump::Moved(moved) => progress |= moved,
+            Pump::Divert(next) => return Ok(next),
+        }
+        let t = cx.cfg.timeouts;
+        let Some(uk) = self.up else { return Err(Fault::Internal("no upstream")) };
+        let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+        // Send what we have upstream.
+        let sent = match self.uout.as_mut() {
+            Some(b) => flush(&u.sock, &mut u.io, b),
+            None => Ok(0),
+        };
+        let sent = match sent {
+            Ok(n) => n,
+            Err(_) => return self.upstream_failed(cx),
+        };
+        progress |= sent > 0;
+        // Read the response head.
+        let uin = cx.bufs.fill_slot(&mut self.uin);
+        match fill(&u.sock, &mut u.io, uin) {
+            Ok(Filled::Data(_)) => {
+                self.rq.resp_seen = true;
+                progress = true;
+            }
+            Ok(Filled::Idle) => {}
+            Ok(Filled::Eof) | Err(_) => {
+                if uin.is_empty() || !self.rq.resp_seen {
+                    return self.upstream_failed(cx);
+                }
+                self.rq.up_eof = true;
+            }
+        }
+        let found = match find_head_end(uin.filled(), &mut self.rq.resp_scan) {
+            Ok(f) => f,
+            Err(_) => return self.upstream_bad(cx),
+        };
+        let Some(end) = found else {
+            if uin.spare_len() == 0 || self.rq.up_eof {
+                return self.upstream_bad(cx); // a head larger than a buffer, or cut short
+            }
+            if progress {
+                self.deadline = cx.arm(if self.rq.req_body.is_done() { t.upstream_head } else { t.client_body });
+                return Ok(Next::Again);
+            }
+            return Ok(Next::Wait);
+        };
+        self.response_head(cx, end)
+    }
+
+    fn response_head(&mut self, cx: &mut Cx, end: usize) -> Step {
+        cx.arena.reset();
+        let Some(uin) = self.uin.as_ref() else { return Err(Fault::Internal("uin")) };
+        let head = uin.filled().get(..end).unwrap_or(&[]);
+        let resp = match parse_response(head, &cx.arena, HEADERS_CAP, self.rq.is_head) {
+            Ok(r) => r,
+            Err(_) => return self.upstream_bad(cx),
+        };
+        if resp.code == 101 {
+            if !self.rq.upgrade || resp.upgrade.is_none() {
+                return self.upstream_bad(cx); // a switch nobody asked for
+            }
+        } else if resp.code < 200 {
+            // Interim responses: Apex answered 100-continue itself; the rest are dropped.
+            self.rq.interim += 1;
+            if self.rq.interim > INTERIM_MAX {
+                return self.upstream_bad(cx);
+            }
+            if let Some(b) = self.uin.as_mut() {
+                b.consume(end);
+            }
+            self.rq.resp_scan = 0;
+            return Ok(Next::Again);
+        }
+        let tunnel = resp.code == 101;
+        let (framing, body) = match resp.framing {
+            Framing::None => (Framing::None, Body::Done),
+            Framing::Length(n) => (Framing::Length(n), Body::Length(n)),
+            // RFC 9112 §7.1: HTTP/1.0 has no chunked coding: de-chunk and delimit by close.
+            Framing::Chunked if self.rq.client_minor == 1 => (Framing::Chunked, Body::Chunked(Decoder::new())),
+            Framing::Chunked => (Framing::Close, Body::Chunked(Decoder::new())),
+            Framing::Close => (Framing::Close, Body::Raw),
+        };
+        self.rq.rechunk = framing == Framing::Chunked;
+        if framing == Framing::Close {
+            self.rq.close_after = true;
+        }
+        let keep_alive = self.rq.keep_alive && !self.rq.close_after && !tunnel;
+        let mode = RespMode { framing, keep_alive, client_minor: self.rq.client_minor, tunnel };
+        let cout = cx.bufs.fill_slot(&mut self.cout);
+        let mut w = Out::new(cout.spare());
+        write_response(&resp, mode, &mut w);
+        match w.finish() {
+            Some(n) => cout.commit(n),
+            None if !cout.is_empty() => return Ok(Next::Wait), // earlier bytes first
+            None => return self.upstream_bad(cx),
+        }
+        self.rq.resp_reusable = resp.reusable;
+        self.rq.resp_body = body;
+        if let Some(b) = self.uin.as_mut() {
+            b.consume(end);
+        }
+        if !keep_alive {
+            self.rq.close_after = true;
+        }
+        if tunnel {
+            return Ok(Next::Go(Phase::Tunnel));
+        }
+        Ok(Next::Go(Phase::RespBody))
+    }
+
+    /// The upstream connection failed before a response head. A reused connection that failed
+    /// before any response byte may have been closed by the upstream while idle: an idempotent
+    /// request without a body is retried once on a fresh connection (RFC 9110 §9.2.2).
+    fn upstream_failed(&mut self, cx: &mut Cx) -> Step {
+        let reused = self.up_conn(cx).is_some_and(|u| u.reused);
+        if reused && self.rq.retry_ok && !self.rq.retried && !self.rq.resp_seen {
+            self.drop_upstream(cx);
+            self.rq.retried = true;
+            self.rq.tried = 0;
+            if let Some(b) = self.uout.as_mut() {
+                b.rewind(self.rq.head_len);
+            }
+            return Ok(Next::Go(Phase::Connect));
+        }
+        let close = !self.rq.req_body.is_done();
+        self.fail(cx, 502, close)
+    }
+
+    /// The upstream sent something Apex will not relay: 502, and the connection is discarded.
+    fn upstream_bad(&mut self, cx: &mut Cx) -> Step {
+        let close = !self.rq.req_body.is_done();
+        self.fail(cx, 502, close)
+    }
+
+    /// Moves request body bytes from the client to `uout`, reading the client as needed.
+    fn pump_request(&mut self, cx: &mut Cx) -> Result<Pump, Fault> {
+        if self.rq.req_body.is_done() {
+            return Ok(Pump::Moved(false));
+        }
+        let mut progress = false;
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        let uout = cx.bufs.fill_slot(&mut self.uout);
+        match fill(&self.sock, &mut self.io, cin) {
+            Ok(Filled::Data(_)) => progress = true,
+            Ok(Filled::Idle) => {}
+            // A client that vanishes mid-request aborts its exchange.
+            Ok(Filled::Eof) | Err(_) => {
+                self.rq.client_eof = true;
+                return Ok(Pump::Divert(Next::Go(Phase::Close)));
+            }
+        }
+        let spare = uout.spare();
+        let relayed = match &mut self.rq.req_body {
+            Body::Length(rem) => {
+                let n = ((*rem).min(cin.len() as u64) as usize).min(spare.len());
+                if let (Some(dst), Some(src)) = (spare.get_mut(..n), cin.filled().get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+                *rem -= n as u64;
+                Some((n, n))
+            }
+            Body::Chunked(dec) => dec.relay(cin.filled(), spare, true).ok(),
+            Body::Done | Body::Raw => Some((0, 0)),
+        };
+        let Some((used, made)) = relayed else {
+            // RFC 9112 §7.1: malformed chunked framing is the client's error.
+            return self.fail(cx, 400, true).map(Pump::Divert);
+        };
+        cin.consume(used);
+        uout.commit(made);
+        if matches!(self.rq.req_body, Body::Chunked(d) if d.data_total > self.rq.body_limit) {
+            return self.fail(cx, 413, true).map(Pump::Divert);
+        }
+        Ok(Pump::Moved(progress || used > 0))
+    }
+
+    // ---- RespBody ---------------------------------------------------------------------------
+
+    fn resp_body(&mut self, cx: &mut Cx) -> Step {
+        let mut progress = match self.pump_request(cx)? {
+            Pump::Moved(moved) => moved,
+            Pump::Divert(next) => return Ok(next),
+        };
+        let t = cx.cfg.timeouts;
+        let Some(uk) = self.up else { return Err(Fault::Internal("no upstream")) };
+        let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+        if let Some(b) = self.uout.as_mut() {
+            match flush(&u.sock, &mut u.io, b) {
+                Ok(n) => progress |= n > 0,
+                Err(_) => self.rq.up_eof = true,
+            }
+        }
+        let uin = cx.bufs.fill_slot(&mut self.uin);
+        let cout = cx.bufs.fill_slot(&mut self.cout);
+        if !self.rq.up_eof {
+            match fill(&u.sock, &mut u.io, uin) {
+                Ok(Filled::Data(_)) => progress = true,
+                Ok(Filled::Idle) => {}
+                Ok(Filled::Eof) | Err(_) => self.rq.up_eof = true,
+            }
+        }
+        let spare = cout.spare();
+        let (used, made) = match &mut self.rq.resp_body {
+            Body::Length(rem) => {
+                let n = ((*rem).min(uin.len() as u64) as usize).min(spare.len());
+                if let (Some(dst), Some(src)) = (spare.get_mut(..n), uin.filled().get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+                *rem -= n as u64;
+                (n, n)
+            }
+            Body::Raw => {
+                let n = uin.len().min(spare.len());
+                if let (Some(dst), Some(src)) = (spare.get_mut(..n), uin.filled().get(..n)) {
+                    dst.copy_from_slice(src);
+                }
+                (n, n)
+            }
+            Body::Chunked(dec) => match dec.relay(uin.filled(), spare, self.rq.rechunk) {
+                Ok(r) => r,
+                Err(_) => {
+                    // Bad framing mid-body: the response head is out; all we can do is cut it.
+                    self.drop_upstream(cx);
+                    return Ok(Next::Go(Phase::Close));
+                }
+            },
+            Body::Done => (0, 0),
+        };
+        uin.consume(used);
+        cout.commit(made);
+        progress |= used > 0;
+        progress |= self.flush_client()? > 0;
+
+        if self.rq.resp_body.is_done() {
+            return Ok(self.finish_exchange(cx));
+        }
+        if self.rq.up_eof && self.uin.as_ref().is_none_or(Buf::is_empty) {
+            if matches!(self.rq.resp_body, Body::Raw) {
+                self.rq.resp_body = Body::Done;
+                self.rq.resp_reusable = false;
+                return Ok(self.finish_exchange(cx));
+            }
+            // Cut short: the client sees a body shorter than its framing promised, then a close.
+            self.drop_upstream(cx);
+            self.rq.close_after = true;
+            return Ok(Next::Go(Phase::Respond));
+        }
+        if progress {
+            let client_slow = self.cout.as_ref().is_some_and(|b| !b.is_empty());
+            self.deadline = cx.arm(if client_slow { t.client_send } else { t.upstream_body });
+            return Ok(Next::Again);
+        }
+        Ok(Next::Wait)
+    }
+
+    /// The response has ended: pool or drop the upstream connection, then the next request or
+    /// the close.
+    fn finish_exchange(&mut self, cx: &mut Cx) -> Next {
+        let clean = self.rq.resp_reusable
+            && self.rq.req_body.is_done()
+            && !self.rq.up_eof
+            && self.uin.as_ref().is_none_or(Buf::is_empty)
+            && self.uout.as_ref().is_none_or(Buf::is_empty);
+        if !self.rq.req_body.is_done() {
+            self.rq.close_after = true; // the rest of the body cannot be told from a request
+        }
+        match self.up.take() {
+            Some(uk) if clean => {
+                let idle = cx.cfg.timeouts.upstream_idle;
+                let at = cx.arm(idle);
+                cx.ups.release(uk, at);
+            }
+            Some(uk) => {
+                cx.ups.close(uk);
+                cx.fd_freed = true;
+            }
+            None => {}
+        }
+        if let Some(b) = self.uin.as_mut() {
+            b.clear();
+        }
+        if let Some(b) = self.uout.as_mut() {
+            b.clear();
+        }
+        if self.rq.close_after {
+            Next::Go(Phase::Respond)
+        } else {
+            Next::Go(Phase::ReadHead)
+        }
+    }
+
+    // ---- Tunnel -----------------------------------------------------------------------------
+
+    fn tunnel(&mut self, cx: &mut Cx) -> Step {
+        let mut progress = self.flush_client()? > 0;
+        let Some(uk) = self.up else { return Err(Fault::Internal("no upstream")) };
+        let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        let uin = cx.bufs.fill_slot(&mut self.uin);
+        // client -> upstream
+        if !self.rq.client_eof {
+            match fill(&self.sock, &mut self.io, cin) {
+                Ok(Filled::Data(_)) => progress = true,
+                Ok(Filled::Idle) => {}
+                Ok(Filled::Eof) | Err(_) => self.rq.client_eof = true,
+            }
+        }
+        progress |= flush(&u.sock, &mut u.io, cin).map_err(|_| Fault::Upstream)? > 0;
+        if self.rq.client_eof && cin.is_empty() && !self.rq.up_shut {
+            let _ = u.sock.shutdown(Shutdown::Write);
+            self.rq.up_shut = true;
+        }
+        // upstream -> client, after the 101 head in cout
+        if !self.rq.up_eof {
+            match fill(&u.sock, &mut u.io, uin) {
+                Ok(Filled::Data(_)) => progress = true,
+                Ok(Filled::Idle) => {}
+                Ok(Filled::Eof) | Err(_) => self.rq.up_eof = true,
+            }
+        }
+        if self.cout.as_ref().is_none_or(Buf::is_empty) {
+            progress |= flush(&self.sock, &mut self.io, uin).map_err(|_| Fault::Client)? > 0;
+            if self.rq.up_eof && uin.is_empty() && !self.rq.client_shut {
+                let _ = self.sock.shutdown(Shutdown::Write);
+                self.rq.client_shut = true;
+            }
+        }
+        if self.rq.client_shut && self.rq.up_shut {
+            return Ok(Next::Go(Phase::Close));
+        }
+        if progress {
+            self.deadline = cx.arm(cx.cfg.timeouts.upstream_body);
+            return Ok(Next::Again);
+        }
+        Ok(Next::Wait)
+    }
+
+    // ---- Respond, Linger ------------------------------------------------------------------
+
+    /// Writes what is queued in `cout`; then the next request, or a lingering close.
+    fn respond(&mut self, cx: &mut Cx) -> Step {
+        let n = self.flush_client()?;
+        if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+            if n > 0 {
+                self.deadline = cx.arm(cx.cfg.timeouts.client_send);
+                return Ok(Next::Again);
+            }
+            return Ok(Next::Wait);
+        }
+        if self.rq.close_after {
+            Ok(Next::Go(Phase::Linger))
+        } else {
+            Ok(Next::Go(Phase::ReadHead))
+        }
+    }
+
+    /// After our write side is shut: read and discard until the client closes or time is up.
+    fn linger(&mut self, cx: &mut Cx) -> Step {
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        cin.clear();
+        match fill(&self.sock, &mut self.io, cin) {
+            Ok(Filled::Data(_)) => {
+                cin.clear();
+                Ok(Next::Again)
+            }
+            Ok(Filled::Idle) => {
+                cx.bufs.release_if_empty(&mut self.cin);
+                Ok(Next::Wait)
+            }
+            Ok(Filled::Eof) | Err(_) => Ok(Next::Go(Phase::Close)),
+        }
+    }
+
+    // ---- Timers -----------------------------------------------------------------------------
+
+    /// The deadline passed. Returns whether the connection should be stepped again (it has a
+    /// response to write) rather than closed.
+    pub fn on_timeout(&mut self, cx: &mut Cx) -> Result<(), Fault> {
+        let next = match self.phase {
+            Phase::ReadHead => {
+                let partial = self.cin.as_ref().is_some_and(|b| !b.is_empty());
+                if partial {
+                    self.fail(cx, 408, true)? // RFC 9110 §15.5.9
+                } else {
+                    Next::Go(Phase::Close)
+                }
+            }
+            Phase::Connect => {
+                self.connect_failed(cx, true);
+                Next::Go(Phase::Connect)
+            }
+            Phase::Exchange => {
+                let client_slow = !self.rq.req_body.is_done()
+                    && self.uout.as_ref().is_none_or(Buf::is_empty);
+                if client_slow {
+                    self.fail(cx, 408, true)?
+                } else {
+                    self.fail(cx, 504, !self.rq.req_body.is_done())? // RFC 9110 §15.6.5
+                }
+            }
+            Phase::RespBody | Phase::Tunnel | Phase::Respond | Phase::Linger | Phase::Close => Next::Go(Phase::Close),
+        };
+        if let Next::Go(p) = next {
+            self.enter(p, cx);
+        }
+        Ok(())
+    }
+}
+
+pub fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}

@@ -1,0 +1,98 @@
+//! Edge-triggered readiness, kept honest. epoll (through mio) reports a change once; these flags
+//! remember it until a syscall says otherwise. Only `WouldBlock`, or a short read/write (the queue
+//! was drained at that moment, so new data raises a new edge), clears a flag. Event flags are never
+//! acted on directly: a stale event for a reused slab slot costs at most one `WouldBlock`.
+
+use std::io::{self, Read, Write};
+
+use mio::event::Event;
+use mio::net::TcpStream;
+
+use crate::buf::Buf;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Io {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer closed or the socket errored: read until the syscall says so.
+    pub hup: bool,
+}
+
+impl Io {
+    pub fn on_event(&mut self, ev: &Event) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+        }
+        if ev.is_read_closed() || ev.is_error() {
+            self.hup = true;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// Read this many bytes.
+    Data(usize),
+    /// Nothing to read now (or no room).
+    Idle,
+    /// The peer closed its write side.
+    Eof,
+}
+
+/// One read into `buf`'s spare room, if the socket is readable and there is room.
+pub fn fill(sock: &TcpStream, io: &mut Io, buf: &mut Buf) -> io::Result<Filled> {
+    if !io.readable {
+        return Ok(Filled::Idle);
+    }
+    let spare = buf.spare();
+    if spare.is_empty() {
+        return Ok(Filled::Idle);
+    }
+    let want = spare.len();
+    loop {
+        match (&*sock).read(spare) {
+            Ok(0) => return Ok(Filled::Eof),
+            Ok(n) => {
+                if n < want && !io.hup {
+                    io.readable = false;
+                }
+                buf.commit(n);
+                return Ok(Filled::Data(n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.readable = false;
+                return Ok(Filled::Idle);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One write of `buf`'s bytes, if the socket is writable. Returns bytes written.
+pub fn flush(sock: &TcpStream, io: &mut Io, buf: &mut Buf) -> io::Result<usize> {
+    if !io.writable || buf.is_empty() {
+        return Ok(0);
+    }
+    let want = buf.len();
+    loop {
+        match (&*sock).write(buf.filled()) {
+            Ok(n) => {
+                if n < want {
+                    io.writable = false;
+                }
+                buf.consume(n);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.writable = false;
+                return Ok(0);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}

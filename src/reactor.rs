@@ -1,0 +1,297 @@
+//! One worker: a mio poll loop over its own listeners, a slab of client connections, its upstream
+//! pool and its timers. Workers share nothing but the config snapshot.
+//!
+//! Tokens: a client connection is `key << 1`, an upstream connection `key << 1 | 1`, listener
+//! `i` is `usize::MAX - i`. Slab keys are reused; a stale event for a reused slot only makes the
+//! new owner try a syscall that returns `WouldBlock` (see `io.rs`), so no generation is needed.
+//!
+//! Timers: every connection has one deadline. A sweep walks the slab when the earliest armed
+//! deadline is due (at most every `SWEEP_MAX_MS`, at least `SWEEP_MIN_MS` apart); arming a
+//! deadline is O(1) and allocates nothing.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bumpalo::Bump;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::buf::BufPool;
+use crate::config::Config;
+use crate::conn::{is_fd_exhaustion, Conn, Cx, Phase};
+use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS};
+use crate::upstream::Upstreams;
+
+pub struct Worker {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    conns: Slab<Conn>,
+    cx: Cx,
+    shared: Arc<ArcSwap<Config>>,
+    accept_paused: bool,
+    /// Connections that ran out of turns with work left; stepped again after this batch.
+    again: Vec<usize>,
+    again_now: Vec<usize>,
+    expired: Vec<usize>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<ArcSwap<Config>>, listeners: Vec<std::net::TcpListener>) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let cfg = shared.load_full();
+        let cap = cfg.limits.connections;
+        let mut ls = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            l.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(l);
+            registry.register(&mut l, Token(usize::MAX - i), Interest::READABLE)?;
+            ls.push(l);
+        }
+        let arena = Bump::with_capacity(ARENA_BYTES);
+        arena.set_allocation_limit(Some(ARENA_BYTES));
+        let now = Instant::now();
+        let ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
+        Ok(Worker {
+            poll,
+            listeners: ls,
+            conns: Slab::with_capacity(cap),
+            cx: Cx {
+                now,
+                cfg,
+                registry,
+                bufs: BufPool::new(64),
+                arena,
+                ups,
+                next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
+                fd_freed: false,
+            },
+            shared,
+            accept_paused: false,
+            again: Vec::with_capacity(cap),
+            again_now: Vec::with_capacity(cap),
+            expired: Vec::with_capacity(cap),
+        })
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        while !stop.load(Ordering::Relaxed) {
+            self.turn(&mut events)?;
+        }
+        Ok(())
+    }
+
+    /// One poll and everything it made ready.
+    pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
+        let timeout = if self.again.is_empty() {
+            self.cx.next_sweep.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        match self.poll.poll(events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.cx.now = Instant::now();
+        // One snapshot per batch: cheap, and a reload is seen by the next batch.
+        let current = self.shared.load();
+        if !Arc::ptr_eq(&current, &self.cx.cfg) {
+            self.cx.cfg = Arc::clone(&current);
+        }
+        drop(current);
+
+        for ev in events.iter() {
+            let t = ev.token().0;
+            if t > usize::MAX - self.listeners.len().max(1) {
+                self.accept(usize::MAX - t);
+            } else if t & 1 == 0 {
+                let key = t >> 1;
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.on_event(ev);
+                    self.drive(key);
+                }
+            } else {
+                let uk = t >> 1;
+                let owner = match self.cx.ups.conns.get_mut(uk) {
+                    Some(u) => {
+                        u.io.on_event(ev);
+                        u.owner
+                    }
+                    None => continue,
+                };
+                match owner {
+                    Some(key) => self.drive(key),
+                    None => self.idle_check(uk),
+                }
+            }
+        }
+
+        std::mem::swap(&mut self.again, &mut self.again_now);
+        while let Some(key) = self.again_now.pop() {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.queued = false;
+                self.drive(key);
+            }
+        }
+
+        if self.cx.now >= self.cx.next_sweep {
+            self.sweep();
+        }
+        if self.accept_paused && self.cx.fd_freed {
+            self.resume_accept();
+        }
+        self.cx.fd_freed = false;
+        Ok(())
+    }
+
+    fn drive(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        match c.step(&mut self.cx, key) {
+            Ok(more) if c.phase != Phase::Close => {
+                if more && !c.queued {
+                    c.queued = true;
+                    self.again.push(key);
+                }
+            }
+            Ok(_) | Err(_) => self.close(key),
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(c) = self.conns.try_remove(key) {
+            c.close(&mut self.cx);
+        }
+    }
+
+    /// An idle pooled upstream connection had an event: unless it was spurious, the upstream
+    /// closed it or sent bytes nobody asked for. Either way it is no longer usable.
+    fn idle_check(&mut self, uk: usize) {
+        let Some(u) = self.cx.ups.conns.get_mut(uk) else { return };
+        if !u.io.readable && !u.io.hup {
+            return;
+        }
+        let mut scratch = [0u8; 64];
+        match (&u.sock).read(&mut scratch) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !u.io.hup => u.io.readable = false,
+            _ => {
+                self.cx.ups.close(uk);
+                self.cx.fd_freed = true;
+            }
+        }
+    }
+
+    fn accept(&mut self, li: usize) {
+        let mut errors = 0;
+        loop {
+            if self.conns.len() >= self.cx.cfg.limits.connections {
+                // At the limit: stop; a closing connection resumes us. The kernel queues the rest.
+                self.accept_paused = true;
+                return;
+            }
+            let Some(l) = self.listeners.get(li) else { return };
+            match l.accept() {
+                Ok((mut sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    if self.cx.registry.register(&mut sock, Token(key << 1), Interest::READABLE | Interest::WRITABLE).is_err() {
+                        continue;
+                    }
+                    entry.insert(Conn::new(sock, peer, &mut self.cx));
+                    self.drive(key);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_fd_exhaustion(&e) => {
+                    // EMFILE/ENFILE: an edge-triggered listener will not tell us again, so retry
+                    // when one of our fds closes, or at the next sweep. Never spin.
+                    self.accept_paused = true;
+                    return;
+                }
+                Err(_) => {
+                    errors += 1;
+                    if errors > 64 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn resume_accept(&mut self) {
+        self.accept_paused = false;
+        for li in 0..self.listeners.len() {
+            self.accept(li);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = self.cx.now;
+        let mut next = now + Duration::from_millis(SWEEP_MAX_MS);
+        self.expired.clear();
+        for (key, c) in self.conns.iter() {
+            if c.deadline <= now {
+                if self.expired.len() < self.expired.capacity() {
+                    self.expired.push(key);
+                }
+            } else if c.deadline < next {
+                next = c.deadline;
+            }
+        }
+        while let Some(key) = self.expired.pop() {
+            let Some(c) = self.conns.get_mut(key) else { continue };
+            match c.on_timeout(&mut self.cx) {
+                Ok(()) if c.phase != Phase::Close => self.drive(key),
+                _ => self.close(key),
+            }
+        }
+        if let Some(t) = self.cx.ups.sweep(now) {
+            next = next.min(t);
+        }
+        self.cx.next_sweep = next.max(now + Duration::from_millis(SWEEP_MIN_MS));
+        if self.accept_paused {
+            self.resume_accept();
+        }
+    }
+}
+
+/// Binds every listen address once per worker with SO_REUSEPORT, so each worker has its own
+/// accept queue. Port 0 is resolved by the first bind and reused by the others.
+/// Returns the bound addresses and, per worker, its listeners.
+pub fn bind_all(cfg: &Config) -> io::Result<(Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>)> {
+    let mut addrs: Vec<SocketAddr> = cfg.listen.clone();
+    let mut per_worker = Vec::with_capacity(cfg.workers);
+    for w in 0..cfg.workers {
+        let mut ls = Vec::with_capacity(addrs.len());
+        for addr in &mut addrs {
+            let l = bind_one(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            if w == 0 {
+                *addr = l.local_addr()?;
+            }
+            ls.push(l);
+        }
+        per_worker.push(ls);
+    }
+    Ok((addrs, per_worker))
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
