@@ -105,8 +105,15 @@ impl BufPool {
     }
 
     pub fn take(&mut self) -> Buf {
-        let data = self.free.pop().unwrap_or_else(|| vec![0u8; BUF_BYTES].into_boxed_slice());
-        Buf { data, start: 0, end: 0 }
+        let data = self
+            .free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; BUF_BYTES].into_boxed_slice());
+        Buf {
+            data,
+            start: 0,
+            end: 0,
+        }
     }
 
     pub fn give(&mut self, buf: Buf) {
@@ -120,10 +127,10 @@ impl BufPool {
 
     /// Returns the slot's buffer to the pool if it holds no bytes.
     pub fn release_if_empty(&mut self, slot: &mut Option<Buf>) {
-        if slot.as_ref().is_some_and(Buf::is_empty) {
-            if let Some(b) = slot.take() {
-                self.give(b);
-            }
+        if slot.as_ref().is_some_and(Buf::is_empty)
+            && let Some(b) = slot.take()
+        {
+            self.give(b);
         }
     }
 

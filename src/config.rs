@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::limits::{GROUP_SERVERS_CAP, HEADERS_CAP, HEAD_BYTES_CAP, HEAD_BYTES_FLOOR};
+use crate::limits::{GROUP_SERVERS_CAP, HEAD_BYTES_CAP, HEAD_BYTES_FLOOR, HEADERS_CAP};
 
 #[derive(Debug)]
 pub struct Config {
@@ -86,7 +86,9 @@ impl HostPattern {
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
             HostPattern::Suffix(s) => {
                 host.len() > s.len()
-                    && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+                    && host
+                        .get(host.len() - s.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
             }
             HostPattern::Any => true,
         }
@@ -98,13 +100,19 @@ impl Config {
     /// that host's routes (as nginx picks a server block, then a location). `host` has no port.
     pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
         let site = self.sites.iter().find(|s| s.host.matches(host))?;
-        site.routes.iter().find(|r| path.starts_with(&r.path)).map(|r| r.group)
+        site.routes
+            .iter()
+            .find(|r| path.starts_with(&r.path))
+            .map(|r| r.group)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { file: file.clone(), line: 0, msg: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            msg: format!("cannot read: {e}"),
+        })?;
         Config::parse(&text, &file)
     }
 
@@ -114,7 +122,8 @@ impl Config {
             line: span.map_or(0, |s| line_of(text, s.start)),
             msg,
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
         build(raw).map_err(|(span, msg)| err(span, msg))
     }
 }
@@ -138,7 +147,9 @@ impl fmt::Display for ConfigError {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes().get(..offset).map_or(1, |b| b.iter().filter(|&&c| c == b'\n').count() + 1)
+    text.as_bytes()
+        .get(..offset)
+        .map_or(1, |b| b.iter().filter(|&&c| c == b'\n').count() + 1)
 }
 
 #[derive(Deserialize)]
@@ -236,17 +247,40 @@ fn parse_size(v: &toml::Value) -> Option<u64> {
     }
 }
 
-fn duration(v: &Option<Spanned<String>>, name: &str, default_ms: u64, zero_ok: bool) -> Result<Duration, BuildError> {
-    let Some(v) = v else { return Ok(Duration::from_millis(default_ms)) };
-    let d = parse_duration(v.get_ref())
-        .ok_or_else(|| (at(v), format!("{name}: bad duration {:?} (use e.g. \"250ms\", \"10s\", \"2m\")", v.get_ref())))?;
+fn duration(
+    v: &Option<Spanned<String>>,
+    name: &str,
+    default_ms: u64,
+    zero_ok: bool,
+) -> Result<Duration, BuildError> {
+    let Some(v) = v else {
+        return Ok(Duration::from_millis(default_ms));
+    };
+    let d = parse_duration(v.get_ref()).ok_or_else(|| {
+        (
+            at(v),
+            format!(
+                "{name}: bad duration {:?} (use e.g. \"250ms\", \"10s\", \"2m\")",
+                v.get_ref()
+            ),
+        )
+    })?;
     if d.is_zero() && !zero_ok {
-        return Err((at(v), format!("{name}: a zero timeout would fire at once; give a positive duration")));
+        return Err((
+            at(v),
+            format!("{name}: a zero timeout would fire at once; give a positive duration"),
+        ));
     }
     Ok(d)
 }
 
-fn int_in(v: &Option<Spanned<i64>>, name: &str, default: usize, min: usize, max: usize) -> Result<usize, BuildError> {
+fn int_in(
+    v: &Option<Spanned<i64>>,
+    name: &str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, BuildError> {
     let Some(v) = v else { return Ok(default) };
     match usize::try_from(*v.get_ref()) {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
@@ -254,12 +288,24 @@ fn int_in(v: &Option<Spanned<i64>>, name: &str, default: usize, min: usize, max:
     }
 }
 
-fn size_in(v: &Option<Spanned<toml::Value>>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, BuildError> {
+fn size_in(
+    v: &Option<Spanned<toml::Value>>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, BuildError> {
     let Some(v) = v else { return Ok(default) };
     match parse_size(v.get_ref()) {
         Some(n) if (min..=max).contains(&n) => Ok(n),
-        Some(_) => Err((at(v), format!("{name}: must be between {min} and {max} bytes"))),
-        None => Err((at(v), format!("{name}: bad size (use e.g. 16384, \"16KiB\", \"1MiB\", \"1GiB\")"))),
+        Some(_) => Err((
+            at(v),
+            format!("{name}: must be between {min} and {max} bytes"),
+        )),
+        None => Err((
+            at(v),
+            format!("{name}: bad size (use e.g. 16384, \"16KiB\", \"1MiB\", \"1GiB\")"),
+        )),
     }
 }
 
@@ -279,11 +325,19 @@ fn host_pattern(s: &Spanned<String>) -> Result<HostPattern, BuildError> {
         None => (false, h.as_str()),
     };
     let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
         && !name.starts_with('.')
         && !name.ends_with('.');
     if !ok {
-        return Err((at(s), format!("route host {:?}: want \"example.com\", \"*.example.com\" or \"*\"", s.get_ref())));
+        return Err((
+            at(s),
+            format!(
+                "route host {:?}: want \"example.com\", \"*.example.com\" or \"*\"",
+                s.get_ref()
+            ),
+        ));
     }
     Ok(if wild {
         HostPattern::Suffix(format!(".{name}").into_bytes().into_boxed_slice())
@@ -294,7 +348,11 @@ fn host_pattern(s: &Spanned<String>) -> Result<HostPattern, BuildError> {
 
 fn build(raw: RawConfig) -> Result<Config, BuildError> {
     let Some(listen_raw) = raw.listen else {
-        return Err((None, "missing `listen`: give at least one address, e.g. listen = [\"127.0.0.1:8080\"]".into()));
+        return Err((
+            None,
+            "missing `listen`: give at least one address, e.g. listen = [\"127.0.0.1:8080\"]"
+                .into(),
+        ));
     };
     if listen_raw.get_ref().is_empty() {
         return Err((at(&listen_raw), "listen: give at least one address".into()));
@@ -326,12 +384,23 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
 
     let l = &raw.limits;
     let limits = Limits {
-        head_bytes: size_in(&l.head_bytes, "head_bytes", HEAD_BYTES_CAP as u64, HEAD_BYTES_FLOOR as u64, HEAD_BYTES_CAP as u64)?
-            as usize,
+        head_bytes: size_in(
+            &l.head_bytes,
+            "head_bytes",
+            HEAD_BYTES_CAP as u64,
+            HEAD_BYTES_FLOOR as u64,
+            HEAD_BYTES_CAP as u64,
+        )? as usize,
         headers: int_in(&l.headers, "headers", 100, 1, HEADERS_CAP)?,
         body_bytes: size_in(&l.body_bytes, "body_bytes", 1 << 30, 0, u64::MAX)?,
         connections: int_in(&l.connections, "connections", 10_000, 1, 1_000_000)?,
-        upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 64, 0, 100_000)?,
+        upstream_idle_per_server: int_in(
+            &l.upstream_idle_per_server,
+            "upstream_idle_per_server",
+            64,
+            0,
+            100_000,
+        )?,
     };
 
     let mut servers: Vec<SocketAddr> = Vec::new();
@@ -340,10 +409,16 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
     for (name, g) in &raw.upstream {
         let list = &g.get_ref().servers;
         if list.get_ref().is_empty() {
-            return Err((at(list), format!("upstream {name:?}: empty group; give at least one server")));
+            return Err((
+                at(list),
+                format!("upstream {name:?}: empty group; give at least one server"),
+            ));
         }
         if list.get_ref().len() > GROUP_SERVERS_CAP {
-            return Err((at(list), format!("upstream {name:?}: at most {GROUP_SERVERS_CAP} servers")));
+            return Err((
+                at(list),
+                format!("upstream {name:?}: at most {GROUP_SERVERS_CAP} servers"),
+            ));
         }
         let mut members = Vec::new();
         for s in list.get_ref() {
@@ -362,11 +437,18 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         }
         let cooldown = duration(&g.get_ref().cooldown, "cooldown", 10_000, true)?;
         group_index.insert(name.clone(), groups.len());
-        groups.push(Group { name: name.clone(), servers: members, cooldown });
+        groups.push(Group {
+            name: name.clone(),
+            servers: members,
+            cooldown,
+        });
     }
 
     if raw.route.is_empty() {
-        return Err((None, "no [[route]]: every request would get 404; add at least one route".into()));
+        return Err((
+            None,
+            "no [[route]]: every request would get 404; add at least one route".into(),
+        ));
     }
     let mut sites: Vec<Site> = Vec::new();
     for r in &raw.route {
@@ -375,30 +457,52 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
             None => HostPattern::Any,
         };
         let path: Box<[u8]> = match &r.path {
-            Some(p) if p.get_ref().starts_with('/') && p.get_ref().bytes().all(|b| (b'!'..=b'~').contains(&b)) => {
+            Some(p)
+                if p.get_ref().starts_with('/')
+                    && p.get_ref().bytes().all(|b| (b'!'..=b'~').contains(&b)) =>
+            {
                 p.get_ref().as_bytes().into()
             }
-            Some(p) => return Err((at(p), format!("route path {:?}: must start with '/' and be visible ASCII", p.get_ref()))),
+            Some(p) => {
+                return Err((
+                    at(p),
+                    format!(
+                        "route path {:?}: must start with '/' and be visible ASCII",
+                        p.get_ref()
+                    ),
+                ));
+            }
             None => b"/"[..].into(),
         };
         let Some(&group) = group_index.get(r.upstream.get_ref()) else {
-            return Err((at(&r.upstream), format!("route to unknown upstream group {:?}", r.upstream.get_ref())));
+            return Err((
+                at(&r.upstream),
+                format!("route to unknown upstream group {:?}", r.upstream.get_ref()),
+            ));
         };
         let site = match sites.iter_mut().position(|s| s.host == host) {
             Some(i) => sites.get_mut(i),
             None => {
-                sites.push(Site { host, routes: Vec::new() });
+                sites.push(Site {
+                    host,
+                    routes: Vec::new(),
+                });
                 sites.last_mut()
             }
         };
-        let Some(site) = site else { return Err((None, "internal: site table".into())) };
+        let Some(site) = site else {
+            return Err((None, "internal: site table".into()));
+        };
         if site.routes.iter().any(|x| x.path == path) {
-            return Err((at(&r.upstream), "duplicate route: this host and path are already routed".to_string()));
+            return Err((
+                at(&r.upstream),
+                "duplicate route: this host and path are already routed".to_string(),
+            ));
         }
         site.routes.push(Route { path, group });
     }
     for s in &mut sites {
-        s.routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
     }
     sites.sort_by_key(|s| match &s.host {
         HostPattern::Exact(_) => (0, 0),
@@ -406,7 +510,15 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         HostPattern::Any => (2, 0),
     });
 
-    Ok(Config { listen, workers, timeouts, limits, sites, groups, servers })
+    Ok(Config {
+        listen,
+        workers,
+        timeouts,
+        limits,
+        sites,
+        groups,
+        servers,
+    })
 }
 
 #[cfg(test)]
@@ -430,16 +542,33 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        assert!(err(&format!("{BASE}bogus = 1\n")).starts_with("t.toml:6: "), "{}", err(&format!("{BASE}bogus = 1\n")));
+        assert!(
+            err(&format!("{BASE}bogus = 1\n")).starts_with("t.toml:6: "),
+            "{}",
+            err(&format!("{BASE}bogus = 1\n"))
+        );
         assert!(err("listen = [\"nope\"]\n").starts_with("t.toml:1: listen: bad address"));
         let e = err(&format!("{BASE}[timeouts]\nclient_head = \"0s\"\n"));
-        assert!(e.starts_with("t.toml:7: client_head: a zero timeout"), "{e}");
+        assert!(
+            e.starts_with("t.toml:7: client_head: a zero timeout"),
+            "{e}"
+        );
         let e = err(&format!("{BASE}[[route]]\nupstream = \"app\"\n"));
         assert!(e.starts_with("t.toml:7: duplicate route"), "{e}");
-        let e = err(&format!("{BASE}[[route]]\npath = \"/x\"\nupstream = \"nope\"\n"));
-        assert!(e.starts_with("t.toml:8: route to unknown upstream group"), "{e}");
-        let e = err("listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = []\n");
-        assert!(e.starts_with("t.toml:5: upstream \"app\": empty group"), "{e}");
+        let e = err(&format!(
+            "{BASE}[[route]]\npath = \"/x\"\nupstream = \"nope\"\n"
+        ));
+        assert!(
+            e.starts_with("t.toml:8: route to unknown upstream group"),
+            "{e}"
+        );
+        let e = err(
+            "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = []\n",
+        );
+        assert!(
+            e.starts_with("t.toml:5: upstream \"app\": empty group"),
+            "{e}"
+        );
         let e = err("listen = [\"127.0.0.1:0\"\n");
         assert!(e.starts_with("t.toml:"), "{e}");
     }
@@ -471,7 +600,10 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 s"), None);
-        assert_eq!(parse_size(&toml::Value::String("16KiB".into())), Some(16384));
+        assert_eq!(
+            parse_size(&toml::Value::String("16KiB".into())),
+            Some(16384)
+        );
         assert_eq!(parse_size(&toml::Value::Integer(-1)), None);
     }
 }

@@ -28,9 +28,9 @@ use crate::config::Config;
 use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request};
 use crate::h1::response::parse_response;
-use crate::h1::write::{write_error, write_request, write_response, Out, RespMode};
-use crate::h1::{find_head_end, Framing, H1Error};
-use crate::io::{fill, flush, Filled, Io};
+use crate::h1::write::{Out, RespMode, write_error, write_request, write_response};
+use crate::h1::{Framing, H1Error, find_head_end};
+use crate::io::{Filled, Io, fill, flush};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX, LINGER_MS, STEP_TURNS_MAX};
 use crate::upstream::{UpConn, Upstreams};
 
@@ -201,7 +201,11 @@ impl Conn {
         Conn {
             sock,
             peer,
-            io: Io { readable: true, writable: true, hup: false },
+            io: Io {
+                readable: true,
+                writable: true,
+                hup: false,
+            },
             phase: Phase::ReadHead,
             cin: None,
             cout: None,
@@ -251,11 +255,19 @@ impl Conn {
                 self.release_bufs(cx);
                 let has_bytes = self.cin.as_ref().is_some_and(|b| !b.is_empty());
                 // Pipelined bytes already waiting start the whole-head clock; otherwise idle.
-                self.deadline = cx.arm(if has_bytes { t.client_head } else { t.client_idle });
+                self.deadline = cx.arm(if has_bytes {
+                    t.client_head
+                } else {
+                    t.client_idle
+                });
                 self.rq.head_timer = has_bytes;
             }
             Phase::Exchange => {
-                self.deadline = cx.arm(if self.rq.req_body.is_done() { t.upstream_head } else { t.client_body });
+                self.deadline = cx.arm(if self.rq.req_body.is_done() {
+                    t.upstream_head
+                } else {
+                    t.client_body
+                });
             }
             Phase::RespBody | Phase::Tunnel => self.deadline = cx.arm(t.upstream_body),
             Phase::Respond => self.deadline = cx.arm(t.client_send),
@@ -315,7 +327,9 @@ impl Conn {
         let mut tmp = [0u8; 256];
         let mut w = Out::new(&mut tmp);
         write_error(status, self.rq.close_after, head_only, ka10, &mut w);
-        let n = w.finish().ok_or(Fault::Internal("error response too long"))?;
+        let n = w
+            .finish()
+            .ok_or(Fault::Internal("error response too long"))?;
         if !out.put(tmp.get(..n).unwrap_or(&[])) {
             return Err(Fault::Client); // the client has not read earlier responses; give up
         }
@@ -385,7 +399,9 @@ impl Conn {
 
         // Parse, route, and write the upstream head, all from the borrowed head bytes.
         cx.arena.reset();
-        let Some(cin) = self.cin.as_ref() else { return Err(Fault::Internal("cin")) };
+        let Some(cin) = self.cin.as_ref() else {
+            return Err(Fault::Internal("cin"));
+        };
         let head = cin.filled().get(..end).unwrap_or(&[]);
         let req = match parse_request(head, &cx.arena, limits.headers) {
             Ok(r) => r,
@@ -409,10 +425,10 @@ impl Conn {
         rq.retry_ok = req.idempotent() && matches!(req.framing, Framing::None);
         let has_body = !matches!(req.framing, Framing::None);
         let expect_continue = req.expect_continue && has_body;
-        if let Framing::Length(n) = req.framing {
-            if n > limits.body_bytes {
-                return self.reject(cx, H1Error::BodyTooLarge);
-            }
+        if let Framing::Length(n) = req.framing
+            && n > limits.body_bytes
+        {
+            return self.reject(cx, H1Error::BodyTooLarge);
         }
         let path = req.path.as_bytes();
         let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
@@ -466,7 +482,9 @@ impl Conn {
     fn connect(&mut self, cx: &mut Cx, key: usize) -> Step {
         // Waiting on a connect in progress?
         if let Some(uk) = self.up {
-            let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+            let Some(u) = cx.ups.conns.get_mut(uk) else {
+                return Err(Fault::Internal("upstream slot"));
+            };
             if u.connected {
                 return Ok(Next::Go(Phase::Exchange));
             }
@@ -500,20 +518,24 @@ impl Conn {
         // Pick a server: a pooled connection to it, else a new one.
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
             let cfg = cx.cfg.clone();
-            let Some((idx, server)) = cx.ups.pick(&cfg, self.rq.group, self.rq.tried, cx.now) else {
+            let Some((idx, server)) = cx.ups.pick(&cfg, self.rq.group, self.rq.tried, cx.now)
+            else {
                 let status = if self.rq.timed_out { 504 } else { 502 };
                 let close = !self.rq.req_body.is_done();
                 return self.fail(cx, status, close);
             };
             self.rq.tried |= 1u64 << idx;
             self.rq.server = server;
-            if !self.rq.retried {
-                if let Some(uk) = cx.ups.take_idle(server, key) {
-                    self.up = Some(uk);
-                    return Ok(Next::Go(Phase::Exchange));
-                }
+            // A retry goes to a fresh connection: the pooled one just failed us.
+            if !self.rq.retried
+                && let Some(uk) = cx.ups.take_idle(server, key)
+            {
+                self.up = Some(uk);
+                return Ok(Next::Go(Phase::Exchange));
             }
-            let Some(addr) = cfg.servers.get(server).copied() else { continue };
+            let Some(addr) = cfg.servers.get(server).copied() else {
+                continue;
+            };
             match self.open(cx, key, server, addr) {
                 Ok(uk) => {
                     self.up = Some(uk);
@@ -526,19 +548,36 @@ impl Conn {
                     return self.fail(cx, 502, close);
                 }
                 Err(_) => {
-                    cx.ups.mark_down(server, cx.now + cfg.groups.get(self.rq.group).map_or(Duration::ZERO, |g| g.cooldown));
+                    cx.ups.mark_down(
+                        server,
+                        cx.now
+                            + cfg
+                                .groups
+                                .get(self.rq.group)
+                                .map_or(Duration::ZERO, |g| g.cooldown),
+                    );
                 }
             }
         }
         Err(Fault::Internal("connect loop"))
     }
 
-    fn open(&mut self, cx: &mut Cx, key: usize, server: usize, addr: SocketAddr) -> io::Result<usize> {
+    fn open(
+        &mut self,
+        cx: &mut Cx,
+        key: usize,
+        server: usize,
+        addr: SocketAddr,
+    ) -> io::Result<usize> {
         let mut sock = TcpStream::connect(addr)?;
         let _ = sock.set_nodelay(true);
         let entry = cx.ups.conns.vacant_entry();
         let uk = entry.key();
-        cx.registry.register(&mut sock, Token(uk << 1 | 1), Interest::READABLE | Interest::WRITABLE)?;
+        cx.registry.register(
+            &mut sock,
+            Token(uk << 1 | 1),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         entry.insert(UpConn {
             sock,
             io: Io::default(),
@@ -553,7 +592,11 @@ impl Conn {
 
     /// The connect failed (or timed out): cool the server down and let `connect` pick the next.
     fn connect_failed(&mut self, cx: &mut Cx, timed_out: bool) {
-        let cooldown = cx.cfg.groups.get(self.rq.group).map_or(Duration::ZERO, |g| g.cooldown);
+        let cooldown = cx
+            .cfg
+            .groups
+            .get(self.rq.group)
+            .map_or(Duration::ZERO, |g| g.cooldown);
         cx.ups.mark_down(self.rq.server, cx.now + cooldown);
         self.rq.timed_out = timed_out;
         if let Some(uk) = self.up.take() {
@@ -571,8 +614,12 @@ impl Conn {
             Pump::Divert(next) => return Ok(next),
         }
         let t = cx.cfg.timeouts;
-        let Some(uk) = self.up else { return Err(Fault::Internal("no upstream")) };
-        let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+        let Some(uk) = self.up else {
+            return Err(Fault::Internal("no upstream"));
+        };
+        let Some(u) = cx.ups.conns.get_mut(uk) else {
+            return Err(Fault::Internal("upstream slot"));
+        };
         // Send what we have upstream.
         let sent = match self.uout.as_mut() {
             Some(b) => flush(&u.sock, &mut u.io, b),
@@ -607,7 +654,11 @@ impl Conn {
                 return self.upstream_bad(cx); // a head larger than a buffer, or cut short
             }
             if progress {
-                self.deadline = cx.arm(if self.rq.req_body.is_done() { t.upstream_head } else { t.client_body });
+                self.deadline = cx.arm(if self.rq.req_body.is_done() {
+                    t.upstream_head
+                } else {
+                    t.client_body
+                });
                 return Ok(Next::Again);
             }
             return Ok(Next::Wait);
@@ -617,7 +668,9 @@ impl Conn {
 
     fn response_head(&mut self, cx: &mut Cx, end: usize) -> Step {
         cx.arena.reset();
-        let Some(uin) = self.uin.as_ref() else { return Err(Fault::Internal("uin")) };
+        let Some(uin) = self.uin.as_ref() else {
+            return Err(Fault::Internal("uin"));
+        };
         let head = uin.filled().get(..end).unwrap_or(&[]);
         let resp = match parse_response(head, &cx.arena, HEADERS_CAP, self.rq.is_head) {
             Ok(r) => r,
@@ -644,7 +697,9 @@ impl Conn {
             Framing::None => (Framing::None, Body::Done),
             Framing::Length(n) => (Framing::Length(n), Body::Length(n)),
             // RFC 9112 §7.1: HTTP/1.0 has no chunked coding: de-chunk and delimit by close.
-            Framing::Chunked if self.rq.client_minor == 1 => (Framing::Chunked, Body::Chunked(Decoder::new())),
+            Framing::Chunked if self.rq.client_minor == 1 => {
+                (Framing::Chunked, Body::Chunked(Decoder::new()))
+            }
             Framing::Chunked => (Framing::Close, Body::Chunked(Decoder::new())),
             Framing::Close => (Framing::Close, Body::Raw),
         };
@@ -653,7 +708,12 @@ impl Conn {
             self.rq.close_after = true;
         }
         let keep_alive = self.rq.keep_alive && !self.rq.close_after && !tunnel;
-        let mode = RespMode { framing, keep_alive, client_minor: self.rq.client_minor, tunnel };
+        let mode = RespMode {
+            framing,
+            keep_alive,
+            client_minor: self.rq.client_minor,
+            tunnel,
+        };
         let cout = cx.bufs.fill_slot(&mut self.cout);
         let mut w = Out::new(cout.spare());
         write_response(&resp, mode, &mut w);
@@ -750,8 +810,12 @@ impl Conn {
             Pump::Divert(next) => return Ok(next),
         };
         let t = cx.cfg.timeouts;
-        let Some(uk) = self.up else { return Err(Fault::Internal("no upstream")) };
-        let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+        let Some(uk) = self.up else {
+            return Err(Fault::Internal("no upstream"));
+        };
+        let Some(u) = cx.ups.conns.get_mut(uk) else {
+            return Err(Fault::Internal("upstream slot"));
+        };
         if let Some(b) = self.uout.as_mut() {
             match flush(&u.sock, &mut u.io, b) {
                 Ok(n) => progress |= n > 0,
@@ -815,7 +879,11 @@ impl Conn {
         }
         if progress {
             let client_slow = self.cout.as_ref().is_some_and(|b| !b.is_empty());
-            self.deadline = cx.arm(if client_slow { t.client_send } else { t.upstream_body });
+            self.deadline = cx.arm(if client_slow {
+                t.client_send
+            } else {
+                t.upstream_body
+            });
             return Ok(Next::Again);
         }
         Ok(Next::Wait)
@@ -861,8 +929,12 @@ impl Conn {
 
     fn tunnel(&mut self, cx: &mut Cx) -> Step {
         let mut progress = self.flush_client()? > 0;
-        let Some(uk) = self.up else { return Err(Fault::Internal("no upstream")) };
-        let Some(u) = cx.ups.conns.get_mut(uk) else { return Err(Fault::Internal("upstream slot")) };
+        let Some(uk) = self.up else {
+            return Err(Fault::Internal("no upstream"));
+        };
+        let Some(u) = cx.ups.conns.get_mut(uk) else {
+            return Err(Fault::Internal("upstream slot"));
+        };
         let cin = cx.bufs.fill_slot(&mut self.cin);
         let uin = cx.bufs.fill_slot(&mut self.uin);
         // client -> upstream
@@ -958,15 +1030,17 @@ impl Conn {
                 Next::Go(Phase::Connect)
             }
             Phase::Exchange => {
-                let client_slow = !self.rq.req_body.is_done()
-                    && self.uout.as_ref().is_none_or(Buf::is_empty);
+                let client_slow =
+                    !self.rq.req_body.is_done() && self.uout.as_ref().is_none_or(Buf::is_empty);
                 if client_slow {
                     self.fail(cx, 408, true)?
                 } else {
                     self.fail(cx, 504, !self.rq.req_body.is_done())? // RFC 9110 §15.6.5
                 }
             }
-            Phase::RespBody | Phase::Tunnel | Phase::Respond | Phase::Linger | Phase::Close => Next::Go(Phase::Close),
+            Phase::RespBody | Phase::Tunnel | Phase::Respond | Phase::Linger | Phase::Close => {
+                Next::Go(Phase::Close)
+            }
         };
         if let Next::Go(p) = next {
             self.enter(p, cx);
@@ -976,5 +1050,8 @@ impl Conn {
 }
 
 pub fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }

@@ -6,10 +6,10 @@
 
 pub mod buf;
 pub mod config;
-pub mod h1;
-pub mod limits;
 pub mod conn;
+pub mod h1;
 pub mod io;
+pub mod limits;
 pub mod reactor;
 pub mod server;
 pub mod upstream;

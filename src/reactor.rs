@@ -11,8 +11,8 @@
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -23,7 +23,7 @@ use slab::Slab;
 
 use crate::buf::BufPool;
 use crate::config::Config;
-use crate::conn::{is_fd_exhaustion, Conn, Cx, Phase};
+use crate::conn::{Conn, Cx, Phase, is_fd_exhaustion};
 use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS};
 use crate::upstream::Upstreams;
 
@@ -41,7 +41,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<ArcSwap<Config>>, listeners: Vec<std::net::TcpListener>) -> io::Result<Worker> {
+    pub fn new(
+        shared: Arc<ArcSwap<Config>>,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> io::Result<Worker> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let cfg = shared.load_full();
@@ -56,7 +59,10 @@ impl Worker {
         let arena = Bump::with_capacity(ARENA_BYTES);
         arena.set_allocation_limit(Some(ARENA_BYTES));
         let now = Instant::now();
-        let ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
+        let ups = Upstreams::new(
+            &cfg,
+            cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server,
+        );
         Ok(Worker {
             poll,
             listeners: ls,
@@ -153,7 +159,9 @@ impl Worker {
     }
 
     fn drive(&mut self, key: usize) {
-        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
         match c.step(&mut self.cx, key) {
             Ok(more) if c.phase != Phase::Close => {
                 if more && !c.queued {
@@ -174,7 +182,9 @@ impl Worker {
     /// An idle pooled upstream connection had an event: unless it was spurious, the upstream
     /// closed it or sent bytes nobody asked for. Either way it is no longer usable.
     fn idle_check(&mut self, uk: usize) {
-        let Some(u) = self.cx.ups.conns.get_mut(uk) else { return };
+        let Some(u) = self.cx.ups.conns.get_mut(uk) else {
+            return;
+        };
         if !u.io.readable && !u.io.hup {
             return;
         }
@@ -196,13 +206,24 @@ impl Worker {
                 self.accept_paused = true;
                 return;
             }
-            let Some(l) = self.listeners.get(li) else { return };
+            let Some(l) = self.listeners.get(li) else {
+                return;
+            };
             match l.accept() {
                 Ok((mut sock, peer)) => {
                     let _ = sock.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
-                    if self.cx.registry.register(&mut sock, Token(key << 1), Interest::READABLE | Interest::WRITABLE).is_err() {
+                    if self
+                        .cx
+                        .registry
+                        .register(
+                            &mut sock,
+                            Token(key << 1),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
                         continue;
                     }
                     entry.insert(Conn::new(sock, peer, &mut self.cx));
@@ -246,7 +267,9 @@ impl Worker {
             }
         }
         while let Some(key) = self.expired.pop() {
-            let Some(c) = self.conns.get_mut(key) else { continue };
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
             match c.on_timeout(&mut self.cx) {
                 Ok(()) if c.phase != Phase::Close => self.drive(key),
                 _ => self.close(key),
@@ -271,7 +294,8 @@ pub fn bind_all(cfg: &Config) -> io::Result<(Vec<SocketAddr>, Vec<Vec<std::net::
     for w in 0..cfg.workers {
         let mut ls = Vec::with_capacity(addrs.len());
         for addr in &mut addrs {
-            let l = bind_one(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let l = bind_one(*addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             if w == 0 {
                 *addr = l.local_addr()?;
             }

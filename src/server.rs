@@ -4,13 +4,13 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::reactor::{bind_all, Worker};
+use crate::reactor::{Worker, bind_all};
 
 pub fn run(path: &Path) -> ExitCode {
     let cfg = match Config::load(path) {
@@ -39,7 +39,9 @@ pub fn run(path: &Path) -> ExitCode {
             }
         };
         let stop = Arc::clone(&stop);
-        let spawned = std::thread::Builder::new().name(format!("apex-w{i}")).spawn(move || w.run(&stop));
+        let spawned = std::thread::Builder::new()
+            .name(format!("apex-w{i}"))
+            .spawn(move || w.run(&stop));
         match spawned {
             Ok(h) => workers.push(h),
             Err(e) => {

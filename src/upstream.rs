@@ -45,7 +45,11 @@ impl Upstreams {
         let idle_cap = cfg.limits.upstream_idle_per_server;
         Upstreams {
             conns: Slab::with_capacity(conns_cap),
-            idle: cfg.servers.iter().map(|_| Vec::with_capacity(idle_cap)).collect(),
+            idle: cfg
+                .servers
+                .iter()
+                .map(|_| Vec::with_capacity(idle_cap))
+                .collect(),
             down_until: vec![None; cfg.servers.len()],
             rr: vec![0; cfg.groups.len()],
             idle_cap,
@@ -54,17 +58,31 @@ impl Upstreams {
 
     /// Returns (index in the group, server). Round-robin over the group's servers that this request has not tried and that are not
     /// cooling down.
-    pub fn pick(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
+    pub fn pick(
+        &mut self,
+        cfg: &Config,
+        group: usize,
+        tried: u64,
+        now: Instant,
+    ) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
         let n = g.servers.len();
         let start = self.rr.get(group).copied().unwrap_or(0);
         for k in 0..n {
             let i = (start + k) % n;
-            let Some(&server) = g.servers.get(i) else { continue };
+            let Some(&server) = g.servers.get(i) else {
+                continue;
+            };
             if tried & (1u64 << i) != 0 {
                 continue;
             }
-            if self.down_until.get(server).copied().flatten().is_some_and(|t| t > now) {
+            if self
+                .down_until
+                .get(server)
+                .copied()
+                .flatten()
+                .is_some_and(|t| t > now)
+            {
                 continue;
             }
             if let Some(r) = self.rr.get_mut(group) {
@@ -107,12 +125,16 @@ impl Upstreams {
 
     /// Returns a connection whose exchange ended cleanly to the pool, or closes it if full.
     pub fn release(&mut self, key: usize, deadline: Instant) {
-        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
         // A read that filled its buffer left `readable` set: confirm the socket is quiet now.
         if c.io.readable || c.io.hup {
             let mut scratch = [0u8; 64];
             match std::io::Read::read(&mut &c.sock, &mut scratch) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !c.io.hup => c.io.readable = false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !c.io.hup => {
+                    c.io.readable = false
+                }
                 _ => {
                     self.conns.remove(key);
                     return;
@@ -134,12 +156,11 @@ impl Upstreams {
     }
 
     pub fn close(&mut self, key: usize) {
-        if let Some(c) = self.conns.try_remove(key) {
-            if c.owner.is_none() {
-                if let Some(list) = self.idle.get_mut(c.server) {
-                    list.retain(|&k| k != key);
-                }
-            }
+        if let Some(c) = self.conns.try_remove(key)
+            && c.owner.is_none()
+            && let Some(list) = self.idle.get_mut(c.server)
+        {
+            list.retain(|&k| k != key);
         }
     }
 

@@ -16,14 +16,20 @@ pub struct ChunkError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size; `any` once one digit was seen.
-    Size { any: bool },
+    Size {
+        any: bool,
+    },
     /// After the size or an extension: BWS, then `;` or CR.
-    ExtBws { after_ws: bool },
+    ExtBws {
+        after_ws: bool,
+    },
     /// After `;`: BWS then the first tchar of a name.
     ExtNameStart,
     ExtName,
     /// After a name: BWS, then `=`, `;` or CR.
-    ExtAfterName { after_ws: bool },
+    ExtAfterName {
+        after_ws: bool,
+    },
     /// After `=`: BWS then a token or a quoted string.
     ExtValStart,
     ExtValToken,
@@ -37,8 +43,13 @@ enum State {
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
-    TrailerLine { colon: bool, name: bool },
-    TrailerLf { empty: bool },
+    TrailerLine {
+        colon: bool,
+        name: bool,
+    },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -87,14 +98,25 @@ impl Decoder {
     /// Reads from `input` and writes to `out`; returns (consumed, produced). Stops when input is
     /// used up, `out` is full, or the message ended. `rechunk`: keep the chunked coding (else
     /// de-chunk). Bytes after the message's end are left unconsumed.
-    pub fn relay(&mut self, input: &[u8], out: &mut [u8], rechunk: bool) -> Result<(usize, usize), ChunkError> {
+    pub fn relay(
+        &mut self,
+        input: &[u8],
+        out: &mut [u8],
+        rechunk: bool,
+    ) -> Result<(usize, usize), ChunkError> {
         let mut i = 0;
         let mut o = 0;
         loop {
             // Staged framing goes out first, so bytes stay in order.
             while self.stage_pos < self.stage_len {
-                let Some(slot) = out.get_mut(o) else { return Ok((i, o)) };
-                *slot = self.stage.get(usize::from(self.stage_pos)).copied().unwrap_or(0);
+                let Some(slot) = out.get_mut(o) else {
+                    return Ok((i, o));
+                };
+                *slot = self
+                    .stage
+                    .get(usize::from(self.stage_pos))
+                    .copied()
+                    .unwrap_or(0);
                 self.stage_pos += 1;
                 o += 1;
             }
@@ -119,7 +141,9 @@ impl Decoder {
                 }
                 continue;
             }
-            let Some(&b) = input.get(i) else { return Ok((i, o)) };
+            let Some(&b) = input.get(i) else {
+                return Ok((i, o));
+            };
             i += 1;
             self.byte(b, rechunk)?;
         }
@@ -141,7 +165,10 @@ impl Decoder {
         let mut v = size;
         loop {
             if let Some(d) = digits.get_mut(n) {
-                *d = b"0123456789abcdef".get((v & 0xf) as usize).copied().unwrap_or(b'0');
+                *d = b"0123456789abcdef"
+                    .get((v & 0xf) as usize)
+                    .copied()
+                    .unwrap_or(b'0');
             }
             n += 1;
             v >>= 4;
@@ -167,7 +194,11 @@ impl Decoder {
 
     fn line_byte(&mut self) -> Result<(), ChunkError> {
         self.line_bytes += 1;
-        if self.line_bytes > CHUNK_LINE_MAX { Err(ChunkError) } else { Ok(()) }
+        if self.line_bytes > CHUNK_LINE_MAX {
+            Err(ChunkError)
+        } else {
+            Ok(())
+        }
     }
 
     fn byte(&mut self, b: u8, rechunk: bool) -> Result<(), ChunkError> {
@@ -178,7 +209,11 @@ impl Decoder {
                 self.line_byte()?;
                 if let Some(d) = (b as char).to_digit(16) {
                     // RFC 9112 §7.1: chunk-size = 1*HEXDIG; overflow is an error, not a wrap.
-                    self.size = self.size.checked_mul(16).and_then(|s| s.checked_add(u64::from(d))).ok_or(ChunkError)?;
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|s| s.checked_add(u64::from(d)))
+                        .ok_or(ChunkError)?;
                     self.state = Size { any: true };
                 } else if !any {
                     return Err(ChunkError);
@@ -349,7 +384,12 @@ mod tests {
     use super::*;
 
     /// Decodes `input` fed in pieces at `split`, through an output of `out_cap` bytes at a time.
-    fn run(input: &[u8], split: usize, out_cap: usize, rechunk: bool) -> Result<(Vec<u8>, usize), ChunkError> {
+    fn run(
+        input: &[u8],
+        split: usize,
+        out_cap: usize,
+        rechunk: bool,
+    ) -> Result<(Vec<u8>, usize), ChunkError> {
         let mut d = Decoder::new();
         let mut out = Vec::new();
         let mut consumed = 0;
@@ -422,7 +462,11 @@ mod tests {
             b"0\r\n\n",
         ];
         for input in bad {
-            assert!(all_splits(input, true).is_err(), "{:?}", String::from_utf8_lossy(input));
+            assert!(
+                all_splits(input, true).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::head::{is_hop_by_hop, named_in, Request};
+use super::head::{Request, is_hop_by_hop, named_in};
 use super::response::Response;
-use super::{list_items, Framing};
+use super::{Framing, list_items};
 
 /// A cursor over a fixed output buffer. Any write that does not fit fails as a whole message:
 /// the caller checks `Out::finish`.
@@ -19,7 +19,11 @@ pub struct Out<'b> {
 
 impl<'b> Out<'b> {
     pub fn new(buf: &'b mut [u8]) -> Self {
-        Out { buf, len: 0, overflow: false }
+        Out {
+            buf,
+            len: 0,
+            overflow: false,
+        }
     }
 
     pub fn put(&mut self, bytes: &[u8]) {
@@ -74,7 +78,11 @@ pub fn write_request(req: &Request, client_ip: IpAddr, out: &mut Out) {
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
     // append the client's address.
     out.put(b"X-Forwarded-For: ");
-    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+    for h in req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+    {
         let v = super::trim_ows(h.value);
         if !v.is_empty() {
             out.put(v);
@@ -173,7 +181,10 @@ pub const fn reason(status: u16) -> &'static str {
 pub fn write_error(status: u16, close: bool, head_only: bool, keep_alive_10: bool, out: &mut Out) {
     let reason = reason(status);
     let body_len = 3 + 1 + reason.len() + 1;
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n"
+    );
     if status == 405 {
         out.put(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE\r\n");
     }
@@ -184,7 +195,7 @@ pub fn write_error(status: u16, close: bool, head_only: bool, keep_alive_10: boo
     }
     out.put(b"\r\n");
     if !head_only {
-        let _ = write!(out, "{status} {reason}\n");
+        let _ = writeln!(out, "{status} {reason}");
     }
 }
 
