@@ -12,4 +12,5 @@ pub mod io;
 pub mod limits;
 pub mod reactor;
 pub mod server;
+pub mod splice;
 pub mod upstream;

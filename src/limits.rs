@@ -53,3 +53,13 @@ const _: () = assert!(HEAD_BYTES_FLOOR <= HEAD_BYTES_CAP);
 const _: () = assert!(GROUP_SERVERS_CAP <= 64);
 const _: () = assert!(BUF_BYTES <= u32::MAX as usize);
 const _: () = assert!(HEADERS_CAP * 64 < ARENA_BYTES);
+
+/// Pipes per worker for splice(2); past this, bodies are copied through buffers.
+pub const PIPES_PER_WORKER: usize = 256;
+
+/// Capacity asked of each pipe (F_SETPIPE_SZ). The kernel may grant less; nothing relies on it.
+pub const PIPE_BYTES: usize = 256 * 1024;
+
+/// A body is spliced only while more than this many bytes of it remain: below, one read and one
+/// write through a buffer cost fewer syscalls than filling and draining a pipe.
+pub const SPLICE_MIN_BYTES: u64 = BUF_BYTES as u64;

@@ -74,6 +74,7 @@ impl Worker {
                 bufs: BufPool::new(64),
                 arena,
                 ups,
+                pipes: crate::splice::PipePool::new(),
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
                 fd_freed: false,
             },

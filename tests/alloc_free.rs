@@ -7,14 +7,15 @@
 //! responses, pipelined requests, a request Apex rejects itself (400), a 404, a 10 MiB body each
 //! way, and new client connections. The test asserts zero allocations in that window.
 #![allow(unsafe_code)] // GlobalAlloc needs it
-#![allow(clippy::disallowed_types)]
+// Test code: a failed unwrap is a failed test, and the test harness may use a Mutex.
+#![allow(clippy::disallowed_types, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::{Duration, Instant};
 
 use apex::config::Config;
@@ -116,7 +117,11 @@ fn serve_upstream(s: TcpStream) -> std::io::Result<()> {
             w.write_all(&BIG_BODY)?;
         } else {
             let body = format!("got {got}");
-            write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )?;
             if !head_only {
                 w.write_all(body.as_bytes())?;
             }
@@ -176,14 +181,17 @@ fn mix(addr: std::net::SocketAddr, big: bool) -> usize {
     let (mut s, mut r) = connect(addr);
     let mut n = 0;
     for i in 0..40 {
-        s.write_all(format!("GET /small/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+        s.write_all(format!("GET /small/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
         assert_eq!(read_response(&mut r).0, 200);
-        s.write_all(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world").unwrap();
+        s.write_all(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world")
+            .unwrap();
         assert_eq!(read_response(&mut r), (200, 6));
         s.write_all(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
             .unwrap();
         assert_eq!(read_response(&mut r).0, 200);
-        s.write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        s.write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
         assert_eq!(read_response(&mut r), (200, 11));
         // Pipelined: three heads in one write.
         s.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\nHEAD /c HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -203,19 +211,26 @@ fn mix(addr: std::net::SocketAddr, big: bool) -> usize {
         n += 7;
     }
     if big {
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
         assert_eq!(read_response(&mut r), (200, BIG));
         let body = vec![b'y'; BIG];
-        write!(s, "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {BIG}\r\n\r\n").unwrap();
+        write!(
+            s,
+            "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {BIG}\r\n\r\n"
+        )
+        .unwrap();
         s.write_all(&body).unwrap();
         assert_eq!(read_response(&mut r).0, 200);
         n += 2;
     }
     // A request Apex answers itself (no route), keep-alive continues.
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n").unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut r).0, 404);
     // A request Apex rejects: 400 and close.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n")
+        .unwrap();
     assert_eq!(read_response(&mut r).0, 400);
     n + 2
 }
@@ -245,7 +260,9 @@ fn keep_alive_traffic_allocates_nothing() {
     let client = std::thread::spawn(move || {
         // Warm-up: every kind of request, on several connections at once, twice.
         for _ in 0..2 {
-            let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(move || mix(addr, true))).collect();
+            let hs: Vec<_> = (0..4)
+                .map(|_| std::thread::spawn(move || mix(addr, true)))
+                .collect();
             hs.into_iter().for_each(|h| {
                 h.join().unwrap();
             });
@@ -254,7 +271,9 @@ fn keep_alive_traffic_allocates_nothing() {
         std::thread::sleep(Duration::from_millis(50));
         let mut total = 0;
         while total < 10_000 {
-            let hs: Vec<_> = (0..4).map(|k| std::thread::spawn(move || mix(addr, k == 0))).collect();
+            let hs: Vec<_> = (0..4)
+                .map(|k| std::thread::spawn(move || mix(addr, k == 0)))
+                .collect();
             total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
         }
         r2.store(total, SeqCst);
@@ -265,7 +284,10 @@ fn keep_alive_traffic_allocates_nothing() {
     let start = Instant::now();
     let mut armed = false;
     while !done.load(SeqCst) {
-        assert!(start.elapsed() < Duration::from_secs(240), "test took too long");
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "test took too long"
+        );
         if !armed && warm.load(SeqCst) {
             // Let the warm-up connections' closes drain, then count.
             for _ in 0..20 {
