@@ -1067,6 +1067,8 @@ impl Conn {
 
     // ---- Tunnel -----------------------------------------------------------------------------
 
+    /// Both directions raw until both sides have closed their write side. Buffered bytes go
+    /// first, then each direction switches to a pipe.
     fn tunnel(&mut self, cx: &mut Cx) -> Step {
         let mut progress = self.flush_client()? > 0;
         let Some(uk) = self.up else {
@@ -1077,30 +1079,45 @@ impl Conn {
         };
         let cin = cx.bufs.fill_slot(&mut self.cin);
         let uin = cx.bufs.fill_slot(&mut self.uin);
-        // client -> upstream
-        if !self.rq.client_eof {
-            match fill(&self.sock, &mut self.io, cin) {
-                Ok(Filled::Data(_)) => progress = true,
-                Ok(Filled::Idle) => {}
-                Ok(Filled::Eof) | Err(_) => self.rq.client_eof = true,
-            }
-        }
-        progress |= flush(&u.sock, &mut u.io, cin).map_err(|_| Fault::Upstream)? > 0;
-        if self.rq.client_eof && cin.is_empty() && !self.rq.up_shut {
+        let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
+        let Ok(moved) = relay_raw(
+            c,
+            up,
+            cin,
+            &mut self.preq,
+            &mut cx.pipes,
+            &mut self.rq.client_eof,
+        ) else {
+            return Ok(Next::Go(Phase::Close));
+        };
+        progress |= moved;
+        if self.rq.client_eof
+            && cin.is_empty()
+            && self.preq.as_ref().is_none_or(|p| p.pending == 0)
+            && !self.rq.up_shut
+        {
             let _ = u.sock.shutdown(Shutdown::Write);
             self.rq.up_shut = true;
         }
         // upstream -> client, after the 101 head in cout
-        if !self.rq.up_eof {
-            match fill(&u.sock, &mut u.io, uin) {
-                Ok(Filled::Data(_)) => progress = true,
-                Ok(Filled::Idle) => {}
-                Ok(Filled::Eof) | Err(_) => self.rq.up_eof = true,
-            }
-        }
         if self.cout.as_ref().is_none_or(Buf::is_empty) {
-            progress |= flush(&self.sock, &mut self.io, uin).map_err(|_| Fault::Client)? > 0;
-            if self.rq.up_eof && uin.is_empty() && !self.rq.client_shut {
+            let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
+            let Ok(moved) = relay_raw(
+                up,
+                c,
+                uin,
+                &mut self.presp,
+                &mut cx.pipes,
+                &mut self.rq.up_eof,
+            ) else {
+                return Ok(Next::Go(Phase::Close));
+            };
+            progress |= moved;
+            if self.rq.up_eof
+                && uin.is_empty()
+                && self.presp.as_ref().is_none_or(|p| p.pending == 0)
+                && !self.rq.client_shut
+            {
                 let _ = self.sock.shutdown(Shutdown::Write);
                 self.rq.client_shut = true;
             }
@@ -1186,6 +1203,56 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// One direction of a tunnel, `src` to `dst`: bytes already in `buf` first, then through a pipe
+/// (or `buf` again when no pipe is free). Sets `eof` when `src` has closed. Returns progress.
+fn relay_raw(
+    src: (&TcpStream, &mut Io),
+    dst: (&TcpStream, &mut Io),
+    buf: &mut Buf,
+    pipe: &mut Option<Pipe>,
+    pipes: &mut PipePool,
+    eof: &mut bool,
+) -> io::Result<bool> {
+    let (src, sio) = src;
+    let (dst, dio) = dst;
+    let mut progress = false;
+    if !buf.is_empty() {
+        progress |= flush(dst, dio, buf)? > 0;
+        if !buf.is_empty() {
+            return Ok(progress);
+        }
+    }
+    if pipe.is_none() {
+        *pipe = pipes.take();
+    }
+    match pipe {
+        Some(p) => {
+            for _ in 0..2 {
+                progress |= crate::splice::drain(dst, dio, p)? > 0;
+                if p.pending > 0 || *eof {
+                    break;
+                }
+                match crate::splice::fill(src, sio, p, PIPE_BYTES)? {
+                    Spliced::Bytes(_) => progress = true,
+                    Spliced::Idle => break,
+                    Spliced::Eof => *eof = true,
+                }
+            }
+        }
+        None => {
+            if !*eof {
+                match fill(src, sio, buf)? {
+                    Filled::Data(_) => progress = true,
+                    Filled::Idle => {}
+                    Filled::Eof => *eof = true,
+                }
+            }
+            progress |= flush(dst, dio, buf)? > 0;
+        }
+    }
+    Ok(progress)
 }
 
 /// Out of file descriptors or socket memory: nobody's fault but the machine's.
