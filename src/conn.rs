@@ -29,7 +29,7 @@ use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request};
 use crate::h1::response::parse_response;
 use crate::h1::write::{Out, RespMode, write_error, write_request, write_response};
-use crate::h1::{Framing, H1Error, find_head_end};
+use crate::h1::{Framing, H1Error, check_request_line, find_head_end};
 use crate::io::{Filled, Io, fill, flush};
 use crate::limits::{
     HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX, LINGER_MS, PIPE_BYTES, SPLICE_MIN_BYTES,
@@ -142,6 +142,7 @@ pub struct Conn {
 struct Exchange {
     head_scan: usize,
     head_timer: bool,
+    line_ok: bool,
     keep_alive: bool,
     close_after: bool,
     client_minor: u8,
@@ -173,6 +174,7 @@ impl Exchange {
         Exchange {
             head_scan: 0,
             head_timer: false,
+            line_ok: false,
             keep_alive: false,
             close_after: false,
             client_minor: 1,
@@ -390,6 +392,12 @@ impl Conn {
             Err(e) => return self.reject(cx, e),
         };
         let Some(end) = found else {
+            if !self.rq.line_ok {
+                match check_request_line(cin.filled()) {
+                    Ok(ok) => self.rq.line_ok = ok,
+                    Err(e) => return self.reject(cx, e),
+                }
+            }
             if cin.len() >= limits.head_bytes {
                 return self.reject(cx, H1Error::HeadTooLarge);
             }

@@ -143,6 +143,25 @@ pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H
     Ok(None)
 }
 
+/// Checks a request line as soon as its CRLF has arrived, before the rest of the head: an
+/// HTTP/0.9 request (`GET /` with no version) or a line of garbage is refused at once rather
+/// than waited on until the head timeout. Returns Ok(true) when a complete line was checked.
+pub fn check_request_line(buf: &[u8]) -> Result<bool, H1Error> {
+    let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+        return Ok(false);
+    };
+    let line = buf.get(..end).unwrap_or(&[]);
+    // RFC 9112 §3: method SP request-target SP HTTP-version.
+    let ok = line.len() > 9
+        && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+        && line.first().is_some_and(|&b| is_tchar(b));
+    if ok {
+        Ok(true)
+    } else {
+        Err(H1Error::Syntax("bad request line"))
+    }
+}
+
 /// RFC 9110 §5.6.2 tchar.
 pub const fn is_tchar(b: u8) -> bool {
     matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
@@ -263,6 +282,15 @@ mod tests {
             find_head_end(b"GET / HTTP/1.1\r\n\n", &mut s),
             Err(H1Error::BadLineEnding)
         );
+    }
+
+    #[test]
+    fn request_line_checked_early() {
+        assert_eq!(check_request_line(b"GET / HTTP/1.1\r\nHo"), Ok(true));
+        assert_eq!(check_request_line(b"GET / HTTP/1.1"), Ok(false));
+        assert!(check_request_line(b"GET /\r\n").is_err());
+        assert!(check_request_line(b"GET / HTTP/2.0\r\n").is_err());
+        assert!(check_request_line(b"\x16\x03\x01 TLS\r\n").is_err());
     }
 
     #[test]
