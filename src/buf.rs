@@ -105,15 +105,8 @@ impl BufPool {
     }
 
     pub fn take(&mut self) -> Buf {
-        let data = self
-            .free
-            .pop()
-            .unwrap_or_else(|| vec![0u8; BUF_BYTES].into_boxed_slice());
-        Buf {
-            data,
-            start: 0,
-            end: 0,
-        }
+        let data = self.free.pop().unwrap_or_else(|| vec![0u8; BUF_BYTES].into_boxed_slice());
+        Buf { data, start: 0, end: 0 }
     }
 
     pub fn give(&mut self, buf: Buf) {

@@ -40,6 +40,8 @@ pub struct Timeouts {
     pub upstream_head: Duration,
     pub upstream_body: Duration,
     pub upstream_idle: Duration,
+    /// SIGTERM: how long in-flight requests may take to finish before Apex exits anyway.
+    pub shutdown: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -86,9 +88,7 @@ impl HostPattern {
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
             HostPattern::Suffix(s) => {
                 host.len() > s.len()
-                    && host
-                        .get(host.len() - s.len()..)
-                        .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+                    && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
             }
             HostPattern::Any => true,
         }
@@ -100,10 +100,7 @@ impl Config {
     /// that host's routes (as nginx picks a server block, then a location). `host` has no port.
     pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
         let site = self.sites.iter().find(|s| s.host.matches(host))?;
-        site.routes
-            .iter()
-            .find(|r| path.starts_with(&r.path))
-            .map(|r| r.group)
+        site.routes.iter().find(|r| path.starts_with(&r.path)).map(|r| r.group)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -122,8 +119,7 @@ impl Config {
             line: span.map_or(0, |s| line_of(text, s.start)),
             msg,
         };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
         build(raw).map_err(|(span, msg)| err(span, msg))
     }
 }
@@ -147,9 +143,7 @@ impl fmt::Display for ConfigError {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()
-        .get(..offset)
-        .map_or(1, |b| b.iter().filter(|&&c| c == b'\n').count() + 1)
+    text.as_bytes().get(..offset).map_or(1, |b| b.iter().filter(|&&c| c == b'\n').count() + 1)
 }
 
 #[derive(Deserialize)]
@@ -178,6 +172,7 @@ struct RawTimeouts {
     upstream_head: Option<Spanned<String>>,
     upstream_body: Option<Spanned<String>>,
     upstream_idle: Option<Spanned<String>>,
+    shutdown: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -247,40 +242,20 @@ fn parse_size(v: &toml::Value) -> Option<u64> {
     }
 }
 
-fn duration(
-    v: &Option<Spanned<String>>,
-    name: &str,
-    default_ms: u64,
-    zero_ok: bool,
-) -> Result<Duration, BuildError> {
+fn duration(v: &Option<Spanned<String>>, name: &str, default_ms: u64, zero_ok: bool) -> Result<Duration, BuildError> {
     let Some(v) = v else {
         return Ok(Duration::from_millis(default_ms));
     };
     let d = parse_duration(v.get_ref()).ok_or_else(|| {
-        (
-            at(v),
-            format!(
-                "{name}: bad duration {:?} (use e.g. \"250ms\", \"10s\", \"2m\")",
-                v.get_ref()
-            ),
-        )
+        (at(v), format!("{name}: bad duration {:?} (use e.g. \"250ms\", \"10s\", \"2m\")", v.get_ref()))
     })?;
     if d.is_zero() && !zero_ok {
-        return Err((
-            at(v),
-            format!("{name}: a zero timeout would fire at once; give a positive duration"),
-        ));
+        return Err((at(v), format!("{name}: a zero timeout would fire at once; give a positive duration")));
     }
     Ok(d)
 }
 
-fn int_in(
-    v: &Option<Spanned<i64>>,
-    name: &str,
-    default: usize,
-    min: usize,
-    max: usize,
-) -> Result<usize, BuildError> {
+fn int_in(v: &Option<Spanned<i64>>, name: &str, default: usize, min: usize, max: usize) -> Result<usize, BuildError> {
     let Some(v) = v else { return Ok(default) };
     match usize::try_from(*v.get_ref()) {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
@@ -288,30 +263,21 @@ fn int_in(
     }
 }
 
-fn size_in(
-    v: &Option<Spanned<toml::Value>>,
-    name: &str,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<u64, BuildError> {
+fn size_in(v: &Option<Spanned<toml::Value>>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, BuildError> {
     let Some(v) = v else { return Ok(default) };
     match parse_size(v.get_ref()) {
         Some(n) if (min..=max).contains(&n) => Ok(n),
-        Some(_) => Err((
-            at(v),
-            format!("{name}: must be between {min} and {max} bytes"),
-        )),
-        None => Err((
-            at(v),
-            format!("{name}: bad size (use e.g. 16384, \"16KiB\", \"1MiB\", \"1GiB\")"),
-        )),
+        Some(_) => Err((at(v), format!("{name}: must be between {min} and {max} bytes"))),
+        None => Err((at(v), format!("{name}: bad size (use e.g. 16384, \"16KiB\", \"1MiB\", \"1GiB\")"))),
     }
 }
 
 fn parse_addr(s: &Spanned<String>, what: &str) -> Result<SocketAddr, BuildError> {
     s.get_ref().parse::<SocketAddr>().map_err(|_| {
-        (at(s), format!("{what}: bad address {:?} (want IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")", s.get_ref()))
+        (
+            at(s),
+            format!("{what}: bad address {:?} (want IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")", s.get_ref()),
+        )
     })
 }
 
@@ -325,19 +291,11 @@ fn host_pattern(s: &Spanned<String>) -> Result<HostPattern, BuildError> {
         None => (false, h.as_str()),
     };
     let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
         && !name.starts_with('.')
         && !name.ends_with('.');
     if !ok {
-        return Err((
-            at(s),
-            format!(
-                "route host {:?}: want \"example.com\", \"*.example.com\" or \"*\"",
-                s.get_ref()
-            ),
-        ));
+        return Err((at(s), format!("route host {:?}: want \"example.com\", \"*.example.com\" or \"*\"", s.get_ref())));
     }
     Ok(if wild {
         HostPattern::Suffix(format!(".{name}").into_bytes().into_boxed_slice())
@@ -348,11 +306,7 @@ fn host_pattern(s: &Spanned<String>) -> Result<HostPattern, BuildError> {
 
 fn build(raw: RawConfig) -> Result<Config, BuildError> {
     let Some(listen_raw) = raw.listen else {
-        return Err((
-            None,
-            "missing `listen`: give at least one address, e.g. listen = [\"127.0.0.1:8080\"]"
-                .into(),
-        ));
+        return Err((None, "missing `listen`: give at least one address, e.g. listen = [\"127.0.0.1:8080\"]".into()));
     };
     if listen_raw.get_ref().is_empty() {
         return Err((at(&listen_raw), "listen: give at least one address".into()));
@@ -380,6 +334,7 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         upstream_head: duration(&t.upstream_head, "upstream_head", 60_000, false)?,
         upstream_body: duration(&t.upstream_body, "upstream_body", 60_000, false)?,
         upstream_idle: duration(&t.upstream_idle, "upstream_idle", 4_000, false)?,
+        shutdown: duration(&t.shutdown, "shutdown", 30_000, false)?,
     };
 
     let l = &raw.limits;
@@ -394,13 +349,7 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         headers: int_in(&l.headers, "headers", 100, 1, HEADERS_CAP)?,
         body_bytes: size_in(&l.body_bytes, "body_bytes", 1 << 30, 0, u64::MAX)?,
         connections: int_in(&l.connections, "connections", 10_000, 1, 1_000_000)?,
-        upstream_idle_per_server: int_in(
-            &l.upstream_idle_per_server,
-            "upstream_idle_per_server",
-            64,
-            0,
-            100_000,
-        )?,
+        upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 64, 0, 100_000)?,
     };
 
     let mut servers: Vec<SocketAddr> = Vec::new();
@@ -409,16 +358,10 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
     for (name, g) in &raw.upstream {
         let list = &g.get_ref().servers;
         if list.get_ref().is_empty() {
-            return Err((
-                at(list),
-                format!("upstream {name:?}: empty group; give at least one server"),
-            ));
+            return Err((at(list), format!("upstream {name:?}: empty group; give at least one server")));
         }
         if list.get_ref().len() > GROUP_SERVERS_CAP {
-            return Err((
-                at(list),
-                format!("upstream {name:?}: at most {GROUP_SERVERS_CAP} servers"),
-            ));
+            return Err((at(list), format!("upstream {name:?}: at most {GROUP_SERVERS_CAP} servers")));
         }
         let mut members = Vec::new();
         for s in list.get_ref() {
@@ -437,18 +380,11 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         }
         let cooldown = duration(&g.get_ref().cooldown, "cooldown", 10_000, true)?;
         group_index.insert(name.clone(), groups.len());
-        groups.push(Group {
-            name: name.clone(),
-            servers: members,
-            cooldown,
-        });
+        groups.push(Group { name: name.clone(), servers: members, cooldown });
     }
 
     if raw.route.is_empty() {
-        return Err((
-            None,
-            "no [[route]]: every request would get 404; add at least one route".into(),
-        ));
+        return Err((None, "no [[route]]: every request would get 404; add at least one route".into()));
     }
     let mut sites: Vec<Site> = Vec::new();
     for r in &raw.route {
@@ -457,36 +393,21 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
             None => HostPattern::Any,
         };
         let path: Box<[u8]> = match &r.path {
-            Some(p)
-                if p.get_ref().starts_with('/')
-                    && p.get_ref().bytes().all(|b| (b'!'..=b'~').contains(&b)) =>
-            {
+            Some(p) if p.get_ref().starts_with('/') && p.get_ref().bytes().all(|b| (b'!'..=b'~').contains(&b)) => {
                 p.get_ref().as_bytes().into()
             }
             Some(p) => {
-                return Err((
-                    at(p),
-                    format!(
-                        "route path {:?}: must start with '/' and be visible ASCII",
-                        p.get_ref()
-                    ),
-                ));
+                return Err((at(p), format!("route path {:?}: must start with '/' and be visible ASCII", p.get_ref())));
             }
             None => b"/"[..].into(),
         };
         let Some(&group) = group_index.get(r.upstream.get_ref()) else {
-            return Err((
-                at(&r.upstream),
-                format!("route to unknown upstream group {:?}", r.upstream.get_ref()),
-            ));
+            return Err((at(&r.upstream), format!("route to unknown upstream group {:?}", r.upstream.get_ref())));
         };
         let site = match sites.iter_mut().position(|s| s.host == host) {
             Some(i) => sites.get_mut(i),
             None => {
-                sites.push(Site {
-                    host,
-                    routes: Vec::new(),
-                });
+                sites.push(Site { host, routes: Vec::new() });
                 sites.last_mut()
             }
         };
@@ -494,10 +415,7 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
             return Err((None, "internal: site table".into()));
         };
         if site.routes.iter().any(|x| x.path == path) {
-            return Err((
-                at(&r.upstream),
-                "duplicate route: this host and path are already routed".to_string(),
-            ));
+            return Err((at(&r.upstream), "duplicate route: this host and path are already routed".to_string()));
         }
         site.routes.push(Route { path, group });
     }
@@ -510,22 +428,15 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         HostPattern::Any => (2, 0),
     });
 
-    Ok(Config {
-        listen,
-        workers,
-        timeouts,
-        limits,
-        sites,
-        groups,
-        servers,
-    })
+    Ok(Config { listen, workers, timeouts, limits, sites, groups, servers })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const BASE: &str = "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
+    const BASE: &str =
+        "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
 
     fn err(text: &str) -> String {
         Config::parse(text, "t.toml").unwrap_err().to_string()
@@ -542,33 +453,16 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        assert!(
-            err(&format!("{BASE}bogus = 1\n")).starts_with("t.toml:6: "),
-            "{}",
-            err(&format!("{BASE}bogus = 1\n"))
-        );
+        assert!(err(&format!("{BASE}bogus = 1\n")).starts_with("t.toml:6: "), "{}", err(&format!("{BASE}bogus = 1\n")));
         assert!(err("listen = [\"nope\"]\n").starts_with("t.toml:1: listen: bad address"));
         let e = err(&format!("{BASE}[timeouts]\nclient_head = \"0s\"\n"));
-        assert!(
-            e.starts_with("t.toml:7: client_head: a zero timeout"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:7: client_head: a zero timeout"), "{e}");
         let e = err(&format!("{BASE}[[route]]\nupstream = \"app\"\n"));
         assert!(e.starts_with("t.toml:7: duplicate route"), "{e}");
-        let e = err(&format!(
-            "{BASE}[[route]]\npath = \"/x\"\nupstream = \"nope\"\n"
-        ));
-        assert!(
-            e.starts_with("t.toml:8: route to unknown upstream group"),
-            "{e}"
-        );
-        let e = err(
-            "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = []\n",
-        );
-        assert!(
-            e.starts_with("t.toml:5: upstream \"app\": empty group"),
-            "{e}"
-        );
+        let e = err(&format!("{BASE}[[route]]\npath = \"/x\"\nupstream = \"nope\"\n"));
+        assert!(e.starts_with("t.toml:8: route to unknown upstream group"), "{e}");
+        let e = err("listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = []\n");
+        assert!(e.starts_with("t.toml:5: upstream \"app\": empty group"), "{e}");
         let e = err("listen = [\"127.0.0.1:0\"\n");
         assert!(e.starts_with("t.toml:"), "{e}");
     }
@@ -600,10 +494,7 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("5 s"), None);
-        assert_eq!(
-            parse_size(&toml::Value::String("16KiB".into())),
-            Some(16384)
-        );
+        assert_eq!(parse_size(&toml::Value::String("16KiB".into())), Some(16384));
         assert_eq!(parse_size(&toml::Value::Integer(-1)), None);
     }
 }

@@ -17,6 +17,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bumpalo::Bump;
@@ -32,8 +33,7 @@ use crate::h1::write::{Out, RespMode, write_error, write_request, write_response
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end};
 use crate::io::{Filled, Io, fill, flush};
 use crate::limits::{
-    HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX, LINGER_MS, PIPE_BYTES, SPLICE_MIN_BYTES,
-    STEP_TURNS_MAX,
+    HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX, LINGER_MS, PIPE_BYTES, SPLICE_MIN_BYTES, STEP_TURNS_MAX,
 };
 use crate::splice::{Pipe, PipePool, Spliced};
 use crate::upstream::{UpConn, Upstreams};
@@ -41,7 +41,9 @@ use crate::upstream::{UpConn, Upstreams};
 /// What a worker lends a connection while it steps.
 pub struct Cx {
     pub now: Instant,
-    pub cfg: std::sync::Arc<Config>,
+    pub cfg: Arc<Config>,
+    /// Shutting down: no new requests; every connection closes after its current exchange.
+    pub draining: bool,
     pub registry: Registry,
     pub bufs: BufPool,
     pub arena: Bump,
@@ -127,6 +129,8 @@ pub struct Conn {
     uout: Option<Buf>,
     /// The attached upstream connection (key in `Upstreams::conns`).
     up: Option<usize>,
+    /// The config snapshot this request was routed with: it finishes on it, reload or not.
+    snap: Option<Arc<Config>>,
     /// Pipes for splicing the request (client -> upstream) and response directions.
     preq: Option<Pipe>,
     presp: Option<Pipe>,
@@ -211,17 +215,14 @@ impl Conn {
         Conn {
             sock,
             peer,
-            io: Io {
-                readable: true,
-                writable: true,
-                hup: false,
-            },
+            io: Io { readable: true, writable: true, hup: false },
             phase: Phase::ReadHead,
             cin: None,
             cout: None,
             uin: None,
             uout: None,
             up: None,
+            snap: None,
             preq: None,
             presp: None,
             deadline,
@@ -233,6 +234,13 @@ impl Conn {
 
     pub fn on_event(&mut self, ev: &mio::event::Event) {
         self.io.on_event(ev);
+    }
+
+    /// Idle between requests, with nothing buffered either way: safe to close when draining.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::ReadHead
+            && self.cin.as_ref().is_none_or(Buf::is_empty)
+            && self.cout.as_ref().is_none_or(Buf::is_empty)
     }
 
     /// Runs the state machine until it waits for I/O. Returns true if it stopped only because
@@ -262,26 +270,23 @@ impl Conn {
     fn enter(&mut self, p: Phase, cx: &mut Cx) {
         let t = cx.cfg.timeouts;
         match p {
+            Phase::ReadHead if cx.draining => {
+                self.phase = Phase::Close;
+                return;
+            }
             Phase::ReadHead => {
+                self.snap = None;
                 self.rq = Exchange::new();
                 self.release_bufs(cx);
                 cx.pipes.give_slot(&mut self.preq);
                 cx.pipes.give_slot(&mut self.presp);
                 let has_bytes = self.cin.as_ref().is_some_and(|b| !b.is_empty());
                 // Pipelined bytes already waiting start the whole-head clock; otherwise idle.
-                self.deadline = cx.arm(if has_bytes {
-                    t.client_head
-                } else {
-                    t.client_idle
-                });
+                self.deadline = cx.arm(if has_bytes { t.client_head } else { t.client_idle });
                 self.rq.head_timer = has_bytes;
             }
             Phase::Exchange => {
-                self.deadline = cx.arm(if self.req_done() {
-                    t.upstream_head
-                } else {
-                    t.client_body
-                });
+                self.deadline = cx.arm(if self.req_done() { t.upstream_head } else { t.client_body });
             }
             Phase::RespBody | Phase::Tunnel => self.deadline = cx.arm(t.upstream_body),
             Phase::Respond => self.deadline = cx.arm(t.client_send),
@@ -314,6 +319,7 @@ impl Conn {
 
     /// Called by the worker when the connection is removed.
     pub fn close(mut self, cx: &mut Cx) {
+        self.snap = None;
         cx.pipes.give_slot(&mut self.preq);
         cx.pipes.give_slot(&mut self.presp);
         cx.bufs.release(&mut self.cin);
@@ -346,16 +352,14 @@ impl Conn {
             // The response head is already out: no status can be sent any more, only a close.
             return Ok(Next::Go(Phase::Close));
         }
-        self.rq.close_after |= close || !self.rq.keep_alive;
+        self.rq.close_after |= close || !self.rq.keep_alive || cx.draining;
         let head_only = self.rq.is_head;
         let ka10 = self.rq.client_minor == 0 && !self.rq.close_after;
         let out = cx.bufs.fill_slot(&mut self.cout);
         let mut tmp = [0u8; 256];
         let mut w = Out::new(&mut tmp);
         write_error(status, self.rq.close_after, head_only, ka10, &mut w);
-        let n = w
-            .finish()
-            .ok_or(Fault::Internal("error response too long"))?;
+        let n = w.finish().ok_or(Fault::Internal("error response too long"))?;
         if !out.put(tmp.get(..n).unwrap_or(&[])) {
             return Err(Fault::Client); // the client has not read earlier responses; give up
         }
@@ -473,6 +477,7 @@ impl Conn {
             return self.fail(cx, 404, close);
         };
         self.rq.group = group;
+        self.snap = Some(Arc::clone(&cx.cfg));
 
         let uout = cx.bufs.fill_slot(&mut self.uout);
         uout.clear();
@@ -549,9 +554,9 @@ impl Conn {
         }
         // Pick a server: a pooled connection to it, else a new one.
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
-            let cfg = cx.cfg.clone();
-            let Some((idx, server)) = cx.ups.pick(&cfg, self.rq.group, self.rq.tried, cx.now)
-            else {
+            let Some(cfg) = self.snap.as_deref() else { return Err(Fault::Internal("no snapshot")) };
+            let cooldown = cfg.groups.get(self.rq.group).map_or(Duration::ZERO, |g| g.cooldown);
+            let Some((idx, server)) = cx.ups.pick(cfg, self.rq.group, self.rq.tried, cx.now) else {
                 let status = if self.rq.timed_out { 504 } else { 502 };
                 let close = !self.req_done();
                 return self.fail(cx, status, close);
@@ -565,13 +570,11 @@ impl Conn {
                 self.up = Some(uk);
                 return Ok(Next::Go(Phase::Exchange));
             }
-            let Some(addr) = cfg.servers.get(server).copied() else {
-                continue;
-            };
+            let Some(addr) = cx.ups.addr(server) else { continue };
             match self.open(cx, key, server, addr) {
                 Ok(uk) => {
                     self.up = Some(uk);
-                    self.deadline = cx.arm(cfg.timeouts.upstream_connect);
+                    self.deadline = cx.arm(cx.cfg.timeouts.upstream_connect);
                     return Ok(Next::Again);
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
@@ -579,37 +582,18 @@ impl Conn {
                     let close = !self.req_done();
                     return self.fail(cx, 502, close);
                 }
-                Err(_) => {
-                    cx.ups.mark_down(
-                        server,
-                        cx.now
-                            + cfg
-                                .groups
-                                .get(self.rq.group)
-                                .map_or(Duration::ZERO, |g| g.cooldown),
-                    );
-                }
+                Err(_) => cx.ups.mark_down(server, cx.now + cooldown),
             }
         }
         Err(Fault::Internal("connect loop"))
     }
 
-    fn open(
-        &mut self,
-        cx: &mut Cx,
-        key: usize,
-        server: usize,
-        addr: SocketAddr,
-    ) -> io::Result<usize> {
+    fn open(&mut self, cx: &mut Cx, key: usize, server: usize, addr: SocketAddr) -> io::Result<usize> {
         let mut sock = TcpStream::connect(addr)?;
         let _ = sock.set_nodelay(true);
         let entry = cx.ups.conns.vacant_entry();
         let uk = entry.key();
-        cx.registry.register(
-            &mut sock,
-            Token(uk << 1 | 1),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        cx.registry.register(&mut sock, Token(uk << 1 | 1), Interest::READABLE | Interest::WRITABLE)?;
         entry.insert(UpConn {
             sock,
             io: Io::default(),
@@ -624,11 +608,8 @@ impl Conn {
 
     /// The connect failed (or timed out): cool the server down and let `connect` pick the next.
     fn connect_failed(&mut self, cx: &mut Cx, timed_out: bool) {
-        let cooldown = cx
-            .cfg
-            .groups
-            .get(self.rq.group)
-            .map_or(Duration::ZERO, |g| g.cooldown);
+        let cooldown =
+            self.snap.as_deref().and_then(|c| c.groups.get(self.rq.group)).map_or(Duration::ZERO, |g| g.cooldown);
         cx.ups.mark_down(self.rq.server, cx.now + cooldown);
         self.rq.timed_out = timed_out;
         if let Some(uk) = self.up.take() {
@@ -686,11 +667,7 @@ impl Conn {
                 return self.upstream_bad(cx); // a head larger than a buffer, or cut short
             }
             if progress {
-                self.deadline = cx.arm(if self.req_done() {
-                    t.upstream_head
-                } else {
-                    t.client_body
-                });
+                self.deadline = cx.arm(if self.req_done() { t.upstream_head } else { t.client_body });
                 return Ok(Next::Again);
             }
             return Ok(Next::Wait);
@@ -729,9 +706,7 @@ impl Conn {
             Framing::None => (Framing::None, Body::Done),
             Framing::Length(n) => (Framing::Length(n), Body::Length(n)),
             // RFC 9112 §7.1: HTTP/1.0 has no chunked coding: de-chunk and delimit by close.
-            Framing::Chunked if self.rq.client_minor == 1 => {
-                (Framing::Chunked, Body::Chunked(Decoder::new()))
-            }
+            Framing::Chunked if self.rq.client_minor == 1 => (Framing::Chunked, Body::Chunked(Decoder::new())),
             Framing::Chunked => (Framing::Close, Body::Chunked(Decoder::new())),
             Framing::Close => (Framing::Close, Body::Raw),
         };
@@ -739,13 +714,8 @@ impl Conn {
         if framing == Framing::Close {
             self.rq.close_after = true;
         }
-        let keep_alive = self.rq.keep_alive && !self.rq.close_after && !tunnel;
-        let mode = RespMode {
-            framing,
-            keep_alive,
-            client_minor: self.rq.client_minor,
-            tunnel,
-        };
+        let keep_alive = self.rq.keep_alive && !self.rq.close_after && !tunnel && !cx.draining;
+        let mode = RespMode { framing, keep_alive, client_minor: self.rq.client_minor, tunnel };
         let cout = cx.bufs.fill_slot(&mut self.cout);
         let mut w = Out::new(cout.spare());
         write_response(&resp, mode, &mut w);
@@ -895,9 +865,7 @@ impl Conn {
         };
         let mut progress = false;
         for _ in 0..2 {
-            progress |= crate::splice::drain(&self.sock, &mut self.io, pipe)
-                .map_err(|_| Fault::Client)?
-                > 0;
+            progress |= crate::splice::drain(&self.sock, &mut self.io, pipe).map_err(|_| Fault::Client)? > 0;
             if pipe.pending > 0 || self.rq.up_eof {
                 break;
             }
@@ -947,8 +915,7 @@ impl Conn {
             Body::Raw => true,
             _ => false,
         };
-        let drained = self.uin.as_ref().is_none_or(Buf::is_empty)
-            && self.cout.as_ref().is_none_or(Buf::is_empty);
+        let drained = self.uin.as_ref().is_none_or(Buf::is_empty) && self.cout.as_ref().is_none_or(Buf::is_empty);
         let pending = self.presp.as_ref().is_some_and(|p| p.pending > 0);
         if pending || (spliceable && drained) {
             if self.presp.is_none() {
@@ -1025,11 +992,7 @@ impl Conn {
         }
         if progress {
             let client_slow = self.cout.as_ref().is_some_and(|b| !b.is_empty()) || !pipe_empty;
-            self.deadline = cx.arm(if client_slow {
-                t.client_send
-            } else {
-                t.upstream_body
-            });
+            self.deadline = cx.arm(if client_slow { t.client_send } else { t.upstream_body });
             return Next::Again;
         }
         Next::Wait
@@ -1066,11 +1029,7 @@ impl Conn {
         }
         cx.pipes.give_slot(&mut self.preq);
         cx.pipes.give_slot(&mut self.presp);
-        if self.rq.close_after {
-            Next::Go(Phase::Respond)
-        } else {
-            Next::Go(Phase::ReadHead)
-        }
+        if self.rq.close_after { Next::Go(Phase::Respond) } else { Next::Go(Phase::ReadHead) }
     }
 
     // ---- Tunnel -----------------------------------------------------------------------------
@@ -1088,21 +1047,11 @@ impl Conn {
         let cin = cx.bufs.fill_slot(&mut self.cin);
         let uin = cx.bufs.fill_slot(&mut self.uin);
         let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
-        let Ok(moved) = relay_raw(
-            c,
-            up,
-            cin,
-            &mut self.preq,
-            &mut cx.pipes,
-            &mut self.rq.client_eof,
-        ) else {
+        let Ok(moved) = relay_raw(c, up, cin, &mut self.preq, &mut cx.pipes, &mut self.rq.client_eof) else {
             return Ok(Next::Go(Phase::Close));
         };
         progress |= moved;
-        if self.rq.client_eof
-            && cin.is_empty()
-            && self.preq.as_ref().is_none_or(|p| p.pending == 0)
-            && !self.rq.up_shut
+        if self.rq.client_eof && cin.is_empty() && self.preq.as_ref().is_none_or(|p| p.pending == 0) && !self.rq.up_shut
         {
             let _ = u.sock.shutdown(Shutdown::Write);
             self.rq.up_shut = true;
@@ -1110,14 +1059,7 @@ impl Conn {
         // upstream -> client, after the 101 head in cout
         if self.cout.as_ref().is_none_or(Buf::is_empty) {
             let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
-            let Ok(moved) = relay_raw(
-                up,
-                c,
-                uin,
-                &mut self.presp,
-                &mut cx.pipes,
-                &mut self.rq.up_eof,
-            ) else {
+            let Ok(moved) = relay_raw(up, c, uin, &mut self.presp, &mut cx.pipes, &mut self.rq.up_eof) else {
                 return Ok(Next::Go(Phase::Close));
             };
             progress |= moved;
@@ -1152,11 +1094,7 @@ impl Conn {
             }
             return Ok(Next::Wait);
         }
-        if self.rq.close_after {
-            Ok(Next::Go(Phase::Linger))
-        } else {
-            Ok(Next::Go(Phase::ReadHead))
-        }
+        if self.rq.close_after { Ok(Next::Go(Phase::Linger)) } else { Ok(Next::Go(Phase::ReadHead)) }
     }
 
     /// After our write side is shut: read and discard until the client closes or time is up.
@@ -1202,9 +1140,7 @@ impl Conn {
                     self.fail(cx, 504, !self.req_done())? // RFC 9110 §15.6.5
                 }
             }
-            Phase::RespBody | Phase::Tunnel | Phase::Respond | Phase::Linger | Phase::Close => {
-                Next::Go(Phase::Close)
-            }
+            Phase::RespBody | Phase::Tunnel | Phase::Respond | Phase::Linger | Phase::Close => Next::Go(Phase::Close),
         };
         if let Next::Go(p) = next {
             self.enter(p, cx);
@@ -1269,9 +1205,7 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     let Some(code) = e.raw_os_error() else {
         return false;
     };
-    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
-        .iter()
-        .any(|x| x.raw_os_error() == code)
+    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].iter().any(|x| x.raw_os_error() == code)
 }
 
 #[cfg(test)]

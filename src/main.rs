@@ -9,17 +9,9 @@ const USAGE: &str = "usage: apex CONFIG.toml        run the proxy
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--help" | "-h"] => {
-            println!(
-                "apex {}: an HTTP/1.1 reverse proxy\n{USAGE}",
-                env!("CARGO_PKG_VERSION")
-            );
+            println!("apex {}: an HTTP/1.1 reverse proxy\n{USAGE}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         ["--version" | "-V"] => {

@@ -27,8 +27,12 @@ use crate::conn::{Conn, Cx, Phase, is_fd_exhaustion};
 use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS};
 use crate::upstream::Upstreams;
 
+/// Wakes a worker from `poll` (drain, reload). Even and far above any slab key.
+const WAKE_TOKEN: usize = usize::MAX / 2 - 1;
+
 pub struct Worker {
     poll: Poll,
+    waker: Arc<mio::Waker>,
     listeners: Vec<TcpListener>,
     conns: Slab<Conn>,
     cx: Cx,
@@ -41,12 +45,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(
-        shared: Arc<ArcSwap<Config>>,
-        listeners: Vec<std::net::TcpListener>,
-    ) -> io::Result<Worker> {
+    pub fn new(shared: Arc<ArcSwap<Config>>, listeners: Vec<std::net::TcpListener>) -> io::Result<Worker> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
+        let waker = Arc::new(mio::Waker::new(&registry, Token(WAKE_TOKEN))?);
         let cfg = shared.load_full();
         let cap = cfg.limits.connections;
         let mut ls = Vec::with_capacity(listeners.len());
@@ -59,17 +61,16 @@ impl Worker {
         let arena = Bump::with_capacity(ARENA_BYTES);
         arena.set_allocation_limit(Some(ARENA_BYTES));
         let now = Instant::now();
-        let ups = Upstreams::new(
-            &cfg,
-            cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server,
-        );
+        let ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
         Ok(Worker {
             poll,
+            waker,
             listeners: ls,
             conns: Slab::with_capacity(cap),
             cx: Cx {
                 now,
                 cfg,
+                draining: false,
                 registry,
                 bufs: BufPool::new(64),
                 arena,
@@ -86,13 +87,41 @@ impl Worker {
         })
     }
 
-    /// Runs until `stop` is set.
-    pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+    /// Lets another thread interrupt this worker's `poll`.
+    pub fn waker(&self) -> Arc<mio::Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Runs until `drain` is set and every connection has finished its exchange.
+    pub fn run(&mut self, drain: &AtomicBool) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        while !stop.load(Ordering::Relaxed) {
+        loop {
+            if drain.load(Ordering::Relaxed) && !self.cx.draining {
+                self.start_drain();
+            }
+            if self.cx.draining && self.conns.is_empty() {
+                return Ok(());
+            }
             self.turn(&mut events)?;
         }
-        Ok(())
+    }
+
+    /// Stop accepting (closing the listeners, so new connections are refused), close idle
+    /// keep-alive connections; the rest close after their current exchange.
+    fn start_drain(&mut self) {
+        self.cx.draining = true;
+        for mut l in self.listeners.drain(..) {
+            let _ = self.cx.registry.deregister(&mut l);
+        }
+        self.expired.clear();
+        for (key, c) in self.conns.iter() {
+            if c.is_idle() && self.expired.len() < self.expired.capacity() {
+                self.expired.push(key);
+            }
+        }
+        while let Some(key) = self.expired.pop() {
+            self.close(key);
+        }
     }
 
     /// One poll and everything it made ready.
@@ -111,12 +140,18 @@ impl Worker {
         // One snapshot per batch: cheap, and a reload is seen by the next batch.
         let current = self.shared.load();
         if !Arc::ptr_eq(&current, &self.cx.cfg) {
+            // A reload. The old snapshot stays alive in the thread that installed the new one
+            // (and in requests still running on it), so this never frees a config here.
             self.cx.cfg = Arc::clone(&current);
+            self.cx.ups.sync(&self.cx.cfg);
         }
         drop(current);
 
         for ev in events.iter() {
             let t = ev.token().0;
+            if t == WAKE_TOKEN {
+                continue;
+            }
             if t > usize::MAX - self.listeners.len().max(1) {
                 self.accept(usize::MAX - t);
             } else if t & 1 == 0 {
@@ -218,11 +253,7 @@ impl Worker {
                     if self
                         .cx
                         .registry
-                        .register(
-                            &mut sock,
-                            Token(key << 1),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
+                        .register(&mut sock, Token(key << 1), Interest::READABLE | Interest::WRITABLE)
                         .is_err()
                     {
                         continue;
@@ -280,6 +311,17 @@ impl Worker {
             next = next.min(t);
         }
         self.cx.next_sweep = next.max(now + Duration::from_millis(SWEEP_MIN_MS));
+        if self.cx.draining {
+            // Connections that went idle since: nothing more will come on them.
+            for (key, c) in self.conns.iter() {
+                if c.is_idle() && self.expired.len() < self.expired.capacity() {
+                    self.expired.push(key);
+                }
+            }
+            while let Some(key) = self.expired.pop() {
+                self.close(key);
+            }
+        }
         if self.accept_paused {
             self.resume_accept();
         }
@@ -295,8 +337,7 @@ pub fn bind_all(cfg: &Config) -> io::Result<(Vec<SocketAddr>, Vec<Vec<std::net::
     for w in 0..cfg.workers {
         let mut ls = Vec::with_capacity(addrs.len());
         for addr in &mut addrs {
-            let l = bind_one(*addr)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            let l = bind_one(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
             if w == 0 {
                 *addr = l.local_addr()?;
             }

@@ -1,13 +1,27 @@
-//! Process level: load the config, bind, start one worker thread per configured worker, and
-//! wait. Signals and reload arrive in the operations work; for now SIGTERM ends the process.
+//! Process level: load the config, bind, start one worker thread per configured worker, then
+//! handle signals on the main thread, which is never on the hot path.
+//!
+//! - SIGHUP: reload. The whole file is read and validated; on success the new snapshot is
+//!   swapped in atomically, on any error the old one keeps serving and the error is logged with
+//!   file, line and reason. Listener and worker changes are refused as a whole (restart to change
+//!   them). Old snapshots are kept here until no worker or request holds them, so a worker never
+//!   frees a config.
+//! - SIGTERM, SIGINT: drain. Workers close their listeners (new connections are refused), close
+//!   idle keep-alive connections, answer in-flight requests with `Connection: close`, and exit
+//!   when done; the process exits 0, or after `timeouts.shutdown` anyway. A second one exits now.
+//! - SIGQUIT: exit now.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
 
 use crate::config::Config;
 use crate::reactor::{Worker, bind_all};
@@ -20,6 +34,27 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Signals first, so one that arrives during start-up is not lost to its default action.
+    let (tx, rx) = mpsc::channel();
+    match Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1]) {
+        Ok(mut signals) => {
+            let spawned = std::thread::Builder::new().name("apex-signals".into()).spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(sig).is_err() {
+                        return;
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                eprintln!("apex: cannot start the signal thread: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        Err(e) => {
+            eprintln!("apex: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let (addrs, listeners) = match bind_all(&cfg) {
         Ok(x) => x,
         Err(e) => {
@@ -28,8 +63,9 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     let shared = Arc::new(ArcSwap::from_pointee(cfg));
-    let stop = Arc::new(AtomicBool::new(false));
+    let drain = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
+    let mut wakers = Vec::new();
     for (i, ls) in listeners.into_iter().enumerate() {
         let mut w = match Worker::new(Arc::clone(&shared), ls) {
             Ok(w) => w,
@@ -38,10 +74,9 @@ pub fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let stop = Arc::clone(&stop);
-        let spawned = std::thread::Builder::new()
-            .name(format!("apex-w{i}"))
-            .spawn(move || w.run(&stop));
+        wakers.push(w.waker());
+        let drain = Arc::clone(&drain);
+        let spawned = std::thread::Builder::new().name(format!("apex-w{i}")).spawn(move || w.run(&drain));
         match spawned {
             Ok(h) => workers.push(h),
             Err(e) => {
@@ -57,16 +92,88 @@ pub fn run(path: &Path) -> ExitCode {
         }
         let _ = out.flush();
     }
-    let mut code = ExitCode::SUCCESS;
-    for h in workers {
-        match h.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                eprintln!("apex: worker stopped: {e}");
-                code = ExitCode::FAILURE;
+
+    let mut retired: Vec<Arc<Config>> = Vec::new();
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(SIGHUP) => {
+                reload(path, &shared, &mut retired);
+                wake(&wakers);
             }
-            Err(_) => code = ExitCode::FAILURE,
+            Ok(SIGTERM | SIGINT) => {
+                if drain_deadline.is_some() {
+                    eprintln!("apex: second signal: exiting now");
+                    std::process::exit(1);
+                }
+                let grace = shared.load().timeouts.shutdown;
+                eprintln!(
+                    "apex: draining: no new connections; exiting when in-flight requests end (at most {grace:?})"
+                );
+                drain.store(true, Ordering::SeqCst);
+                wake(&wakers);
+                drain_deadline = Some(Instant::now() + grace);
+            }
+            Ok(SIGQUIT) => {
+                eprintln!("apex: SIGQUIT: exiting now");
+                std::process::exit(0);
+            }
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        // A snapshot only this thread still holds can go: no worker or request uses it.
+        retired.retain(|c| Arc::strong_count(c) > 1);
+
+        if workers.iter().all(|h| h.is_finished()) {
+            let mut code = ExitCode::SUCCESS;
+            for h in workers {
+                match h.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        eprintln!("apex: worker stopped: {e}");
+                        code = ExitCode::FAILURE;
+                    }
+                    Err(_) => code = ExitCode::FAILURE,
+                }
+            }
+            return code;
+        }
+        if drain_deadline.is_none() && workers.iter().any(|h| h.is_finished()) {
+            eprintln!("apex: a worker stopped unexpectedly; draining the others");
+            drain.store(true, Ordering::SeqCst);
+            drain_deadline = Some(Instant::now() + shared.load().timeouts.shutdown);
+        }
+        if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!("apex: drain timeout: exiting with requests still in flight");
+            std::process::exit(0);
         }
     }
-    code
+}
+
+fn wake(wakers: &[Arc<mio::Waker>]) {
+    for w in wakers {
+        let _ = w.wake();
+    }
+}
+
+/// SIGHUP: all or nothing.
+fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("apex: reload failed: {e}; still serving the previous config");
+            return;
+        }
+    };
+    let current = shared.load();
+    if new.listen != current.listen || new.workers != current.workers {
+        eprintln!(
+            "apex: reload refused: {}: `listen` or `workers` changed, which needs a restart; still serving the previous config",
+            path.display()
+        );
+        return;
+    }
+    drop(current);
+    retired.push(shared.swap(Arc::new(new)));
+    eprintln!("apex: reloaded {}", path.display());
 }

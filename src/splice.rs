@@ -40,10 +40,7 @@ impl Default for PipePool {
 
 impl PipePool {
     pub fn new() -> Self {
-        PipePool {
-            free: Vec::with_capacity(PIPES_PER_WORKER),
-            live: 0,
-        }
+        PipePool { free: Vec::with_capacity(PIPES_PER_WORKER), live: 0 }
     }
 
     /// A pipe, or None at the limit (or if the kernel refuses one): the caller copies instead.

@@ -8,6 +8,7 @@
 //! upstream's own keep-alive timeout (config `upstream_idle`, default 4 s, below Node's 5 s).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -29,85 +30,135 @@ pub struct UpConn {
     pub idle_deadline: Instant,
 }
 
+/// What a worker knows about one upstream address. Worker-local ids are stable across config
+/// reloads: a server that stays keeps its pool and its passive-health mark.
+pub struct ServerState {
+    pub addr: SocketAddr,
+    /// Idle connection keys, most recently used last.
+    pub idle: Vec<usize>,
+    /// Skipped until this instant after a failure (passive health).
+    pub down_until: Option<Instant>,
+    /// In the current config. A removed server's connections close once idle.
+    pub live: bool,
+}
+
 pub struct Upstreams {
     pub conns: Slab<UpConn>,
-    /// Per server: idle connection keys, most recently used last.
-    pub idle: Vec<Vec<usize>>,
-    /// Per server: skipped until this instant after a failure (passive health).
-    pub down_until: Vec<Option<Instant>>,
-    /// Per group: the next server to try.
-    pub rr: Vec<usize>,
+    pub servers: Vec<ServerState>,
+    /// The current config's server index -> worker id, and which config that is.
+    map: Vec<usize>,
+    map_for: usize,
+    /// Per group of the current config: the next server to try.
+    rr: Vec<usize>,
     idle_cap: usize,
 }
 
 impl Upstreams {
-    pub fn new(cfg: &Config, conns_cap: usize) -> Self {
-        let idle_cap = cfg.limits.upstream_idle_per_server;
-        Upstreams {
+    pub fn new(cfg: &Arc<Config>, conns_cap: usize) -> Self {
+        let mut u = Upstreams {
             conns: Slab::with_capacity(conns_cap),
-            idle: cfg
-                .servers
-                .iter()
-                .map(|_| Vec::with_capacity(idle_cap))
-                .collect(),
-            down_until: vec![None; cfg.servers.len()],
-            rr: vec![0; cfg.groups.len()],
-            idle_cap,
-        }
+            servers: Vec::new(),
+            map: Vec::new(),
+            map_for: 0,
+            rr: Vec::new(),
+            idle_cap: 0,
+        };
+        u.sync(cfg);
+        u
     }
 
-    /// Returns (index in the group, server). Round-robin over the group's servers that this request has not tried and that are not
-    /// cooling down.
-    pub fn pick(
-        &mut self,
-        cfg: &Config,
-        group: usize,
-        tried: u64,
-        now: Instant,
-    ) -> Option<(usize, usize)> {
+    /// Follows a new config snapshot: maps its servers to worker ids (adding new addresses),
+    /// marks removed ones, closes their idle connections. Runs on reload, not per request.
+    pub fn sync(&mut self, cfg: &Arc<Config>) {
+        self.idle_cap = cfg.limits.upstream_idle_per_server;
+        for s in &mut self.servers {
+            s.live = false;
+        }
+        self.map.clear();
+        for addr in &cfg.servers {
+            let id = match self.servers.iter().position(|s| s.addr == *addr) {
+                Some(id) => id,
+                None => {
+                    self.servers.push(ServerState {
+                        addr: *addr,
+                        idle: Vec::with_capacity(self.idle_cap),
+                        down_until: None,
+                        live: true,
+                    });
+                    self.servers.len() - 1
+                }
+            };
+            if let Some(s) = self.servers.get_mut(id) {
+                s.live = true;
+            }
+            self.map.push(id);
+        }
+        let conns = &mut self.conns;
+        for s in &mut self.servers {
+            if !s.live {
+                for k in s.idle.drain(..) {
+                    conns.try_remove(k);
+                }
+            }
+        }
+        self.rr.clear();
+        self.rr.resize(cfg.groups.len(), 0);
+        self.map_for = Arc::as_ptr(cfg) as usize;
+    }
+
+    /// The worker id of `cfg`'s server `index`. A request still running on an older snapshot
+    /// finds its server by address.
+    fn id_of(&self, cfg: &Config, index: usize) -> Option<usize> {
+        if std::ptr::from_ref(cfg) as usize == self.map_for {
+            return self.map.get(index).copied();
+        }
+        let addr = cfg.servers.get(index)?;
+        self.servers.iter().position(|s| s.addr == *addr)
+    }
+
+    /// Returns (index in the group, worker server id). Round-robin over the group's servers
+    /// that this request has not tried and that are not cooling down.
+    pub fn pick(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
         let n = g.servers.len();
         let start = self.rr.get(group).copied().unwrap_or(0);
         for k in 0..n {
             let i = (start + k) % n;
-            let Some(&server) = g.servers.get(i) else {
-                continue;
-            };
+            let Some(&index) = g.servers.get(i) else { continue };
             if tried & (1u64 << i) != 0 {
                 continue;
             }
-            if self
-                .down_until
-                .get(server)
-                .copied()
-                .flatten()
-                .is_some_and(|t| t > now)
-            {
+            let Some(id) = self.id_of(cfg, index) else { continue };
+            if self.servers.get(id).and_then(|s| s.down_until).is_some_and(|t| t > now) {
                 continue;
             }
             if let Some(r) = self.rr.get_mut(group) {
                 *r = (i + 1) % n;
             }
-            return Some((i, server));
+            return Some((i, id));
         }
         None
     }
 
-    pub fn mark_down(&mut self, server: usize, until: Instant) {
-        if let Some(d) = self.down_until.get_mut(server) {
-            *d = Some(until);
+    pub fn addr(&self, id: usize) -> Option<SocketAddr> {
+        self.servers.get(id).map(|s| s.addr)
+    }
+
+    pub fn mark_down(&mut self, id: usize, until: Instant) {
+        if let Some(s) = self.servers.get_mut(id) {
+            s.down_until = Some(until);
         }
     }
 
-    pub fn mark_up(&mut self, server: usize) {
-        if let Some(d) = self.down_until.get_mut(server) {
-            *d = None;
+    pub fn mark_up(&mut self, id: usize) {
+        if let Some(s) = self.servers.get_mut(id) {
+            s.down_until = None;
         }
     }
 
     /// An idle connection to `server` that has seen nothing since it went idle.
     pub fn take_idle(&mut self, server: usize, owner: usize) -> Option<usize> {
-        while let Some(key) = self.idle.get_mut(server)?.pop() {
+        while let Some(key) = self.servers.get_mut(server)?.idle.pop() {
             match self.conns.get_mut(key) {
                 // Readable while idle means EOF, an error, or bytes nobody asked for: unusable.
                 Some(c) if !c.io.readable && !c.io.hup => {
@@ -132,9 +183,7 @@ impl Upstreams {
         if c.io.readable || c.io.hup {
             let mut scratch = [0u8; 64];
             match std::io::Read::read(&mut &c.sock, &mut scratch) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !c.io.hup => {
-                    c.io.readable = false
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !c.io.hup => c.io.readable = false,
                 _ => {
                     self.conns.remove(key);
                     return;
@@ -142,8 +191,8 @@ impl Upstreams {
             }
         }
         let server = c.server;
-        match self.idle.get_mut(server) {
-            Some(list) if list.len() < self.idle_cap => {
+        match self.servers.get_mut(server) {
+            Some(ServerState { idle: list, live: true, .. }) if list.len() < self.idle_cap => {
                 c.owner = None;
                 c.reused = true;
                 c.idle_deadline = deadline;
@@ -158,18 +207,18 @@ impl Upstreams {
     pub fn close(&mut self, key: usize) {
         if let Some(c) = self.conns.try_remove(key)
             && c.owner.is_none()
-            && let Some(list) = self.idle.get_mut(c.server)
+            && let Some(s) = self.servers.get_mut(c.server)
         {
-            list.retain(|&k| k != key);
+            s.idle.retain(|&k| k != key);
         }
     }
 
-    /// Closes idle connections past their deadline; returns how many were closed.
+    /// Closes idle connections past their deadline; returns the earliest deadline left.
     pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
-        for list in &mut self.idle {
+        for s in &mut self.servers {
             let conns = &mut self.conns;
-            list.retain(|&k| match conns.get(k) {
+            s.idle.retain(|&k| match conns.get(k) {
                 Some(c) if c.idle_deadline <= now => {
                     conns.remove(k);
                     false
@@ -182,9 +231,5 @@ impl Upstreams {
             });
         }
         next
-    }
-
-    pub fn addr(cfg: &Config, server: usize) -> Option<SocketAddr> {
-        cfg.servers.get(server).copied()
     }
 }

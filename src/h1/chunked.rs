@@ -98,12 +98,7 @@ impl Decoder {
     /// Reads from `input` and writes to `out`; returns (consumed, produced). Stops when input is
     /// used up, `out` is full, or the message ended. `rechunk`: keep the chunked coding (else
     /// de-chunk). Bytes after the message's end are left unconsumed.
-    pub fn relay(
-        &mut self,
-        input: &[u8],
-        out: &mut [u8],
-        rechunk: bool,
-    ) -> Result<(usize, usize), ChunkError> {
+    pub fn relay(&mut self, input: &[u8], out: &mut [u8], rechunk: bool) -> Result<(usize, usize), ChunkError> {
         let mut i = 0;
         let mut o = 0;
         loop {
@@ -112,11 +107,7 @@ impl Decoder {
                 let Some(slot) = out.get_mut(o) else {
                     return Ok((i, o));
                 };
-                *slot = self
-                    .stage
-                    .get(usize::from(self.stage_pos))
-                    .copied()
-                    .unwrap_or(0);
+                *slot = self.stage.get(usize::from(self.stage_pos)).copied().unwrap_or(0);
                 self.stage_pos += 1;
                 o += 1;
             }
@@ -165,10 +156,7 @@ impl Decoder {
         let mut v = size;
         loop {
             if let Some(d) = digits.get_mut(n) {
-                *d = b"0123456789abcdef"
-                    .get((v & 0xf) as usize)
-                    .copied()
-                    .unwrap_or(b'0');
+                *d = b"0123456789abcdef".get((v & 0xf) as usize).copied().unwrap_or(b'0');
             }
             n += 1;
             v >>= 4;
@@ -194,11 +182,7 @@ impl Decoder {
 
     fn line_byte(&mut self) -> Result<(), ChunkError> {
         self.line_bytes += 1;
-        if self.line_bytes > CHUNK_LINE_MAX {
-            Err(ChunkError)
-        } else {
-            Ok(())
-        }
+        if self.line_bytes > CHUNK_LINE_MAX { Err(ChunkError) } else { Ok(()) }
     }
 
     fn byte(&mut self, b: u8, rechunk: bool) -> Result<(), ChunkError> {
@@ -209,11 +193,8 @@ impl Decoder {
                 self.line_byte()?;
                 if let Some(d) = (b as char).to_digit(16) {
                     // RFC 9112 §7.1: chunk-size = 1*HEXDIG; overflow is an error, not a wrap.
-                    self.size = self
-                        .size
-                        .checked_mul(16)
-                        .and_then(|s| s.checked_add(u64::from(d)))
-                        .ok_or(ChunkError)?;
+                    self.size =
+                        self.size.checked_mul(16).and_then(|s| s.checked_add(u64::from(d))).ok_or(ChunkError)?;
                     self.state = Size { any: true };
                 } else if !any {
                     return Err(ChunkError);
@@ -384,12 +365,7 @@ mod tests {
     use super::*;
 
     /// Decodes `input` fed in pieces at `split`, through an output of `out_cap` bytes at a time.
-    fn run(
-        input: &[u8],
-        split: usize,
-        out_cap: usize,
-        rechunk: bool,
-    ) -> Result<(Vec<u8>, usize), ChunkError> {
+    fn run(input: &[u8], split: usize, out_cap: usize, rechunk: bool) -> Result<(Vec<u8>, usize), ChunkError> {
         let mut d = Decoder::new();
         let mut out = Vec::new();
         let mut consumed = 0;
@@ -462,11 +438,7 @@ mod tests {
             b"0\r\n\n",
         ];
         for input in bad {
-            assert!(
-                all_splits(input, true).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert!(all_splits(input, true).is_err(), "{:?}", String::from_utf8_lossy(input));
         }
     }
 

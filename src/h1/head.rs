@@ -5,10 +5,7 @@
 
 use bumpalo::Bump;
 
-use super::{
-    Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, trim_ows,
-    valid_field_value,
-};
+use super::{Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, trim_ows, valid_field_value};
 
 #[derive(Debug)]
 pub struct Request<'a> {
@@ -33,10 +30,7 @@ pub struct Request<'a> {
 impl Request<'_> {
     /// RFC 9110 §9.2.2: idempotent methods may be retried automatically.
     pub fn idempotent(&self) -> bool {
-        matches!(
-            self.method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        )
+        matches!(self.method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
     }
 
     pub fn is_head(&self) -> bool {
@@ -45,18 +39,11 @@ impl Request<'_> {
 }
 
 /// Parses one complete head (`head` ends with CRLFCRLF, as found by `find_head_end`).
-pub fn parse_request<'a>(
-    head: &'a [u8],
-    arena: &'a Bump,
-    headers_max: usize,
-) -> Result<Request<'a>, H1Error> {
-    let slots = arena
-        .try_alloc_slice_fill_copy(headers_max, httparse::EMPTY_HEADER)
-        .map_err(|_| H1Error::TooManyHeaders)?;
+pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) -> Result<Request<'a>, H1Error> {
+    let slots =
+        arena.try_alloc_slice_fill_copy(headers_max, httparse::EMPTY_HEADER).map_err(|_| H1Error::TooManyHeaders)?;
     let mut req = httparse::Request::new(slots);
-    let status = httparse::ParserConfig::default()
-        .parse_request(&mut req, head)
-        .map_err(H1Error::from_httparse)?;
+    let status = httparse::ParserConfig::default().parse_request(&mut req, head).map_err(H1Error::from_httparse)?;
     if status.is_partial() {
         return Err(H1Error::Syntax("incomplete head"));
     }
@@ -97,10 +84,7 @@ pub fn parse_request<'a>(
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
             // RFC 9112 §6.3 item 5: repeated Content-Length is refused, even when equal.
-            if content_length
-                .replace(parse_content_length(h.value)?)
-                .is_some()
-            {
+            if content_length.replace(parse_content_length(h.value)?).is_some() {
                 return Err(H1Error::BadContentLength);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -140,10 +124,7 @@ pub fn parse_request<'a>(
             return Err(H1Error::ConflictingLength);
         }
         check_transfer_encoding(
-            headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-                .map(|h| h.value),
+            headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.value),
         )?;
         Framing::Chunked
     } else {
@@ -190,10 +171,7 @@ pub fn parse_request<'a>(
     // h2c is never tunnelled: Apex does not speak HTTP/2, and an h2c upgrade through a proxy is a
     // known way past its routing rules.
     let upgrade = upgrade.filter(|u| {
-        minor == 1
-            && upgrade_token
-            && !u.is_empty()
-            && !list_items(u).any(|p| p.eq_ignore_ascii_case(b"h2c"))
+        minor == 1 && upgrade_token && !u.is_empty() && !list_items(u).any(|p| p.eq_ignore_ascii_case(b"h2c"))
     });
 
     Ok(Request {
@@ -213,8 +191,7 @@ pub fn parse_request<'a>(
 /// `http://authority/path?q` -> (authority, "/path?q"); a missing path becomes "/".
 /// The target has been checked to be visible ASCII, so slicing at ASCII positions is exact.
 fn split_absolute(target: &str) -> Option<(&str, &str)> {
-    let rest = strip_prefix_ignore_case(target, "http://")
-        .or_else(|| strip_prefix_ignore_case(target, "https://"))?;
+    let rest = strip_prefix_ignore_case(target, "http://").or_else(|| strip_prefix_ignore_case(target, "https://"))?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at_checked(end)?;
     if path.starts_with('/') {
@@ -228,11 +205,7 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    if head.eq_ignore_ascii_case(prefix) {
-        s.get(prefix.len()..)
-    } else {
-        None
-    }
+    if head.eq_ignore_ascii_case(prefix) { s.get(prefix.len()..) } else { None }
 }
 
 /// RFC 9110 §7.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]`, with uri-host an IP-literal in
@@ -244,11 +217,7 @@ pub fn valid_host(h: &[u8]) -> bool {
         };
         let (lit, rest) = h.split_at(close + 1);
         let inner = lit.get(1..lit.len() - 1).unwrap_or(&[]);
-        if inner.is_empty()
-            || !inner
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
             return false;
         }
         match rest.split_first() {
@@ -336,21 +305,9 @@ mod tests {
         };
     }
 
-    case!(
-        plain_get,
-        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        Ok(Framing::None)
-    );
-    case!(
-        cl_body,
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
-        Ok(Framing::Length(5))
-    );
-    case!(
-        chunked_body,
-        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-        Ok(Framing::Chunked)
-    );
+    case!(plain_get, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
+    case!(cl_body, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Ok(Framing::Length(5)));
+    case!(chunked_body, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Ok(Framing::Chunked));
     case!(
         te_and_cl,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -366,16 +323,8 @@ mod tests {
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
         Err(H1Error::BadContentLength)
     );
-    case!(
-        cl_list,
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n",
-        Err(H1Error::BadContentLength)
-    );
-    case!(
-        te_on_10,
-        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-        Err(H1Error::TransferEncodingOn10)
-    );
+    case!(cl_list, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Err(H1Error::BadContentLength));
+    case!(te_on_10, b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Err(H1Error::TransferEncodingOn10));
     case!(
         te_gzip,
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
@@ -383,66 +332,18 @@ mod tests {
     );
     case!(no_host, b"GET / HTTP/1.1\r\n\r\n", Err(H1Error::BadHost));
     case!(no_host_10, b"GET / HTTP/1.0\r\n\r\n", Ok(Framing::None));
-    case!(
-        two_hosts,
-        b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
-        Err(H1Error::BadHost)
-    );
-    case!(
-        host_userinfo,
-        b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
-        Err(H1Error::BadHost)
-    );
-    case!(
-        host_space,
-        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
-        Err(H1Error::BadHost)
-    );
-    case!(
-        absolute_agrees,
-        b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
-        Ok(Framing::None)
-    );
-    case!(
-        absolute_disagrees,
-        b"GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
-        Err(H1Error::BadHost)
-    );
-    case!(
-        asterisk_get,
-        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
-        Err(H1Error::BadTarget)
-    );
-    case!(
-        asterisk_options,
-        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
-        Ok(Framing::None)
-    );
-    case!(
-        connect,
-        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
-        Err(H1Error::MethodNotAllowed)
-    );
-    case!(
-        authority_form,
-        b"GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
-        Err(H1Error::BadTarget)
-    );
-    case!(
-        nul_in_value,
-        b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n",
-        Err(H1Error::BadFieldValue)
-    );
-    case!(
-        space_before_colon,
-        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
-        Err(H1Error::Syntax("bad header name"))
-    );
-    case!(
-        expect_other,
-        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n",
-        Err(H1Error::ExpectationFailed)
-    );
+    case!(two_hosts, b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", Err(H1Error::BadHost));
+    case!(host_userinfo, b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Err(H1Error::BadHost));
+    case!(host_space, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Err(H1Error::BadHost));
+    case!(absolute_agrees, b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
+    case!(absolute_disagrees, b"GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadHost));
+    case!(asterisk_get, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadTarget));
+    case!(asterisk_options, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
+    case!(connect, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", Err(H1Error::MethodNotAllowed));
+    case!(authority_form, b"GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadTarget));
+    case!(nul_in_value, b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", Err(H1Error::BadFieldValue));
+    case!(space_before_colon, b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", Err(H1Error::Syntax("bad header name")));
+    case!(expect_other, b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", Err(H1Error::ExpectationFailed));
 
     #[test]
     fn obs_fold_refused() {
@@ -453,21 +354,13 @@ mod tests {
     fn too_many_headers() {
         let arena = Bump::new();
         let head = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
-        assert_eq!(
-            parse_request(head, &arena, 2).map(|r| r.framing),
-            Err(H1Error::TooManyHeaders)
-        );
+        assert_eq!(parse_request(head, &arena, 2).map(|r| r.framing), Err(H1Error::TooManyHeaders));
     }
 
     #[test]
     fn absolute_form_becomes_origin_form() {
         let arena = Bump::new();
-        let r = parse_request(
-            b"GET HTTP://a:8/x?y HTTP/1.1\r\nHost: a:8\r\n\r\n",
-            &arena,
-            8,
-        )
-        .unwrap();
+        let r = parse_request(b"GET HTTP://a:8/x?y HTTP/1.1\r\nHost: a:8\r\n\r\n", &arena, 8).unwrap();
         assert_eq!((r.path, r.host), ("/x?y", &b"a:8"[..]));
         let r = parse_request(b"GET http://a HTTP/1.1\r\n\r\n", &arena, 8).unwrap();
         assert_eq!((r.path, r.host), ("/", &b"a"[..]));
@@ -478,9 +371,7 @@ mod tests {
         let arena = Bump::new();
         let ka = |h: &[u8]| parse_request(h, &arena, 8).unwrap().keep_alive;
         assert!(ka(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(!ka(
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        ));
+        assert!(!ka(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
         assert!(!ka(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
     }
@@ -489,41 +380,18 @@ mod tests {
     fn upgrade_needs_connection_token_and_no_h2c() {
         let arena = Bump::new();
         let up = |h: &[u8]| parse_request(h, &arena, 8).unwrap().upgrade.is_some();
-        assert!(up(
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        ));
-        assert!(!up(
-            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
-        ));
-        assert!(!up(
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-        ));
-        assert!(!up(
-            b"GET / HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        ));
+        assert!(up(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(!up(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(!up(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"));
+        assert!(!up(b"GET / HTTP/1.0\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"));
     }
 
     #[test]
     fn hosts() {
-        for ok in [
-            &b"a"[..],
-            b"a.b-c.example",
-            b"a:80",
-            b"[::1]",
-            b"[::1]:8080",
-            b"127.0.0.1:1",
-        ] {
+        for ok in [&b"a"[..], b"a.b-c.example", b"a:80", b"[::1]", b"[::1]:8080", b"127.0.0.1:1"] {
             assert!(valid_host(ok), "{:?}", ok);
         }
-        for bad in [
-            &b"a b"[..],
-            b"u@a",
-            b"a:x",
-            b"[::1",
-            b"[]",
-            b"a:123456",
-            b"a/b",
-        ] {
+        for bad in [&b"a b"[..], b"u@a", b"a:x", b"[::1", b"[]", b"a:123456", b"a/b"] {
             assert!(!valid_host(bad), "{:?}", bad);
         }
         assert_eq!(host_name(b"a.com:80"), b"a.com");

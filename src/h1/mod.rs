@@ -109,10 +109,7 @@ pub enum Framing {
 /// lenient path; a lone LF is a classic smuggling desync).
 pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H1Error> {
     let mut i = *scanned;
-    while let Some(off) = buf
-        .get(i..)
-        .and_then(|rest| memchr::memchr2(b'\r', b'\n', rest))
-    {
+    while let Some(off) = buf.get(i..).and_then(|rest| memchr::memchr2(b'\r', b'\n', rest)) {
         let at = i + off;
         match buf.get(at) {
             Some(b'\r') => match buf.get(at + 1) {
@@ -155,11 +152,7 @@ pub fn check_request_line(buf: &[u8]) -> Result<bool, H1Error> {
     let ok = line.len() > 9
         && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
         && line.first().is_some_and(|&b| is_tchar(b));
-    if ok {
-        Ok(true)
-    } else {
-        Err(H1Error::Syntax("bad request line"))
-    }
+    if ok { Ok(true) } else { Err(H1Error::Syntax("bad request line")) }
 }
 
 /// RFC 9110 §5.6.2 tchar.
@@ -170,20 +163,13 @@ pub const fn is_tchar(b: u8) -> bool {
 
 /// RFC 9110 §5.5: field-value bytes are VCHAR, obs-text, SP and HTAB; nothing else.
 pub fn valid_field_value(v: &[u8]) -> bool {
-    v.iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+    v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
 /// Trims optional whitespace (SP, HTAB) from both ends (RFC 9110 §5.6.3 OWS).
 pub fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |e| e + 1);
+    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
+    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
     v.get(start..end).unwrap_or(&[])
 }
 
@@ -199,10 +185,7 @@ pub fn parse_content_length(v: &[u8]) -> Result<u64, H1Error> {
         if !b.is_ascii_digit() {
             return Err(H1Error::BadContentLength);
         }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(b - b'0')))
-            .ok_or(H1Error::BadContentLength)?;
+        n = n.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))).ok_or(H1Error::BadContentLength)?;
     }
     Ok(n)
 }
@@ -238,11 +221,7 @@ pub fn check_transfer_encoding<'a>(values: impl Iterator<Item = &'a [u8]>) -> Re
         }
     }
     if !last_chunked {
-        return Err(if unknown && !chunked_seen {
-            H1Error::UnknownCoding
-        } else {
-            H1Error::BadTransferEncoding
-        });
+        return Err(if unknown && !chunked_seen { H1Error::UnknownCoding } else { H1Error::BadTransferEncoding });
     }
     if unknown {
         return Err(H1Error::UnknownCoding);
@@ -268,20 +247,11 @@ mod tests {
     #[test]
     fn bare_lf_and_cr_refused() {
         let mut s = 0;
-        assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n", &mut s),
-            Err(H1Error::BadLineEnding)
-        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nHost: a\r\n\r\n", &mut s), Err(H1Error::BadLineEnding));
         let mut s = 0;
-        assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", &mut s),
-            Err(H1Error::BadLineEnding)
-        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", &mut s), Err(H1Error::BadLineEnding));
         let mut s = 0;
-        assert_eq!(
-            find_head_end(b"GET / HTTP/1.1\r\n\n", &mut s),
-            Err(H1Error::BadLineEnding)
-        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\n", &mut s), Err(H1Error::BadLineEnding));
     }
 
     #[test]
@@ -299,23 +269,10 @@ mod tests {
         assert_eq!(parse_content_length(b" 42 "), Ok(42));
         assert_eq!(parse_content_length(b"007"), Ok(7));
         assert_eq!(parse_content_length(b"18446744073709551615"), Ok(u64::MAX));
-        for bad in [
-            &b""[..],
-            b"+5",
-            b"-1",
-            b"5, 5",
-            b"0x10",
-            b"18446744073709551616",
-            b"18446744073709551617",
-            b"1 2",
-            b"5a",
-        ] {
-            assert_eq!(
-                parse_content_length(bad),
-                Err(H1Error::BadContentLength),
-                "{:?}",
-                bad
-            );
+        for bad in
+            [&b""[..], b"+5", b"-1", b"5, 5", b"0x10", b"18446744073709551616", b"18446744073709551617", b"1 2", b"5a"]
+        {
+            assert_eq!(parse_content_length(bad), Err(H1Error::BadContentLength), "{:?}", bad);
         }
     }
 
@@ -329,14 +286,8 @@ mod tests {
         assert_eq!(te(&[b"gzip", b"chunked"]), Err(H1Error::UnknownCoding));
         assert_eq!(te(&[b"gzip"]), Err(H1Error::UnknownCoding));
         assert_eq!(te(&[b"chunked, gzip"]), Err(H1Error::BadTransferEncoding));
-        assert_eq!(
-            te(&[b"chunked, chunked"]),
-            Err(H1Error::BadTransferEncoding)
-        );
-        assert_eq!(
-            te(&[b"chunked", b"chunked"]),
-            Err(H1Error::BadTransferEncoding)
-        );
+        assert_eq!(te(&[b"chunked, chunked"]), Err(H1Error::BadTransferEncoding));
+        assert_eq!(te(&[b"chunked", b"chunked"]), Err(H1Error::BadTransferEncoding));
         assert_eq!(te(&[b"chunked,"]), Err(H1Error::BadTransferEncoding));
         assert_eq!(te(&[b"\"chunked\""]), Err(H1Error::BadTransferEncoding));
         assert_eq!(te(&[b""]), Err(H1Error::BadTransferEncoding));

@@ -4,9 +4,7 @@
 
 use bumpalo::Bump;
 
-use super::{
-    Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, valid_field_value,
-};
+use super::{Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, valid_field_value};
 
 #[derive(Debug)]
 pub struct Response<'a> {
@@ -30,13 +28,10 @@ pub fn parse_response<'a>(
     headers_max: usize,
     req_is_head: bool,
 ) -> Result<Response<'a>, H1Error> {
-    let slots = arena
-        .try_alloc_slice_fill_copy(headers_max, httparse::EMPTY_HEADER)
-        .map_err(|_| H1Error::TooManyHeaders)?;
+    let slots =
+        arena.try_alloc_slice_fill_copy(headers_max, httparse::EMPTY_HEADER).map_err(|_| H1Error::TooManyHeaders)?;
     let mut resp = httparse::Response::new(slots);
-    let status = httparse::ParserConfig::default()
-        .parse_response(&mut resp, head)
-        .map_err(H1Error::from_httparse)?;
+    let status = httparse::ParserConfig::default().parse_response(&mut resp, head).map_err(H1Error::from_httparse)?;
     if status.is_partial() {
         return Err(H1Error::Syntax("incomplete head"));
     }
@@ -62,10 +57,7 @@ pub fn parse_response<'a>(
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             // RFC 9112 §6.3 item 5: an invalid or repeated length in a response is a 502.
-            if content_length
-                .replace(parse_content_length(h.value)?)
-                .is_some()
-            {
+            if content_length.replace(parse_content_length(h.value)?).is_some() {
                 return Err(H1Error::BadContentLength);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -97,10 +89,7 @@ pub fn parse_response<'a>(
         // Apex relays only the chunked coding; anything else would have to pass through as
         // close-delimited with a coding the client may not know.
         check_transfer_encoding(
-            headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-                .map(|h| h.value),
+            headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.value),
         )?;
     }
     // RFC 9112 §6.3 items 1-7, in order.
@@ -140,51 +129,24 @@ mod tests {
 
     #[test]
     fn framing_rules() {
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false), Ok((Framing::Length(3), true)));
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true), Ok((Framing::None, true)));
         assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false),
-            Ok((Framing::Length(3), true))
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true),
-            Ok((Framing::None, true))
-        );
-        assert_eq!(
-            framing(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                false
-            ),
+            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false),
             Ok((Framing::Chunked, true))
         );
+        assert_eq!(framing(b"HTTP/1.1 200 OK\r\n\r\n", false), Ok((Framing::Close, false)));
+        assert_eq!(framing(b"HTTP/1.1 204 No Content\r\n\r\n", false), Ok((Framing::None, true)));
         assert_eq!(
-            framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
-            Ok((Framing::Close, false))
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false),
             Ok((Framing::None, true))
         );
+        assert_eq!(framing(b"HTTP/1.1 100 Continue\r\n\r\n", false), Ok((Framing::None, true)));
         assert_eq!(
-            framing(
-                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-                false
-            ),
-            Ok((Framing::None, true))
-        );
-        assert_eq!(
-            framing(b"HTTP/1.1 100 Continue\r\n\r\n", false),
-            Ok((Framing::None, true))
-        );
-        assert_eq!(
-            framing(
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
-                false
-            ),
+            framing(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false),
             Ok((Framing::Length(1), false))
         );
-        assert_eq!(
-            framing(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false),
-            Ok((Framing::Length(1), false))
-        );
+        assert_eq!(framing(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false), Ok((Framing::Length(1), false)));
     }
 
     #[test]
@@ -201,11 +163,7 @@ mod tests {
             b"garbage\r\n\r\n",
         ];
         for head in bad {
-            assert!(
-                framing(head, false).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(head)
-            );
+            assert!(framing(head, false).is_err(), "{:?}", String::from_utf8_lossy(head));
         }
     }
 }

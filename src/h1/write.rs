@@ -19,11 +19,7 @@ pub struct Out<'b> {
 
 impl<'b> Out<'b> {
     pub fn new(buf: &'b mut [u8]) -> Self {
-        Out {
-            buf,
-            len: 0,
-            overflow: false,
-        }
+        Out { buf, len: 0, overflow: false }
     }
 
     pub fn put(&mut self, bytes: &[u8]) {
@@ -78,11 +74,7 @@ pub fn write_request(req: &Request, client_ip: IpAddr, out: &mut Out) {
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
     // append the client's address.
     out.put(b"X-Forwarded-For: ");
-    for h in req
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-    {
+    for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
         let v = super::trim_ows(h.value);
         if !v.is_empty() {
             out.put(v);
@@ -181,10 +173,7 @@ pub const fn reason(status: u16) -> &'static str {
 pub fn write_error(status: u16, close: bool, head_only: bool, keep_alive_10: bool, out: &mut Out) {
     let reason = reason(status);
     let body_len = 3 + 1 + reason.len() + 1;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n"
-    );
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
     if status == 405 {
         out.put(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE\r\n");
     }
