@@ -2,53 +2,54 @@
 //! bytes in flight; an idle keep-alive connection holds none. After warm-up the pool reuses the
 //! same allocations, so the hot path allocates nothing.
 //!
-//! Invariant: `start <= end <= data.len()`; the readable bytes are `data[start..end]`.
+//! Invariant: `start <= end <= BUF_BYTES`; the readable bytes are `data[start..end]`.
 
 use crate::limits::BUF_BYTES;
 
 pub struct Buf {
-    data: Box<[u8]>,
-    start: usize,
-    end: usize,
+    data: Box<[u8; BUF_BYTES]>,
+    start: u32,
+    end: u32,
 }
 
 impl Buf {
     /// Bytes waiting to be consumed.
     pub fn filled(&self) -> &[u8] {
-        self.data.get(self.start..self.end).unwrap_or(&[])
+        self.data.get(self.start as usize..self.end as usize).unwrap_or(&[])
     }
 
     pub fn len(&self) -> usize {
-        self.end - self.start
+        (self.end - self.start) as usize
     }
 
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
-    /// Room after the filled bytes; compacts first when that makes more room.
+    /// Room after the filled bytes; compacts first when the room left is short.
     pub fn spare(&mut self) -> &mut [u8] {
-        if self.start > 0 && self.end == self.data.len() {
+        // Compact when the tail is short: bytes move at most once per quarter buffer consumed.
+        if self.start > 0 && BUF_BYTES - (self.end as usize) < BUF_BYTES / 4 {
             self.compact();
         }
-        self.data.get_mut(self.end..).unwrap_or(&mut [])
+        self.data.get_mut(self.end as usize..).unwrap_or(&mut [])
     }
 
     pub fn spare_len(&self) -> usize {
-        self.data.len() - self.end + self.start
+        BUF_BYTES - self.len()
     }
 
     /// Marks `n` bytes of `spare()` as filled.
     pub fn commit(&mut self, n: usize) {
-        debug_assert!(self.end + n <= self.data.len());
-        self.end = (self.end + n).min(self.data.len());
+        debug_assert!(self.end as usize + n <= BUF_BYTES);
+        self.end = (self.end as usize + n).min(BUF_BYTES) as u32;
     }
 
     /// Drops `n` filled bytes from the front. An emptied buffer rewinds to its start but keeps
     /// its contents, which lets a request head be re-sent (`rewind`).
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
-        self.start = (self.start + n).min(self.end);
+        self.start = (self.start as usize + n).min(self.end as usize) as u32;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -59,13 +60,16 @@ impl Buf {
     /// that was written at the start of an otherwise empty buffer.
     pub fn rewind(&mut self, n: usize) {
         self.start = 0;
-        self.end = n.min(self.data.len());
+        self.end = n.min(BUF_BYTES) as u32;
     }
 
     /// Appends `bytes` if all of them fit; returns false (and appends nothing) otherwise.
     pub fn put(&mut self, bytes: &[u8]) -> bool {
         if self.spare_len() < bytes.len() {
             return false;
+        }
+        if BUF_BYTES - (self.end as usize) < bytes.len() {
+            self.compact();
         }
         let spare = self.spare();
         match spare.get_mut(..bytes.len()) {
@@ -84,7 +88,7 @@ impl Buf {
     }
 
     fn compact(&mut self) {
-        self.data.copy_within(self.start..self.end, 0);
+        self.data.copy_within(self.start as usize..self.end as usize, 0);
         self.end -= self.start;
         self.start = 0;
     }
@@ -92,20 +96,20 @@ impl Buf {
 
 /// Per-worker free list. `take` allocates only while the pool has never been this deep.
 pub struct BufPool {
-    free: Vec<Box<[u8]>>,
+    free: Vec<Box<[u8; BUF_BYTES]>>,
 }
 
 impl BufPool {
     pub fn new(prealloc: usize) -> Self {
         let mut free = Vec::with_capacity(prealloc.max(64));
         for _ in 0..prealloc {
-            free.push(vec![0u8; BUF_BYTES].into_boxed_slice());
+            free.push(Box::new([0u8; BUF_BYTES]));
         }
         BufPool { free }
     }
 
     pub fn take(&mut self) -> Buf {
-        let data = self.free.pop().unwrap_or_else(|| vec![0u8; BUF_BYTES].into_boxed_slice());
+        let data = self.free.pop().unwrap_or_else(|| Box::new([0u8; BUF_BYTES]));
         Buf { data, start: 0, end: 0 }
     }
 
@@ -135,5 +139,28 @@ impl BufPool {
 
     pub fn free_count(&self) -> usize {
         self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_compacts_when_needed() {
+        let mut pool = BufPool::new(0);
+        let mut b = pool.take();
+        assert!(b.put(&[1; BUF_BYTES - 10]));
+        b.consume(BUF_BYTES - 20);
+        assert_eq!(b.len(), 10);
+        assert!(b.put(&[2; 100]), "room exists once the consumed front is reclaimed");
+        assert_eq!(b.len(), 110);
+        assert_eq!(b.filled()[..10], [1; 10]);
+        assert_eq!(b.filled()[10..], [2; 100]);
+        assert!(!b.put(&[3; BUF_BYTES]));
+        b.consume(110);
+        assert!(b.is_empty());
+        b.rewind(5);
+        assert_eq!(b.filled(), &[1, 1, 1, 1, 1]);
     }
 }
