@@ -22,6 +22,7 @@ pub struct Config {
     pub workers: usize,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub log: LogConfig,
     /// Most specific first: exact hosts, then wildcards by suffix length, then `*`.
     pub sites: Vec<Site>,
     pub groups: Vec<Group>,
@@ -51,6 +52,12 @@ pub struct Limits {
     pub body_bytes: u64,
     pub connections: usize,
     pub upstream_idle_per_server: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub access: crate::log::Sink,
+    pub format: crate::log::Format,
 }
 
 #[derive(Debug)]
@@ -156,6 +163,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
     upstream: BTreeMap<String, Spanned<RawGroup>>,
@@ -183,6 +192,13 @@ struct RawLimits {
     body_bytes: Option<Spanned<toml::Value>>,
     connections: Option<Spanned<i64>>,
     upstream_idle_per_server: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -352,6 +368,21 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 64, 0, 100_000)?,
     };
 
+    let log = LogConfig {
+        access: match &raw.log.access {
+            None => crate::log::Sink::Stdout,
+            Some(a) if a.get_ref().is_empty() => {
+                return Err((at(a), "log access: give \"stdout\", \"off\" or a file path".into()));
+            }
+            Some(a) => crate::log::parse_sink(a.get_ref()),
+        },
+        format: match raw.log.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "combined")) => crate::log::Format::Combined,
+            Some((_, "json")) => crate::log::Format::Json,
+            Some((f, other)) => return Err((at(f), format!("log format {other:?}: want \"combined\" or \"json\""))),
+        },
+    };
+
     let mut servers: Vec<SocketAddr> = Vec::new();
     let mut groups = Vec::new();
     let mut group_index = BTreeMap::new();
@@ -428,7 +459,7 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         HostPattern::Any => (2, 0),
     });
 
-    Ok(Config { listen, workers, timeouts, limits, sites, groups, servers })
+    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers })
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bumpalo::Bump;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use slab::Slab;
 
 use crate::buf::{Buf, BufPool};
 use crate::config::Config;
@@ -35,6 +36,7 @@ use crate::io::{Filled, Io, fill, flush};
 use crate::limits::{
     HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX, LINGER_MS, PIPE_BYTES, SPLICE_MIN_BYTES, STEP_TURNS_MAX,
 };
+use crate::log::{Entry, Rec, Sink, WorkerLog};
 use crate::splice::{Pipe, PipePool, Spliced};
 use crate::upstream::{UpConn, Upstreams};
 
@@ -49,6 +51,9 @@ pub struct Cx {
     pub arena: Bump,
     pub ups: Upstreams,
     pub pipes: PipePool,
+    pub log: WorkerLog,
+    /// Request fields kept for the access log while their request is in flight.
+    pub recs: Slab<Rec>,
     /// Earliest deadline armed since the last sweep.
     pub next_sweep: Instant,
     /// An fd was closed: a paused accept loop may resume.
@@ -137,6 +142,8 @@ pub struct Conn {
     pub deadline: Instant,
     /// On the worker's run-again list.
     pub queued: bool,
+    /// This request's access-log fields in `Cx::recs`.
+    rec: Option<u32>,
     requests: u32,
     rq: Exchange,
 }
@@ -171,6 +178,33 @@ struct Exchange {
     client_shut: bool,
     up_shut: bool,
     body_limit: u64,
+    /// For the access log: when the head was complete, what was answered, bytes each way,
+    /// and which side ended the exchange on an error.
+    start: Option<Instant>,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    ended_by: EndedBy,
+    logged: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EndedBy {
+    Nobody,
+    Client,
+    Upstream,
+    Timeout,
+}
+
+impl EndedBy {
+    const fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Nobody => "-",
+            EndedBy::Client => "client",
+            EndedBy::Upstream => "upstream",
+            EndedBy::Timeout => "timeout",
+        }
+    }
 }
 
 impl Exchange {
@@ -203,6 +237,12 @@ impl Exchange {
             client_shut: false,
             up_shut: false,
             body_limit: 0,
+            start: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            ended_by: EndedBy::Nobody,
+            logged: false,
         }
     }
 }
@@ -227,6 +267,7 @@ impl Conn {
             presp: None,
             deadline,
             queued: false,
+            rec: None,
             requests: 0,
             rq: Exchange::new(),
         }
@@ -319,6 +360,7 @@ impl Conn {
 
     /// Called by the worker when the connection is removed.
     pub fn close(mut self, cx: &mut Cx) {
+        self.log_done(cx);
         self.snap = None;
         cx.pipes.give_slot(&mut self.preq);
         cx.pipes.give_slot(&mut self.presp);
@@ -363,7 +405,45 @@ impl Conn {
         if !out.put(tmp.get(..n).unwrap_or(&[])) {
             return Err(Fault::Client); // the client has not read earlier responses; give up
         }
+        self.rq.start.get_or_insert(cx.now);
+        self.rq.status = status;
+        self.rq.bytes_out += n as u64;
+        if self.rq.ended_by == EndedBy::Nobody && status != 404 {
+            self.rq.ended_by = if status < 500 { EndedBy::Client } else { EndedBy::Upstream };
+        }
+        self.log_done(cx);
         Ok(Next::Go(Phase::Respond))
+    }
+
+    /// Writes this exchange's access-log line, once, and frees its record.
+    fn log_done(&mut self, cx: &mut Cx) {
+        let Some(start) = self.rq.start else { return };
+        if self.rq.logged {
+            return;
+        }
+        self.rq.logged = true;
+        let rec = self.rec.take();
+        if cx.cfg.log.access != Sink::Off {
+            let r = rec.and_then(|k| cx.recs.get(k as usize));
+            let e = Entry {
+                client: self.peer,
+                method: r.map_or(&[][..], Rec::method),
+                target: r.map_or(&[][..], Rec::target),
+                minor: self.rq.client_minor,
+                status: self.rq.status,
+                bytes_in: self.rq.bytes_in,
+                bytes_out: self.rq.bytes_out,
+                upstream: if self.rq.tried != 0 { cx.ups.addr(self.rq.server) } else { None },
+                micros: cx.now.saturating_duration_since(start).as_micros() as u64,
+                referer: r.map_or(&[][..], Rec::referer),
+                agent: r.map_or(&[][..], Rec::agent),
+                ended_by: self.rq.ended_by.as_str(),
+            };
+            cx.log.access(cx.now, cx.cfg.log.format, &e);
+        }
+        if let Some(k) = rec {
+            cx.recs.try_remove(k as usize);
+        }
     }
 
     fn flush_client(&mut self) -> Result<usize, Fault> {
@@ -447,6 +527,18 @@ impl Conn {
             }
         };
         self.requests = self.requests.saturating_add(1);
+        self.rq.start = Some(cx.now);
+        self.rq.bytes_in = end as u64;
+        if cx.cfg.log.access != Sink::Off && cx.recs.len() < cx.recs.capacity() {
+            let header = |name: &str| {
+                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map_or(&[][..], |h| h.value)
+            };
+            let entry = cx.recs.vacant_entry();
+            let k = entry.key();
+            let rec = entry.insert(Rec::empty());
+            rec.capture(req.method.as_bytes(), req.path.as_bytes(), req.minor, header("referer"), header("user-agent"));
+            self.rec = u32::try_from(k).ok();
+        }
         let rq = &mut self.rq;
         rq.keep_alive = req.keep_alive;
         rq.client_minor = req.minor;
@@ -504,6 +596,8 @@ impl Conn {
 
     /// A malformed request: its status, `Connection: close`, and nothing forwarded.
     fn reject(&mut self, cx: &mut Cx, e: H1Error) -> Step {
+        let peer = self.peer;
+        cx.log.error(cx.now, format_args!("info: client {peer}: {} {}", e.status(), e.as_str()));
         if let Some(b) = self.cin.as_mut() {
             b.clear();
         }
@@ -582,7 +676,10 @@ impl Conn {
                     let close = !self.req_done();
                     return self.fail(cx, 502, close);
                 }
-                Err(_) => cx.ups.mark_down(server, cx.now + cooldown),
+                Err(e) => {
+                    cx.ups.mark_down(server, cx.now + cooldown);
+                    cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect: {e}; skipped for {cooldown:?}"));
+                }
             }
         }
         Err(Fault::Internal("connect loop"))
@@ -611,6 +708,10 @@ impl Conn {
         let cooldown =
             self.snap.as_deref().and_then(|c| c.groups.get(self.rq.group)).map_or(Duration::ZERO, |g| g.cooldown);
         cx.ups.mark_down(self.rq.server, cx.now + cooldown);
+        if let Some(addr) = cx.ups.addr(self.rq.server) {
+            let what = if timed_out { "timed out" } else { "failed" };
+            cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect {what}; skipped for {cooldown:?}"));
+        }
         self.rq.timed_out = timed_out;
         if let Some(uk) = self.up.take() {
             cx.ups.close(uk);
@@ -720,7 +821,11 @@ impl Conn {
         let mut w = Out::new(cout.spare());
         write_response(&resp, mode, &mut w);
         match w.finish() {
-            Some(n) => cout.commit(n),
+            Some(n) => {
+                cout.commit(n);
+                self.rq.bytes_out += n as u64;
+                self.rq.status = resp.code;
+            }
             None if !cout.is_empty() => return Ok(Next::Wait), // earlier bytes first
             None => return self.upstream_bad(cx),
         }
@@ -758,6 +863,9 @@ impl Conn {
 
     /// The upstream sent something Apex will not relay: 502, and the connection is discarded.
     fn upstream_bad(&mut self, cx: &mut Cx) -> Step {
+        if let Some(addr) = cx.ups.addr(self.rq.server) {
+            cx.log.error(cx.now, format_args!("warn: upstream {addr}: malformed or unexpected response; 502"));
+        }
         let close = !self.req_done();
         self.fail(cx, 502, close)
     }
@@ -789,6 +897,7 @@ impl Conn {
             // A client that vanishes mid-request aborts its exchange.
             Ok(Filled::Eof) | Err(_) => {
                 self.rq.client_eof = true;
+                self.rq.ended_by = EndedBy::Client;
                 return Ok(Pump::Divert(Next::Go(Phase::Close)));
             }
         }
@@ -811,6 +920,7 @@ impl Conn {
         };
         cin.consume(used);
         uout.commit(made);
+        self.rq.bytes_in += used as u64;
         if matches!(self.rq.req_body, Body::Chunked(d) if d.data_total > self.rq.body_limit) {
             return self.fail(cx, 413, true).map(Pump::Divert);
         }
@@ -841,12 +951,14 @@ impl Conn {
             match crate::splice::fill(&self.sock, &mut self.io, pipe, max) {
                 Ok(Spliced::Bytes(n)) => {
                     *rem -= n as u64;
+                    self.rq.bytes_in += n as u64;
                     progress = true;
                 }
                 Ok(Spliced::Idle) => break,
                 // A client that vanishes mid-request aborts its exchange.
                 Ok(Spliced::Eof) | Err(_) => {
                     self.rq.client_eof = true;
+                    self.rq.ended_by = EndedBy::Client;
                     return Ok(Pump::Divert(Next::Go(Phase::Close)));
                 }
             }
@@ -882,6 +994,7 @@ impl Conn {
                     if let Body::Length(rem) = &mut self.rq.resp_body {
                         *rem -= n as u64;
                     }
+                    self.rq.bytes_out += n as u64;
                     progress = true;
                 }
                 Ok(Spliced::Idle) => break,
@@ -967,6 +1080,7 @@ impl Conn {
         };
         uin.consume(used);
         cout.commit(made);
+        self.rq.bytes_out += made as u64;
         progress |= used > 0;
         progress |= self.flush_client()? > 0;
         Ok(self.resp_progress(cx, progress))
@@ -986,6 +1100,7 @@ impl Conn {
                 return self.finish_exchange(cx);
             }
             // Cut short: the client sees a body shorter than its framing promised, then a close.
+            self.rq.ended_by = EndedBy::Upstream;
             self.drop_upstream(cx);
             self.rq.close_after = true;
             return Next::Go(Phase::Respond);
@@ -1029,6 +1144,7 @@ impl Conn {
         }
         cx.pipes.give_slot(&mut self.preq);
         cx.pipes.give_slot(&mut self.presp);
+        self.log_done(cx);
         if self.rq.close_after { Next::Go(Phase::Respond) } else { Next::Go(Phase::ReadHead) }
     }
 
@@ -1119,6 +1235,11 @@ impl Conn {
     /// The deadline passed. Returns whether the connection should be stepped again (it has a
     /// response to write) rather than closed.
     pub fn on_timeout(&mut self, cx: &mut Cx) -> Result<(), Fault> {
+        self.rq.ended_by = EndedBy::Timeout;
+        if self.rq.start.is_some() || self.phase != Phase::ReadHead {
+            let (peer, phase) = (self.peer, self.phase);
+            cx.log.error(cx.now, format_args!("info: client {peer}: timeout in {phase:?}"));
+        }
         let next = match self.phase {
             Phase::ReadHead => {
                 let partial = self.cin.as_ref().is_some_and(|b| !b.is_empty());

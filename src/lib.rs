@@ -10,6 +10,7 @@ pub mod conn;
 pub mod h1;
 pub mod io;
 pub mod limits;
+pub mod log;
 pub mod reactor;
 pub mod server;
 pub mod splice;

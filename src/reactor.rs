@@ -45,7 +45,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(shared: Arc<ArcSwap<Config>>, listeners: Vec<std::net::TcpListener>) -> io::Result<Worker> {
+    pub fn new(
+        shared: Arc<ArcSwap<Config>>,
+        listeners: Vec<std::net::TcpListener>,
+        log: crate::log::WorkerLog,
+    ) -> io::Result<Worker> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let waker = Arc::new(mio::Waker::new(&registry, Token(WAKE_TOKEN))?);
@@ -76,6 +80,8 @@ impl Worker {
                 arena,
                 ups,
                 pipes: crate::splice::PipePool::new(),
+                log,
+                recs: Slab::with_capacity(cap),
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
                 fd_freed: false,
             },
@@ -100,6 +106,7 @@ impl Worker {
                 self.start_drain();
             }
             if self.cx.draining && self.conns.is_empty() {
+                self.cx.log.flush();
                 return Ok(());
             }
             self.turn(&mut events)?;
@@ -186,6 +193,11 @@ impl Worker {
 
         if self.cx.now >= self.cx.next_sweep {
             self.sweep();
+        }
+        if let Some(due) = self.cx.log.tick(self.cx.now)
+            && due < self.cx.next_sweep
+        {
+            self.cx.next_sweep = due;
         }
         if self.accept_paused && self.cx.fd_freed {
             self.resume_accept();

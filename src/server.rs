@@ -62,12 +62,19 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (logger, logs) = match crate::log::Logger::start(cfg.log.access.clone(), cfg.workers) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("apex: cannot start the logger: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shared = Arc::new(ArcSwap::from_pointee(cfg));
     let drain = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     let mut wakers = Vec::new();
-    for (i, ls) in listeners.into_iter().enumerate() {
-        let mut w = match Worker::new(Arc::clone(&shared), ls) {
+    for (i, (ls, log)) in listeners.into_iter().zip(logs).enumerate() {
+        let mut w = match Worker::new(Arc::clone(&shared), ls, log) {
             Ok(w) => w,
             Err(e) => {
                 eprintln!("apex: worker {i}: {e}");
@@ -98,9 +105,16 @@ pub fn run(path: &Path) -> ExitCode {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(SIGHUP) => {
+                let sink = shared.load().log.access.clone();
                 reload(path, &shared, &mut retired);
+                let new_sink = shared.load().log.access.clone();
+                if new_sink != sink {
+                    logger.set_sink(new_sink);
+                }
                 wake(&wakers);
             }
+            // logrotate: reopen the access log file.
+            Ok(SIGUSR1) => logger.set_sink(shared.load().log.access.clone()),
             Ok(SIGTERM | SIGINT) => {
                 if drain_deadline.is_some() {
                     eprintln!("apex: second signal: exiting now");
@@ -136,6 +150,7 @@ pub fn run(path: &Path) -> ExitCode {
                     Err(_) => code = ExitCode::FAILURE,
                 }
             }
+            logger.stop();
             return code;
         }
         if drain_deadline.is_none() && workers.iter().any(|h| h.is_finished()) {

@@ -5,8 +5,10 @@
 //! (the counter is armed per thread). After a warm-up that fills the worker's pools, the client
 //! drives the measured mix: small GETs, POSTs with Content-Length, chunked requests and chunked
 //! responses, pipelined requests, a request Apex rejects itself (400), a 404, a 10 MiB body each
-//! way, and new client connections. The test asserts zero allocations in that window.
-#![allow(unsafe_code)] // GlobalAlloc needs it
+//! way, and new client connections, with the access log on. The test asserts zero allocations
+//! in that window, and that the access log got a line per request.
+#![allow(unsafe_code)]
+// GlobalAlloc needs it
 // Test code: a failed unwrap is a failed test, and the test harness may use a Mutex.
 #![allow(clippy::disallowed_types, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -111,17 +113,15 @@ fn serve_upstream(s: TcpStream) -> std::io::Result<()> {
             got = cl;
         }
         if path == "/chunked" {
-            w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")?;
+            w.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )?;
         } else if path == "/big" {
             write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n")?;
             w.write_all(&BIG_BODY)?;
         } else {
             let body = format!("got {got}");
-            write!(
-                w,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )?;
+            write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
             if !head_only {
                 w.write_all(body.as_bytes())?;
             }
@@ -181,21 +181,22 @@ fn mix(addr: std::net::SocketAddr, big: bool) -> usize {
     let (mut s, mut r) = connect(addr);
     let mut n = 0;
     for i in 0..40 {
-        s.write_all(format!("GET /small/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .unwrap();
+        s.write_all(format!("GET /small/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
         assert_eq!(read_response(&mut r).0, 200);
-        s.write_all(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world")
-            .unwrap();
+        s.write_all(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world").unwrap();
         assert_eq!(read_response(&mut r), (200, 6));
-        s.write_all(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n")
-            .unwrap();
+        s.write_all(
+            b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(read_response(&mut r).0, 200);
-        s.write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         assert_eq!(read_response(&mut r), (200, 11));
         // Pipelined: three heads in one write.
-        s.write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\nHEAD /c HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
+        s.write_all(
+            b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\nHEAD /c HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(read_response(&mut r).0, 200);
         assert_eq!(read_response(&mut r).0, 200);
         let mut line = String::new();
@@ -211,26 +212,19 @@ fn mix(addr: std::net::SocketAddr, big: bool) -> usize {
         n += 7;
     }
     if big {
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         assert_eq!(read_response(&mut r), (200, BIG));
         let body = vec![b'y'; BIG];
-        write!(
-            s,
-            "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {BIG}\r\n\r\n"
-        )
-        .unwrap();
+        write!(s, "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {BIG}\r\n\r\n").unwrap();
         s.write_all(&body).unwrap();
         assert_eq!(read_response(&mut r).0, 200);
         n += 2;
     }
     // A request Apex answers itself (no route), keep-alive continues.
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut r).0, 404);
     // A request Apex rejects: 400 and close.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut r).0, 400);
     n + 2
 }
@@ -245,13 +239,17 @@ fn keep_alive_traffic_allocates_nothing() {
 
     let text = format!(
         "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nconnections = 64\n\
-         [[route]]\nhost = \"t\"\nupstream = \"app\"\n[upstream.app]\nservers = [\"{up_addr}\"]\n"
+         [log]\naccess = \"{}\"\n[[route]]\nhost = \"t\"\nupstream = \"app\"\n[upstream.app]\nservers = [\"{up_addr}\"]\n",
+        std::env::temp_dir().join(format!("apex-alloc-free-{}.log", std::process::id())).display()
     );
     let cfg = Config::parse(&text, "test").unwrap();
     let (addrs, mut listeners) = apex::reactor::bind_all(&cfg).unwrap();
     let addr = addrs[0];
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
-    let mut worker = Worker::new(shared, listeners.remove(0)).unwrap();
+    let log_path = std::env::temp_dir().join(format!("apex-alloc-free-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let (logger, mut logs) = apex::log::Logger::start(apex::log::Sink::File(log_path.clone()), 1).unwrap();
+    let mut worker = Worker::new(shared, listeners.remove(0), logs.remove(0)).unwrap();
 
     let warm = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
@@ -260,9 +258,7 @@ fn keep_alive_traffic_allocates_nothing() {
     let client = std::thread::spawn(move || {
         // Warm-up: every kind of request, on several connections at once, twice.
         for _ in 0..2 {
-            let hs: Vec<_> = (0..4)
-                .map(|_| std::thread::spawn(move || mix(addr, true)))
-                .collect();
+            let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(move || mix(addr, true))).collect();
             hs.into_iter().for_each(|h| {
                 h.join().unwrap();
             });
@@ -271,9 +267,7 @@ fn keep_alive_traffic_allocates_nothing() {
         std::thread::sleep(Duration::from_millis(50));
         let mut total = 0;
         while total < 10_000 {
-            let hs: Vec<_> = (0..4)
-                .map(|k| std::thread::spawn(move || mix(addr, k == 0)))
-                .collect();
+            let hs: Vec<_> = (0..4).map(|k| std::thread::spawn(move || mix(addr, k == 0))).collect();
             total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
         }
         r2.store(total, SeqCst);
@@ -284,10 +278,7 @@ fn keep_alive_traffic_allocates_nothing() {
     let start = Instant::now();
     let mut armed = false;
     while !done.load(SeqCst) {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "test took too long"
-        );
+        assert!(start.elapsed() < Duration::from_secs(240), "test took too long");
         if !armed && warm.load(SeqCst) {
             // Let the warm-up connections' closes drain, then count.
             for _ in 0..20 {
@@ -301,18 +292,23 @@ fn keep_alive_traffic_allocates_nothing() {
     }
     ARMED.with(|a| a.set(false));
     client.join().unwrap();
+    // The access log saw every request: the allocation-free path includes logging.
+    for _ in 0..30 {
+        worker.turn(&mut events).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(worker);
+    logger.stop();
+    let logged = std::fs::read_to_string(&log_path).unwrap().lines().count();
+    let _ = std::fs::remove_file(&log_path);
     let allocs = ALLOCS.load(SeqCst);
     let total = requests.load(SeqCst);
     assert!(total >= 10_000, "only {total} requests measured");
+    assert!(logged >= total, "access log has {logged} lines for {total}+ requests");
     assert!(
         accepts.load(SeqCst) < total / 10,
         "upstream connections were not reused: {} accepts",
         accepts.load(SeqCst)
     );
-    assert_eq!(
-        allocs,
-        0,
-        "{allocs} heap allocations ({} bytes) over {total} requests",
-        ALLOC_BYTES.load(SeqCst)
-    );
+    assert_eq!(allocs, 0, "{allocs} heap allocations ({} bytes) over {total} requests", ALLOC_BYTES.load(SeqCst));
 }

@@ -1,0 +1,495 @@
+//! Access and error logs with no lock and no heap allocation per line on the hot path.
+//!
+//! Each worker formats lines into fixed-size chunks it owns. A full chunk, or one older than
+//! `LOG_FLUSH_MS`, goes to the logger thread over a bounded channel and comes back empty over
+//! the worker's own return channel. The logger thread does every blocking write (stdout, a file,
+//! stderr). A worker that has no empty chunk, or finds the channel full, drops the line and counts
+//! it: a full pipe or a slow disk costs log lines, never traffic. Dropped counts are reported on
+//! the error log when logging recovers.
+//!
+//! Lines never contain raw client bytes: everything taken from a request is escaped (`\xHH` in
+//! the combined format, `\u00HH` in JSON) and truncated.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::h1::write::Out;
+
+pub const CHUNK_BYTES: usize = 64 * 1024;
+pub const CHUNKS_PER_WORKER: usize = 8;
+pub const LOG_FLUSH_MS: u64 = 100;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sink {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Combined,
+    Json,
+}
+
+struct Chunk {
+    data: Box<[u8; CHUNK_BYTES]>,
+    len: usize,
+    worker: usize,
+}
+
+enum Msg {
+    Access(Chunk),
+    Error(Chunk),
+    /// Reopen the access file (SIGUSR1, logrotate), or switch sink (reload).
+    Sink(Sink),
+    Stop,
+}
+
+/// The main thread's handle on the logger thread.
+pub struct Logger {
+    tx: SyncSender<Msg>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Logger {
+    /// Starts the logger thread; returns it and one `WorkerLog` per worker.
+    pub fn start(sink: Sink, workers: usize) -> std::io::Result<(Logger, Vec<WorkerLog>)> {
+        let (tx, rx) = sync_channel::<Msg>(workers * CHUNKS_PER_WORKER + 4);
+        let mut backs = Vec::with_capacity(workers);
+        let mut logs = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (btx, brx) = sync_channel::<Chunk>(CHUNKS_PER_WORKER);
+            for _ in 0..CHUNKS_PER_WORKER {
+                let _ = btx.try_send(Chunk { data: Box::new([0u8; CHUNK_BYTES]), len: 0, worker: w });
+            }
+            backs.push(btx);
+            logs.push(WorkerLog {
+                tx: tx.clone(),
+                back: brx,
+                access: None,
+                error: None,
+                since: None,
+                dropped: 0,
+                dropped_reported: 0,
+                clock: Clock::default(),
+            });
+        }
+        let mut out = open(&sink);
+        let handle = std::thread::Builder::new().name("apex-log".into()).spawn(move || {
+            let mut stderr = std::io::stderr();
+            while let Ok(msg) = rx.recv() {
+                match msg {
+                    Msg::Access(mut c) => {
+                        if let Some(o) = out.as_mut() {
+                            let _ = o.write_all(c.data.get(..c.len).unwrap_or(&[]));
+                        }
+                        c.len = 0;
+                        if let Some(b) = backs.get(c.worker) {
+                            let _ = b.try_send(c);
+                        }
+                    }
+                    Msg::Error(mut c) => {
+                        let _ = stderr.write_all(c.data.get(..c.len).unwrap_or(&[]));
+                        c.len = 0;
+                        if let Some(b) = backs.get(c.worker) {
+                            let _ = b.try_send(c);
+                        }
+                    }
+                    Msg::Sink(s) => {
+                        if let Some(o) = out.as_mut() {
+                            let _ = o.flush();
+                        }
+                        out = open(&s);
+                    }
+                    Msg::Stop => break,
+                }
+            }
+            if let Some(o) = out.as_mut() {
+                let _ = o.flush();
+            }
+        })?;
+        Ok((Logger { tx, handle: Some(handle) }, logs))
+    }
+
+    pub fn set_sink(&self, sink: Sink) {
+        let _ = self.tx.send(Msg::Sink(sink));
+    }
+
+    /// Writes what the workers have shipped, then stops the thread.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn open(sink: &Sink) -> Option<Box<dyn std::io::Write + Send>> {
+    match sink {
+        Sink::Off => None,
+        Sink::Stdout => Some(Box::new(std::io::stdout())),
+        Sink::File(p) => match OpenOptions::new().create(true).append(true).open(p) {
+            Ok(f) => Some(Box::new(f) as Box<dyn std::io::Write + Send>),
+            Err(e) => {
+                eprintln!("apex: error: cannot open access log {}: {e}", p.display());
+                None
+            }
+        },
+    }
+}
+
+/// A formatted time, recomputed once a second.
+#[derive(Default)]
+struct Clock {
+    secs: u64,
+    /// `26/Nov/2026:00:39:19 +0000`
+    clf: [u8; 26],
+    /// `2026-11-26T00:39:19Z`
+    iso: [u8; 20],
+}
+
+impl Clock {
+    fn update(&mut self) {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if secs == self.secs && self.iso[0] != 0 {
+            return;
+        }
+        self.secs = secs;
+        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+        let (hh, mm, ss) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let mon = MONTHS.get((m as usize).saturating_sub(1)).copied().unwrap_or("Jan");
+        let mut w = Out::new(&mut self.clf);
+        let _ = write!(w, "{d:02}/{mon}/{y:04}:{hh:02}:{mm:02}:{ss:02} +0000");
+        let mut w = Out::new(&mut self.iso);
+        let _ = write!(w, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z");
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// What one access-log line says.
+pub struct Entry<'a> {
+    pub client: std::net::SocketAddr,
+    pub method: &'a [u8],
+    pub target: &'a [u8],
+    pub minor: u8,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub upstream: Option<std::net::SocketAddr>,
+    pub micros: u64,
+    pub referer: &'a [u8],
+    pub agent: &'a [u8],
+    /// Which side ended the exchange on an error: "client", "upstream", "timeout", or "-".
+    pub ended_by: &'static str,
+}
+
+/// One worker's end of the logs.
+pub struct WorkerLog {
+    tx: SyncSender<Msg>,
+    back: Receiver<Chunk>,
+    access: Option<Chunk>,
+    error: Option<Chunk>,
+    /// When the oldest unshipped line was written.
+    since: Option<Instant>,
+    pub dropped: u64,
+    dropped_reported: u64,
+    clock: Clock,
+}
+
+impl WorkerLog {
+    /// Logs one request. Never blocks, never allocates.
+    pub fn access(&mut self, now: Instant, format: Format, e: &Entry) {
+        self.clock.update();
+        let (clf, iso) = (self.clock.clf, self.clock.iso);
+        let line = |w: &mut Out| match format {
+            Format::Combined => combined(w, &clf, e),
+            Format::Json => json(w, &iso, e),
+        };
+        self.write(now, true, line);
+    }
+
+    /// Logs an event on the error log (stderr, through the logger thread).
+    pub fn error(&mut self, now: Instant, args: std::fmt::Arguments) {
+        self.clock.update();
+        let iso = self.clock.iso;
+        self.write(now, false, |w| {
+            w.put(&iso);
+            w.put(b" apex: ");
+            let _ = w.write_fmt(args);
+            w.put(b"\n");
+        });
+    }
+
+    fn write(&mut self, now: Instant, access: bool, line: impl Fn(&mut Out)) {
+        for _ in 0..2 {
+            let slot = if access { &mut self.access } else { &mut self.error };
+            if slot.is_none() {
+                match self.back.try_recv() {
+                    Ok(c) => *slot = Some(c),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            let Some(c) = slot.as_mut() else { break };
+            let mut w = Out::new(c.data.get_mut(c.len..).unwrap_or(&mut []));
+            line(&mut w);
+            match w.finish() {
+                Some(n) => {
+                    c.len += n;
+                    self.since.get_or_insert(now);
+                    return;
+                }
+                None if c.len == 0 => break, // a line larger than a chunk: cannot happen, drop
+                None => self.ship(access),
+            }
+        }
+        self.dropped += 1;
+    }
+
+    fn ship(&mut self, access: bool) {
+        let slot = if access { &mut self.access } else { &mut self.error };
+        let Some(c) = slot.take() else { return };
+        let msg = if access { Msg::Access(c) } else { Msg::Error(c) };
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => {
+                // Keep the chunk: its lines are lost, the chunk is not.
+                let (Msg::Access(mut c) | Msg::Error(mut c)) = m else { return };
+                c.len = 0;
+                self.dropped += 1;
+                *slot = Some(c);
+            }
+        }
+    }
+
+    /// Ships lines older than `LOG_FLUSH_MS`. Returns when to call again.
+    pub fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let since = self.since?;
+        let due = since + Duration::from_millis(LOG_FLUSH_MS);
+        if now < due {
+            return Some(due);
+        }
+        if self.dropped > self.dropped_reported {
+            let n = self.dropped - self.dropped_reported;
+            self.dropped_reported = self.dropped;
+            self.error(now, format_args!("warn: {n} log lines dropped: the log sink is too slow"));
+        }
+        self.ship(true);
+        self.ship(false);
+        self.since = None;
+        None
+    }
+
+    /// Ships everything now (shutdown).
+    pub fn flush(&mut self) {
+        self.ship(true);
+        self.ship(false);
+        self.since = None;
+    }
+}
+
+/// Bytes from the wire, escaped for a log line: printable ASCII except `"` and `\` as is,
+/// everything else as `\xHH`; at most `max` input bytes.
+fn escaped(w: &mut Out, bytes: &[u8], max: usize, json: bool) {
+    let take = bytes.get(..max).unwrap_or(bytes);
+    for &b in take {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            w.put(&[b]);
+        } else if json {
+            let _ = write!(w, "\\u{b:04x}");
+        } else {
+            let _ = write!(w, "\\x{b:02X}");
+        }
+    }
+    if take.len() < bytes.len() {
+        w.put(b"...");
+    }
+}
+
+fn dash_or(w: &mut Out, bytes: &[u8], max: usize, json: bool) {
+    if bytes.is_empty() {
+        w.put(b"-");
+    } else {
+        escaped(w, bytes, max, json);
+    }
+}
+
+/// NCSA combined format, then Apex's fields: `in= up= us= end=`.
+fn combined(w: &mut Out, clf: &[u8], e: &Entry) {
+    let _ = write!(w, "{} - - [", e.client.ip());
+    w.put(clf);
+    w.put(b"] \"");
+    if e.method.is_empty() {
+        w.put(b"-");
+    } else {
+        escaped(w, e.method, 32, false);
+        w.put(b" ");
+        escaped(w, e.target, 1024, false);
+        let _ = write!(w, " HTTP/1.{}", e.minor);
+    }
+    let _ = write!(w, "\" {} {} \"", e.status, e.bytes_out);
+    dash_or(w, e.referer, 512, false);
+    w.put(b"\" \"");
+    dash_or(w, e.agent, 512, false);
+    let _ = write!(w, "\" in={} up=", e.bytes_in);
+    match e.upstream {
+        Some(a) => {
+            let _ = write!(w, "{a}");
+        }
+        None => w.put(b"-"),
+    }
+    let _ = writeln!(w, " us={} end={}", e.micros, e.ended_by);
+}
+
+fn json(w: &mut Out, iso: &[u8], e: &Entry) {
+    w.put(b"{\"time\":\"");
+    w.put(iso);
+    let _ = write!(w, "\",\"client\":\"{}\",\"method\":\"", e.client);
+    escaped(w, e.method, 32, true);
+    w.put(b"\",\"target\":\"");
+    escaped(w, e.target, 1024, true);
+    let _ = write!(
+        w,
+        "\",\"version\":\"1.{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
+        e.minor, e.status, e.bytes_in, e.bytes_out
+    );
+    match e.upstream {
+        Some(a) => {
+            let _ = write!(w, "\"{a}\"");
+        }
+        None => w.put(b"null"),
+    }
+    let _ = write!(w, ",\"us\":{},\"referer\":\"", e.micros);
+    escaped(w, e.referer, 512, true);
+    w.put(b"\",\"agent\":\"");
+    escaped(w, e.agent, 512, true);
+    let _ = writeln!(w, "\",\"ended_by\":\"{}\"}}", e.ended_by);
+}
+
+/// Parses the `[log]` access setting: "stdout", "off", or a file path.
+pub fn parse_sink(s: &str) -> Sink {
+    match s {
+        "off" => Sink::Off,
+        "stdout" | "-" => Sink::Stdout,
+        p => Sink::File(PathBuf::from(p)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    fn entry<'a>(target: &'a [u8]) -> Entry<'a> {
+        Entry {
+            client: "127.0.0.1:5000".parse().unwrap(),
+            method: b"GET",
+            target,
+            minor: 1,
+            status: 200,
+            bytes_in: 40,
+            bytes_out: 120,
+            upstream: Some("127.0.0.1:9000".parse().unwrap()),
+            micros: 250,
+            referer: b"",
+            agent: b"curl/8",
+            ended_by: "-",
+        }
+    }
+
+    #[test]
+    fn lines_are_escaped() {
+        let mut clock = Clock::default();
+        clock.update();
+        let mut buf = [0u8; 1024];
+        let mut w = Out::new(&mut buf);
+        combined(&mut w, &clock.clf, &entry(b"/a\"b\x01"));
+        let n = w.finish().unwrap();
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            line.contains(
+                "\"GET /a\\x22b\\x01 HTTP/1.1\" 200 120 \"-\" \"curl/8\" in=40 up=127.0.0.1:9000 us=250 end=-\n"
+            ),
+            "{line}"
+        );
+        let mut w = Out::new(&mut buf);
+        json(&mut w, &clock.iso, &entry(b"/\"x"));
+        let n = w.finish().unwrap();
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(line.contains("\"target\":\"/\\u0022x\""), "{line}");
+        assert!(line.ends_with("\"ended_by\":\"-\"}\n"), "{line}");
+    }
+}
+
+/// The request fields an access-log line needs, copied (truncated) when the head is parsed,
+/// because the head's bytes are gone by the time the exchange ends. Lives in a per-worker slab
+/// only while its request is in flight.
+pub struct Rec {
+    method: [u8; 16],
+    target: [u8; 512],
+    referer: [u8; 192],
+    agent: [u8; 192],
+    lens: [u16; 4],
+    pub minor: u8,
+}
+
+impl Rec {
+    pub const fn empty() -> Rec {
+        Rec { method: [0; 16], target: [0; 512], referer: [0; 192], agent: [0; 192], lens: [0; 4], minor: 1 }
+    }
+
+    pub fn capture(&mut self, method: &[u8], target: &[u8], minor: u8, referer: &[u8], agent: &[u8]) {
+        fn copy(dst: &mut [u8], src: &[u8]) -> u16 {
+            let n = src.len().min(dst.len());
+            if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+                d.copy_from_slice(s);
+            }
+            n as u16
+        }
+        self.lens = [
+            copy(&mut self.method, method),
+            copy(&mut self.target, target),
+            copy(&mut self.referer, referer),
+            copy(&mut self.agent, agent),
+        ];
+        self.minor = minor;
+    }
+
+    pub fn method(&self) -> &[u8] {
+        self.method.get(..usize::from(self.lens[0])).unwrap_or(&[])
+    }
+    pub fn target(&self) -> &[u8] {
+        self.target.get(..usize::from(self.lens[1])).unwrap_or(&[])
+    }
+    pub fn referer(&self) -> &[u8] {
+        self.referer.get(..usize::from(self.lens[2])).unwrap_or(&[])
+    }
+    pub fn agent(&self) -> &[u8] {
+        self.agent.get(..usize::from(self.lens[3])).unwrap_or(&[])
+    }
+}
