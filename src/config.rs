@@ -131,6 +131,82 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The configuration as Apex will run it, every default filled in, as TOML that parses
+    /// back to the same config (`apex --check` prints it).
+    pub fn effective(&self) -> String {
+        use std::fmt::Write as _;
+        let d = |d: Duration| {
+            let ms = d.as_millis();
+            if ms % 1000 == 0 { format!("\"{}s\"", ms / 1000) } else { format!("\"{ms}ms\"") }
+        };
+        let q = |s: &str| format!("{s:?}");
+        let mut o = String::new();
+        let listen: Vec<String> = self.listen.iter().map(|a| q(&a.to_string())).collect();
+        let _ = writeln!(o, "listen = [{}]", listen.join(", "));
+        let _ = writeln!(o, "workers = {}\n\n[timeouts]", self.workers);
+        let t = &self.timeouts;
+        for (k, v) in [
+            ("client_head", t.client_head),
+            ("client_idle", t.client_idle),
+            ("client_body", t.client_body),
+            ("client_send", t.client_send),
+            ("upstream_connect", t.upstream_connect),
+            ("upstream_head", t.upstream_head),
+            ("upstream_body", t.upstream_body),
+            ("upstream_idle", t.upstream_idle),
+            ("shutdown", t.shutdown),
+        ] {
+            let _ = writeln!(o, "{k} = {}", d(v));
+        }
+        let l = &self.limits;
+        let _ = writeln!(
+            o,
+            "\n[limits]\nhead_bytes = {}\nheaders = {}\nbody_bytes = {}\nconnections = {}\nupstream_idle_per_server = {}",
+            l.head_bytes, l.headers, l.body_bytes, l.connections, l.upstream_idle_per_server
+        );
+        let access = match &self.log.access {
+            crate::log::Sink::Off => "off".to_string(),
+            crate::log::Sink::Stdout => "stdout".to_string(),
+            crate::log::Sink::File(p) => p.display().to_string(),
+        };
+        let format = match self.log.format {
+            crate::log::Format::Combined => "combined",
+            crate::log::Format::Json => "json",
+        };
+        let _ = writeln!(o, "\n[log]\naccess = {}\nformat = {}", q(&access), q(format));
+        for site in &self.sites {
+            let host = match &site.host {
+                HostPattern::Exact(h) => String::from_utf8_lossy(h).into_owned(),
+                HostPattern::Suffix(s) => format!("*{}", String::from_utf8_lossy(s)),
+                HostPattern::Any => "*".to_string(),
+            };
+            for r in &site.routes {
+                let group = self.groups.get(r.group).map_or("", |g| g.name.as_str());
+                let _ = writeln!(
+                    o,
+                    "\n[[route]]\nhost = {}\npath = {}\nupstream = {}",
+                    q(&host),
+                    q(&String::from_utf8_lossy(&r.path)),
+                    q(group)
+                );
+            }
+        }
+        for g in &self.groups {
+            let servers: Vec<String> =
+                g.servers.iter().filter_map(|&i| self.servers.get(i)).map(|a| q(&a.to_string())).collect();
+            let _ = writeln!(
+                o,
+                "\n[upstream.{}]\nservers = [{}]\ncooldown = {}",
+                q(&g.name),
+                servers.join(", "),
+                d(g.cooldown)
+            );
+        }
+        o
+    }
+}
+
 /// A config problem, shown as `FILE:LINE: problem` (line 0: the file as a whole).
 #[derive(Debug)]
 pub struct ConfigError {
@@ -517,6 +593,16 @@ mod tests {
         assert_eq!(name(b"EXAMPLE.COM", b"/x"), Some("exact"));
         assert_eq!(name(b"example.com", b"/api/v1"), Some("api"));
         assert_eq!(c.servers.len(), 4, "shared addresses are one server");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::parse(include_str!("../apex.toml"), "apex.toml").unwrap();
+        let text = c.effective();
+        let again = Config::parse(&text, "effective").unwrap();
+        assert_eq!(again.effective(), text);
+        assert!(text.contains("client_head = \"10s\"\n"), "{text}");
+        assert!(text.contains("[upstream.\"app\"]\nservers = [\"127.0.0.1:9000\"]"), "{text}");
     }
 
     #[test]

@@ -19,8 +19,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         ["--check", file] => match apex::config::Config::load(file.as_ref()) {
-            Ok(_) => {
-                println!("apex: {file}: ok");
+            Ok(cfg) => {
+                println!("# apex: {file}: ok. The effective configuration, every default filled in:\n");
+                print!("{}", cfg.effective());
                 ExitCode::SUCCESS
             }
             Err(e) => {
