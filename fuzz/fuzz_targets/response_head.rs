@@ -1,0 +1,34 @@
+//! Response head: parse and framing decision, then re-serialisation for the client.
+#![no_main]
+use apex::h1::response::parse_response;
+use apex::h1::write::{write_response, Out, RespMode};
+use apex::h1::{find_head_end, Framing};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, data)) = data.split_first() else { return };
+    let mut scanned = 0;
+    let Ok(Some(end)) = find_head_end(data, &mut scanned) else { return };
+    let arena = bumpalo::Bump::new();
+    let Ok(resp) = parse_response(&data[..end], &arena, 64, flags & 1 == 1) else { return };
+    if flags & 1 == 1 || resp.code < 200 || resp.code == 204 || resp.code == 304 {
+        assert_eq!(resp.framing, Framing::None);
+    }
+    let framing = match resp.framing {
+        Framing::Chunked if flags & 2 == 2 => Framing::Close,
+        f => f,
+    };
+    let mode = RespMode { framing, keep_alive: flags & 4 == 4, client_minor: (flags >> 3) & 1, tunnel: false };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Out::new(&mut buf);
+    write_response(&resp, mode, &mut out);
+    let Some(n) = out.finish() else { return };
+    let mut s2 = 0;
+    assert_eq!(find_head_end(&buf[..n], &mut s2), Ok(Some(n)));
+    let arena2 = bumpalo::Bump::new();
+    let again = parse_response(&buf[..n], &arena2, 128, flags & 1 == 1).expect("re-serialised response parses");
+    assert_eq!(again.code, resp.code);
+    if framing != Framing::None {
+        assert_eq!(again.framing, framing, "the client sees the framing Apex chose");
+    }
+});
