@@ -133,8 +133,13 @@ impl Worker {
 
     /// One poll and everything it made ready.
     pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
+        self.turn_within(events, Duration::MAX)
+    }
+
+    /// `turn`, waiting in `poll` at most `max_wait` (tests and fuzzing drive a worker by hand).
+    pub fn turn_within(&mut self, events: &mut Events, max_wait: Duration) -> io::Result<()> {
         let timeout = if self.again.is_empty() {
-            self.cx.next_sweep.saturating_duration_since(Instant::now())
+            self.cx.next_sweep.saturating_duration_since(Instant::now()).min(max_wait)
         } else {
             Duration::ZERO
         };

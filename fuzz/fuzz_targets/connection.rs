@@ -1,0 +1,208 @@
+//! The whole connection state machine, driven by arbitrary client bytes and arbitrary upstream
+//! bytes over real loopback sockets, with a worker turned by hand on this thread.
+//!
+//! Invariants checked, beyond not crashing:
+//! - everything the upstream receives is a sequence of well-formed, canonical requests (one Host,
+//!   at most one framing header, no hop-by-hop header, framing that accounts for every byte),
+//!   except that the last one may be cut short when the client's own body was;
+//! - the upstream never receives more requests than the client sent heads;
+//! - everything the client receives is a sequence of well-formed responses whose framing accounts
+//!   for every byte (the last may be cut short), and no more final responses than it sent heads,
+//!   plus one for an error Apex answers itself.
+#![no_main]
+use std::cell::RefCell;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apex::config::Config;
+use apex::h1::chunked::Decoder;
+use apex::h1::head::parse_request;
+use apex::h1::response::parse_response;
+use apex::h1::{find_head_end, Framing};
+use apex::reactor::Worker;
+use libfuzzer_sys::fuzz_target;
+
+struct Harness {
+    worker: Worker,
+    events: mio::Events,
+    addr: SocketAddr,
+    upstream: TcpListener,
+}
+
+thread_local!(static H: RefCell<Option<Harness>> = const { RefCell::new(None) });
+
+fn harness() -> Harness {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[timeouts]\nclient_head = \"2s\"\n\
+         [limits]\nconnections = 512\nbody_bytes = 100000\n[log]\naccess = \"off\"\n\
+         [[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"{}\"]\n",
+        upstream.local_addr().unwrap()
+    );
+    let cfg = Config::parse(&text, "fuzz").unwrap();
+    let (addrs, mut ls) = apex::reactor::bind_all(&cfg).unwrap();
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
+    let (logger, mut logs) = apex::log::Logger::start(apex::log::Sink::Off, 1).unwrap();
+    std::mem::forget(logger);
+    let worker = Worker::new(shared, ls.remove(0), logs.remove(0)).unwrap();
+    Harness { worker, events: mio::Events::with_capacity(256), addr: addrs[0], upstream }
+}
+
+fn drain(s: &mut TcpStream, into: &mut Vec<u8>) -> (bool, bool) {
+    let mut buf = [0u8; 65536];
+    let mut progress = false;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (progress, true),
+            Ok(n) => {
+                into.extend_from_slice(&buf[..n]);
+                progress = true;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return (progress, false),
+            Err(_) => return (progress, true),
+        }
+    }
+}
+
+/// Splits `bytes` into messages; returns how many heads parsed. Panics on a message Apex must
+/// never have produced. `requests`: parse as requests (else responses).
+fn check_stream(bytes: &[u8], requests: bool) -> usize {
+    let mut rest = bytes;
+    let mut count = 0;
+    let mut head_method_head = false;
+    while !rest.is_empty() {
+        let mut scan = 0;
+        let end = match find_head_end(rest, &mut scan) {
+            Ok(Some(e)) => e,
+            Ok(None) => return count, // cut short
+            Err(e) => panic!("bad line ending in what Apex sent: {e:?} in {:?}", String::from_utf8_lossy(rest)),
+        };
+        let arena = bumpalo::Bump::new();
+        let framing = if requests {
+            let r = parse_request(&rest[..end], &arena, 256)
+                .unwrap_or_else(|e| panic!("upstream got an unparsable head ({e:?}): {:?}", String::from_utf8_lossy(&rest[..end])));
+            let mut hosts = 0;
+            let mut framing_headers = 0;
+            for h in r.headers {
+                let n = h.name.to_ascii_lowercase();
+                assert!(!matches!(n.as_str(), "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "expect")
+                    || (n == "connection" && r.upgrade.is_some()), "hop-by-hop {n} forwarded");
+                hosts += usize::from(n == "host");
+                framing_headers += usize::from(n == "content-length" || n == "transfer-encoding");
+            }
+            assert_eq!(hosts, 1, "one Host");
+            assert!(framing_headers <= 1, "one framing header");
+            head_method_head = r.is_head();
+            count += 1;
+            r.framing
+        } else {
+            let r = parse_response(&rest[..end], &arena, 256, head_method_head)
+                .unwrap_or_else(|e| panic!("client got an unparsable response ({e:?}): {:?}", String::from_utf8_lossy(&rest[..end])));
+            if r.code >= 200 {
+                count += 1;
+            }
+            if r.code == 101 {
+                return count; // a tunnel: raw bytes follow
+            }
+            r.framing
+        };
+        rest = &rest[end..];
+        match framing {
+            Framing::None => {}
+            Framing::Length(n) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                if rest.len() < n {
+                    return count;
+                }
+                rest = &rest[n..];
+            }
+            Framing::Chunked => {
+                let mut d = Decoder::new();
+                let mut sink = vec![0u8; rest.len() + 64];
+                let (used, _) = d.relay(rest, &mut sink, false).unwrap_or_else(|_| panic!("bad chunking sent by Apex"));
+                if !d.is_done() {
+                    return count;
+                }
+                rest = &rest[used..];
+            }
+            Framing::Close => return count,
+        }
+    }
+    count
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&split, data)) = data.split_first() else { return };
+    let k = (split as usize * data.len()) / 255;
+    let (client_bytes, upstream_bytes) = data.split_at(k.min(data.len()));
+    H.with(|h| {
+        let mut h = h.borrow_mut();
+        let h = h.get_or_insert_with(harness);
+        let mut client = TcpStream::connect(h.addr).unwrap();
+        client.set_nonblocking(true).unwrap();
+        client.set_nodelay(true).unwrap();
+        let mut to_send = client_bytes;
+        let mut got_client = Vec::new();
+        let mut ups: Vec<(TcpStream, Vec<u8>, bool)> = Vec::new();
+        let mut idle = 0;
+        let mut client_done = false;
+        for _ in 0..400 {
+            let mut progress = false;
+            if !to_send.is_empty() {
+                match client.write(to_send) {
+                    Ok(n) => {
+                        to_send = &to_send[n..];
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => to_send = &[],
+                }
+            }
+            h.worker.turn_within(&mut h.events, Duration::from_millis(1)).unwrap();
+            while let Ok((s, _)) = h.upstream.accept() {
+                s.set_nonblocking(true).unwrap();
+                ups.push((s, Vec::new(), false));
+                progress = true;
+            }
+            for (s, got, answered) in &mut ups {
+                let (p, _) = drain(s, got);
+                progress |= p;
+                if !*answered && !got.is_empty() {
+                    let _ = s.write_all(upstream_bytes);
+                    let _ = s.shutdown(Shutdown::Write);
+                    *answered = true;
+                    progress = true;
+                }
+            }
+            if !client_done {
+                let (p, eof) = drain(&mut client, &mut got_client);
+                progress |= p;
+                client_done = eof;
+            }
+            if progress {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle > 6 && to_send.is_empty() {
+                    break;
+                }
+            }
+        }
+        let heads_sent = client_bytes.windows(4).filter(|w| w == b"\r\n\r\n").count();
+        let mut forwarded = 0;
+        for (_, got, _) in &ups {
+            forwarded += check_stream(got, true);
+        }
+        assert!(forwarded <= heads_sent, "upstream saw {forwarded} requests, client sent {heads_sent} heads");
+        let responses = check_stream(&got_client, false);
+        assert!(responses <= heads_sent + 1, "client got {responses} responses for {heads_sent} heads");
+        drop(client);
+        drop(ups);
+        for _ in 0..5 {
+            h.worker.turn_within(&mut h.events, Duration::from_millis(1)).unwrap();
+        }
+    });
+});
