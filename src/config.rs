@@ -138,7 +138,7 @@ impl Config {
         use std::fmt::Write as _;
         let d = |d: Duration| {
             let ms = d.as_millis();
-            if ms % 1000 == 0 { format!("\"{}s\"", ms / 1000) } else { format!("\"{ms}ms\"") }
+            if ms.is_multiple_of(1000) { format!("\"{}s\"", ms / 1000) } else { format!("\"{ms}ms\"") }
         };
         let q = |s: &str| format!("{s:?}");
         let mut o = String::new();

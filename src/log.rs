@@ -394,6 +394,54 @@ pub fn parse_sink(s: &str) -> Sink {
     }
 }
 
+/// The request fields an access-log line needs, copied (truncated) when the head is parsed,
+/// because the head's bytes are gone by the time the exchange ends. Lives in a per-worker slab
+/// only while its request is in flight.
+pub struct Rec {
+    method: [u8; 16],
+    target: [u8; 512],
+    referer: [u8; 192],
+    agent: [u8; 192],
+    lens: [u16; 4],
+    pub minor: u8,
+}
+
+impl Rec {
+    pub const fn empty() -> Rec {
+        Rec { method: [0; 16], target: [0; 512], referer: [0; 192], agent: [0; 192], lens: [0; 4], minor: 1 }
+    }
+
+    pub fn capture(&mut self, method: &[u8], target: &[u8], minor: u8, referer: &[u8], agent: &[u8]) {
+        fn copy(dst: &mut [u8], src: &[u8]) -> u16 {
+            let n = src.len().min(dst.len());
+            if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+                d.copy_from_slice(s);
+            }
+            n as u16
+        }
+        self.lens = [
+            copy(&mut self.method, method),
+            copy(&mut self.target, target),
+            copy(&mut self.referer, referer),
+            copy(&mut self.agent, agent),
+        ];
+        self.minor = minor;
+    }
+
+    pub fn method(&self) -> &[u8] {
+        self.method.get(..usize::from(self.lens[0])).unwrap_or(&[])
+    }
+    pub fn target(&self) -> &[u8] {
+        self.target.get(..usize::from(self.lens[1])).unwrap_or(&[])
+    }
+    pub fn referer(&self) -> &[u8] {
+        self.referer.get(..usize::from(self.lens[2])).unwrap_or(&[])
+    }
+    pub fn agent(&self) -> &[u8] {
+        self.agent.get(..usize::from(self.lens[3])).unwrap_or(&[])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,53 +491,5 @@ mod tests {
         let line = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(line.contains("\"target\":\"/\\u0022x\""), "{line}");
         assert!(line.ends_with("\"ended_by\":\"-\"}\n"), "{line}");
-    }
-}
-
-/// The request fields an access-log line needs, copied (truncated) when the head is parsed,
-/// because the head's bytes are gone by the time the exchange ends. Lives in a per-worker slab
-/// only while its request is in flight.
-pub struct Rec {
-    method: [u8; 16],
-    target: [u8; 512],
-    referer: [u8; 192],
-    agent: [u8; 192],
-    lens: [u16; 4],
-    pub minor: u8,
-}
-
-impl Rec {
-    pub const fn empty() -> Rec {
-        Rec { method: [0; 16], target: [0; 512], referer: [0; 192], agent: [0; 192], lens: [0; 4], minor: 1 }
-    }
-
-    pub fn capture(&mut self, method: &[u8], target: &[u8], minor: u8, referer: &[u8], agent: &[u8]) {
-        fn copy(dst: &mut [u8], src: &[u8]) -> u16 {
-            let n = src.len().min(dst.len());
-            if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
-                d.copy_from_slice(s);
-            }
-            n as u16
-        }
-        self.lens = [
-            copy(&mut self.method, method),
-            copy(&mut self.target, target),
-            copy(&mut self.referer, referer),
-            copy(&mut self.agent, agent),
-        ];
-        self.minor = minor;
-    }
-
-    pub fn method(&self) -> &[u8] {
-        self.method.get(..usize::from(self.lens[0])).unwrap_or(&[])
-    }
-    pub fn target(&self) -> &[u8] {
-        self.target.get(..usize::from(self.lens[1])).unwrap_or(&[])
-    }
-    pub fn referer(&self) -> &[u8] {
-        self.referer.get(..usize::from(self.lens[2])).unwrap_or(&[])
-    }
-    pub fn agent(&self) -> &[u8] {
-        self.agent.get(..usize::from(self.lens[3])).unwrap_or(&[])
     }
 }

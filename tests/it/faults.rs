@@ -1,0 +1,109 @@
+//! Upstream faults: down, closing mid-body, garbage or ambiguous response heads, and
+//! closing before a response. Bad upstream connections are never reused.
+
+use crate::harness::*;
+use std::time::Duration;
+
+#[test]
+fn upstream_down_is_502() {
+    let apex = Apex::start(&Config::to(dead_addr()));
+    let mut c = apex.client();
+    let r = c.request(&get("h", "/"));
+    assert_apex_status(&r, 502);
+}
+
+#[test]
+fn upstream_closing_mid_body_truncates_client_response() {
+    let up = Upstream::start(|mut c| {
+        if c.read_request().is_some() {
+            let mut resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+            resp.extend_from_slice(&[b'y'; 1000]);
+            let _ = c.write(&resp);
+        }
+        c.shutdown();
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    c.send(&get("h", "/"));
+    let r = c.read_head_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("100000"));
+    let (body, closed) = c.read_until_close(Duration::from_secs(5));
+    assert!(closed, "client connection must be closed when the upstream body breaks off");
+    assert!(body.len() < 100000);
+}
+
+#[test]
+fn upstream_closing_before_response_is_502() {
+    let up = Upstream::start(|mut c| {
+        let _ = c.read_request();
+        c.shutdown();
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let r = c.request(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi");
+    assert_apex_status(&r, 502);
+}
+
+/// Every upstream connection answers each request with `resp` and stays open.
+fn bad_response(resp: &'static [u8]) {
+    let up = Upstream::start(move |mut c| {
+        while c.read_request().is_some() {
+            if c.write(resp).is_err() {
+                break;
+            }
+        }
+    });
+    let apex = Apex::start(&Config::to(up.addr).timeout("upstream_head", "3s"));
+    for i in 0..2 {
+        let mut c = apex.client();
+        let r = c.request(&get("h", &format!("/{i}")));
+        assert_apex_status(&r, 502);
+    }
+    assert_eq!(up.accepts(), 2, "an upstream connection that sent a bad response must not be reused");
+}
+
+#[test]
+fn upstream_garbage_is_502() {
+    bad_response(b"this is not http at all\r\n\r\n");
+}
+
+#[test]
+fn upstream_bad_status_line_is_502() {
+    bad_response(b"HTTP/1.1 2xx OK\r\nContent-Length: 0\r\n\r\n");
+}
+
+#[test]
+fn upstream_content_length_with_transfer_encoding_is_502() {
+    bad_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+}
+
+#[test]
+fn upstream_two_different_content_lengths_is_502() {
+    bad_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!");
+}
+
+#[test]
+fn upstream_bad_chunk_in_response_closes_client_connection() {
+    let up = Upstream::start(|mut c| {
+        if c.read_request().is_some() {
+            let _ =
+                c.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n");
+        }
+        c.wait_eof();
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    c.send(&get("h", "/"));
+    match c.try_read_response(false) {
+        Ok(r) if r.status == 502 => {} // detected before the head was relayed
+        Ok(r) => panic!("a response with a broken chunk was relayed as complete: {}", r.head_str()),
+        // "bad chunk size line" here would mean Apex relayed the broken framing
+        Err(e) => assert!(
+            e.contains("closed") || e.to_ascii_lowercase().contains("reset"),
+            "expected the client connection to be cut, got: {e}"
+        ),
+    }
+    let (_, closed) = c.read_until_close(Duration::from_secs(5));
+    assert!(closed, "client connection must be closed");
+}

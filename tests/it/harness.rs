@@ -1,0 +1,1070 @@
+//! Shared harness: the Apex process guard, a config builder, a raw HTTP/1.1 client and
+//! scriptable upstream servers that record the exact bytes they receive.
+//! Invariants: everything binds 127.0.0.1:0; every socket has a timeout; every wait is bounded;
+//! the Apex child is killed when its guard drops; an upstream stops when its guard drops.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+pub const APEX: &str = env!("CARGO_BIN_EXE_apex");
+/// Socket timeout for test clients: a hang guard, never a timing assertion.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest an upstream connection waits for bytes before giving up.
+const UP_DEADLINE: Duration = Duration::from_secs(30);
+const UP_POLL: Duration = Duration::from_millis(50);
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+// ---------------------------------------------------------------- temp dirs
+
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("apex-it-{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, SeqCst)));
+        fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.0.join(name);
+        fs::write(&p, contents).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- config builder
+
+/// Builds an apex.toml listening on 127.0.0.1:0 with `workers = 1` unless changed.
+#[derive(Clone)]
+pub struct Config {
+    workers: u32,
+    timeouts: Vec<(String, String)>,
+    limits: Vec<(String, String)>,
+    routes: Vec<[String; 3]>,
+    groups: Vec<(String, Vec<SocketAddr>, Option<String>)>,
+}
+
+impl Config {
+    pub fn new() -> Self {
+        Self { workers: 1, timeouts: vec![], limits: vec![], routes: vec![], groups: vec![] }
+    }
+    /// One catch-all route to one group "app" holding `addr`.
+    pub fn to(addr: SocketAddr) -> Self {
+        Self::new().route("*", "/", "app").group("app", &[addr])
+    }
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+    /// `v` is a duration string without quotes: "300ms".
+    pub fn timeout(mut self, k: &str, v: &str) -> Self {
+        self.timeouts.push((k.into(), format!("\"{v}\"")));
+        self
+    }
+    /// `v` is a raw TOML value: `10` or `"1KiB"`.
+    pub fn limit(mut self, k: &str, v: &str) -> Self {
+        self.limits.push((k.into(), v.into()));
+        self
+    }
+    pub fn route(mut self, host: &str, path: &str, group: &str) -> Self {
+        self.routes.push([host.into(), path.into(), group.into()]);
+        self
+    }
+    pub fn group(mut self, name: &str, servers: &[SocketAddr]) -> Self {
+        self.groups.push((name.into(), servers.to_vec(), None));
+        self
+    }
+    pub fn group_cooldown(mut self, name: &str, servers: &[SocketAddr], cooldown: &str) -> Self {
+        self.groups.push((name.into(), servers.to_vec(), Some(cooldown.into())));
+        self
+    }
+    pub fn render(&self) -> String {
+        let mut t = String::from("listen = [\"127.0.0.1:0\"]\n");
+        t += &format!("workers = {}\n", self.workers);
+        if !self.timeouts.is_empty() {
+            t += "\n[timeouts]\n";
+            for (k, v) in &self.timeouts {
+                t += &format!("{k} = {v}\n");
+            }
+        }
+        if !self.limits.is_empty() {
+            t += "\n[limits]\n";
+            for (k, v) in &self.limits {
+                t += &format!("{k} = {v}\n");
+            }
+        }
+        for [h, p, g] in &self.routes {
+            t += &format!("\n[[route]]\nhost = \"{h}\"\npath = \"{p}\"\nupstream = \"{g}\"\n");
+        }
+        for (name, servers, cooldown) in &self.groups {
+            let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+            t += &format!("\n[upstream.{name}]\nservers = [{}]\n", list.join(", "));
+            if let Some(c) = cooldown {
+                t += &format!("cooldown = \"{c}\"\n");
+            }
+        }
+        t
+    }
+}
+
+// ---------------------------------------------------------------- the Apex process
+
+/// A running `apex FILE`; killed on drop.
+pub struct Apex {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Apex {
+    pub fn start(cfg: &Config) -> Apex {
+        Self::start_toml(&cfg.render())
+    }
+
+    pub fn start_toml(toml: &str) -> Apex {
+        let dir = TempDir::new("run");
+        let conf = dir.write("apex.toml", toml);
+        let stderr_path = dir.path().join("stderr");
+        let mut child = Command::new(APEX)
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("spawn apex");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            // Keeps draining stdout for the life of the child so it never blocks on a full pipe.
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("apex: listening on ") {
+                    let _ = tx.send(a.trim().to_string());
+                }
+            }
+        });
+        let mut apex = Apex { child, addr: "0.0.0.0:0".parse().unwrap(), stderr_path, _dir: dir };
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(a) => apex.addr = a.parse().unwrap_or_else(|_| panic!("bad listening address {a:?}")),
+            Err(_) => panic!(
+                "apex did not print `apex: listening on ADDR` within 10 s; config:\n{toml}\nstderr:\n{}",
+                apex.stderr()
+            ),
+        }
+        apex
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Peak resident set size (VmHWM) of the apex process, in KiB.
+    pub fn vm_hwm_kib(&self) -> u64 {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+}
+
+impl Drop for Apex {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `apex ARGS` to completion (killed after 10 s): (exit code, stdout, stderr).
+pub fn run_apex(args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = TempDir::new("cli");
+    let out_p = dir.path().join("out");
+    let err_p = dir.path().join("err");
+    let mut child = Command::new(APEX)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_p).unwrap())
+        .stderr(File::create(&err_p).unwrap())
+        .spawn()
+        .expect("spawn apex");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(ms(10));
+    };
+    let out = fs::read_to_string(&out_p).unwrap_or_default();
+    let err = fs::read_to_string(&err_p).unwrap_or_default();
+    let status =
+        status.unwrap_or_else(|| panic!("apex {args:?} still running after 10 s; stdout:\n{out}\nstderr:\n{err}"));
+    (status.code(), out, err)
+}
+
+// ---------------------------------------------------------------- HTTP parsing helpers
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    find(hay, needle).is_some()
+}
+
+/// Parses "Name: value" lines after the start line. Values are trimmed.
+fn parse_fields(head: &str) -> (String, Vec<(String, String)>) {
+    let mut lines = head.split("\r\n");
+    let start = lines.next().unwrap_or("").to_string();
+    let mut fields = vec![];
+    for l in lines {
+        if l.is_empty() {
+            continue;
+        }
+        match l.split_once(':') {
+            Some((n, v)) => fields.push((n.to_string(), v.trim().to_string())),
+            None => fields.push((l.to_string(), String::new())),
+        }
+    }
+    (start, fields)
+}
+
+fn get_field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+fn all_fields<'a>(fields: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    fields.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+}
+
+fn has_token(fields: &[(String, String)], name: &str, token: &str) -> bool {
+    all_fields(fields, name).iter().flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Strict decoder for a chunked body that starts at `b[0]`. Returns (decoded, bytes used),
+/// or None while incomplete; Err on a framing error.
+pub fn decode_chunked(b: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    let mut pos = 0;
+    let mut out = vec![];
+    loop {
+        let Some(eol) = find(&b[pos..], b"\r\n") else {
+            return Ok(None);
+        };
+        let line = &b[pos..pos + eol];
+        let size_part = line.split(|&c| c == b';').next().unwrap_or(b"");
+        let size_str = std::str::from_utf8(size_part).map_err(|_| "non-utf8 size".to_string())?;
+        let size = usize::from_str_radix(size_str.trim(), 16)
+            .map_err(|_| format!("bad chunk size line {:?}", String::from_utf8_lossy(line)))?;
+        pos += eol + 2;
+        if size == 0 {
+            // trailers until an empty line
+            loop {
+                let Some(eol) = find(&b[pos..], b"\r\n") else {
+                    return Ok(None);
+                };
+                pos += eol + 2;
+                if eol == 0 {
+                    return Ok(Some((out, pos)));
+                }
+            }
+        }
+        if b.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&b[pos..pos + size]);
+        if &b[pos + size..pos + size + 2] != b"\r\n" {
+            return Err("chunk data not followed by CRLF".into());
+        }
+        pos += size + 2;
+    }
+}
+
+/// Checks that `raw` is canonical chunked framing: `<hex>\r\n<data>\r\n`... `0\r\n\r\n`, no
+/// extensions, no trailers, nothing after. Returns the decoded body.
+pub fn canonical_chunked(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut pos = 0;
+    let mut out = vec![];
+    loop {
+        let eol = find(&raw[pos..], b"\r\n").ok_or("unterminated size line")?;
+        let line = &raw[pos..pos + eol];
+        if line.is_empty() || !line.iter().all(u8::is_ascii_hexdigit) {
+            return Err(format!("non-canonical size line {:?}", String::from_utf8_lossy(line)));
+        }
+        let size = usize::from_str_radix(std::str::from_utf8(line).unwrap(), 16).map_err(|e| e.to_string())?;
+        pos += eol + 2;
+        if size == 0 {
+            if &raw[pos..] != b"\r\n" {
+                return Err(format!(
+                    "after last chunk expected exactly CRLF, got {:?}",
+                    String::from_utf8_lossy(&raw[pos..])
+                ));
+            }
+            return Ok(out);
+        }
+        if raw.len() < pos + size + 2 || &raw[pos + size..pos + size + 2] != b"\r\n" {
+            return Err("chunk data length mismatch".into());
+        }
+        out.extend_from_slice(&raw[pos..pos + size]);
+        pos += size + 2;
+    }
+}
+
+pub fn chunked(parts: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![];
+    for p in parts {
+        v.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+        v.extend_from_slice(p);
+        v.extend_from_slice(b"\r\n");
+    }
+    v.extend_from_slice(b"0\r\n\r\n");
+    v
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        get_field(&self.headers, name)
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        all_fields(&self.headers, name)
+    }
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        has_token(&self.headers, name, token)
+    }
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn head_str(&self) -> String {
+        String::from_utf8_lossy(&self.head).into_owned()
+    }
+}
+
+/// What a client sees when it waits on a connection.
+#[derive(PartialEq)]
+pub enum Seen {
+    Closed,
+    Data(Vec<u8>),
+    Silent,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Closed => write!(f, "Closed"),
+            Seen::Silent => write!(f, "Silent"),
+            Seen::Data(d) => write!(f, "Data({:?})", String::from_utf8_lossy(d)),
+        }
+    }
+}
+
+pub struct Client {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to apex");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client { s, buf: vec![] }
+    }
+
+    pub fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).expect("write to apex");
+    }
+
+    /// A write that may fail because Apex already answered and closed.
+    pub fn try_send(&mut self, b: &[u8]) -> io::Result<()> {
+        self.s.write_all(b)
+    }
+
+    pub fn set_read_timeout(&self, d: Duration) {
+        self.s.set_read_timeout(Some(d)).unwrap();
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut tmp = [0u8; 65536];
+        let n = read_retrying(&mut self.s, &mut tmp)?;
+        self.buf.extend_from_slice(&tmp[..n]);
+        Ok(n)
+    }
+
+    /// Sends `req` and reads one final response (1xx skipped).
+    pub fn request(&mut self, req: &[u8]) -> Response {
+        self.send(req);
+        self.read_final_response()
+    }
+
+    pub fn read_response(&mut self) -> Response {
+        self.try_read_response(false).unwrap_or_else(|e| panic!("reading response: {e}"))
+    }
+
+    pub fn read_head_response(&mut self) -> Response {
+        self.try_read_response(true).unwrap_or_else(|e| panic!("reading response to HEAD: {e}"))
+    }
+
+    pub fn read_final_response(&mut self) -> Response {
+        for _ in 0..10 {
+            let r = self.read_response();
+            if !(100..200).contains(&r.status) {
+                return r;
+            }
+        }
+        panic!("more than 10 interim responses")
+    }
+
+    /// Reads one response; `no_body` for a response to HEAD.
+    pub fn try_read_response(&mut self, no_body: bool) -> Result<Response, String> {
+        let head_len = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            match self.fill() {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection closed before a complete response head; got {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "{e} before a complete response head; got {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ));
+                }
+            }
+        };
+        let head: Vec<u8> = self.buf.drain(..head_len).collect();
+        let text = String::from_utf8_lossy(&head[..head_len - 4]).into_owned();
+        let (start, headers) = parse_fields(&text);
+        let mut parts = start.splitn(3, ' ');
+        let version = parts.next().unwrap_or("").to_string();
+        let status: u16 =
+            parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line {start:?}"))?;
+        let reason = parts.next().unwrap_or("").to_string();
+        let mut r = Response { version, status, reason, headers, head, body: vec![] };
+        if no_body || (100..200).contains(&status) || status == 204 || status == 304 {
+            return Ok(r);
+        }
+        if has_token(&r.headers, "transfer-encoding", "chunked") {
+            loop {
+                match decode_chunked(&self.buf)? {
+                    Some((body, used)) => {
+                        self.buf.drain(..used);
+                        r.body = body;
+                        return Ok(r);
+                    }
+                    None => match self.fill() {
+                        Ok(0) => return Err("closed inside chunked body".into()),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("{e} inside chunked body")),
+                    },
+                }
+            }
+        }
+        if let Some(cl) = r.header("content-length") {
+            let n: usize = cl.parse().map_err(|_| format!("bad Content-Length {cl:?}"))?;
+            while self.buf.len() < n {
+                match self.fill() {
+                    Ok(0) => {
+                        return Err(format!("closed after {} of {n} body bytes", self.buf.len()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(format!("{e} after {} of {n} body bytes", self.buf.len()));
+                    }
+                }
+            }
+            r.body = self.buf.drain(..n).collect();
+            return Ok(r);
+        }
+        // close-delimited
+        loop {
+            match self.fill() {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e) => return Err(format!("{e} inside close-delimited body")),
+            }
+        }
+        r.body = std::mem::take(&mut self.buf);
+        Ok(r)
+    }
+
+    /// Reads body bytes after `try_read_response(true)`: buffered bytes first, then the socket.
+    pub fn read_some(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(out.len());
+            out[..n].copy_from_slice(&self.buf[..n]);
+            self.buf.drain(..n);
+            return Ok(n);
+        }
+        read_retrying(&mut self.s, out)
+    }
+
+    /// Reads raw bytes until they contain `needle` (or close / 5 s); returns all read.
+    pub fn read_until(&mut self, needle: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = std::mem::take(&mut self.buf);
+        let mut tmp = [0u8; 4096];
+        while !contains(&got, needle) && Instant::now() < deadline {
+            self.s.set_read_timeout(Some(ms(100))).unwrap();
+            match read_retrying(&mut self.s, &mut tmp) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        self.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        got
+    }
+
+    /// Waits up to `d` for something to happen on the connection.
+    pub fn wait(&mut self, d: Duration) -> Seen {
+        if !self.buf.is_empty() {
+            return Seen::Data(std::mem::take(&mut self.buf));
+        }
+        self.s.set_read_timeout(Some(d)).unwrap();
+        let mut tmp = [0u8; 65536];
+        let r = read_retrying(&mut self.s, &mut tmp);
+        self.s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        match r {
+            Ok(0) => Seen::Closed,
+            Ok(n) => Seen::Data(tmp[..n].to_vec()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Seen::Silent,
+            Err(_) => Seen::Closed,
+        }
+    }
+
+    /// Reads until EOF/reset or `d` passes; returns (bytes, closed).
+    pub fn read_until_close(&mut self, d: Duration) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + d;
+        let mut out = std::mem::take(&mut self.buf);
+        let mut tmp = vec![0u8; 1 << 16];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (out, false);
+            }
+            self.s.set_read_timeout(Some(left.max(ms(1)))).unwrap();
+            match read_retrying(&mut self.s, &mut tmp) {
+                Ok(0) => return (out, true),
+                Ok(n) => out.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return (out, false);
+                }
+                Err(_) => return (out, true),
+            }
+        }
+    }
+
+    /// Asserts that Apex closes the connection within 5 s without sending more bytes.
+    pub fn assert_closed(&mut self) {
+        match self.wait(Duration::from_secs(5)) {
+            Seen::Closed => {}
+            Seen::Data(d) => {
+                panic!("expected the connection to close, got more bytes: {:?}", String::from_utf8_lossy(&d))
+            }
+            Seen::Silent => panic!("expected the connection to close; still open after 5 s"),
+        }
+    }
+}
+
+/// A read that retries EINTR (a socket with SO_RCVTIMEO is never restarted by the kernel).
+fn read_retrying(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// `GET path` with Host.
+pub fn get(host: &str, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+/// Asserts an error response generated by Apex itself.
+pub fn assert_apex_status(r: &Response, code: u16) {
+    assert_eq!(r.status, code, "status; response head:\n{}", r.head_str());
+    assert_eq!(r.version, "HTTP/1.1", "status line version: {}", r.head_str());
+    assert!(!r.reason.trim().is_empty(), "status line without reason: {}", r.head_str());
+    assert!(r.header("content-length").is_some(), "no Content-Length: {}", r.head_str());
+}
+
+/// Asserts an Apex error response that announces and performs a close.
+pub fn assert_apex_close(c: &mut Client, r: &Response, code: u16) {
+    assert_apex_status(r, code);
+    assert!(r.has_token("connection", "close"), "no `Connection: close`: {}", r.head_str());
+    c.assert_closed();
+}
+
+// ---------------------------------------------------------------- upstream servers
+
+/// A request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Req {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    /// The exact head bytes, including the final CRLF CRLF.
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Body bytes exactly as framed on the wire.
+    pub body_raw: Vec<u8>,
+    /// Index of the upstream connection (accept order, from 0).
+    pub conn: usize,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        get_field(&self.headers, name)
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        all_fields(&self.headers, name)
+    }
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        has_token(&self.headers, name, token)
+    }
+    pub fn head_str(&self) -> String {
+        String::from_utf8_lossy(&self.head).into_owned()
+    }
+}
+
+struct UpState {
+    stop: AtomicBool,
+    accepts: AtomicUsize,
+    open: AtomicUsize,
+    conns: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
+    reqs: Mutex<Vec<Req>>,
+}
+
+/// An in-test origin server on 127.0.0.1:0; one thread per accepted connection runs the script.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    st: Arc<UpState>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn start<F: Fn(UpConn) + Send + Sync + 'static>(script: F) -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let st = Arc::new(UpState {
+            stop: AtomicBool::new(false),
+            accepts: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            conns: Mutex::new(vec![]),
+            reqs: Mutex::new(vec![]),
+        });
+        let script = Arc::new(script);
+        let st2 = st.clone();
+        let acceptor = thread::spawn(move || {
+            while !st2.stop.load(SeqCst) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(UP_POLL)).unwrap();
+                        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                        s.set_nodelay(true).unwrap();
+                        let rec = Arc::new(Mutex::new(vec![]));
+                        let index = {
+                            let mut c = st2.conns.lock().unwrap();
+                            c.push(rec.clone());
+                            c.len() - 1
+                        };
+                        st2.accepts.fetch_add(1, SeqCst);
+                        st2.open.fetch_add(1, SeqCst);
+                        let conn = UpConn { s, rec, recording: true, buf: vec![], st: st2.clone(), index };
+                        let script = script.clone();
+                        thread::spawn(move || script(conn));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(ms(2)),
+                    Err(_) => thread::sleep(ms(2)),
+                }
+            }
+        });
+        Upstream { addr, st, acceptor: Some(acceptor) }
+    }
+
+    /// Keep-alive HTTP server: answers each request with `respond(req)`; closes after a
+    /// response whose head says `Connection: close`.
+    pub fn http<F: Fn(&Req) -> Vec<u8> + Send + Sync + 'static>(respond: F) -> Upstream {
+        Self::start(move |mut c| {
+            while let Some(req) = c.read_request() {
+                let resp = respond(&req);
+                let head_end = find(&resp, b"\r\n\r\n").unwrap_or(resp.len());
+                let close =
+                    String::from_utf8_lossy(&resp[..head_end]).to_ascii_lowercase().contains("connection: close");
+                if c.write(&resp).is_err() || close {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// Always `200 OK` with `body`.
+    pub fn ok(body: &'static str) -> Upstream {
+        Self::http(move |_| ok(body))
+    }
+
+    /// Answers 200 with the request target as the body.
+    pub fn echo_path() -> Upstream {
+        Self::http(|r| ok(&r.target))
+    }
+
+    /// Reads and records whatever arrives, never answers.
+    pub fn silent() -> Upstream {
+        Self::start(|mut c| c.wait_eof())
+    }
+
+    pub fn accepts(&self) -> usize {
+        self.st.accepts.load(SeqCst)
+    }
+    /// Connections the upstream still holds open (its script has not returned).
+    pub fn open(&self) -> usize {
+        self.st.open.load(SeqCst)
+    }
+    /// Bytes received, per connection in accept order.
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.st.conns.lock().unwrap().iter().map(|r| r.lock().unwrap().clone()).collect()
+    }
+    pub fn received_bytes(&self) -> usize {
+        self.received().iter().map(Vec::len).sum()
+    }
+    /// Requests parsed by scripts via `read_request`, in completion order.
+    pub fn requests(&self) -> Vec<Req> {
+        self.st.reqs.lock().unwrap().clone()
+    }
+    /// The only request received; panics unless exactly one.
+    pub fn one_request(&self) -> Req {
+        let r = self.requests();
+        assert_eq!(r.len(), 1, "upstream requests: {r:#?}");
+        r.into_iter().next().unwrap()
+    }
+
+    /// Asserts the upstream received no bytes at all (after a short settle time).
+    pub fn assert_untouched(&self) {
+        thread::sleep(ms(100));
+        let got = self.received();
+        assert!(
+            got.iter().all(Vec::is_empty),
+            "upstream must receive nothing, got {:?}",
+            got.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>()
+        );
+    }
+
+    /// Waits up to `d` for `cond(self)`; returns whether it held.
+    pub fn wait_for(&self, d: Duration, cond: impl Fn(&Upstream) -> bool) -> bool {
+        let deadline = Instant::now() + d;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(ms(20));
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.st.stop.store(true, SeqCst);
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One accepted upstream connection, handed to the script.
+pub struct UpConn {
+    pub s: TcpStream,
+    rec: Arc<Mutex<Vec<u8>>>,
+    recording: bool,
+    buf: Vec<u8>,
+    st: Arc<UpState>,
+    pub index: usize,
+}
+
+impl UpConn {
+    /// Reads more bytes: Ok(0) on EOF, Err on reset, stop or the 30 s deadline.
+    fn fill(&mut self) -> io::Result<usize> {
+        let deadline = Instant::now() + UP_DEADLINE;
+        let mut tmp = vec![0u8; 1 << 16];
+        loop {
+            if self.st.stop.load(SeqCst) {
+                return Err(io::Error::other("upstream stopped"));
+            }
+            match read_retrying(&mut self.s, &mut tmp) {
+                Ok(n) => {
+                    if self.recording {
+                        self.rec.lock().unwrap().extend_from_slice(&tmp[..n]);
+                    }
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return Ok(n);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if Instant::now() > deadline {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Stops (or resumes) recording received bytes (for huge bodies).
+    pub fn set_recording(&mut self, on: bool) {
+        self.recording = on;
+    }
+
+    /// Reads a request head (body left unread). None on EOF/error first.
+    pub fn read_head(&mut self) -> Option<Req> {
+        let head_len = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            match self.fill() {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        };
+        let head: Vec<u8> = self.buf.drain(..head_len).collect();
+        let text = String::from_utf8_lossy(&head[..head_len - 4]).into_owned();
+        let (start, headers) = parse_fields(&text);
+        let mut p = start.split(' ');
+        Some(Req {
+            method: p.next().unwrap_or("").into(),
+            target: p.next().unwrap_or("").into(),
+            version: p.next().unwrap_or("").into(),
+            headers,
+            head,
+            body: vec![],
+            body_raw: vec![],
+            conn: self.index,
+        })
+    }
+
+    /// Reads a whole request (head + CL or chunked body) and records it in `requests()`.
+    pub fn read_request(&mut self) -> Option<Req> {
+        let mut r = self.read_head()?;
+        if r.has_token("transfer-encoding", "chunked") {
+            loop {
+                match decode_chunked(&self.buf) {
+                    Ok(Some((body, used))) => {
+                        r.body_raw = self.buf.drain(..used).collect();
+                        r.body = body;
+                        break;
+                    }
+                    Ok(None) => match self.fill() {
+                        Ok(0) | Err(_) => return None,
+                        Ok(_) => {}
+                    },
+                    Err(_) => return None,
+                }
+            }
+        } else if let Some(cl) = r.header("content-length") {
+            let n: usize = cl.parse().ok()?;
+            r.body = self.read_exact(n)?;
+            r.body_raw = r.body.clone();
+        }
+        self.st.reqs.lock().unwrap().push(r.clone());
+        Some(r)
+    }
+
+    /// Adds a request read with `read_head` to `Upstream::requests()`.
+    pub fn record(&self, r: &Req) {
+        self.st.reqs.lock().unwrap().push(r.clone());
+    }
+
+    /// Reads until the bytes received after the head contain `needle` (or EOF / `d`).
+    pub fn read_until(&mut self, needle: &[u8], d: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + d;
+        let mut got = std::mem::take(&mut self.buf);
+        while !contains(&got, needle) && Instant::now() < deadline {
+            let more = self.read_for(ms(50));
+            got.extend_from_slice(&more);
+            if more.is_empty() && self.eof_seen() {
+                break;
+            }
+        }
+        got
+    }
+
+    fn eof_seen(&self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.peek(&mut b), Ok(0))
+    }
+
+    pub fn read_exact(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            match self.fill() {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    /// Returns buffered bytes plus whatever arrives within `d` (stops at EOF).
+    pub fn read_for(&mut self, d: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + d;
+        let mut tmp = vec![0u8; 1 << 16];
+        while Instant::now() < deadline && !self.st.stop.load(SeqCst) {
+            match read_retrying(&mut self.s, &mut tmp) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if self.recording {
+                        self.rec.lock().unwrap().extend_from_slice(&tmp[..n]);
+                    }
+                    self.buf.extend_from_slice(&tmp[..n]);
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Consumes and returns up to `max` body bytes already read or arriving next.
+    pub fn read_chunk(&mut self, max: usize) -> Option<Vec<u8>> {
+        if self.buf.is_empty() {
+            match self.fill() {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        let n = self.buf.len().min(max);
+        Some(self.buf.drain(..n).collect())
+    }
+
+    pub fn write(&mut self, b: &[u8]) -> io::Result<()> {
+        self.s.write_all(b)
+    }
+
+    /// Reads until the peer closes (or stop / deadline).
+    pub fn wait_eof(&mut self) {
+        while let Ok(n) = self.fill() {
+            if n == 0 {
+                break;
+            }
+            self.buf.clear();
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.st.stop.load(SeqCst)
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.s.shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for UpConn {
+    fn drop(&mut self) {
+        self.st.open.fetch_sub(1, SeqCst);
+    }
+}
+
+/// `HTTP/1.1 200 OK` with Content-Length.
+pub fn ok(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// An address on which nothing listens (a port bound and released).
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A listener that never accepts and whose accept queue is full, so a new connect hangs
+/// (SYNs are dropped): stands in for an unreachable server on loopback.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _l: TcpListener,
+    _fill: Vec<TcpStream>,
+}
+
+impl BlackHole {
+    pub fn new() -> BlackHole {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut fill = vec![];
+        for _ in 0..5000 {
+            match TcpStream::connect_timeout(&addr, ms(200)) {
+                Ok(s) => fill.push(s),
+                Err(_) => {
+                    return BlackHole { addr, _l: l, _fill: fill };
+                }
+            }
+        }
+        panic!("could not fill the accept queue of a listener")
+    }
+}
+
+/// The byte at offset `i` of the test pattern for big bodies.
+#[inline]
+pub fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}

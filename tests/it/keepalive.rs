@@ -1,0 +1,234 @@
+//! Keep-alive, pipelining and the per-worker upstream connection pool (reuse, stale
+//! connections, retry of idempotent requests).
+
+use crate::harness::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::thread;
+
+#[test]
+fn http11_is_keep_alive_by_default() {
+    let up = Upstream::echo_path();
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    for i in 0..3 {
+        let r = c.request(&get("h", &format!("/{i}")));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("/{i}"));
+        assert!(!r.has_token("connection", "close"), "{}", r.head_str());
+    }
+}
+
+#[test]
+fn http11_connection_close_closes_after_response() {
+    let up = Upstream::ok("x");
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let r = c.request(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "x");
+    c.assert_closed();
+}
+
+#[test]
+fn http10_without_keep_alive_is_closed_after_response() {
+    let up = Upstream::ok("x");
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let r = c.request(b"GET / HTTP/1.0\r\nHost: h\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "x");
+    c.assert_closed();
+}
+
+#[test]
+fn http10_keep_alive_is_honoured_and_announced() {
+    let up = Upstream::echo_path();
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    for i in 0..2 {
+        let r = c.request(format!("GET /{i} HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("/{i}"));
+        assert!(r.has_token("connection", "keep-alive"), "{}", r.head_str());
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = Upstream::echo_path();
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let mut all = vec![];
+    for i in 0..5 {
+        all.extend_from_slice(&get("h", &format!("/p{i}")));
+    }
+    all.extend_from_slice(b"POST /p5 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc");
+    all.extend_from_slice(&get("h", "/p6"));
+    c.send(&all);
+    for i in 0..7 {
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), format!("/p{i}"));
+    }
+}
+
+#[test]
+fn ten_thousand_sequential_requests_on_one_connection() {
+    let up = Upstream::ok("ok");
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let guard = std::time::Instant::now();
+    for i in 0..10_000 {
+        // hang guard for the suite, not a performance assertion
+        assert!(guard.elapsed().as_secs() < 120, "only {i} of 10,000 requests done after 120 s");
+        c.send(b"GET /seq HTTP/1.1\r\nHost: h\r\n\r\n");
+        let r = c.try_read_response(false).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.body, b"ok", "request {i}");
+    }
+}
+
+#[test]
+fn upstream_pool_is_reused_across_clients() {
+    let up = Upstream::ok("pooled");
+    let apex = Apex::start(&Config::to(up.addr).workers(1));
+    let addr = apex.addr;
+    let done = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..50)
+        .map(|t| {
+            let done = done.clone();
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..20 {
+                    let r = c.request(&get("h", &format!("/{t}/{i}")));
+                    assert_eq!(r.status, 200);
+                    assert_eq!(r.body, b"pooled");
+                    done.fetch_add(1, SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert_eq!(done.load(SeqCst), 1000);
+    assert_eq!(up.requests().len(), 1000);
+    assert!(up.accepts() <= 100, "1000 requests from 50 clients made {} upstream connections", up.accepts());
+}
+
+/// Upstream whose first connection answers one request, then reads the next request and
+/// closes without answering; later connections answer normally.
+fn dies_on_second_request() -> Upstream {
+    Upstream::start(|mut c| {
+        if c.index == 0 {
+            if let Some(r) = c.read_request() {
+                let _ = c.write(ok(&r.target).as_slice());
+            }
+            let _ = c.read_request();
+            c.shutdown();
+            return;
+        }
+        while let Some(r) = c.read_request() {
+            if c.write(&ok(&r.target)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[test]
+fn idempotent_request_on_dead_pooled_connection_is_retried() {
+    let up = dies_on_second_request();
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let r = c.request(&get("h", "/first"));
+    assert_eq!(r.status, 200);
+    let r = c.request(&get("h", "/second"));
+    assert_eq!(r.status, 200, "GET failing on a reused connection must be retried: {}", r.head_str());
+    assert_eq!(r.body_str(), "/second");
+    let seconds: Vec<usize> = up.requests().iter().filter(|r| r.target == "/second").map(|r| r.conn).collect();
+    assert_eq!(seconds, vec![0, 1], "sent on the pooled connection 0, then retried once on a fresh one");
+    assert_eq!(up.accepts(), 2, "one reused connection plus one fresh retry");
+}
+
+#[test]
+fn non_idempotent_request_on_dead_pooled_connection_is_502() {
+    let up = dies_on_second_request();
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let r = c.request(&get("h", "/first"));
+    assert_eq!(r.status, 200);
+    let r = c.request(b"POST /second HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody");
+    assert_apex_status(&r, 502);
+    let posts: Vec<usize> = up.requests().iter().filter(|r| r.method == "POST").map(|r| r.conn).collect();
+    assert_eq!(posts, vec![0], "the POST goes over the pooled connection once and is not retried");
+}
+
+#[test]
+fn pooled_connection_closed_by_upstream_is_detected() {
+    // Each upstream connection answers one request (keep-alive framing) and then closes.
+    let up = Upstream::start(|mut c| {
+        if let Some(r) = c.read_request() {
+            let _ = c.write(&ok(&r.target));
+        }
+        c.shutdown();
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let r = c.request(&get("h", "/a"));
+    assert_eq!(r.status, 200);
+    thread::sleep(ms(300));
+    // Not idempotent, so only detection before reuse (not a retry) can make this succeed.
+    let r = c.request(b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi");
+    assert_eq!(r.status, 200, "{}", r.head_str());
+    assert_eq!(r.body_str(), "/b");
+    let mut c2 = apex.client();
+    thread::sleep(ms(300));
+    let r = c2.request(&get("h", "/c"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "/c");
+}
+
+#[test]
+fn two_hundred_pipelined_requests_in_one_write() {
+    let up = Upstream::echo_path();
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let mut all = vec![];
+    for i in 0..200 {
+        all.extend_from_slice(&get("h", &format!("/q{i}")));
+    }
+    c.send(&all);
+    for i in 0..200 {
+        let r = c.try_read_response(false).unwrap_or_else(|e| panic!("response {i}: {e}"));
+        assert_eq!(r.status, 200, "response {i}");
+        assert_eq!(r.body_str(), format!("/q{i}"), "responses out of order");
+    }
+}
+
+#[test]
+fn two_workers_serve_requests() {
+    let up = Upstream::ok("w");
+    let apex = Apex::start(&Config::to(up.addr).workers(2));
+    for i in 0..20 {
+        let mut c = apex.client();
+        let r = c.request(&get("h", &format!("/{i}")));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"w");
+    }
+}
+
+#[test]
+fn keep_alive_continues_after_an_apex_404() {
+    let up = Upstream::ok("found");
+    let apex = Apex::start(&Config::new().route("*", "/app", "app").group("app", &[up.addr]));
+    let mut c = apex.client();
+    let r = c.request(&get("h", "/nothing"));
+    assert_apex_status(&r, 404);
+    if !r.has_token("connection", "close") {
+        let r = c.request(&get("h", "/app/x"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"found");
+    }
+}

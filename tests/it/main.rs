@@ -1,0 +1,26 @@
+//! Integration tests: each test starts the real `apex` binary on 127.0.0.1:0 with its own
+//! config and talks to it over raw sockets; origins are in-test std::net servers.
+// The Mutex ban (clippy.toml) guards the proxy's hot path; the test harness records bytes
+// behind a Mutex on purpose.
+#![allow(
+    clippy::disallowed_types,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    dead_code
+)]
+
+mod harness;
+
+mod bodies;
+mod cli;
+mod faults;
+mod framing;
+mod headers;
+mod keepalive;
+mod limits;
+mod routing;
+mod timeouts;
+mod upgrade;
