@@ -294,8 +294,7 @@ fn keep_alive_traffic_allocates_nothing() {
     client.join().unwrap();
     // The access log saw every request: the allocation-free path includes logging.
     for _ in 0..30 {
-        worker.turn(&mut events).unwrap();
-        std::thread::sleep(Duration::from_millis(10));
+        worker.turn_within(&mut events, Duration::from_millis(10)).unwrap();
     }
     drop(worker);
     logger.stop();
