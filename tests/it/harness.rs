@@ -133,6 +133,8 @@ impl Config {
 pub struct Apex {
     child: Child,
     pub addr: SocketAddr,
+    /// The config file Apex was started with (rewrite it, then `signal("HUP")`, to reload).
+    pub conf: PathBuf,
     stderr_path: PathBuf,
     _dir: TempDir,
 }
@@ -164,7 +166,7 @@ impl Apex {
                 }
             }
         });
-        let mut apex = Apex { child, addr: "0.0.0.0:0".parse().unwrap(), stderr_path, _dir: dir };
+        let mut apex = Apex { child, addr: "0.0.0.0:0".parse().unwrap(), conf, stderr_path, _dir: dir };
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(a) => apex.addr = a.parse().unwrap_or_else(|_| panic!("bad listening address {a:?}")),
             Err(_) => panic!(
@@ -188,6 +190,33 @@ impl Apex {
         let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let line = s.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends a signal by name ("HUP", "TERM", ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap().success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Waits at most `d` for the process to exit; its exit code, or None if still running.
+    pub fn wait_exit(&mut self, d: Duration) -> Option<i32> {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.code().unwrap_or(-1));
+            }
+            thread::sleep(ms(10));
+        }
+        None
+    }
+
+    /// Waits until stderr contains `needle` at least `n` times (bounded).
+    pub fn wait_stderr(&self, needle: &str, n: usize) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.stderr().matches(needle).count() < n {
+            assert!(Instant::now() < end, "stderr never had {n} x {needle:?}:\n{}", self.stderr());
+            thread::sleep(ms(2));
+        }
     }
 
     pub fn is_running(&mut self) -> bool {

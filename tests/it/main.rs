@@ -21,6 +21,7 @@ mod framing;
 mod headers;
 mod keepalive;
 mod limits;
+mod ops;
 mod routing;
 mod timeouts;
 mod upgrade;
