@@ -98,7 +98,7 @@ fn fifty_reloads_under_load_lose_nothing() {
     // Each response came from the upstream of a snapshot that was current while it ran: some
     // period of that config overlaps [sent, done]. A period ends when the next reload has been
     // confirmed (the swap happens between the signal and the confirmation).
-    let confirmed_end = |k: usize| periods.get(k + 1).map(|p| p.1 + ms(50)).unwrap_or_else(|| Instant::now());
+    let confirmed_end = |k: usize| periods.get(k + 1).map(|p| p.1 + ms(50)).unwrap_or_else(Instant::now);
     for s in seen.iter() {
         let ok = periods
             .iter()
