@@ -34,6 +34,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    raise_fd_limit();
     // Signals first, so one that arrives during start-up is not lost to its default action.
     let (tx, rx) = mpsc::channel();
     match Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1]) {
@@ -161,6 +162,20 @@ pub fn run(path: &Path) -> ExitCode {
         if drain_deadline.is_some_and(|d| Instant::now() >= d) {
             eprintln!("apex: drain timeout: exiting with requests still in flight");
             std::process::exit(0);
+        }
+    }
+}
+
+/// Each connection costs one fd (two while proxied): raise the soft limit to the hard one, as
+/// nginx's `worker_rlimit_nofile` or the Go runtime do, so the configured `connections` are
+/// reachable without a wrapper script. EMFILE is still handled when the hard limit is low.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            eprintln!("apex: warn: cannot raise the open-file limit: {e}");
         }
     }
 }

@@ -15,10 +15,12 @@
 mod harness;
 
 mod bodies;
+mod catalogue;
 mod cli;
 mod faults;
 mod framing;
 mod headers;
+mod hostile;
 mod keepalive;
 mod limits;
 mod ops;
