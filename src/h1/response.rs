@@ -28,10 +28,13 @@ pub fn parse_response<'a>(
     headers_max: usize,
     req_is_head: bool,
 ) -> Result<Response<'a>, H1Error> {
-    let slots =
-        arena.try_alloc_slice_fill_copy(headers_max, httparse::EMPTY_HEADER).map_err(|_| H1Error::TooManyHeaders)?;
-    let mut resp = httparse::Response::new(slots);
-    let status = httparse::ParserConfig::default().parse_response(&mut resp, head).map_err(H1Error::from_httparse)?;
+    let slots = arena
+        .try_alloc_slice_fill_with(headers_max, |_| std::mem::MaybeUninit::uninit())
+        .map_err(|_| H1Error::TooManyHeaders)?;
+    let mut resp = httparse::Response::new(&mut []);
+    let status = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, head, slots)
+        .map_err(H1Error::from_httparse)?;
     if status.is_partial() {
         return Err(H1Error::Syntax("incomplete head"));
     }

@@ -32,6 +32,42 @@ impl<'b> Out<'b> {
         }
     }
 
+    /// A decimal number, without going through `core::fmt` (a third of the user-space time
+    /// per request went to formatting before this).
+    pub fn put_u64(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            if let Some(d) = digits.get_mut(i) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || i == 0 {
+                break;
+            }
+        }
+        self.put(digits.get(i..).unwrap_or(&[]));
+    }
+
+    pub fn put_ip(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                self.put_u64(u64::from(a));
+                self.put(b".");
+                self.put_u64(u64::from(b));
+                self.put(b".");
+                self.put_u64(u64::from(c));
+                self.put(b".");
+                self.put_u64(u64::from(d));
+            }
+            IpAddr::V6(_) => {
+                let _ = write!(self, "{ip}");
+            }
+        }
+    }
+
     /// Bytes written, or None if the message did not fit.
     pub fn finish(self) -> Option<usize> {
         if self.overflow { None } else { Some(self.len) }
@@ -81,13 +117,16 @@ pub fn write_request(req: &Request, client_ip: IpAddr, out: &mut Out) {
             out.put(b", ");
         }
     }
-    let _ = write!(out, "{client_ip}\r\n");
+    out.put_ip(client_ip);
+    out.put(b"\r\n");
     out.put(b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
     out.put(req.host);
     out.put(b"\r\n");
     match req.framing {
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.put(b"Content-Length: ");
+            out.put_u64(n);
+            out.put(b"\r\n");
         }
         Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
         Framing::None | Framing::Close => {}
@@ -112,7 +151,9 @@ pub struct RespMode {
 }
 
 pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
-    let _ = write!(out, "HTTP/1.1 {} ", resp.code);
+    out.put(b"HTTP/1.1 ");
+    out.put_u64(u64::from(resp.code));
+    out.put(b" ");
     out.put(resp.reason.as_bytes());
     out.put(b"\r\n");
     for h in resp.headers {
@@ -127,13 +168,17 @@ pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
     }
     match mode.framing {
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.put(b"Content-Length: ");
+            out.put_u64(n);
+            out.put(b"\r\n");
         }
         Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
         // A bodiless response still says how long the body would be (HEAD, 304: RFC 9110 §8.6).
         Framing::None => {
             if let (Some(n), true) = (resp.content_length, resp.code != 204 && resp.code >= 200) {
-                let _ = write!(out, "Content-Length: {n}\r\n");
+                out.put(b"Content-Length: ");
+                out.put_u64(n);
+                out.put(b"\r\n");
             }
         }
         Framing::Close => {}
@@ -207,6 +252,21 @@ mod tests {
         write_request(&req, "10.0.0.9".parse().unwrap(), &mut out);
         let n = out.finish().unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn numbers_and_addresses() {
+        let mut buf = [0u8; 128];
+        let mut out = Out::new(&mut buf);
+        for n in [0, 7, 10, 65535, u64::MAX] {
+            out.put_u64(n);
+            out.put(b" ");
+        }
+        out.put_ip("10.0.255.1".parse().unwrap());
+        out.put(b" ");
+        out.put_ip("::1".parse().unwrap());
+        let n = out.finish().unwrap();
+        assert_eq!(&buf[..n], b"0 7 10 65535 18446744073709551615 10.0.255.1 ::1");
     }
 
     #[test]
