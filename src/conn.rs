@@ -105,6 +105,26 @@ enum Body {
 }
 
 impl Body {
+    /// Bytes that may be spliced now without touching the framing: the rest of a
+    /// Content-Length body, the rest of the current chunk's data, or anything until EOF.
+    fn spliceable(&self) -> Option<u64> {
+        match self {
+            Body::Length(n) => Some(*n),
+            Body::Chunked(d) => d.data_left(),
+            Body::Raw => Some(u64::MAX),
+            Body::Done => None,
+        }
+    }
+
+    /// `n` bytes went through a pipe.
+    fn spliced(&mut self, n: u64) {
+        match self {
+            Body::Length(rem) => *rem = rem.saturating_sub(n),
+            Body::Chunked(d) => d.skip_data(n),
+            Body::Raw | Body::Done => {}
+        }
+    }
+
     fn is_done(&self) -> bool {
         match self {
             Body::Done => true,
@@ -878,9 +898,9 @@ impl Conn {
         let cin_empty = self.cin.as_ref().is_none_or(Buf::is_empty);
         let uout_empty = self.uout.as_ref().is_none_or(Buf::is_empty);
         let pending = self.preq.as_ref().is_some_and(|p| p.pending > 0);
-        if let Body::Length(rem) = self.rq.req_body
-            && (pending || (rem > SPLICE_MIN_BYTES && cin_empty && uout_empty))
-        {
+        let spliceable = matches!(self.rq.req_body, Body::Length(_) | Body::Chunked(_))
+            && self.rq.req_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
+        if pending || (spliceable && cin_empty && uout_empty) {
             if self.preq.is_none() {
                 self.preq = cx.pipes.take();
             }
@@ -935,22 +955,20 @@ impl Conn {
         let (Some(u), Some(pipe)) = (cx.ups.conns.get_mut(uk), self.preq.as_mut()) else {
             return Err(Fault::Internal("splice slots"));
         };
-        let Body::Length(rem) = &mut self.rq.req_body else {
-            return Err(Fault::Internal("splice framing"));
-        };
         let mut progress = false;
         for _ in 0..2 {
             match crate::splice::drain(&u.sock, &mut u.io, pipe) {
                 Ok(n) => progress |= n > 0,
                 Err(_) => return self.upstream_failed(cx).map(Pump::Divert),
             }
-            if pipe.pending > 0 || *rem == 0 {
+            let Some(rem) = self.rq.req_body.spliceable() else { break };
+            if pipe.pending > 0 || rem == 0 {
                 break;
             }
-            let max = usize::try_from(*rem).unwrap_or(usize::MAX).min(PIPE_BYTES);
+            let max = usize::try_from(rem).unwrap_or(usize::MAX).min(PIPE_BYTES);
             match crate::splice::fill(&self.sock, &mut self.io, pipe, max) {
                 Ok(Spliced::Bytes(n)) => {
-                    *rem -= n as u64;
+                    self.rq.req_body.spliced(n as u64);
                     self.rq.bytes_in += n as u64;
                     progress = true;
                 }
@@ -981,19 +999,14 @@ impl Conn {
             if pipe.pending > 0 || self.rq.up_eof {
                 break;
             }
-            let max = match self.rq.resp_body {
-                Body::Length(rem) => usize::try_from(rem).unwrap_or(usize::MAX).min(PIPE_BYTES),
-                Body::Raw => PIPE_BYTES,
-                _ => 0,
-            };
+            let max =
+                self.rq.resp_body.spliceable().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(PIPE_BYTES));
             if max == 0 {
                 break;
             }
             match crate::splice::fill(&u.sock, &mut u.io, pipe, max) {
                 Ok(Spliced::Bytes(n)) => {
-                    if let Body::Length(rem) = &mut self.rq.resp_body {
-                        *rem -= n as u64;
-                    }
+                    self.rq.resp_body.spliced(n as u64);
                     self.rq.bytes_out += n as u64;
                     progress = true;
                 }
@@ -1023,11 +1036,7 @@ impl Conn {
                 Err(_) => self.rq.up_eof = true,
             }
         }
-        let spliceable = match self.rq.resp_body {
-            Body::Length(rem) => rem > SPLICE_MIN_BYTES,
-            Body::Raw => true,
-            _ => false,
-        };
+        let spliceable = self.rq.resp_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
         let drained = self.uin.as_ref().is_none_or(Buf::is_empty) && self.cout.as_ref().is_none_or(Buf::is_empty);
         let pending = self.presp.as_ref().is_some_and(|p| p.pending > 0);
         if pending || (spliceable && drained) {

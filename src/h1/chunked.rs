@@ -95,6 +95,21 @@ impl Decoder {
         self.state == State::Done && self.stage_pos == self.stage_len
     }
 
+    /// Data bytes of the current chunk that may bypass the decoder (spliced): only once the
+    /// chunk's size line is parsed and any framing it produced has been written out.
+    pub fn data_left(&self) -> Option<u64> {
+        (self.state == State::Data && self.stage_pos == self.stage_len && self.remaining > 0).then_some(self.remaining)
+    }
+
+    /// Accounts for `n` data bytes moved around the decoder (at most `data_left`).
+    pub fn skip_data(&mut self, n: u64) {
+        debug_assert!(self.data_left().is_some_and(|left| n <= left));
+        self.remaining = self.remaining.saturating_sub(n);
+        if self.remaining == 0 && self.state == State::Data {
+            self.state = State::DataCr;
+        }
+    }
+
     /// Reads from `input` and writes to `out`; returns (consumed, produced). Stops when input is
     /// used up, `out` is full, or the message ended. `rechunk`: keep the chunked coding (else
     /// de-chunk). Bytes after the message's end are left unconsumed.
@@ -446,6 +461,22 @@ mod tests {
     fn accepts_bws_before_semicolon_and_leading_zeros() {
         let (out, _) = all_splits(b"0005 ; a = b\r\nhello\r\n0\r\n\r\n", true).unwrap();
         assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn data_can_bypass_the_decoder() {
+        let mut d = Decoder::new();
+        let mut out = [0u8; 64];
+        let (used, made) = d.relay(b"a\r\n", &mut out, true).unwrap();
+        assert_eq!((used, &out[..made]), (3, &b"a\r\n"[..]));
+        assert_eq!(d.data_left(), Some(10));
+        d.skip_data(4);
+        assert_eq!(d.data_left(), Some(6));
+        d.skip_data(6);
+        assert_eq!(d.data_left(), None);
+        let (used, made) = d.relay(b"\r\n0\r\n\r\n", &mut out, true).unwrap();
+        assert_eq!((used, &out[..made]), (7, &b"\r\n0\r\n\r\n"[..]));
+        assert!(d.is_done());
     }
 
     #[test]
