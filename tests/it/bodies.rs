@@ -365,3 +365,103 @@ fn early_upstream_response_does_not_turn_the_body_into_a_request() {
     let targets: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
     assert!(!targets.contains(&"/smuggled".to_string()), "smuggled request reached upstream: {targets:?}");
 }
+
+/// Chunks large enough that their data is spliced (past a buffer), checked byte for byte.
+const CHUNK: usize = 1 << 20;
+const CHUNKS: usize = 24;
+
+#[test]
+fn large_chunked_upload_is_reframed_intact() {
+    let up = Upstream::start(|mut c| {
+        if c.read_head().is_none() {
+            return;
+        }
+        c.set_recording(false);
+        // Canonical re-framing: exactly `100000\r\n<1 MiB>\r\n` per chunk, then `0\r\n\r\n`.
+        let mut verdict = "intact";
+        let mut at = 0u64;
+        for _ in 0..CHUNKS {
+            if c.read_exact(8).as_deref() != Some(b"100000\r\n") {
+                verdict = "bad size line";
+                break;
+            }
+            let Some(data) = c.read_exact(CHUNK) else {
+                verdict = "short";
+                break;
+            };
+            if !data.chunks(1 << 15).enumerate().all(|(i, p)| is_pattern(at + (i << 15) as u64, p)) {
+                verdict = "corrupt";
+            }
+            at += CHUNK as u64;
+            if c.read_exact(2).as_deref() != Some(b"\r\n") {
+                verdict = "bad chunk end";
+                break;
+            }
+        }
+        if verdict == "intact" && c.read_exact(5).as_deref() != Some(b"0\r\n\r\n") {
+            verdict = "bad last chunk";
+        }
+        let _ = c.write(&ok(verdict));
+        c.wait_eof();
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    c.set_read_timeout(Duration::from_secs(120));
+    let mut w = c.s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        // The client's own framing is odd but valid: uppercase hex with leading zeros and an extension.
+        w.write_all(b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+        let block: Vec<u8> = (0..CHUNK as u64 * CHUNKS as u64).map(pattern).collect();
+        for part in block.chunks(CHUNK) {
+            w.write_all(format!("{:08X};x=y\r\n", part.len()).as_bytes())?;
+            w.write_all(part)?;
+            w.write_all(b"\r\n")?;
+        }
+        w.write_all(b"0\r\nTrailer-Field: dropped\r\n\r\n")
+    });
+    let r = c.read_response();
+    writer.join().unwrap().expect("upload write");
+    assert_eq!((r.status, r.body_str().as_str()), (200, "intact"));
+}
+
+#[test]
+fn large_chunked_download_is_relayed_intact() {
+    let up = Upstream::start(|mut c| {
+        if c.read_request().is_none() {
+            return;
+        }
+        let block: Vec<u8> = (0..CHUNK as u64 * CHUNKS as u64).map(pattern).collect();
+        let _ = c.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for part in block.chunks(CHUNK) {
+            if c.write(format!("{:x};ext\r\n", part.len()).as_bytes()).is_err()
+                || c.write(part).is_err()
+                || c.write(b"\r\n").is_err()
+            {
+                return;
+            }
+        }
+        let _ = c.write(b"0\r\n\r\n");
+        c.wait_eof();
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    c.set_read_timeout(Duration::from_secs(60));
+    c.send(&get("h", "/down"));
+    let r = c.read_head_response();
+    assert_eq!(r.status, 200);
+    assert!(r.has_token("transfer-encoding", "chunked"), "{}", r.head_str());
+    // Read the whole chunked body raw, then check framing and data.
+    let mut raw = Vec::new();
+    let mut tmp = vec![0u8; 1 << 16];
+    let expect_len = CHUNKS * (8 + CHUNK + 2) + 5;
+    while raw.len() < expect_len {
+        let n = c.read_some(&mut tmp).expect("reading the body");
+        assert!(n > 0, "closed after {} bytes", raw.len());
+        raw.extend_from_slice(&tmp[..n]);
+    }
+    let (body, used) = decode_chunked(&raw).unwrap().expect("complete chunked body");
+    assert_eq!(used, raw.len(), "nothing after the last chunk");
+    assert_eq!(body.len(), CHUNK * CHUNKS);
+    assert!(body.chunks(1 << 15).enumerate().all(|(i, p)| is_pattern((i << 15) as u64, p)), "body corrupt");
+    assert!(find(&raw, b"ext").is_none(), "chunk extensions are not relayed");
+}
