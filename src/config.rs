@@ -441,7 +441,7 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         headers: int_in(&l.headers, "headers", 100, 1, HEADERS_CAP)?,
         body_bytes: size_in(&l.body_bytes, "body_bytes", 1 << 30, 0, u64::MAX)?,
         connections: int_in(&l.connections, "connections", 10_000, 1, 1_000_000)?,
-        upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 64, 0, 100_000)?,
+        upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 1024, 0, 100_000)?,
     };
 
     let log = LogConfig {
