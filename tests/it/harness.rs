@@ -136,6 +136,7 @@ pub struct Apex {
     /// The config file Apex was started with (rewrite it, then `signal("HUP")`, to reload).
     pub conf: PathBuf,
     stderr_path: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
@@ -157,16 +158,19 @@ impl Apex {
             .expect("spawn apex");
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = stdout.clone();
         thread::spawn(move || {
             // Keeps draining stdout for the life of the child so it never blocks on a full pipe.
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line.clone());
                 if let Some(a) = line.strip_prefix("apex: listening on ") {
                     let _ = tx.send(a.trim().to_string());
                 }
             }
         });
-        let mut apex = Apex { child, addr: "0.0.0.0:0".parse().unwrap(), conf, stderr_path, _dir: dir };
+        let mut apex = Apex { child, addr: "0.0.0.0:0".parse().unwrap(), conf, stderr_path, stdout, _dir: dir };
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(a) => apex.addr = a.parse().unwrap_or_else(|_| panic!("bad listening address {a:?}")),
             Err(_) => panic!(
@@ -179,6 +183,11 @@ impl Apex {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Lines Apex has printed on stdout so far (listening lines, access log).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn stderr(&self) -> String {

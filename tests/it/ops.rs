@@ -258,3 +258,26 @@ fn sigusr1_reopens_the_access_log() {
     wait_for(&log, "/after");
     assert!(!std::fs::read_to_string(&rotated).unwrap().contains("/after"));
 }
+
+#[test]
+fn listens_on_ipv4_and_ipv6_with_xff_for_each() {
+    let up = Upstream::http(|r| ok(r.header("x-forwarded-for").unwrap_or("none")));
+    let text = conf(up.addr).replace("listen = [\"127.0.0.1:0\"]", "listen = [\"127.0.0.1:0\", \"[::1]:0\"]");
+    assert!(text.contains("[::1]:0"), "{text}");
+    let apex = Apex::start_toml(&text);
+    // The harness reads the first listening line (IPv4); the second is [::1] on its own port.
+    let end = Instant::now() + Duration::from_secs(5);
+    let v6: SocketAddr = loop {
+        let found = apex.stdout_lines().iter().find_map(|l| {
+            l.strip_prefix("apex: listening on [").map(|_| l.trim_start_matches("apex: listening on ").parse().unwrap())
+        });
+        match found {
+            Some(a) => break a,
+            None if Instant::now() < end => thread::sleep(ms(10)),
+            None => panic!("no IPv6 listening line: {:?}", apex.stdout_lines()),
+        }
+    };
+    assert_eq!(apex.client().request(&get("t", "/")).body_str(), "127.0.0.1");
+    let mut c6 = Client::connect(v6);
+    assert_eq!(c6.request(&get("t", "/")).body_str(), "::1");
+}
