@@ -31,7 +31,7 @@ use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request};
 use crate::h1::response::parse_response;
 use crate::h1::write::{Out, RespMode, write_error, write_request, write_response};
-use crate::h1::{Framing, H1Error, check_request_line, find_head_end};
+use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::io::{Filled, Io, fill, flush};
 use crate::limits::{
     HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX, LINGER_MS, PIPE_BYTES, SPLICE_MIN_BYTES, STEP_TURNS_MAX,
@@ -180,7 +180,8 @@ struct Exchange {
     is_head: bool,
     retry_ok: bool,
     retried: bool,
-    upgrade: bool,
+    /// Hashes of the protocols the client asked to upgrade to (none: no upgrade asked).
+    upgrade: [u64; 2],
     group: usize,
     server: usize,
     tried: u64,
@@ -239,7 +240,7 @@ impl Exchange {
             is_head: false,
             retry_ok: false,
             retried: false,
-            upgrade: false,
+            upgrade: [0; 2],
             group: 0,
             server: 0,
             tried: 0,
@@ -563,7 +564,12 @@ impl Conn {
         rq.keep_alive = req.keep_alive;
         rq.client_minor = req.minor;
         rq.is_head = req.is_head();
-        rq.upgrade = req.upgrade.is_some();
+        rq.upgrade = [0; 2];
+        if let Some(u) = req.upgrade {
+            for (slot, p) in rq.upgrade.iter_mut().zip(crate::h1::list_items(u)) {
+                *slot = token_hash(p);
+            }
+        }
         rq.body_limit = limits.body_bytes;
         rq.req_body = match req.framing {
             Framing::Length(n) => Body::Length(n),
@@ -578,7 +584,8 @@ impl Conn {
         {
             return self.reject(cx, H1Error::BodyTooLarge);
         }
-        let path = req.path.as_bytes();
+        // OPTIONS * (RFC 9112 §3.2.4) is about the server as a whole: route it as "/".
+        let path = if req.path == "*" { b"/" } else { req.path.as_bytes() };
         let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
         let Some(group) = cx.cfg.route(host_name(req.host), path_only) else {
             let close = has_body; // the body was not read: it cannot be told from the next request
@@ -807,7 +814,13 @@ impl Conn {
             Err(_) => return self.upstream_bad(cx),
         };
         if resp.code == 101 {
-            if !self.rq.upgrade || resp.upgrade.is_none() {
+            // RFC 9110 §7.8: a server switches only to a protocol the client listed. Anything
+            // else, h2c included, is an upstream switching on its own: refused.
+            let asked = |p: &[u8]| self.rq.upgrade.contains(&token_hash(p));
+            let ok = resp
+                .upgrade
+                .is_some_and(|u| crate::h1::list_items(u).all(|p| !p.is_empty() && asked(p)) && !u.is_empty());
+            if self.rq.upgrade == [0; 2] || !ok {
                 return self.upstream_bad(cx); // a switch nobody asked for
             }
         } else if resp.code < 200 {

@@ -62,7 +62,8 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
         return Err(H1Error::MethodNotAllowed);
     }
     // RFC 9112 §3.2: visible ASCII only; httparse lets some non-ASCII through.
-    if target.is_empty() || !target.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+    // No fragment either: no request-target form has one (RFC 9112 §3.2).
+    if target.is_empty() || !target.bytes().all(|b| (b'!'..=b'~').contains(&b) && b != b'#') {
         return Err(H1Error::BadTarget);
     }
 
@@ -81,6 +82,12 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
         // RFC 9110 §5.5: no NUL, CR, LF or other control bytes in a value.
         if !valid_field_value(h.value) {
             return Err(H1Error::BadFieldValue);
+        }
+        // `Transfer_Encoding`, `Content_Length`, `Host` with underscores are different fields to
+        // us, but the same to backends that map `_` to `-` (CGI, WSGI, PHP): a framing header in
+        // disguise is refused (nginx drops underscored names by default for the same reason).
+        if name.contains(&b'_') && is_framing_in_disguise(name) {
+            return Err(H1Error::Syntax("underscore in a framing header name"));
         }
         if name.eq_ignore_ascii_case(b"host") {
             // RFC 9112 §3.2: more than one Host is a 400.
@@ -190,6 +197,14 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
         upgrade,
         headers,
         connection_names: names.into_bump_slice(),
+    })
+}
+
+fn is_framing_in_disguise(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 4] = [b"content-length", b"transfer-encoding", b"host", b"connection"];
+    NAMES.iter().any(|n| {
+        n.len() == name.len()
+            && n.iter().zip(name).all(|(&a, &b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
     })
 }
 
@@ -352,6 +367,13 @@ mod tests {
     case!(authority_form, b"GET a:443 HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadTarget));
     case!(nul_in_value, b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", Err(H1Error::BadFieldValue));
     case!(space_before_colon, b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", Err(H1Error::Syntax("bad header name")));
+    case!(fragment, b"GET /a#f HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadTarget));
+    case!(
+        te_underscore,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n",
+        Err(H1Error::Syntax("underscore in a framing header name"))
+    );
+    case!(other_underscore, b"GET / HTTP/1.1\r\nHost: a\r\nX_Custom: 1\r\n\r\n", Ok(Framing::None));
     case!(expect_other, b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", Err(H1Error::ExpectationFailed));
 
     #[test]

@@ -155,6 +155,14 @@ pub fn check_request_line(buf: &[u8]) -> Result<bool, H1Error> {
     if ok { Ok(true) } else { Err(H1Error::Syntax("bad request line")) }
 }
 
+/// A 64-bit FNV-1a hash of a protocol token, case-insensitive: lets a connection remember which
+/// protocols its client asked to upgrade to without keeping the bytes.
+pub fn token_hash(token: &[u8]) -> u64 {
+    token
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x100_0000_01b3))
+}
+
 /// RFC 9110 §5.6.2 tchar.
 pub const fn is_tchar(b: u8) -> bool {
     matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
