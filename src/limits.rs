@@ -63,3 +63,6 @@ pub const PIPE_BYTES: usize = 256 * 1024;
 /// A body is spliced only while more than this many bytes of it remain: below, one read and one
 /// write through a buffer cost fewer syscalls than filling and draining a pipe.
 pub const SPLICE_MIN_BYTES: u64 = BUF_BYTES as u64;
+
+// The chunked decoder counts line and trailer bytes in u16.
+const _: () = assert!(CHUNK_LINE_MAX < u16::MAX as usize && TRAILER_BYTES_MAX < u16::MAX as usize);

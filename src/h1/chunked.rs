@@ -56,18 +56,20 @@ enum State {
 #[derive(Clone, Copy, Debug)]
 pub struct Decoder {
     state: State,
-    size: u64,
-    /// Data bytes left in the current chunk.
+    /// The chunk size while its line is parsed, then the data bytes left in the chunk.
     remaining: u64,
-    line_bytes: usize,
-    trailer_bytes: usize,
+    line_bytes: u16,
+    trailer_bytes: u16,
     /// Data bytes decoded so far (for the body-size limit).
     pub data_total: u64,
     /// Framing bytes waiting to be written out (a size line, a CRLF, the last chunk).
-    stage: [u8; 24],
+    stage: [u8; STAGE_BYTES],
     stage_len: u8,
     stage_pos: u8,
 }
+
+/// The longest framing staged at once: 16 hex digits and CRLF.
+const STAGE_BYTES: usize = 18;
 
 impl Default for Decoder {
     fn default() -> Self {
@@ -79,12 +81,11 @@ impl Decoder {
     pub const fn new() -> Self {
         Decoder {
             state: State::Size { any: false },
-            size: 0,
             remaining: 0,
             line_bytes: 0,
             trailer_bytes: 0,
             data_total: 0,
-            stage: [0; 24],
+            stage: [0; STAGE_BYTES],
             stage_len: 0,
             stage_pos: 0,
         }
@@ -165,7 +166,7 @@ impl Decoder {
     }
 
     fn stage_size_line(&mut self, size: u64) {
-        let mut tmp = [0u8; 24];
+        let mut tmp = [0u8; STAGE_BYTES];
         let mut digits = [0u8; 16];
         let mut n = 0;
         let mut v = size;
@@ -196,8 +197,8 @@ impl Decoder {
     }
 
     fn line_byte(&mut self) -> Result<(), ChunkError> {
-        self.line_bytes += 1;
-        if self.line_bytes > CHUNK_LINE_MAX { Err(ChunkError) } else { Ok(()) }
+        self.line_bytes = self.line_bytes.saturating_add(1);
+        if usize::from(self.line_bytes) > CHUNK_LINE_MAX { Err(ChunkError) } else { Ok(()) }
     }
 
     fn byte(&mut self, b: u8, rechunk: bool) -> Result<(), ChunkError> {
@@ -208,8 +209,8 @@ impl Decoder {
                 self.line_byte()?;
                 if let Some(d) = (b as char).to_digit(16) {
                     // RFC 9112 §7.1: chunk-size = 1*HEXDIG; overflow is an error, not a wrap.
-                    self.size =
-                        self.size.checked_mul(16).and_then(|s| s.checked_add(u64::from(d))).ok_or(ChunkError)?;
+                    self.remaining =
+                        self.remaining.checked_mul(16).and_then(|s| s.checked_add(u64::from(d))).ok_or(ChunkError)?;
                     self.state = Size { any: true };
                 } else if !any {
                     return Err(ChunkError);
@@ -304,15 +305,13 @@ impl Decoder {
                     return Err(ChunkError);
                 }
                 self.line_bytes = 0;
-                if self.size == 0 {
+                if self.remaining == 0 {
                     self.state = TrailerStart;
                 } else {
-                    self.remaining = self.size;
-                    self.data_total = self.data_total.saturating_add(self.size);
+                    self.data_total = self.data_total.saturating_add(self.remaining);
                     if rechunk {
-                        self.stage_size_line(self.size);
+                        self.stage_size_line(self.remaining);
                     }
-                    self.size = 0;
                     self.state = Data;
                 }
             }
@@ -336,8 +335,8 @@ impl Decoder {
                 self.state = Size { any: false };
             }
             TrailerStart | TrailerLine { .. } => {
-                self.trailer_bytes += 1;
-                if self.trailer_bytes > TRAILER_BYTES_MAX {
+                self.trailer_bytes = self.trailer_bytes.saturating_add(1);
+                if usize::from(self.trailer_bytes) > TRAILER_BYTES_MAX {
                     return Err(ChunkError);
                 }
                 let start = self.state == TrailerStart;
