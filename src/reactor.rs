@@ -38,6 +38,8 @@ pub struct Worker {
     cx: Cx,
     shared: Arc<ArcSwap<Config>>,
     accept_paused: bool,
+    /// Client connections the open-file limit allows this worker (see `fd_cap`).
+    fd_cap: usize,
     /// Connections that ran out of turns with work left; stepped again after this batch.
     again: Vec<usize>,
     again_now: Vec<usize>,
@@ -87,10 +89,17 @@ impl Worker {
             },
             shared,
             accept_paused: false,
+            fd_cap: usize::MAX,
             again: Vec::with_capacity(cap),
             again_now: Vec::with_capacity(cap),
             expired: Vec::with_capacity(cap),
         })
+    }
+
+    /// Caps this worker's client connections below what the open-file limit allows, so that
+    /// every accepted client can also get its upstream connection (see `server::fd_cap`).
+    pub fn set_fd_cap(&mut self, cap: usize) {
+        self.fd_cap = cap.max(1);
     }
 
     /// Lets another thread interrupt this worker's `poll`.
@@ -254,7 +263,7 @@ impl Worker {
     fn accept(&mut self, li: usize) {
         let mut errors = 0;
         loop {
-            if self.conns.len() >= self.cx.cfg.limits.connections {
+            if self.conns.len() >= self.cx.cfg.limits.connections.min(self.fd_cap) {
                 // At the limit: stop; a closing connection resumes us. The kernel queues the rest.
                 self.accept_paused = true;
                 return;

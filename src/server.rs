@@ -34,7 +34,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    raise_fd_limit();
+    let nofile = raise_fd_limit();
     // Signals first, so one that arrives during start-up is not lost to its default action.
     let (tx, rx) = mpsc::channel();
     match Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1]) {
@@ -74,6 +74,12 @@ pub fn run(path: &Path) -> ExitCode {
     let drain = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     let mut wakers = Vec::new();
+    let cap = fd_cap(nofile, shared.load().workers);
+    if cap < shared.load().limits.connections {
+        eprintln!(
+            "apex: warn: the open-file limit ({nofile}) allows {cap} client connections per worker, fewer than limits.connections; raise `ulimit -n` (LimitNOFILE) to reach it"
+        );
+    }
     for (i, (ls, log)) in listeners.into_iter().zip(logs).enumerate() {
         let mut w = match Worker::new(Arc::clone(&shared), ls, log) {
             Ok(w) => w,
@@ -82,6 +88,7 @@ pub fn run(path: &Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        w.set_fd_cap(cap);
         wakers.push(w.waker());
         let drain = Arc::clone(&drain);
         let spawned = std::thread::Builder::new().name(format!("apex-w{i}")).spawn(move || w.run(&drain));
@@ -169,15 +176,31 @@ pub fn run(path: &Path) -> ExitCode {
 /// Each connection costs one fd (two while proxied): raise the soft limit to the hard one, as
 /// nginx's `worker_rlimit_nofile` or the Go runtime do, so the configured `connections` are
 /// reachable without a wrapper script. EMFILE is still handled when the hard limit is low.
-fn raise_fd_limit() {
+/// Returns the soft limit now in force.
+fn raise_fd_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
+        let before = lim.current;
         lim.current = lim.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
             eprintln!("apex: warn: cannot raise the open-file limit: {e}");
+            return before.unwrap_or(u64::MAX);
         }
     }
+    lim.current.unwrap_or(u64::MAX)
+}
+
+/// fds kept back for listeners, epoll, wakers, the logger, and a few pipes.
+const FD_RESERVE: u64 = 24;
+
+/// Client connections per worker that the open-file limit can carry: each proxied request
+/// holds two fds (client and upstream), so accepting more clients than half the budget only
+/// turns later upstream connects into EMFILE and 502s (HAProxy derives maxconn the same way).
+/// Past the cap the kernel queues new connections until one closes.
+fn fd_cap(nofile: u64, workers: usize) -> usize {
+    let budget = nofile.saturating_sub(FD_RESERVE) / 2 / (workers.max(1) as u64);
+    usize::try_from(budget).unwrap_or(usize::MAX).max(1)
 }
 
 fn wake(wakers: &[Arc<mio::Waker>]) {
