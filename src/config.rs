@@ -52,6 +52,8 @@ pub struct Limits {
     pub body_bytes: u64,
     pub connections: usize,
     pub upstream_idle_per_server: usize,
+    /// SO_SNDBUF for client sockets; 0 leaves the kernel's autotuning (up to tcp_wmem's max).
+    pub client_send_buffer: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -162,8 +164,8 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(
             o,
-            "\n[limits]\nhead_bytes = {}\nheaders = {}\nbody_bytes = {}\nconnections = {}\nupstream_idle_per_server = {}",
-            l.head_bytes, l.headers, l.body_bytes, l.connections, l.upstream_idle_per_server
+            "\n[limits]\nhead_bytes = {}\nheaders = {}\nbody_bytes = {}\nconnections = {}\nupstream_idle_per_server = {}\nclient_send_buffer = {}",
+            l.head_bytes, l.headers, l.body_bytes, l.connections, l.upstream_idle_per_server, l.client_send_buffer
         );
         let access = match &self.log.access {
             crate::log::Sink::Off => "off".to_string(),
@@ -268,6 +270,7 @@ struct RawLimits {
     body_bytes: Option<Spanned<toml::Value>>,
     connections: Option<Spanned<i64>>,
     upstream_idle_per_server: Option<Spanned<i64>>,
+    client_send_buffer: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -442,6 +445,7 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         body_bytes: size_in(&l.body_bytes, "body_bytes", 1 << 30, 0, u64::MAX)?,
         connections: int_in(&l.connections, "connections", 10_000, 1, 1_000_000)?,
         upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 1024, 0, 100_000)?,
+        client_send_buffer: size_in(&l.client_send_buffer, "client_send_buffer", 0, 0, 64 << 20)? as usize,
     };
 
     let log = LogConfig {

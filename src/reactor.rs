@@ -274,6 +274,12 @@ impl Worker {
             match l.accept() {
                 Ok((mut sock, peer)) => {
                     let _ = sock.set_nodelay(true);
+                    let sndbuf = self.cx.cfg.limits.client_send_buffer;
+                    if sndbuf > 0 {
+                        // Bounds what a client that stops reading can park in the kernel, and
+                        // lets client_send see it stall (autotuning grows to several MiB).
+                        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&sock, sndbuf);
+                    }
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     if self

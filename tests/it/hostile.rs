@@ -1094,3 +1094,42 @@ fn ten_thousand_concurrent_connections() {
         up.accepts.load(SeqCst)
     );
 }
+
+// ---------------------------------------------------------------- 7: bounded send buffers
+
+/// With `client_send_buffer` set, a client that never reads a 1 MiB response cannot park it in
+/// an autotuned kernel buffer: Apex's write stalls, client_send fires, the connection closes
+/// long before client_idle would have.
+#[test]
+fn client_send_buffer_lets_client_send_cut_a_stalled_reader() {
+    let _g = heavy();
+    let up = FastUp::start();
+    let apex = Apex::start(
+        &Config::to(up.addr)
+            .workers(1)
+            .timeout("client_send", "500ms")
+            .timeout("client_idle", "60s")
+            .limit("client_send_buffer", "\"64KiB\""),
+    );
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&apex.addr.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.write_all(&get("h", "/big/stall")).unwrap();
+    // Never read; wait past client_send (but far short of client_idle).
+    thread::sleep(Duration::from_millis(2500));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the stalled reader was not cut (read {got} bytes)");
+    assert!(got < BIG, "the whole response was buffered ({got} bytes): the send buffer was not bounded");
+    assert!(apex.stderr().contains("timeout in RespBody"), "{}", apex.stderr());
+}
