@@ -90,6 +90,15 @@ impl H1Error {
     }
 }
 
+/// `n` uninitialised header slots from the arena: httparse writes only those it uses, so a
+/// large header limit costs nothing per message (filling 256 empty headers was 8 KiB of stores).
+pub(crate) fn header_slots<'a>(
+    arena: &'a bumpalo::Bump,
+    n: usize,
+) -> Result<&'a mut [std::mem::MaybeUninit<httparse::Header<'a>>], H1Error> {
+    arena.try_alloc_slice_fill_with(n, |_| std::mem::MaybeUninit::uninit()).map_err(|_| H1Error::TooManyHeaders)
+}
+
 /// How a message body is delimited (RFC 9112 §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {

@@ -28,9 +28,7 @@ pub fn parse_response<'a>(
     headers_max: usize,
     req_is_head: bool,
 ) -> Result<Response<'a>, H1Error> {
-    let slots = arena
-        .try_alloc_slice_fill_with(headers_max, |_| std::mem::MaybeUninit::uninit())
-        .map_err(|_| H1Error::TooManyHeaders)?;
+    let slots = super::header_slots(arena, headers_max)?;
     let mut resp = httparse::Response::new(&mut []);
     let status = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, head, slots)

@@ -50,6 +50,12 @@ impl<'b> Out<'b> {
         self.put(digits.get(i..).unwrap_or(&[]));
     }
 
+    pub fn content_length(&mut self, n: u64) {
+        self.put(b"Content-Length: ");
+        self.put_u64(n);
+        self.put(b"\r\n");
+    }
+
     pub fn put_ip(&mut self, ip: IpAddr) {
         match ip {
             IpAddr::V4(v4) => {
@@ -123,11 +129,7 @@ pub fn write_request(req: &Request, client_ip: IpAddr, out: &mut Out) {
     out.put(req.host);
     out.put(b"\r\n");
     match req.framing {
-        Framing::Length(n) => {
-            out.put(b"Content-Length: ");
-            out.put_u64(n);
-            out.put(b"\r\n");
-        }
+        Framing::Length(n) => out.content_length(n),
         Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
         Framing::None | Framing::Close => {}
     }
@@ -167,18 +169,12 @@ pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
         out.put(b"\r\n");
     }
     match mode.framing {
-        Framing::Length(n) => {
-            out.put(b"Content-Length: ");
-            out.put_u64(n);
-            out.put(b"\r\n");
-        }
+        Framing::Length(n) => out.content_length(n),
         Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
         // A bodiless response still says how long the body would be (HEAD, 304: RFC 9110 §8.6).
         Framing::None => {
             if let (Some(n), true) = (resp.content_length, resp.code != 204 && resp.code >= 200) {
-                out.put(b"Content-Length: ");
-                out.put_u64(n);
-                out.put(b"\r\n");
+                out.content_length(n);
             }
         }
         Framing::Close => {}
