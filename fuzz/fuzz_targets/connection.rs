@@ -68,8 +68,12 @@ fn drain(s: &mut TcpStream, into: &mut Vec<u8>) -> (bool, bool) {
 }
 
 /// Splits `bytes` into messages; returns how many heads parsed. Panics on a message Apex must
-/// never have produced. `requests`: parse as requests (else responses).
-fn check_stream(bytes: &[u8], requests: bool) -> usize {
+/// never have produced. `requests`: parse as requests (else responses). `client_sent_head`: the
+/// client sent a HEAD request, so a response may carry a Content-Length and no body; which
+/// response answers it is not tracked, so a body-less reading is accepted when the next bytes
+/// are the next response's status line (the first crash this target found was this checker
+/// not knowing that).
+fn check_stream(bytes: &[u8], requests: bool, client_sent_head: bool) -> usize {
     let mut rest = bytes;
     let mut count = 0;
     let mut head_method_head = false;
@@ -113,6 +117,9 @@ fn check_stream(bytes: &[u8], requests: bool) -> usize {
         match framing {
             Framing::None => {}
             Framing::Length(n) => {
+                if !requests && client_sent_head && rest.starts_with(b"HTTP/1.") {
+                    continue;
+                }
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
                 if rest.len() < n {
                     return count;
@@ -194,10 +201,11 @@ fuzz_target!(|data: &[u8]| {
         let heads_sent = client_bytes.windows(4).filter(|w| w == b"\r\n\r\n").count();
         let mut forwarded = 0;
         for (_, got, _) in &ups {
-            forwarded += check_stream(got, true);
+            forwarded += check_stream(got, true, false);
         }
         assert!(forwarded <= heads_sent, "upstream saw {forwarded} requests, client sent {heads_sent} heads");
-        let responses = check_stream(&got_client, false);
+        let sent_head = client_bytes.windows(5).any(|w| w == b"HEAD ");
+        let responses = check_stream(&got_client, false, sent_head);
         assert!(responses <= heads_sent + 1, "client got {responses} responses for {heads_sent} heads");
         drop(client);
         drop(ups);
