@@ -206,6 +206,10 @@ struct Exchange {
     bytes_out: u64,
     ended_by: EndedBy,
     logged: bool,
+    /// An upstream connect found no free fd: the worker should close an idle connection and
+    /// step this one again (`reclaimed` then, so a second failure is a 502).
+    starved: bool,
+    reclaimed: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -262,6 +266,8 @@ impl Exchange {
             bytes_out: 0,
             ended_by: EndedBy::Nobody,
             logged: false,
+            starved: false,
+            reclaimed: false,
         }
     }
 }
@@ -294,6 +300,16 @@ impl Conn {
 
     pub fn on_event(&mut self, ev: &mio::event::Event) {
         self.io.on_event(ev);
+    }
+
+    /// Whether the last step ran out of fds for an upstream connection (and clears the flag);
+    /// the worker frees one and steps this connection again.
+    pub fn take_starved(&mut self) -> bool {
+        let starved = std::mem::take(&mut self.rq.starved);
+        if starved {
+            self.rq.reclaimed = true;
+        }
+        starved
     }
 
     /// Idle between requests, with nothing buffered either way: safe to close when draining.
@@ -699,7 +715,14 @@ impl Conn {
                     return Ok(Next::Again);
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
-                    // Not the server's fault: do not mark it down.
+                    // Not the server's fault: do not mark it down. Out of fds, an active request
+                    // comes before an idle connection (as nginx reuses idle keep-alive
+                    // connections): ask the worker to close one, once, then try again.
+                    if !self.rq.reclaimed {
+                        self.rq.starved = true;
+                        self.rq.tried &= !(1u64 << idx);
+                        return Ok(Next::Wait);
+                    }
                     let close = !self.req_done();
                     return self.fail(cx, 502, close);
                 }

@@ -226,12 +226,29 @@ impl Worker {
         };
         match c.step(&mut self.cx, key) {
             Ok(more) if c.phase != Phase::Close => {
-                if more && !c.queued {
+                let starved = c.take_starved();
+                if (more || starved) && !c.queued {
                     c.queued = true;
                     self.again.push(key);
                 }
+                if starved {
+                    self.reclaim_fd(key);
+                }
             }
             Ok(_) | Err(_) => self.close(key),
+        }
+    }
+
+    /// Out of fds while a request needs an upstream connection: close an idle pooled upstream
+    /// connection, else an idle keep-alive client (not `except`), so the request can proceed.
+    /// Rare (fd exhaustion only), so a scan is fine.
+    fn reclaim_fd(&mut self, except: usize) {
+        if self.cx.ups.close_one_idle() {
+            return;
+        }
+        let victim = self.conns.iter().find(|(k, c)| *k != except && c.is_idle()).map(|(k, _)| k);
+        if let Some(k) = victim {
+            self.close(k);
         }
     }
 

@@ -194,12 +194,13 @@ fn raise_fd_limit() -> u64 {
 /// fds kept back for listeners, epoll, wakers, the logger, and a few pipes.
 const FD_RESERVE: u64 = 24;
 
-/// Client connections per worker that the open-file limit can carry: each proxied request
-/// holds two fds (client and upstream), so accepting more clients than half the budget only
-/// turns later upstream connects into EMFILE and 502s (HAProxy derives maxconn the same way).
+/// Client connections per worker that the open-file limit can carry, one fd each. A request
+/// that then finds no fd for its upstream connection makes the worker close an idle pooled
+/// upstream connection or an idle keep-alive client (as nginx reuses idle connections), so
+/// established clients keep being served; only when every connection is busy does it get 502.
 /// Past the cap the kernel queues new connections until one closes.
 fn fd_cap(nofile: u64, workers: usize) -> usize {
-    let budget = nofile.saturating_sub(FD_RESERVE) / 2 / (workers.max(1) as u64);
+    let budget = nofile.saturating_sub(FD_RESERVE) / (workers.max(1) as u64);
     usize::try_from(budget).unwrap_or(usize::MAX).max(1)
 }
 

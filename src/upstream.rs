@@ -213,6 +213,22 @@ impl Upstreams {
         }
     }
 
+    /// Closes the idle pooled connection closest to its deadline, if any (to free an fd).
+    pub fn close_one_idle(&mut self) -> bool {
+        let conns = &self.conns;
+        let oldest = self
+            .servers
+            .iter()
+            .enumerate()
+            .flat_map(|(s, st)| st.idle.iter().map(move |&k| (s, k)))
+            .min_by_key(|&(_, k)| conns.get(k).map(|c| c.idle_deadline));
+        let Some((s, k)) = oldest else { return false };
+        if let Some(st) = self.servers.get_mut(s) {
+            st.idle.retain(|&x| x != k);
+        }
+        self.conns.try_remove(k).is_some()
+    }
+
     /// Closes idle connections past their deadline; returns the earliest deadline left.
     pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
