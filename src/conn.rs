@@ -347,7 +347,14 @@ impl Conn {
         let t = cx.cfg.timeouts;
         match p {
             Phase::ReadHead if cx.draining => {
-                self.phase = Phase::Close;
+                // Shutting down: no next request, but what is queued for the client goes out.
+                if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+                    self.rq.close_after = true;
+                    self.deadline = cx.arm(cx.cfg.timeouts.client_send);
+                    self.phase = Phase::Respond;
+                } else {
+                    self.phase = Phase::Close;
+                }
                 return;
             }
             Phase::ReadHead => {
@@ -849,7 +856,8 @@ impl Conn {
             let ok = resp
                 .upgrade
                 .is_some_and(|u| crate::h1::list_items(u).all(|p| !p.is_empty() && asked(p)) && !u.is_empty());
-            if self.rq.upgrade == [0; 2] || !ok {
+            // And only once the request is fully sent: request bytes must not overtake it.
+            if self.rq.upgrade == [0; 2] || !ok || !self.req_done() {
                 return self.upstream_bad(cx); // a switch nobody asked for
             }
         } else if resp.code < 200 {
@@ -877,7 +885,8 @@ impl Conn {
         if framing == Framing::Close {
             self.rq.close_after = true;
         }
-        let keep_alive = self.rq.keep_alive && !self.rq.close_after && !tunnel && !cx.draining;
+        // A request body still coming in cannot be told from the next request: say close.
+        let keep_alive = self.rq.keep_alive && !self.rq.close_after && !tunnel && !cx.draining && self.req_done();
         let mode = RespMode { framing, keep_alive, client_minor: self.rq.client_minor, tunnel };
         let cout = cx.bufs.fill_slot(&mut self.cout);
         let mut w = Out::new(cout.spare());
@@ -888,7 +897,11 @@ impl Conn {
                 self.rq.bytes_out += n as u64;
                 self.rq.status = resp.code;
             }
-            None if !cout.is_empty() => return Ok(Next::Wait), // earlier bytes first
+            None if !cout.is_empty() => {
+                // Earlier bytes first; the head is found again from the start next time.
+                self.rq.resp_scan = 0;
+                return Ok(Next::Wait);
+            }
             None => return self.upstream_bad(cx),
         }
         self.rq.resp_reusable = resp.reusable;
@@ -953,14 +966,13 @@ impl Conn {
         let mut progress = false;
         let cin = cx.bufs.fill_slot(&mut self.cin);
         let uout = cx.bufs.fill_slot(&mut self.uout);
-        match fill(&self.sock, &mut self.io, cin) {
-            Ok(Filled::Data(_)) => progress = true,
-            Ok(Filled::Idle) => {}
-            // A client that vanishes mid-request aborts its exchange.
-            Ok(Filled::Eof) | Err(_) => {
-                self.rq.client_eof = true;
-                self.rq.ended_by = EndedBy::Client;
-                return Ok(Pump::Divert(Next::Go(Phase::Close)));
+        if !self.rq.client_eof {
+            match fill(&self.sock, &mut self.io, cin) {
+                Ok(Filled::Data(_)) => progress = true,
+                Ok(Filled::Idle) => {}
+                // The body may already be whole in `cin` (data and FIN in one event): decide
+                // after relaying it whether this is an abort.
+                Ok(Filled::Eof) | Err(_) => self.rq.client_eof = true,
             }
         }
         let spare = uout.spare();
@@ -986,6 +998,15 @@ impl Conn {
         let limit = self.snap.as_deref().map_or(u64::MAX, |c| c.limits.body_bytes);
         if matches!(self.rq.req_body, Body::Chunked(d) if d.data_total > limit) {
             return self.fail(cx, 413, true).map(Pump::Divert);
+        }
+        // A client that vanished with its body unfinished aborts its exchange; one that
+        // half-closed after a whole body gets its response, then the connection closes.
+        if self.rq.client_eof {
+            self.rq.close_after = true;
+            if !self.rq.req_body.is_done() && self.cin.as_ref().is_none_or(Buf::is_empty) {
+                self.rq.ended_by = EndedBy::Client;
+                return Ok(Pump::Divert(Next::Go(Phase::Close)));
+            }
         }
         Ok(Pump::Moved(progress || used > 0))
     }

@@ -347,6 +347,8 @@ impl Worker {
                 next = c.deadline;
             }
         }
+        // Deadlines armed while the expired connections are handled lower this further.
+        self.cx.next_sweep = next;
         while let Some(key) = self.expired.pop() {
             let Some(c) = self.conns.get_mut(key) else {
                 continue;
@@ -359,7 +361,7 @@ impl Worker {
         if let Some(t) = self.cx.ups.sweep(now) {
             next = next.min(t);
         }
-        self.cx.next_sweep = next.max(now + Duration::from_millis(SWEEP_MIN_MS));
+        self.cx.next_sweep = self.cx.next_sweep.min(next).max(now + Duration::from_millis(SWEEP_MIN_MS));
         if self.cx.draining {
             // Connections that went idle since: nothing more will come on them.
             for (key, c) in self.conns.iter() {

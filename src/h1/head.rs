@@ -45,7 +45,9 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
     let status = httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, head, slots)
         .map_err(H1Error::from_httparse)?;
-    if status.is_partial() {
+    // The head must be exactly the bytes given: never a prefix of them (a head found at the
+    // wrong place must not pass with trailing bytes ignored).
+    if !matches!(status, httparse::Status::Complete(n) if n == head.len()) {
         return Err(H1Error::Syntax("incomplete head"));
     }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {

@@ -33,7 +33,9 @@ pub fn parse_response<'a>(
     let status = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, head, slots)
         .map_err(H1Error::from_httparse)?;
-    if status.is_partial() {
+    // The head must be exactly the bytes given: never a prefix of them (a head found at the
+    // wrong place must not pass with trailing bytes ignored).
+    if !matches!(status, httparse::Status::Complete(n) if n == head.len()) {
         return Err(H1Error::Syntax("incomplete head"));
     }
     let (Some(code), Some(minor)) = (resp.code, resp.version) else {

@@ -281,3 +281,64 @@ fn listens_on_ipv4_and_ipv6_with_xff_for_each() {
     let mut c6 = Client::connect(v6);
     assert_eq!(c6.request(&get("t", "/")).body_str(), "::1");
 }
+
+/// A whole request with its body and then the client's FIN in one go (`printf ... | nc -N`):
+/// the request is answered, not taken for an abort.
+#[test]
+fn request_then_half_close_is_answered() {
+    let up = Upstream::http(|r| ok(&format!("{} bytes", r.body.len())));
+    let apex = Apex::start_toml(&conf(up.addr));
+    for req in [
+        &b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"[..],
+        &b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+    ] {
+        let mut c = apex.client();
+        c.send(req);
+        c.s.shutdown(std::net::Shutdown::Write).unwrap();
+        let r = c.read_response();
+        assert_eq!((r.status, r.body_str().as_str()), (200, "5 bytes"));
+    }
+}
+
+/// Pipelined responses to a client that reads nothing for a while (small socket buffers, bodies
+/// under the splice threshold, so they queue in `cout`) all arrive whole and in order, the last
+/// with a blank line inside its body.
+#[test]
+fn pipelined_responses_to_a_slow_reader_arrive_whole() {
+    let mid = vec![b'x'; 16_330]; // head + body leave 9 bytes of a 16 KiB buffer
+    let up = Upstream::http(move |r| {
+        if r.target == "/mid" {
+            let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", mid.len()).into_bytes();
+            v.extend_from_slice(&mid);
+            v
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nab\r\n\r\ncdefgh".to_vec()
+        }
+    });
+    let text = format!("{}\n[limits]\nclient_send_buffer = \"16KiB\"\n", conf(up.addr));
+    let apex = Apex::start_toml(&text);
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&apex.addr.into()).unwrap();
+    let mut c: TcpStream = s.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    let mut reqs = Vec::new();
+    for _ in 0..8 {
+        reqs.extend_from_slice(b"GET /mid HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    reqs.extend_from_slice(b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.write_all(&reqs).unwrap();
+    thread::sleep(ms(500)); // the responses reach Apex while the client reads nothing
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while !got.ends_with(b"cdefgh") {
+        let n = c.read(&mut buf).expect("reading the responses");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+    }
+    let first = b"HTTP/1.1 200 OK\r\nContent-Length: 16330\r\n\r\n";
+    let last = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nab\r\n\r\ncdefgh";
+    assert_eq!(got.len(), 8 * (first.len() + 16_330) + last.len(), "every response, nothing more or less");
+    assert!(got.ends_with(last));
+}
