@@ -250,6 +250,18 @@ mod tests {
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
 
+    /// The connection fuzzer's first crash was about this: Apex's own answer to HEAD says how long
+    /// the body would be and sends none (RFC 9110 §9.3.2).
+    #[test]
+    fn own_error_to_head_has_length_and_no_body() {
+        let mut buf = [0u8; 256];
+        let mut out = Out::new(&mut buf);
+        write_error(502, false, true, false, &mut out);
+        let n = out.finish().unwrap();
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(text.ends_with("Content-Length: 16\r\n\r\n"), "{text:?}");
+    }
+
     #[test]
     fn numbers_and_addresses() {
         let mut buf = [0u8; 128];
