@@ -164,7 +164,6 @@ pub struct Conn {
     pub queued: bool,
     /// This request's access-log fields in `Cx::recs`.
     rec: Option<u32>,
-    requests: u32,
     rq: Exchange,
 }
 
@@ -293,7 +292,6 @@ impl Conn {
             deadline,
             queued: false,
             rec: None,
-            requests: 0,
             rq: Exchange::new(),
         }
     }
@@ -571,7 +569,6 @@ impl Conn {
                 return self.reject(cx, e);
             }
         };
-        self.requests = self.requests.saturating_add(1);
         self.rq.start = Some(cx.now);
         self.rq.bytes_in = end as u64;
         if cx.cfg.log.access != Sink::Off && cx.recs.len() < cx.recs.capacity() {
@@ -641,7 +638,7 @@ impl Conn {
                 return Err(Fault::Client);
             }
         }
-        self.start_connect(cx)
+        Ok(Next::Go(Phase::Connect))
     }
 
     /// A malformed request: its status, `Connection: close`, and nothing forwarded.
@@ -655,10 +652,6 @@ impl Conn {
     }
 
     // ---- Connect --------------------------------------------------------------------------
-
-    fn start_connect(&mut self, _cx: &mut Cx) -> Step {
-        Ok(Next::Go(Phase::Connect))
-    }
 
     fn connect(&mut self, cx: &mut Cx, key: usize) -> Step {
         // Waiting on a connect in progress?
