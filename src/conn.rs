@@ -197,6 +197,9 @@ struct Exchange {
     up_eof: bool,
     client_shut: bool,
     up_shut: bool,
+    /// A write upstream failed: the request side is over (nothing more is read from the client
+    /// or sent), but what the upstream already answered is still read and relayed.
+    up_wr_failed: bool,
     /// For the access log: when the head was complete, what was answered, bytes each way,
     /// and which side ended the exchange on an error.
     start: Option<Instant>,
@@ -259,6 +262,7 @@ impl Exchange {
             up_eof: false,
             client_shut: false,
             up_shut: false,
+            up_wr_failed: false,
             start: None,
             status: 0,
             bytes_in: 0,
@@ -367,7 +371,7 @@ impl Conn {
                 self.rq.head_timer = has_bytes;
             }
             Phase::Exchange => {
-                self.deadline = cx.arm(if self.req_done() { t.upstream_head } else { t.client_body });
+                self.deadline = cx.arm(if self.sent_all() { t.upstream_head } else { t.client_body });
             }
             Phase::RespBody | Phase::Tunnel => self.deadline = cx.arm(t.upstream_body),
             Phase::Respond => self.deadline = cx.arm(t.client_send),
@@ -375,7 +379,10 @@ impl Conn {
                 let _ = self.sock.shutdown(Shutdown::Write);
                 self.deadline = cx.arm(Duration::from_millis(LINGER_MS));
             }
-            Phase::Connect | Phase::Close => {}
+            // A deadline of its own, or a stale one from the head could fire while an fd is
+            // being reclaimed and blame the server for it.
+            Phase::Connect => self.deadline = cx.arm(t.upstream_connect),
+            Phase::Close => {}
         }
         self.phase = p;
     }
@@ -391,6 +398,11 @@ impl Conn {
     /// The whole request body has reached the upstream socket (or there was none).
     fn req_done(&self) -> bool {
         self.rq.req_body.is_done() && self.preq.as_ref().is_none_or(|p| p.pending == 0)
+    }
+
+    /// Nothing more will be sent upstream: the request is done, or its sending failed.
+    fn sent_all(&self) -> bool {
+        self.req_done() || self.rq.up_wr_failed
     }
 
     /// The whole response body has reached the client socket's side of the pipe.
@@ -537,8 +549,10 @@ impl Conn {
                     return Ok(Next::Again);
                 }
                 Filled::Eof => {
-                    // Between requests, a close is the client's way to end; mid-head it is an abort.
-                    if cin.is_empty() && self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+                    // Between requests, a close is the client's way to end; mid-head it aborts
+                    // only the request it cut. Responses to earlier requests still go out.
+                    if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+                        cin.clear();
                         self.rq.close_after = true;
                         return Ok(Next::Go(Phase::Respond));
                     }
@@ -702,7 +716,7 @@ impl Conn {
             self.rq.server = server as u32;
             // A retry goes to a fresh connection: the pooled one just failed us.
             if !self.rq.retried
-                && let Some(uk) = cx.ups.take_idle(server, key)
+                && let Some(uk) = cx.ups.take_idle(server, key, !self.rq.retry_ok)
             {
                 self.up = Some(uk);
                 return Ok(Next::Go(Phase::Exchange));
@@ -789,12 +803,16 @@ impl Conn {
         };
         // Send what we have upstream.
         let sent = match self.uout.as_mut() {
-            Some(b) => flush(&u.sock, &mut u.io, b),
-            None => Ok(0),
+            Some(b) if !self.rq.up_wr_failed => flush(&u.sock, &mut u.io, b),
+            _ => Ok(0),
         };
         let sent = match sent {
             Ok(n) => n,
-            Err(_) => return self.upstream_failed(cx),
+            Err(_) => {
+                // An upstream that answers early may close on the rest of the request: read on.
+                self.rq.up_wr_failed = true;
+                0
+            }
         };
         progress |= sent > 0;
         // Read the response head.
@@ -824,7 +842,7 @@ impl Conn {
                 return self.upstream_bad(cx); // a head larger than a buffer, or cut short
             }
             if progress {
-                self.deadline = cx.arm(if self.req_done() { t.upstream_head } else { t.client_body });
+                self.deadline = cx.arm(if self.sent_all() { t.upstream_head } else { t.client_body });
                 return Ok(Next::Again);
             }
             return Ok(Next::Wait);
@@ -943,6 +961,11 @@ impl Conn {
         if self.req_done() {
             return Ok(Pump::Moved(false));
         }
+        if self.rq.up_wr_failed {
+            // The rest of the body cannot be told from a next request: close after the response.
+            self.rq.close_after = true;
+            return Ok(Pump::Moved(false));
+        }
         let cin_empty = self.cin.as_ref().is_none_or(Buf::is_empty);
         let uout_empty = self.uout.as_ref().is_none_or(Buf::is_empty);
         let pending = self.preq.as_ref().is_some_and(|p| p.pending > 0);
@@ -1016,7 +1039,11 @@ impl Conn {
         for _ in 0..2 {
             match crate::splice::drain(&u.sock, &mut u.io, pipe) {
                 Ok(n) => progress |= n > 0,
-                Err(_) => return self.upstream_failed(cx).map(Pump::Divert),
+                Err(_) => {
+                    self.rq.up_wr_failed = true;
+                    self.rq.close_after = true;
+                    return Ok(Pump::Moved(progress));
+                }
             }
             let Some(rem) = self.rq.req_body.spliceable() else { break };
             if pipe.pending > 0 || rem == 0 {
@@ -1087,10 +1114,13 @@ impl Conn {
         let Some(u) = cx.ups.conns.get_mut(uk) else {
             return Err(Fault::Internal("upstream slot"));
         };
-        if let Some(b) = self.uout.as_mut() {
+        if let Some(b) = self.uout.as_mut()
+            && !self.rq.up_wr_failed
+        {
             match flush(&u.sock, &mut u.io, b) {
                 Ok(n) => progress |= n > 0,
-                Err(_) => self.rq.up_eof = true,
+                // The response keeps coming in; the rest of the request is dropped.
+                Err(_) => self.rq.up_wr_failed = true,
             }
         }
         let spliceable = self.rq.resp_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
@@ -1320,7 +1350,8 @@ impl Conn {
                 Next::Go(Phase::Connect)
             }
             Phase::Exchange => {
-                let client_slow = !self.req_done() && self.uout.as_ref().is_none_or(Buf::is_empty);
+                let client_slow =
+                    !self.req_done() && !self.rq.up_wr_failed && self.uout.as_ref().is_none_or(Buf::is_empty);
                 if client_slow {
                     self.fail(cx, 408, true)?
                 } else {

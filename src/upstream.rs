@@ -17,6 +17,13 @@ use slab::Slab;
 use crate::config::Config;
 use crate::io::Io;
 
+/// Nothing is queued to read on this socket, not even an EOF: an idle connection still usable.
+fn is_quiet(sock: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+    matches!(rustix::net::recv(sock, &mut byte, flags), Err(rustix::io::Errno::AGAIN))
+}
+
 pub struct UpConn {
     pub sock: TcpStream,
     pub io: Io,
@@ -157,11 +164,16 @@ impl Upstreams {
     }
 
     /// An idle connection to `server` that has seen nothing since it went idle.
-    pub fn take_idle(&mut self, server: usize, owner: usize) -> Option<usize> {
+    ///
+    /// With `probe`, for a request that could not be retried if the connection turned out dead,
+    /// one `recv(MSG_PEEK)` also catches a close that arrived after the last poll (RFC 9112
+    /// §9.3.1: the upstream may close an idle connection at any time). Requests that can be
+    /// retried (RFC 9110 §9.2.2) skip that syscall and are retried instead.
+    pub fn take_idle(&mut self, server: usize, owner: usize, probe: bool) -> Option<usize> {
         while let Some(key) = self.servers.get_mut(server)?.idle.pop() {
             match self.conns.get_mut(key) {
                 // Readable while idle means EOF, an error, or bytes nobody asked for: unusable.
-                Some(c) if !c.io.readable && !c.io.hup => {
+                Some(c) if !c.io.readable && !c.io.hup && (!probe || is_quiet(&c.sock)) => {
                     c.owner = Some(owner);
                     return Some(key);
                 }
@@ -247,5 +259,55 @@ impl Upstreams {
             });
         }
         next
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A pooled connection whose upstream closed after the last poll: its readiness flags still
+    /// say "quiet", so only the probe can tell. Requests that cannot be retried ask for it.
+    #[test]
+    fn probe_catches_a_close_the_flags_have_not_seen() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let text =
+            format!("listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"g\"\n[upstream.g]\nservers = [\"{addr}\"]\n");
+        let cfg = Arc::new(Config::parse(&text, "t").unwrap());
+        let mut ups = Upstreams::new(&cfg, 8);
+        let pool = |ups: &mut Upstreams| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let (peer, _) = l.accept().unwrap();
+            let conn = UpConn {
+                sock: TcpStream::from_std(s),
+                io: Io::default(),
+                server: 0,
+                owner: Some(1),
+                connected: true,
+                reused: false,
+                idle_deadline: Instant::now(),
+            };
+            let key = ups.conns.insert(conn);
+            ups.release(key, Instant::now() + Duration::from_secs(4));
+            (key, peer)
+        };
+
+        // Still open: the probe keeps it.
+        let (live, _peer) = pool(&mut ups);
+        assert_eq!(ups.take_idle(0, 2, true), Some(live));
+        ups.close(live);
+
+        // Closed by the upstream while idle, no poll since.
+        let (dead, peer) = pool(&mut ups);
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ups.take_idle(0, 2, false), Some(dead), "the flags alone cannot see the close");
+        ups.release(dead, Instant::now() + Duration::from_secs(4));
+        assert_eq!(ups.take_idle(0, 2, true), None, "the probe must see the close");
+        assert!(!ups.conns.contains(dead), "a dead connection is dropped, not pooled again");
     }
 }

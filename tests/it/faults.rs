@@ -107,3 +107,43 @@ fn upstream_bad_chunk_in_response_closes_client_connection() {
     let (_, closed) = c.read_until_close(Duration::from_secs(5));
     assert!(closed, "client connection must be closed");
 }
+
+/// An upstream may answer before it has read the whole request body, then close; its close
+/// (a reset, with the body unread) fails Apex's writes of the rest of the body. The response it
+/// already sent must still reach the client whole: a failed request side stops sending, not
+/// reading. The client reads late and slowly, so the response sits in Apex when the reset comes.
+#[test]
+fn upstream_answering_early_then_resetting_still_delivers_its_response() {
+    const BODY: usize = 100_000;
+    let up = Upstream::start(|mut c| {
+        if c.read_head().is_some() {
+            let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n").into_bytes();
+            resp.extend(std::iter::repeat_n(b'r', BODY));
+            let _ = c.write(&resp);
+            std::thread::sleep(ms(300)); // delivered to Apex before the reset
+        }
+        // Dropped with the request body unread: the kernel sends a reset.
+    });
+    let apex = Apex::start(&Config::to(up.addr).limit("client_send_buffer", "4096"));
+    let mut c = apex.client_small_rcvbuf(4096);
+    c.send(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 50000000\r\n\r\n");
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'q'; 65536];
+        let mut sent = 0usize;
+        while sent < 50_000_000 {
+            match std::io::Write::write(&mut w, &chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+    });
+    std::thread::sleep(ms(800));
+    let r = c.read_head_response();
+    assert_eq!(r.status, 200);
+    let (body, closed) = c.read_until_close(Duration::from_secs(10));
+    assert_eq!(body.len(), BODY, "the whole response, then a close (the request body was cut)");
+    assert!(body.iter().all(|&b| b == b'r'));
+    assert!(closed);
+    writer.join().unwrap();
+}

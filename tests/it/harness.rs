@@ -235,6 +235,15 @@ impl Apex {
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
+
+    /// A client whose receive buffer is `bytes`, set before connecting (a buffer shrunk after
+    /// the handshake makes the kernel drop segments and back off, which tests nothing of Apex).
+    pub fn client_small_rcvbuf(&self, bytes: usize) -> Client {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(bytes).unwrap();
+        s.connect_timeout(&self.addr.into(), Duration::from_secs(5)).expect("connect to apex");
+        Client::from_stream(s.into())
+    }
 }
 
 impl Drop for Apex {
@@ -451,7 +460,10 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to apex");
+        Client::from_stream(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to apex"))
+    }
+
+    fn from_stream(s: TcpStream) -> Client {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();

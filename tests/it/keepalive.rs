@@ -232,3 +232,74 @@ fn keep_alive_continues_after_an_apex_404() {
         assert_eq!(r.body, b"found");
     }
 }
+
+/// A client that pipelines a request and the start of another, then closes its side, still gets
+/// the whole first response (the half head is an abort, and only that is dropped). The response
+/// is long and the client reads late, so it is still queued in Apex when the EOF is seen.
+#[test]
+fn half_a_pipelined_head_then_eof_keeps_the_response_before_it() {
+    const CHUNKS: usize = 1000;
+    let up = Upstream::start(|mut c| {
+        if c.read_request().is_some() {
+            let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for _ in 0..CHUNKS {
+                resp.extend_from_slice(b"3e8\r\n");
+                resp.extend(std::iter::repeat_n(b'z', 1000));
+                resp.extend_from_slice(b"\r\n");
+            }
+            resp.extend_from_slice(b"0\r\n\r\n");
+            let _ = c.write(&resp);
+        }
+        c.wait_eof();
+    });
+    let apex = Apex::start(&Config::to(up.addr).limit("client_send_buffer", "4096"));
+    let mut c = apex.client_small_rcvbuf(4096);
+    c.send(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nHo");
+    c.s.shutdown(std::net::Shutdown::Write).unwrap();
+    thread::sleep(ms(500));
+    let (raw, closed) = c.read_until_close(std::time::Duration::from_secs(10));
+    let end = find(&raw, b"\r\n\r\n").expect("a response head") + 4;
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw[..end]));
+    let (body, used) = decode_chunked(&raw[end..]).unwrap().expect("the whole chunked body");
+    assert_eq!(body.len(), CHUNKS * 1000);
+    assert_eq!(end + used, raw.len(), "nothing after the first response");
+    assert!(closed);
+    assert_eq!(up.requests().len(), 1, "the half request never reaches the upstream");
+}
+
+/// A pipelined response head that arrives while the client is still reading the previous
+/// response, and does not fit beside its queued tail, waits for room and goes out whole.
+#[test]
+fn big_response_head_waits_behind_a_slowly_read_pipelined_response() {
+    let big = "v".repeat(12_000);
+    let up = Upstream::start(move |mut c| {
+        while let Some(r) = c.read_request() {
+            let resp = if r.target == "/first" {
+                let mut b = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for _ in 0..500 {
+                    b.extend_from_slice(b"3e8\r\n");
+                    b.extend(std::iter::repeat_n(b'z', 1000));
+                    b.extend_from_slice(b"\r\n");
+                }
+                b.extend_from_slice(b"0\r\n\r\n");
+                b
+            } else {
+                format!("HTTP/1.1 200 OK\r\nX-Big: {big}\r\nContent-Length: 6\r\n\r\nsecond").into_bytes()
+            };
+            if c.write(&resp).is_err() {
+                break;
+            }
+        }
+    });
+    let apex = Apex::start(&Config::to(up.addr).limit("client_send_buffer", "4096"));
+    let mut c = apex.client_small_rcvbuf(4096);
+    c.send(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nHost: h\r\n\r\n");
+    thread::sleep(ms(500));
+    let first = c.read_response();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body.len(), 500 * 1000);
+    let second = c.read_response();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-big").map(str::len), Some(12_000));
+    assert_eq!(second.body_str(), "second");
+}
