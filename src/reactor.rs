@@ -23,7 +23,7 @@ use slab::Slab;
 
 use crate::buf::BufPool;
 use crate::config::Config;
-use crate::conn::{Conn, Cx, Phase, is_fd_exhaustion};
+use crate::conn::{Conn, Cx, ExchangePool, Phase, is_fd_exhaustion};
 use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS};
 use crate::upstream::Upstreams;
 
@@ -79,6 +79,7 @@ impl Worker {
                 draining: false,
                 registry,
                 bufs: BufPool::new(64),
+                exchanges: ExchangePool::new(64),
                 arena,
                 ups,
                 pipes: crate::splice::PipePool::new(),
