@@ -11,9 +11,9 @@ import statistics
 import sys
 from xml.sax.saxutils import escape
 
-ORDER = ["direct", "apex", "nginx", "haproxy", "haproxy-tcp", "traefik", "caddy"]
+ORDER = ["direct", "apex", "nginx", "haproxy", "haproxy-tcp", "relay", "traefik", "caddy"]
 NAME = {"direct": "direct", "apex": "Apex", "nginx": "nginx", "haproxy": "HAProxy http",
-        "haproxy-tcp": "HAProxy tcp", "traefik": "Traefik", "caddy": "Caddy"}
+        "haproxy-tcp": "HAProxy tcp", "relay": "floor relay", "traefik": "Traefik", "caddy": "Caddy"}
 COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
 
 

@@ -9,7 +9,7 @@ import json
 import statistics
 import sys
 
-ORDER = ["direct", "apex", "nginx", "haproxy", "haproxy-tcp", "traefik", "caddy"]
+ORDER = ["direct", "apex", "nginx", "haproxy", "haproxy-tcp", "relay", "traefik", "caddy"]
 DISTURBED_PCT = 25  # "other" CPU above this (% of one core) during a window marks it disturbed
 LABEL = {
     "direct": "direct (no proxy)",
@@ -17,6 +17,7 @@ LABEL = {
     "nginx": "nginx",
     "haproxy": "HAProxy (http)",
     "haproxy-tcp": "HAProxy (tcp, L4)",
+    "relay": "floor: 1:1 read/write relay",
     "traefik": "Traefik",
     "caddy": "Caddy",
 }
