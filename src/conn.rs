@@ -304,6 +304,18 @@ impl Exchange {
             && self.rec.is_none()
     }
 
+    /// A retry on a fresh connection: what was learnt about the failed one does not carry over
+    /// (a write that failed on it must not stop the head going out again on the new one).
+    fn reset_for_retry(&mut self) {
+        self.retried = true;
+        self.tried = 0;
+        self.up_wr_failed = false;
+        self.up_eof = false;
+        self.up_shut = false;
+        self.resp_scan = 0;
+        self.interim = 0;
+    }
+
     /// The whole request body has reached the upstream socket (or there was none).
     fn req_done(&self) -> bool {
         self.req_body.is_done() && self.preq.as_ref().is_none_or(|p| p.pending == 0)
@@ -1017,8 +1029,7 @@ impl Conn {
         let reused = rq.up.and_then(|k| cx.ups.conns.get(k)).is_some_and(|u| u.reused);
         if reused && rq.retry_ok && !rq.retried && !rq.resp_seen {
             self.drop_upstream(rq, cx);
-            rq.retried = true;
-            rq.tried = 0;
+            rq.reset_for_retry();
             if let Some(b) = rq.uout.as_mut() {
                 b.rewind(rq.head_len as usize);
             }
@@ -1512,6 +1523,31 @@ mod tests {
     /// An idle keep-alive connection holds no buffer and no exchange, only its `Conn` in the
     /// slab: the hot-path issue's budget is 0.5 KiB of RSS per idle connection, and the slab
     /// entry is most of it (the rest is the kernel-side epoll entry, not RSS).
+    /// The retry path (a GET on a reused connection that failed before any response byte) goes
+    /// to a fresh connection; a failed write on the old one once kept the head from being sent
+    /// on the new one, and the client got a 504 after `upstream_head`. On loopback the socket
+    /// sequence (a reset between the last poll and the write) cannot be forced, so this checks
+    /// the reset itself.
+    #[test]
+    fn retry_forgets_the_failed_connection() {
+        let mut rq = super::Exchange::new();
+        rq.tried = 0b101;
+        rq.up_wr_failed = true;
+        rq.up_eof = true;
+        rq.up_shut = true;
+        rq.resp_scan = 7;
+        rq.interim = 2;
+        rq.keep_alive = true;
+        rq.head_len = 40;
+        rq.reset_for_retry();
+        assert!(rq.retried);
+        assert_eq!(rq.tried, 0, "every server may be tried again");
+        assert!(!rq.up_wr_failed && !rq.up_eof && !rq.up_shut);
+        assert_eq!((rq.resp_scan, rq.interim), (0, 0));
+        assert!(rq.keep_alive && rq.head_len == 40, "the request itself is kept");
+        assert!(rq.sent_all(), "a body-less request has nothing more to send");
+    }
+
     #[test]
     fn idle_connection_fits_budget() {
         let size = std::mem::size_of::<super::Conn>();
