@@ -1138,10 +1138,11 @@ impl Conn {
                 }
             }
             let Some(rem) = rq.req_body.spliceable() else { break };
-            if pipe.pending > 0 || rem == 0 {
+            let room = PIPE_BYTES.saturating_sub(pipe.pending);
+            if room == 0 || rem == 0 {
                 break;
             }
-            let max = usize::try_from(rem).unwrap_or(usize::MAX).min(PIPE_BYTES);
+            let max = usize::try_from(rem).unwrap_or(usize::MAX).min(room);
             match crate::splice::fill(&self.sock, &mut self.io, pipe, max) {
                 Ok(Spliced::Bytes(n)) => {
                     rq.req_body.spliced(n as u64);
@@ -1172,10 +1173,11 @@ impl Conn {
         let mut progress = false;
         for _ in 0..2 {
             progress |= crate::splice::drain(&self.sock, &mut self.io, pipe).map_err(|_| Fault::Client)? > 0;
-            if pipe.pending > 0 || rq.up_eof {
+            let room = PIPE_BYTES.saturating_sub(pipe.pending);
+            if room == 0 || rq.up_eof {
                 break;
             }
-            let max = rq.resp_body.spliceable().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(PIPE_BYTES));
+            let max = rq.resp_body.spliceable().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(room));
             if max == 0 {
                 break;
             }

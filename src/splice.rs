@@ -83,10 +83,11 @@ fn flags() -> SpliceFlags {
     SpliceFlags::NONBLOCK | SpliceFlags::MOVE
 }
 
-/// Moves at most `max` bytes from `src` into an empty pipe. With an empty pipe, EAGAIN can only
-/// mean the socket has nothing, so it clears the readable flag.
+/// Moves at most `max` bytes from `src` into the pipe, which may already hold some: filling
+/// while the other side drains keeps both sockets busy. EAGAIN clears the readable flag only
+/// when the pipe was empty: then it can only mean the socket has nothing. With bytes pending it
+/// may mean the pipe is full, and the flag stays (costing at most one EAGAIN later).
 pub fn fill(src: &TcpStream, io: &mut Io, pipe: &mut Pipe, max: usize) -> io::Result<Spliced> {
-    debug_assert_eq!(pipe.pending, 0);
     if !io.readable || max == 0 {
         return Ok(Spliced::Idle);
     }
@@ -98,7 +99,9 @@ pub fn fill(src: &TcpStream, io: &mut Io, pipe: &mut Pipe, max: usize) -> io::Re
                 return Ok(Spliced::Bytes(n));
             }
             Err(Errno::AGAIN) => {
-                io.readable = false;
+                if pipe.pending == 0 {
+                    io.readable = false;
+                }
                 return Ok(Spliced::Idle);
             }
             Err(Errno::INTR) => {}
