@@ -94,27 +94,49 @@ impl Buf {
     }
 }
 
-/// Per-worker free list. `take` allocates only while the pool has never been this deep.
+/// A per-worker free list of boxed values (I/O buffers, exchanges): `take` allocates only while
+/// the list has never been this deep, so the steady state allocates nothing. Boxes move between
+/// the list and their users by pointer, never copied.
+pub struct FreeList<T> {
+    #[allow(clippy::vec_box)] // boxed on purpose: lent out and returned without a copy
+    free: Vec<Box<T>>,
+    make: fn() -> Box<T>,
+}
+
+impl<T> FreeList<T> {
+    pub fn new(prealloc: usize, make: fn() -> Box<T>) -> Self {
+        let mut free = Vec::with_capacity(prealloc.max(64));
+        for _ in 0..prealloc {
+            free.push(make());
+        }
+        FreeList { free, make }
+    }
+
+    pub fn take(&mut self) -> Box<T> {
+        self.free.pop().unwrap_or_else(self.make)
+    }
+
+    pub fn give(&mut self, b: Box<T>) {
+        self.free.push(b);
+    }
+}
+
+/// Per-worker pool of I/O buffers.
 pub struct BufPool {
-    free: Vec<Box<[u8; BUF_BYTES]>>,
+    free: FreeList<[u8; BUF_BYTES]>,
 }
 
 impl BufPool {
     pub fn new(prealloc: usize) -> Self {
-        let mut free = Vec::with_capacity(prealloc.max(64));
-        for _ in 0..prealloc {
-            free.push(Box::new([0u8; BUF_BYTES]));
-        }
-        BufPool { free }
+        BufPool { free: FreeList::new(prealloc, || Box::new([0u8; BUF_BYTES])) }
     }
 
     pub fn take(&mut self) -> Buf {
-        let data = self.free.pop().unwrap_or_else(|| Box::new([0u8; BUF_BYTES]));
-        Buf { data, start: 0, end: 0 }
+        Buf { data: self.free.take(), start: 0, end: 0 }
     }
 
     pub fn give(&mut self, buf: Buf) {
-        self.free.push(buf.data);
+        self.free.give(buf.data);
     }
 
     /// Ensures `slot` holds a buffer.
@@ -135,10 +157,6 @@ impl BufPool {
         if let Some(b) = slot.take() {
             self.give(b);
         }
-    }
-
-    pub fn free_count(&self) -> usize {
-        self.free.len()
     }
 }
 

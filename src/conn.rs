@@ -25,7 +25,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::buf::{Buf, BufPool};
+use crate::buf::{Buf, BufPool, FreeList};
 use crate::config::Config;
 use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request};
@@ -48,7 +48,7 @@ pub struct Cx {
     pub draining: bool,
     pub registry: Registry,
     pub bufs: BufPool,
-    pub exchanges: ExchangePool,
+    pub exchanges: FreeList<Exchange>,
     pub arena: Bump,
     pub ups: Upstreams,
     pub pipes: PipePool,
@@ -159,7 +159,7 @@ pub struct Conn {
 }
 
 /// Per-exchange state: what a request in flight needs and an idle connection does not. Lent
-/// from `ExchangePool` when a request's first byte arrives, reset and given back when the
+/// from the worker's `FreeList` when a request's first byte arrives, reset and given back when the
 /// connection is idle again.
 pub struct Exchange {
     uin: Option<Buf>,
@@ -237,7 +237,7 @@ impl EndedBy {
 }
 
 impl Exchange {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Exchange {
             uin: None,
             uout: None,
@@ -304,6 +304,24 @@ impl Exchange {
             && self.rec.is_none()
     }
 
+    /// Gives back what this exchange holds (buffers, pipes, an upstream connection that
+    /// `finish_exchange` or `fail` did not already take, the access-log record) and resets it
+    /// for the next request.
+    fn clear(&mut self, cx: &mut Cx) {
+        cx.bufs.release(&mut self.uin);
+        cx.bufs.release(&mut self.uout);
+        cx.pipes.give_slot(&mut self.preq);
+        cx.pipes.give_slot(&mut self.presp);
+        if let Some(uk) = self.up.take() {
+            cx.ups.close(uk);
+            cx.fd_freed = true;
+        }
+        if let Some(k) = self.rec.take() {
+            cx.recs.try_remove(k as usize);
+        }
+        *self = Exchange::new();
+    }
+
     /// A retry on a fresh connection: what was learnt about the failed one does not carry over
     /// (a write that failed on it must not stop the head going out again on the new one).
     fn reset_for_retry(&mut self) {
@@ -329,37 +347,6 @@ impl Exchange {
     /// The whole response body has reached the client socket's side of the pipe.
     fn resp_done(&self) -> bool {
         self.resp_body.is_done() && self.presp.as_ref().is_none_or(|p| p.pending == 0)
-    }
-}
-
-/// Per-worker free list of exchanges. `take` allocates only while the pool has never been this
-/// deep (requests in flight at once), like `BufPool`.
-pub struct ExchangePool {
-    // Boxed on purpose: a connection owns its exchange by pointer, lent and returned without a copy.
-    #[allow(clippy::vec_box)]
-    free: Vec<Box<Exchange>>,
-}
-
-impl ExchangePool {
-    pub fn new(prealloc: usize) -> Self {
-        let mut free = Vec::with_capacity(prealloc.max(64));
-        for _ in 0..prealloc {
-            free.push(Box::new(Exchange::new()));
-        }
-        ExchangePool { free }
-    }
-
-    fn take(&mut self) -> Box<Exchange> {
-        self.free.pop().unwrap_or_else(|| Box::new(Exchange::new()))
-    }
-
-    /// Takes back an exchange in its `Exchange::new()` state (the caller reset it).
-    fn give(&mut self, rq: Box<Exchange>) {
-        self.free.push(rq);
-    }
-
-    pub fn free_count(&self) -> usize {
-        self.free.len()
     }
 }
 
@@ -458,20 +445,9 @@ impl Conn {
                 return;
             }
             Phase::ReadHead => {
-                self.release_bufs(rq, cx);
-                cx.bufs.release(&mut rq.uin);
-                cx.bufs.release(&mut rq.uout);
-                cx.pipes.give_slot(&mut rq.preq);
-                cx.pipes.give_slot(&mut rq.presp);
-                if let Some(uk) = rq.up.take() {
-                    cx.ups.close(uk); // finish_exchange or fail took it already; never leak one
-                    cx.fd_freed = true;
-                }
-                // Log fields are freed by `log_done`; only the access log's record slot is kept.
-                if let Some(k) = rq.rec.take() {
-                    cx.recs.try_remove(k as usize);
-                }
-                *rq = Exchange::new();
+                cx.bufs.release_if_empty(&mut self.cin);
+                cx.bufs.release_if_empty(&mut self.cout);
+                rq.clear(cx);
                 let has_bytes = self.cin.as_ref().is_some_and(|b| !b.is_empty());
                 // Pipelined bytes already waiting start the whole-head clock; otherwise idle.
                 self.deadline = cx.arm(if has_bytes { t.client_head } else { t.client_idle });
@@ -494,14 +470,6 @@ impl Conn {
         self.phase = p;
     }
 
-    /// Gives back every buffer that holds nothing.
-    fn release_bufs(&mut self, rq: &mut Exchange, cx: &mut Cx) {
-        cx.bufs.release_if_empty(&mut self.cin);
-        cx.bufs.release_if_empty(&mut self.cout);
-        cx.bufs.release_if_empty(&mut rq.uin);
-        cx.bufs.release_if_empty(&mut rq.uout);
-    }
-
     /// Called by the worker when the connection is removed.
     pub fn close(mut self, cx: &mut Cx) {
         cx.bufs.release(&mut self.cin);
@@ -509,17 +477,7 @@ impl Conn {
         cx.fd_freed = true;
         let Some(mut rq) = self.rq.take() else { return };
         self.log_done(&mut rq, cx);
-        if let Some(k) = rq.rec.take() {
-            cx.recs.try_remove(k as usize);
-        }
-        cx.pipes.give_slot(&mut rq.preq);
-        cx.pipes.give_slot(&mut rq.presp);
-        cx.bufs.release(&mut rq.uin);
-        cx.bufs.release(&mut rq.uout);
-        if let Some(uk) = rq.up.take() {
-            cx.ups.close(uk);
-        }
-        *rq = Exchange::new();
+        rq.clear(cx);
         cx.exchanges.give(rq);
     }
 
@@ -1086,10 +1044,7 @@ impl Conn {
         let spare = uout.spare();
         let relayed = match &mut rq.req_body {
             Body::Length(rem) => {
-                let n = ((*rem).min(cin.len() as u64) as usize).min(spare.len());
-                if let (Some(dst), Some(src)) = (spare.get_mut(..n), cin.filled().get(..n)) {
-                    dst.copy_from_slice(src);
-                }
+                let n = copy_prefix(cin.filled(), spare, *rem);
                 *rem -= n as u64;
                 Some((n, n))
             }
@@ -1243,18 +1198,12 @@ impl Conn {
         let spare = cout.spare();
         let (used, made) = match &mut rq.resp_body {
             Body::Length(rem) => {
-                let n = ((*rem).min(uin.len() as u64) as usize).min(spare.len());
-                if let (Some(dst), Some(src)) = (spare.get_mut(..n), uin.filled().get(..n)) {
-                    dst.copy_from_slice(src);
-                }
+                let n = copy_prefix(uin.filled(), spare, *rem);
                 *rem -= n as u64;
                 (n, n)
             }
             Body::Raw => {
-                let n = uin.len().min(spare.len());
-                if let (Some(dst), Some(src)) = (spare.get_mut(..n), uin.filled().get(..n)) {
-                    dst.copy_from_slice(src);
-                }
+                let n = copy_prefix(uin.filled(), spare, u64::MAX);
                 (n, n)
             }
             Body::Chunked(dec) => match dec.relay(uin.filled(), spare, rq.rechunk) {
@@ -1509,6 +1458,15 @@ fn relay_raw(
         }
     }
     Ok(progress)
+}
+
+/// Copies the front of `src` into `dst`: as much as fits, at most `max` bytes. Returns how many.
+fn copy_prefix(src: &[u8], dst: &mut [u8], max: u64) -> usize {
+    let n = usize::try_from(max).unwrap_or(usize::MAX).min(src.len()).min(dst.len());
+    if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+        d.copy_from_slice(s);
+    }
+    n
 }
 
 /// Out of file descriptors or socket memory: nobody's fault but the machine's.

@@ -21,9 +21,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::buf::BufPool;
+use crate::buf::{BufPool, FreeList};
 use crate::config::Config;
-use crate::conn::{Conn, Cx, ExchangePool, Phase, is_fd_exhaustion};
+use crate::conn::{Conn, Cx, Exchange, Phase, is_fd_exhaustion};
 use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS};
 use crate::upstream::Upstreams;
 
@@ -79,7 +79,7 @@ impl Worker {
                 draining: false,
                 registry,
                 bufs: BufPool::new(64),
-                exchanges: ExchangePool::new(64),
+                exchanges: FreeList::new(64, || Box::new(Exchange::new())),
                 arena,
                 ups,
                 pipes: crate::splice::PipePool::new(),
