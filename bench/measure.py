@@ -27,19 +27,25 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(pid):
+    """/proc/PID/stat after the command name (field 3 on), or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except OSError:
+        return None
+    return s[s.rfind(")") + 2:].split()
+
+
 def children_map():
     kids = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-        except OSError:
+        rest = stat_fields(d)
+        if rest is None:
             continue
-        rest = s[s.rfind(")") + 2:].split()
-        ppid = int(rest[1])
-        kids.setdefault(ppid, []).append(int(d))
+        kids.setdefault(int(rest[1]), []).append(int(d))
     return kids
 
 
@@ -62,12 +68,9 @@ def cpu_ticks(pids):
     """utime+stime of each process (all its threads, live and exited), in ticks."""
     t = {}
     for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                s = f.read()
-        except OSError:
+        rest = stat_fields(p)
+        if rest is None:
             continue
-        rest = s[s.rfind(")") + 2:].split()
         t[p] = int(rest[11]) + int(rest[12])  # fields 14 and 15: utime, stime
     return t
 

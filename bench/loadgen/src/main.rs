@@ -819,31 +819,38 @@ fn parse_blocking_response(s: &mut std::net::TcpStream, buf: &mut [u8]) -> io::R
     }
 }
 
-fn get(o: &Opts) -> io::Result<()> {
-    let addr = o.addr()?;
-    let mut s = std::net::TcpStream::connect(addr)?;
+/// One blocking connection for a single large transfer.
+fn connect_blocking(o: &Opts) -> io::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect(o.addr()?)?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    s.set_write_timeout(Some(Duration::from_secs(120)))?;
+    Ok(s)
+}
+
+/// Prints a transfer's result line: `bytes` moved since `t0`.
+fn report_transfer(mode: &str, status: u16, bytes: u64, t0: u64) {
+    let secs = (now_ns() - t0) as f64 / 1e9;
+    println!(
+        "{{\"mode\":\"{mode}\",\"status\":{status},\"bytes\":{bytes},\"secs\":{secs:.4},\"mb_s\":{:.1}}}",
+        bytes as f64 / 1e6 / secs
+    );
+}
+
+fn get(o: &Opts) -> io::Result<()> {
+    let mut s = connect_blocking(o)?;
     let t0 = now_ns();
     s.write_all(&request_bytes(o))?;
     let mut buf = vec![0u8; 1 << 20];
     let (status, bytes) = parse_blocking_response(&mut s, &mut buf)?;
-    let secs = (now_ns() - t0) as f64 / 1e9;
-    println!(
-        "{{\"mode\":\"get\",\"status\":{status},\"bytes\":{bytes},\"secs\":{secs:.4},\"mb_s\":{:.1}}}",
-        bytes as f64 / 1e6 / secs
-    );
+    report_transfer("get", status, bytes, t0);
     Ok(())
 }
 
 fn put(o: &Opts) -> io::Result<()> {
-    let addr = o.addr()?;
     let total = o.f64("bytes", 1048576.0) as u64;
     let path = o.str("path", "/upload");
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    s.set_write_timeout(Some(Duration::from_secs(120)))?;
+    let mut s = connect_blocking(o)?;
     let t0 = now_ns();
     let head = format!(
         "PUT {path} HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: apex-loadgen\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\n\r\n"
@@ -858,10 +865,6 @@ fn put(o: &Opts) -> io::Result<()> {
     }
     let mut buf = vec![0u8; 1 << 16];
     let (status, _) = parse_blocking_response(&mut s, &mut buf)?;
-    let secs = (now_ns() - t0) as f64 / 1e9;
-    println!(
-        "{{\"mode\":\"put\",\"status\":{status},\"bytes\":{total},\"secs\":{secs:.4},\"mb_s\":{:.1}}}",
-        total as f64 / 1e6 / secs
-    );
+    report_transfer("put", status, total, t0);
     Ok(())
 }

@@ -129,11 +129,9 @@ fn run(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
                 (Ok(a), Ok(b)) => a || b,
                 _ => true,
             };
-            if closed {
-                if let Some(mut p) = pairs[i].take() {
-                    let _ = poll.registry().deregister(&mut p.c);
-                    let _ = poll.registry().deregister(&mut p.u);
-                }
+            if closed && let Some(mut p) = pairs[i].take() {
+                let _ = poll.registry().deregister(&mut p.c);
+                let _ = poll.registry().deregister(&mut p.u);
             }
         }
     }
