@@ -6,13 +6,13 @@
 
 use crate::limits::BUF_BYTES;
 
-pub struct Buf {
-    data: Box<[u8; BUF_BYTES]>,
+pub struct Buf<const N: usize = BUF_BYTES> {
+    data: Box<[u8; N]>,
     start: u32,
     end: u32,
 }
 
-impl Buf {
+impl<const N: usize> Buf<N> {
     /// Bytes waiting to be consumed.
     pub fn filled(&self) -> &[u8] {
         self.data.get(self.start as usize..self.end as usize).unwrap_or(&[])
@@ -29,20 +29,32 @@ impl Buf {
     /// Room after the filled bytes; compacts first when the room left is short.
     pub fn spare(&mut self) -> &mut [u8] {
         // Compact when the tail is short: bytes move at most once per quarter buffer consumed.
-        if self.start > 0 && BUF_BYTES - (self.end as usize) < BUF_BYTES / 4 {
+        if self.start > 0 && N - (self.end as usize) < N / 4 {
             self.compact();
         }
         self.data.get_mut(self.end as usize..).unwrap_or(&mut [])
     }
 
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        self.data.get_mut(self.start as usize..self.end as usize).unwrap_or(&mut [])
+    }
+
+    /// Makes room for `n` more bytes after the filled ones, moving them to the front if needed
+    /// (a record parser waiting for the rest of a record it knows the length of).
+    pub fn reserve(&mut self, n: usize) {
+        if self.start > 0 && N - (self.end as usize) < n {
+            self.compact();
+        }
+    }
+
     pub fn spare_len(&self) -> usize {
-        BUF_BYTES - self.len()
+        N - self.len()
     }
 
     /// Marks `n` bytes of `spare()` as filled.
     pub fn commit(&mut self, n: usize) {
-        debug_assert!(self.end as usize + n <= BUF_BYTES);
-        self.end = (self.end as usize + n).min(BUF_BYTES) as u32;
+        debug_assert!(self.end as usize + n <= N);
+        self.end = (self.end as usize + n).min(N) as u32;
     }
 
     /// Drops `n` filled bytes from the front. An emptied buffer rewinds to its start but keeps
@@ -60,7 +72,7 @@ impl Buf {
     /// that was written at the start of an otherwise empty buffer.
     pub fn rewind(&mut self, n: usize) {
         self.start = 0;
-        self.end = n.min(BUF_BYTES) as u32;
+        self.end = n.min(N) as u32;
     }
 
     /// Appends `bytes` if all of them fit; returns false (and appends nothing) otherwise.
@@ -68,7 +80,7 @@ impl Buf {
         if self.spare_len() < bytes.len() {
             return false;
         }
-        if BUF_BYTES - (self.end as usize) < bytes.len() {
+        if N - (self.end as usize) < bytes.len() {
             self.compact();
         }
         let spare = self.spare();
@@ -122,30 +134,30 @@ impl<T> FreeList<T> {
 }
 
 /// Per-worker pool of I/O buffers.
-pub struct BufPool {
-    free: FreeList<[u8; BUF_BYTES]>,
+pub struct BufPool<const N: usize = BUF_BYTES> {
+    free: FreeList<[u8; N]>,
 }
 
-impl BufPool {
+impl<const N: usize> BufPool<N> {
     pub fn new(prealloc: usize) -> Self {
-        BufPool { free: FreeList::new(prealloc, || Box::new([0u8; BUF_BYTES])) }
+        BufPool { free: FreeList::new(prealloc, || Box::new([0u8; N])) }
     }
 
-    pub fn take(&mut self) -> Buf {
+    pub fn take(&mut self) -> Buf<N> {
         Buf { data: self.free.take(), start: 0, end: 0 }
     }
 
-    pub fn give(&mut self, buf: Buf) {
+    pub fn give(&mut self, buf: Buf<N>) {
         self.free.give(buf.data);
     }
 
     /// Ensures `slot` holds a buffer.
-    pub fn fill_slot<'a>(&mut self, slot: &'a mut Option<Buf>) -> &'a mut Buf {
+    pub fn fill_slot<'a>(&mut self, slot: &'a mut Option<Buf<N>>) -> &'a mut Buf<N> {
         slot.get_or_insert_with(|| self.take())
     }
 
     /// Returns the slot's buffer to the pool if it holds no bytes.
-    pub fn release_if_empty(&mut self, slot: &mut Option<Buf>) {
+    pub fn release_if_empty(&mut self, slot: &mut Option<Buf<N>>) {
         if slot.as_ref().is_some_and(Buf::is_empty)
             && let Some(b) = slot.take()
         {
@@ -153,7 +165,7 @@ impl BufPool {
         }
     }
 
-    pub fn release(&mut self, slot: &mut Option<Buf>) {
+    pub fn release(&mut self, slot: &mut Option<Buf<N>>) {
         if let Some(b) = slot.take() {
             self.give(b);
         }
@@ -166,7 +178,7 @@ mod tests {
 
     #[test]
     fn put_compacts_when_needed() {
-        let mut pool = BufPool::new(0);
+        let mut pool: BufPool = BufPool::new(0);
         let mut b = pool.take();
         assert!(b.put(&[1; BUF_BYTES - 10]));
         b.consume(BUF_BYTES - 20);

@@ -43,7 +43,7 @@ pub enum Filled {
 }
 
 /// One read into `buf`'s spare room, if the socket is readable and there is room.
-pub fn fill(sock: &TcpStream, io: &mut Io, buf: &mut Buf) -> io::Result<Filled> {
+pub fn fill<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>) -> io::Result<Filled> {
     if !io.readable {
         return Ok(Filled::Idle);
     }
@@ -73,7 +73,7 @@ pub fn fill(sock: &TcpStream, io: &mut Io, buf: &mut Buf) -> io::Result<Filled> 
 }
 
 /// One write of `buf`'s bytes, if the socket is writable. Returns bytes written.
-pub fn flush(sock: &TcpStream, io: &mut Io, buf: &mut Buf) -> io::Result<usize> {
+pub fn flush<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>) -> io::Result<usize> {
     if !io.writable || buf.is_empty() {
         return Ok(0);
     }
