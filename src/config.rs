@@ -29,6 +29,19 @@ pub struct Config {
     /// Every distinct upstream address; groups refer to these by index, so passive health and
     /// pools belong to an address, whichever groups share it.
     pub servers: Vec<SocketAddr>,
+    /// TLS listeners and their certificates (`[tls]`), if any.
+    pub tls: Option<TlsListen>,
+}
+
+#[derive(Debug)]
+pub struct TlsListen {
+    pub listen: Vec<SocketAddr>,
+    pub strict_sni: bool,
+    /// Paths as given, made absolute against the config file's directory.
+    pub certs: Vec<crate::tls::CertSpec>,
+    /// Built once per load: the certificates are read when the config is, so a bad one is an
+    /// error at start or on reload, never on a handshake.
+    pub server: std::sync::Arc<rustls::ServerConfig>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +142,8 @@ impl Config {
             msg,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
-        build(raw).map_err(|(span, msg)| err(span, msg))
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        build(raw, base).map_err(|(span, msg)| err(span, msg))
     }
 }
 
@@ -205,6 +219,20 @@ impl Config {
                 d(g.cooldown)
             );
         }
+        if let Some(t) = &self.tls {
+            let listen: Vec<String> = t.listen.iter().map(|a| q(&a.to_string())).collect();
+            let _ = writeln!(o, "\n[tls]\nlisten = [{}]\nstrict_sni = {}", listen.join(", "), t.strict_sni);
+            for c in &t.certs {
+                let names: Vec<String> = c.names.iter().map(|n| q(n)).collect();
+                let _ = writeln!(
+                    o,
+                    "\n[[tls.cert]]\nchain = {}\nkey = {}\nnames = [{}]",
+                    q(&c.chain.display().to_string()),
+                    q(&c.key.display().to_string()),
+                    names.join(", ")
+                );
+            }
+        }
         o
     }
 }
@@ -246,6 +274,25 @@ struct RawConfig {
     route: Vec<RawRoute>,
     #[serde(default)]
     upstream: BTreeMap<String, Spanned<RawGroup>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: Spanned<Vec<Spanned<String>>>,
+    strict_sni: Option<bool>,
+    #[serde(default)]
+    cert: Vec<Spanned<RawCert>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    chain: String,
+    key: String,
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -296,6 +343,37 @@ struct RawGroup {
 }
 
 type BuildError = (Option<Range<usize>>, String);
+
+fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<TlsListen, BuildError> {
+    let span = at(&raw);
+    let raw = raw.into_inner();
+    if raw.listen.get_ref().is_empty() {
+        return Err((at(&raw.listen), "tls.listen: give at least one address".into()));
+    }
+    let mut listen = Vec::new();
+    for a in raw.listen.get_ref() {
+        let addr = parse_addr(a, "tls.listen")?;
+        if (listen.contains(&addr) || plain.contains(&addr)) && addr.port() != 0 {
+            return Err((at(a), format!("tls.listen: {addr} is listed twice")));
+        }
+        listen.push(addr);
+    }
+    if raw.cert.is_empty() {
+        return Err((span, "tls: give at least one [[tls.cert]] with `chain` and `key`".into()));
+    }
+    let certs: Vec<crate::tls::CertSpec> = raw
+        .cert
+        .iter()
+        .map(|c| {
+            let c = c.get_ref();
+            crate::tls::CertSpec { chain: base.join(&c.chain), key: base.join(&c.key), names: c.names.clone() }
+        })
+        .collect();
+    let strict_sni = raw.strict_sni.unwrap_or(false);
+    let server = crate::tls::server_config(&certs, strict_sni)
+        .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
+    Ok(TlsListen { listen, strict_sni, certs, server })
+}
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     Some(s.span())
@@ -399,7 +477,7 @@ fn host_pattern(s: &Spanned<String>) -> Result<HostPattern, BuildError> {
     })
 }
 
-fn build(raw: RawConfig) -> Result<Config, BuildError> {
+fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
     let Some(listen_raw) = raw.listen else {
         return Err((None, "missing `listen`: give at least one address, e.g. listen = [\"127.0.0.1:8080\"]".into()));
     };
@@ -539,7 +617,11 @@ fn build(raw: RawConfig) -> Result<Config, BuildError> {
         HostPattern::Any => (2, 0),
     });
 
-    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers })
+    let tls = match raw.tls {
+        Some(t) => Some(build_tls(t, base, &listen)?),
+        None => None,
+    };
+    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, tls })
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use crate::limits::{
 };
 use crate::log::{Entry, Rec, Sink, WorkerLog};
 use crate::splice::{Pipe, PipePool, Spliced};
+use crate::tls::{Tls, TlsBufPool};
 use crate::upstream::{UpConn, Upstreams};
 
 /// What a worker lends a connection while it steps.
@@ -52,6 +53,8 @@ pub struct Cx {
     pub arena: Bump,
     pub ups: Upstreams,
     pub pipes: PipePool,
+    /// Record buffers for TLS clients.
+    pub tls_bufs: TlsBufPool,
     pub log: WorkerLog,
     /// Request fields kept for the access log while their request is in flight.
     pub recs: Slab<Rec>,
@@ -156,6 +159,8 @@ pub struct Conn {
     pub queued: bool,
     /// The request in progress, from the worker's pool: an idle keep-alive connection has none.
     rq: Option<Box<Exchange>>,
+    /// A TLS client: bytes to and from the socket go through it (and never through a pipe).
+    tls: Option<Box<Tls>>,
 }
 
 /// Per-exchange state: what a request in flight needs and an idle connection does not. Lent
@@ -353,7 +358,7 @@ impl Exchange {
 type Step = Result<Next, Fault>;
 
 impl Conn {
-    pub fn new(sock: TcpStream, peer: SocketAddr, cx: &mut Cx) -> Conn {
+    pub fn new(sock: TcpStream, peer: SocketAddr, tls: Option<Box<Tls>>, cx: &mut Cx) -> Conn {
         let deadline = cx.arm(cx.cfg.timeouts.client_head);
         Conn {
             sock,
@@ -365,6 +370,7 @@ impl Conn {
             deadline,
             queued: false,
             rq: None,
+            tls,
         }
     }
 
@@ -474,6 +480,9 @@ impl Conn {
     pub fn close(mut self, cx: &mut Cx) {
         cx.bufs.release(&mut self.cin);
         cx.bufs.release(&mut self.cout);
+        if let Some(t) = self.tls.as_mut() {
+            t.release_all(&mut cx.tls_bufs);
+        }
         cx.fd_freed = true;
         let Some(mut rq) = self.rq.take() else { return };
         self.log_done(&mut rq, cx);
@@ -553,17 +562,21 @@ impl Conn {
         }
     }
 
-    fn flush_client(&mut self) -> Result<usize, Fault> {
-        match self.cout.as_mut() {
-            Some(b) => flush(&self.sock, &mut self.io, b).map_err(|_| Fault::Client),
-            None => Ok(0),
+    fn flush_client(&mut self, cx: &mut Cx) -> Result<usize, Fault> {
+        match (self.tls.as_deref_mut(), self.cout.as_mut()) {
+            (None, Some(b)) => flush(&self.sock, &mut self.io, b).map_err(|_| Fault::Client),
+            (None, None) => Ok(0),
+            (Some(t), Some(b)) => t.write(&self.sock, &mut self.io, &mut cx.tls_bufs, b).map_err(|_| Fault::Client),
+            (Some(t), None) => {
+                t.flush(&self.sock, &mut self.io, &mut cx.tls_bufs).map(|_| 0).map_err(|_| Fault::Client)
+            }
         }
     }
 
     // ---- ReadHead -------------------------------------------------------------------------
 
     fn read_head(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
-        let progress = self.flush_client()? > 0;
+        let progress = self.flush_client(cx)? > 0;
         let limits = cx.cfg.limits;
         let cin = cx.bufs.fill_slot(&mut self.cin);
         // RFC 9112 §2.2: ignore a few empty lines before a request line.
@@ -591,7 +604,12 @@ impl Conn {
             if cin.len() >= limits.head_bytes {
                 return self.reject(rq, cx, H1Error::HeadTooLarge);
             }
-            match fill(&self.sock, &mut self.io, cin).map_err(|_| Fault::Client)? {
+            let got = client_fill(&self.sock, &mut self.io, &mut self.tls, &mut cx.tls_bufs, cin);
+            if got.is_err() && self.tls.as_ref().is_some_and(|t| t.failed()) {
+                // A TLS handshake refused with an alert: close gracefully so it is read.
+                return Ok(Next::Go(Phase::Linger));
+            }
+            match got.map_err(|_| Fault::Client)? {
                 Filled::Data(_) => {
                     if !rq.head_timer {
                         rq.head_timer = true;
@@ -685,7 +703,7 @@ impl Conn {
         let uout = cx.bufs.fill_slot(&mut rq.uout);
         uout.clear();
         let mut w = Out::new(uout.spare());
-        write_request(&req, self.peer.ip(), &mut w);
+        write_request(&req, self.peer.ip(), self.tls.is_some(), &mut w);
         let Some(n) = w.finish() else {
             return self.reject(rq, cx, H1Error::HeadTooLarge);
         };
@@ -838,7 +856,7 @@ impl Conn {
     // ---- Exchange: request out, response head in -----------------------------------------
 
     fn exchange(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
-        let mut progress = self.flush_client()? > 0;
+        let mut progress = self.flush_client(cx)? > 0;
         match self.pump_request(rq, cx)? {
             Pump::Moved(moved) => progress |= moved,
             Pump::Divert(next) => return Ok(next),
@@ -1019,7 +1037,8 @@ impl Conn {
         let cin_empty = self.cin.as_ref().is_none_or(Buf::is_empty);
         let uout_empty = rq.uout.as_ref().is_none_or(Buf::is_empty);
         let pending = rq.preq.as_ref().is_some_and(|p| p.pending > 0);
-        let spliceable = matches!(rq.req_body, Body::Length(_) | Body::Chunked(_))
+        let spliceable = self.tls.is_none()
+            && matches!(rq.req_body, Body::Length(_) | Body::Chunked(_))
             && rq.req_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
         if pending || (spliceable && cin_empty && uout_empty) {
             if rq.preq.is_none() {
@@ -1033,7 +1052,7 @@ impl Conn {
         let cin = cx.bufs.fill_slot(&mut self.cin);
         let uout = cx.bufs.fill_slot(&mut rq.uout);
         if !rq.client_eof {
-            match fill(&self.sock, &mut self.io, cin) {
+            match client_fill(&self.sock, &mut self.io, &mut self.tls, &mut cx.tls_bufs, cin) {
                 Ok(Filled::Data(_)) => progress = true,
                 Ok(Filled::Idle) => {}
                 // The body may already be whole in `cin` (data and FIN in one event): decide
@@ -1171,7 +1190,7 @@ impl Conn {
                 Err(_) => rq.up_wr_failed = true,
             }
         }
-        let spliceable = rq.resp_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
+        let spliceable = self.tls.is_none() && rq.resp_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
         let drained = rq.uin.as_ref().is_none_or(Buf::is_empty) && self.cout.as_ref().is_none_or(Buf::is_empty);
         let pending = rq.presp.as_ref().is_some_and(|p| p.pending > 0);
         if pending || (spliceable && drained) {
@@ -1220,7 +1239,7 @@ impl Conn {
         cout.commit(made);
         rq.bytes_out += made as u64;
         progress |= used > 0;
-        progress |= self.flush_client()? > 0;
+        progress |= self.flush_client(cx)? > 0;
         Ok(self.resp_progress(rq, cx, progress))
     }
 
@@ -1291,7 +1310,7 @@ impl Conn {
     /// Both directions raw until both sides have closed their write side. Buffered bytes go
     /// first, then each direction switches to a pipe.
     fn tunnel(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
-        let mut progress = self.flush_client()? > 0;
+        let mut progress = self.flush_client(cx)? > 0;
         let Some(uk) = rq.up else {
             return Err(Fault::Internal("no upstream"));
         };
@@ -1300,6 +1319,36 @@ impl Conn {
         };
         let cin = cx.bufs.fill_slot(&mut self.cin);
         let uin = cx.bufs.fill_slot(&mut rq.uin);
+        if let Some(t) = self.tls.as_deref_mut() {
+            // Through buffers both ways: TLS bytes cannot be spliced. Upstream bytes wait for
+            // the 101 head in cout.
+            if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+                return Ok(if progress { Next::Again } else { Next::Wait });
+            }
+            let tb = &mut cx.tls_bufs;
+            let c = (&self.sock, &mut self.io);
+            let Ok(moved) = relay_tls(c, (&u.sock, &mut u.io), t, tb, cin, uin, &mut rq.client_eof, &mut rq.up_eof)
+            else {
+                return Ok(Next::Go(Phase::Close));
+            };
+            progress |= moved;
+            if rq.client_eof && cin.is_empty() && !rq.up_shut {
+                let _ = u.sock.shutdown(Shutdown::Write);
+                rq.up_shut = true;
+            }
+            if rq.up_eof && uin.is_empty() && !rq.client_shut {
+                let _ = self.sock.shutdown(Shutdown::Write);
+                rq.client_shut = true;
+            }
+            if rq.client_shut && rq.up_shut {
+                return Ok(Next::Go(Phase::Close));
+            }
+            if progress {
+                self.deadline = cx.arm(cx.cfg.timeouts.upstream_body);
+                return Ok(Next::Again);
+            }
+            return Ok(Next::Wait);
+        }
         let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
         let Ok(moved) = relay_raw(c, up, cin, &mut rq.preq, &mut cx.pipes, &mut rq.client_eof) else {
             return Ok(Next::Go(Phase::Close));
@@ -1335,7 +1384,7 @@ impl Conn {
 
     /// Writes what is queued in `cout`; then the next request, or a lingering close.
     fn respond(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
-        let n = self.flush_client()?;
+        let n = self.flush_client(cx)?;
         if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
             if n > 0 {
                 self.deadline = cx.arm(cx.cfg.timeouts.client_send);
@@ -1350,7 +1399,7 @@ impl Conn {
     fn linger(&mut self, cx: &mut Cx) -> Step {
         let cin = cx.bufs.fill_slot(&mut self.cin);
         cin.clear();
-        match fill(&self.sock, &mut self.io, cin) {
+        match client_fill(&self.sock, &mut self.io, &mut self.tls, &mut cx.tls_bufs, cin) {
             Ok(Filled::Data(_)) => {
                 cin.clear();
                 Ok(Next::Again)
@@ -1457,6 +1506,58 @@ fn relay_raw(
             progress |= flush(dst, dio, buf)? > 0;
         }
     }
+    Ok(progress)
+}
+
+/// One read from the client into `buf`: from the socket, or decrypted from TLS records.
+fn client_fill(
+    sock: &TcpStream,
+    io: &mut Io,
+    tls: &mut Option<Box<Tls>>,
+    pool: &mut TlsBufPool,
+    buf: &mut Buf,
+) -> io::Result<Filled> {
+    match tls.as_deref_mut() {
+        Some(t) => t.read(sock, io, pool, buf),
+        None => fill(sock, io, buf),
+    }
+}
+
+/// A tunnel to a TLS client: client -> upstream through `cin`, upstream -> client through `uin`.
+#[allow(clippy::too_many_arguments)]
+fn relay_tls(
+    client: (&TcpStream, &mut Io),
+    up: (&TcpStream, &mut Io),
+    tls: &mut Tls,
+    pool: &mut TlsBufPool,
+    cin: &mut Buf,
+    uin: &mut Buf,
+    client_eof: &mut bool,
+    up_eof: &mut bool,
+) -> io::Result<bool> {
+    let (cs, cio) = client;
+    let (us, uio) = up;
+    let mut progress = false;
+    for _ in 0..2 {
+        progress |= flush(us, uio, cin)? > 0;
+        if !*client_eof && cin.spare_len() > 0 {
+            match tls.read(cs, cio, pool, cin)? {
+                Filled::Data(_) => progress = true,
+                Filled::Idle => {}
+                Filled::Eof => *client_eof = true,
+            }
+        }
+        progress |= tls.write(cs, cio, pool, uin)? > 0;
+        if !*up_eof && uin.spare_len() > 0 {
+            match fill(us, uio, uin)? {
+                Filled::Data(_) => progress = true,
+                Filled::Idle => {}
+                Filled::Eof => *up_eof = true,
+            }
+        }
+    }
+    progress |= flush(us, uio, cin)? > 0;
+    progress |= tls.write(cs, cio, pool, uin)? > 0;
     Ok(progress)
 }
 

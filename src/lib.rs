@@ -14,4 +14,5 @@ pub mod log;
 pub mod reactor;
 pub mod server;
 pub mod splice;
+pub mod tls;
 pub mod upstream;

@@ -67,3 +67,13 @@ pub const SPLICE_MIN_BYTES: u64 = BUF_BYTES as u64;
 // The chunked decoder counts line and trailer bytes in u16.
 const _: () = assert!(CHUNK_LINE_MAX < u16::MAX as usize);
 const _: () = assert!(TRAILER_BYTES_MAX < u16::MAX as usize);
+
+/// TLS record buffers (raw bytes from and to a TLS client): a whole TLS 1.2 record of the
+/// largest size RFC 5246 §6.2.3 allows (5 + 2^14 + 2048 bytes) fits.
+pub const TLS_BUF_BYTES: usize = 18 * 1024 + 512;
+
+/// Plaintext per record Apex seals: RFC 8446 §5.1's maximum, 2^14.
+pub const TLS_RECORD_PLAIN_MAX: usize = 1 << 14;
+
+/// TLS sessions each worker remembers for resumption by session ID (tickets need no memory).
+pub const TLS_SESSIONS_PER_WORKER: usize = 4096;

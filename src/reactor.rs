@@ -24,7 +24,7 @@ use slab::Slab;
 use crate::buf::{BufPool, FreeList};
 use crate::config::Config;
 use crate::conn::{Conn, Cx, Exchange, Phase, is_fd_exhaustion};
-use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS};
+use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS, TLS_SESSIONS_PER_WORKER};
 use crate::upstream::Upstreams;
 
 /// Wakes a worker from `poll` (drain, reload). Even and far above any slab key.
@@ -34,6 +34,11 @@ pub struct Worker {
     poll: Poll,
     waker: Arc<mio::Waker>,
     listeners: Vec<TcpListener>,
+    /// Listeners from this index on are TLS.
+    plain_listeners: usize,
+    /// The TLS server config for this worker: the snapshot's, with a session cache of its own so
+    /// workers never share (and contend on) one. Rebuilt when the snapshot changes.
+    tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
     conns: Slab<Conn>,
     cx: Cx,
     shared: Arc<ArcSwap<Config>>,
@@ -72,6 +77,8 @@ impl Worker {
             poll,
             waker,
             listeners: ls,
+            plain_listeners: cfg.listen.len(),
+            tls: None,
             conns: Slab::with_capacity(cap),
             cx: Cx {
                 now,
@@ -83,6 +90,7 @@ impl Worker {
                 arena,
                 ups,
                 pipes: crate::splice::PipePool::new(),
+                tls_bufs: crate::tls::TlsBufPool::new(0),
                 log,
                 recs: Slab::with_capacity(cap),
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
@@ -291,6 +299,17 @@ impl Worker {
             };
             match l.accept() {
                 Ok((mut sock, peer)) => {
+                    let tls = if li >= self.plain_listeners {
+                        // A TLS client on a config without TLS (cannot happen: reload refuses
+                        // listener changes) is closed.
+                        let Some(cfg) = self.tls_config() else { continue };
+                        match crate::tls::Tls::new(cfg) {
+                            Ok(t) => Some(Box::new(t)),
+                            Err(_) => continue,
+                        }
+                    } else {
+                        None
+                    };
                     let _ = sock.set_nodelay(true);
                     let sndbuf = self.cx.cfg.limits.client_send_buffer;
                     if sndbuf > 0 {
@@ -308,7 +327,7 @@ impl Worker {
                     {
                         continue;
                     }
-                    entry.insert(Conn::new(sock, peer, &mut self.cx));
+                    entry.insert(Conn::new(sock, peer, tls, &mut self.cx));
                     self.drive(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -324,6 +343,21 @@ impl Worker {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// This worker's TLS config for the current snapshot (see `Worker::tls`).
+    fn tls_config(&mut self) -> Option<Arc<rustls::ServerConfig>> {
+        let shared = &self.cx.cfg.tls.as_ref()?.server;
+        match &self.tls {
+            Some((from, mine)) if Arc::ptr_eq(from, shared) => Some(Arc::clone(mine)),
+            _ => {
+                let mut mine = rustls::ServerConfig::clone(shared);
+                mine.session_storage = rustls::server::ServerSessionMemoryCache::new(TLS_SESSIONS_PER_WORKER);
+                let mine = Arc::new(mine);
+                self.tls = Some((Arc::clone(shared), Arc::clone(&mine)));
+                Some(mine)
             }
         }
     }
@@ -384,7 +418,9 @@ impl Worker {
 /// accept queue. Port 0 is resolved by the first bind and reused by the others.
 /// Returns the bound addresses and, per worker, its listeners.
 pub fn bind_all(cfg: &Config) -> io::Result<(Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>)> {
+    // Plain listeners first, then TLS ones: a worker tells them apart by index.
     let mut addrs: Vec<SocketAddr> = cfg.listen.clone();
+    addrs.extend(cfg.tls.iter().flat_map(|t| t.listen.iter().copied()));
     let mut per_worker = Vec::with_capacity(cfg.workers);
     for w in 0..cfg.workers {
         let mut ls = Vec::with_capacity(addrs.len());

@@ -102,8 +102,9 @@ pub fn run(path: &Path) -> ExitCode {
     }
     {
         let mut out = std::io::stdout().lock();
-        for a in &addrs {
-            let _ = writeln!(out, "apex: listening on {a}");
+        let plain = shared.load().listen.len();
+        for (i, a) in addrs.iter().enumerate() {
+            let _ = writeln!(out, "apex: listening on {a}{}", if i >= plain { " tls" } else { "" });
         }
         let _ = out.flush();
     }
@@ -220,9 +221,10 @@ fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>)
         }
     };
     let current = shared.load();
-    if new.listen != current.listen || new.workers != current.workers {
+    let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
+    if new.listen != current.listen || new.workers != current.workers || tls_listen(&new) != tls_listen(&current) {
         eprintln!(
-            "apex: reload refused: {}: `listen` or `workers` changed, which needs a restart; still serving the previous config",
+            "apex: reload refused: {}: `listen`, `tls.listen` or `workers` changed, which needs a restart; still serving the previous config",
             path.display()
         );
         return;

@@ -130,7 +130,7 @@ fn serve_upstream(s: TcpStream) -> std::io::Result<()> {
 }
 
 /// Reads one response; returns (status, body length).
-fn read_response(r: &mut BufReader<TcpStream>) -> (u16, usize) {
+fn read_response<S: Read>(r: &mut BufReader<S>) -> (u16, usize) {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
@@ -168,37 +168,54 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (u16, usize) {
     (status, cl)
 }
 
-fn connect(addr: std::net::SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+fn connect(addr: std::net::SocketAddr) -> BufReader<TcpStream> {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_nodelay(true).unwrap();
-    let r = BufReader::new(s.try_clone().unwrap());
-    (s, r)
+    BufReader::new(s)
 }
 
-/// One round of the traffic mix; returns the number of requests it made.
+/// Writes on the stream under a `BufReader` (a TLS stream cannot be cloned into two halves).
+struct W<'a, S>(&'a mut BufReader<S>);
+
+impl<S: Write> Write for W<'_, S> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.get_mut().write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.get_mut().flush()
+    }
+}
+
+/// One round of the traffic mix on a new connection; returns the number of requests it made.
 fn mix(addr: std::net::SocketAddr, big: bool) -> usize {
-    let (mut s, mut r) = connect(addr);
+    let mut r = connect(addr);
+    let n = requests(&mut r, big);
+    n + reject(&mut r)
+}
+
+/// The keep-alive part of the mix on an open connection; returns the number of requests made.
+fn requests<S: Read + Write>(r: &mut BufReader<S>, big: bool) -> usize {
     let mut n = 0;
     for i in 0..40 {
-        s.write_all(format!("GET /small/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
-        assert_eq!(read_response(&mut r).0, 200);
-        s.write_all(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world").unwrap();
-        assert_eq!(read_response(&mut r), (200, 6));
-        s.write_all(
+        W(r).write_all(format!("GET /small/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).unwrap();
+        assert_eq!(read_response(r).0, 200);
+        W(r).write_all(b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world").unwrap();
+        assert_eq!(read_response(r), (200, 6));
+        W(r).write_all(
             b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
         )
         .unwrap();
-        assert_eq!(read_response(&mut r).0, 200);
-        s.write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        assert_eq!(read_response(&mut r), (200, 11));
+        assert_eq!(read_response(r).0, 200);
+        W(r).write_all(b"GET /chunked HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_response(r), (200, 11));
         // Pipelined: three heads in one write.
-        s.write_all(
+        W(r).write_all(
             b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\nHEAD /c HTTP/1.1\r\nHost: t\r\n\r\n",
         )
         .unwrap();
-        assert_eq!(read_response(&mut r).0, 200);
-        assert_eq!(read_response(&mut r).0, 200);
+        assert_eq!(read_response(r).0, 200);
+        assert_eq!(read_response(r).0, 200);
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
         assert!(line.starts_with("HTTP/1.1 200"));
@@ -212,64 +229,74 @@ fn mix(addr: std::net::SocketAddr, big: bool) -> usize {
         n += 7;
     }
     if big {
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        assert_eq!(read_response(&mut r), (200, BIG));
+        W(r).write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_response(r), (200, BIG));
         let body = vec![b'y'; BIG];
-        write!(s, "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {BIG}\r\n\r\n").unwrap();
-        s.write_all(&body).unwrap();
-        assert_eq!(read_response(&mut r).0, 200);
+        write!(W(r), "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {BIG}\r\n\r\n").unwrap();
+        W(r).write_all(&body).unwrap();
+        assert_eq!(read_response(r).0, 200);
         n += 2;
     }
     // A request Apex answers itself (no route), keep-alive continues.
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n").unwrap();
-    assert_eq!(read_response(&mut r).0, 404);
-    // A request Apex rejects: 400 and close.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n").unwrap();
-    assert_eq!(read_response(&mut r).0, 400);
-    n + 2
+    W(r).write_all(b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n").unwrap();
+    assert_eq!(read_response(r).0, 404);
+    n + 1
 }
 
-#[test]
-fn keep_alive_traffic_allocates_nothing() {
+/// A request Apex rejects: 400 and close.
+fn reject<S: Read + Write>(r: &mut BufReader<S>) -> usize {
+    W(r).write_all(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n").unwrap();
+    assert_eq!(read_response(r).0, 400);
+    1
+}
+
+struct Outcome {
+    allocs: u64,
+    bytes: u64,
+    requests: usize,
+    logged: usize,
+    upstream_accepts: usize,
+}
+
+/// Runs one worker on this thread for `text` (plus an access log) while `client` runs on its own
+/// thread with the bound addresses. `client` calls `warm()` once its warm-up is over, and gets
+/// back when counting has started; it returns the requests it made after that. Allocations on
+/// this thread are counted from then until `client` returns.
+fn run(text: &str, client: impl FnOnce(Vec<std::net::SocketAddr>, &dyn Fn()) -> usize + Send + 'static) -> Outcome {
+    // The counter is global: one measured worker at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let up = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = up.local_addr().unwrap();
     let accepts = Arc::new(AtomicUsize::new(0));
     let acc = Arc::clone(&accepts);
     std::thread::spawn(move || upstream(up, acc));
-
+    let log_path = std::env::temp_dir().join(format!("apex-alloc-free-{}-{}.log", std::process::id(), text.len()));
     let text = format!(
         "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nconnections = 64\n\
-         [log]\naccess = \"{}\"\n[[route]]\nhost = \"t\"\nupstream = \"app\"\n[upstream.app]\nservers = [\"{up_addr}\"]\n",
-        std::env::temp_dir().join(format!("apex-alloc-free-{}.log", std::process::id())).display()
+         [log]\naccess = \"{}\"\n[[route]]\nhost = \"t\"\nupstream = \"app\"\n[upstream.app]\nservers = [\"{up_addr}\"]\n{text}",
+        log_path.display()
     );
     let cfg = Config::parse(&text, "test").unwrap();
     let (addrs, mut listeners) = apex::reactor::bind_all(&cfg).unwrap();
-    let addr = addrs[0];
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
-    let log_path = std::env::temp_dir().join(format!("apex-alloc-free-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_path);
     let (logger, mut logs) = apex::log::Logger::start(apex::log::Sink::File(log_path.clone()), 1).unwrap();
     let mut worker = Worker::new(shared, listeners.remove(0), logs.remove(0)).unwrap();
 
     let warm = Arc::new(AtomicBool::new(false));
+    let armed_flag = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     let requests = Arc::new(AtomicUsize::new(0));
-    let (w2, d2, r2) = (Arc::clone(&warm), Arc::clone(&done), Arc::clone(&requests));
+    let (w2, a2, d2, r2) = (Arc::clone(&warm), Arc::clone(&armed_flag), Arc::clone(&done), Arc::clone(&requests));
     let client = std::thread::spawn(move || {
-        // Warm-up: every kind of request, on several connections at once, twice.
-        for _ in 0..2 {
-            let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(move || mix(addr, true))).collect();
-            hs.into_iter().for_each(|h| {
-                h.join().unwrap();
-            });
-        }
-        w2.store(true, SeqCst);
-        std::thread::sleep(Duration::from_millis(50));
-        let mut total = 0;
-        while total < 10_000 {
-            let hs: Vec<_> = (0..4).map(|k| std::thread::spawn(move || mix(addr, k == 0))).collect();
-            total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
-        }
+        let warmed = move || {
+            w2.store(true, SeqCst);
+            while !a2.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        let total = client(addrs, &warmed);
         r2.store(total, SeqCst);
         d2.store(true, SeqCst);
     });
@@ -282,13 +309,15 @@ fn keep_alive_traffic_allocates_nothing() {
         if !armed && warm.load(SeqCst) {
             // Let the warm-up connections' closes drain, then count.
             for _ in 0..20 {
-                worker.turn(&mut events).unwrap();
+                worker.turn_within(&mut events, Duration::from_millis(1)).unwrap();
             }
             ALLOCS.store(0, SeqCst);
+            ALLOC_BYTES.store(0, SeqCst);
             ARMED.with(|a| a.set(true));
             armed = true;
+            armed_flag.store(true, SeqCst);
         }
-        worker.turn(&mut events).unwrap();
+        worker.turn_within(&mut events, Duration::from_millis(5)).unwrap();
     }
     ARMED.with(|a| a.set(false));
     client.join().unwrap();
@@ -300,14 +329,115 @@ fn keep_alive_traffic_allocates_nothing() {
     logger.stop();
     let logged = std::fs::read_to_string(&log_path).unwrap().lines().count();
     let _ = std::fs::remove_file(&log_path);
-    let allocs = ALLOCS.load(SeqCst);
-    let total = requests.load(SeqCst);
+    Outcome {
+        allocs: ALLOCS.load(SeqCst),
+        bytes: ALLOC_BYTES.load(SeqCst),
+        requests: requests.load(SeqCst),
+        logged,
+        upstream_accepts: accepts.load(SeqCst),
+    }
+}
+
+fn check(o: &Outcome) {
+    let total = o.requests;
     assert!(total >= 10_000, "only {total} requests measured");
-    assert!(logged >= total, "access log has {logged} lines for {total}+ requests");
-    assert!(
-        accepts.load(SeqCst) < total / 10,
-        "upstream connections were not reused: {} accepts",
-        accepts.load(SeqCst)
+    assert!(o.logged >= total, "access log has {} lines for {total}+ requests", o.logged);
+    assert!(o.upstream_accepts < total / 10, "upstream connections were not reused: {} accepts", o.upstream_accepts);
+    assert_eq!(o.allocs, 0, "{} heap allocations ({} bytes) over {total} requests", o.allocs, o.bytes);
+}
+
+#[test]
+fn keep_alive_traffic_allocates_nothing() {
+    let o = run("", |addrs, warmed| {
+        let addr = addrs[0];
+        // Warm-up: every kind of request, on several connections at once, twice.
+        for _ in 0..2 {
+            let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(move || mix(addr, true))).collect();
+            hs.into_iter().for_each(|h| {
+                h.join().unwrap();
+            });
+        }
+        warmed();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut total = 0;
+        while total < 10_000 {
+            let hs: Vec<_> = (0..4).map(|k| std::thread::spawn(move || mix(addr, k == 0))).collect();
+            total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
+        }
+        total
+    });
+    check(&o);
+}
+
+/// The same mix over TLS keep-alive connections (TLS 1.3 and 1.2, AES-GCM and ChaCha20): after
+/// the handshake, a request allocates nothing either. The handshakes happen in the warm-up;
+/// a handshake allocates (rustls builds its state on the heap), a request does not.
+#[test]
+fn tls_keep_alive_traffic_allocates_nothing() {
+    let dir = std::env::temp_dir().join(format!("apex-alloc-free-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["t".to_string()]).unwrap();
+    std::fs::write(dir.join("t.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("t.key"), ck.signing_key.serialize_pem()).unwrap();
+    let der = ck.cert.der().clone();
+    let tls = format!(
+        "[tls]\nlisten = [\"127.0.0.1:0\"]\n[[tls.cert]]\nchain = \"{0}/t.pem\"\nkey = \"{0}/t.key\"\nnames = [\"t\"]\n",
+        dir.display()
     );
-    assert_eq!(allocs, 0, "{allocs} heap allocations ({} bytes) over {total} requests", ALLOC_BYTES.load(SeqCst));
+    let o = run(&tls, move |addrs, warmed| {
+        let addr = addrs[1];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        use rustls::crypto::ring::cipher_suite as cs;
+        let kinds = [
+            (&rustls::version::TLS13, cs::TLS13_AES_128_GCM_SHA256),
+            (&rustls::version::TLS13, cs::TLS13_CHACHA20_POLY1305_SHA256),
+            (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+            (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+        ];
+        // One thread per connection; all warm up at once (the record-buffer pool grows to the
+        // number of connections busy at the same time, once), then all are measured at once.
+        let ready = Arc::new(AtomicUsize::new(0));
+        let go = Arc::new(AtomicBool::new(false));
+        let hs: Vec<_> = kinds
+            .iter()
+            .enumerate()
+            .map(|(k, &(v, suite))| {
+                let mut p = rustls::crypto::CryptoProvider::clone(&provider);
+                p.cipher_suites = vec![suite];
+                let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+                    .with_protocol_versions(&[v])
+                    .unwrap()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth();
+                let (ready, go) = (Arc::clone(&ready), Arc::clone(&go));
+                std::thread::spawn(move || {
+                    let name = rustls::pki_types::ServerName::try_from("t").unwrap();
+                    let c = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+                    let mut r = BufReader::new(rustls::StreamOwned::new(c, connect(addr).into_inner()));
+                    for _ in 0..2 {
+                        requests(&mut r, true); // the handshake happens here
+                    }
+                    ready.fetch_add(1, SeqCst);
+                    while !go.load(SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let mut n = 0;
+                    for _ in 0..10 {
+                        n += requests(&mut r, k == 0);
+                    }
+                    n + reject(&mut r)
+                })
+            })
+            .collect();
+        while ready.load(SeqCst) < kinds.len() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        warmed();
+        go.store(true, SeqCst);
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    check(&o);
 }

@@ -88,7 +88,7 @@ impl std::fmt::Write for Out<'_> {
 }
 
 /// How the request body goes upstream.
-pub fn write_request(req: &Request, client_ip: IpAddr, out: &mut Out) {
+pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, out: &mut Out) {
     out.put(req.method.as_bytes());
     out.put(b" ");
     out.put(req.path.as_bytes());
@@ -125,7 +125,8 @@ pub fn write_request(req: &Request, client_ip: IpAddr, out: &mut Out) {
     }
     out.put_ip(client_ip);
     out.put(b"\r\n");
-    out.put(b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    out.put(if https { &b"X-Forwarded-Proto: https\r\n"[..] } else { &b"X-Forwarded-Proto: http\r\n"[..] });
+    out.put(b"X-Forwarded-Host: ");
     out.put(req.host);
     out.put(b"\r\n");
     match req.framing {
@@ -245,7 +246,7 @@ mod tests {
         let req = parse_request(head, &arena, 32).unwrap();
         let mut buf = [0u8; 2048];
         let mut out = Out::new(&mut buf);
-        write_request(&req, "10.0.0.9".parse().unwrap(), &mut out);
+        write_request(&req, "10.0.0.9".parse().unwrap(), false, &mut out);
         let n = out.finish().unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }

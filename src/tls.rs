@@ -1,0 +1,844 @@
+//! TLS termination. rustls runs the handshake (its unbuffered API, into our pooled buffers);
+//! once it completes, its traffic secrets are taken out (`dangerous_into_kernel_connection`, the
+//! API made for kTLS) and application records are sealed and opened here, in place in pooled
+//! buffers, with ring's AEAD. rustls 0.23 allocates a `Vec` for every record it decrypts or
+//! encrypts itself, and iron law 2 forbids that per request; this kernel has no kTLS (`tls` is
+//! not in tcp_available_ulp), so the record layer is ours: RFC 8446 §5 for TLS 1.3, RFC 5288
+//! (AES-GCM) and RFC 7905 (ChaCha20-Poly1305) for TLS 1.2.
+//!
+//! To the connection this is a socket that reads and writes plaintext: `read` fills a `Buf` with
+//! decrypted bytes, `write` takes plaintext from one. A plaintext byte counts as written only
+//! when its record has left for the socket, so "cout is empty" still means "all sent".
+
+use std::io;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError};
+use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig};
+
+use crate::buf::{Buf, BufPool};
+use crate::io::{Filled, Io, fill, flush};
+use crate::limits::{TLS_BUF_BYTES, TLS_RECORD_PLAIN_MAX};
+
+pub type TlsBuf = Buf<TLS_BUF_BYTES>;
+pub type TlsBufPool = BufPool<TLS_BUF_BYTES>;
+
+const HEADER: usize = 5;
+const TAG: usize = 16;
+/// RFC 8446 §5.2: a TLSCiphertext fragment is at most 2^14 + 256 bytes; RFC 5246 §6.2.3 allows
+/// 2^14 + 2048 in TLS 1.2.
+const CIPHERTEXT_MAX: usize = (1 << 14) + 2048;
+const CT_ALERT: u8 = 21;
+const CT_HANDSHAKE: u8 = 22;
+const CT_APPDATA: u8 = 23;
+const HS_KEY_UPDATE: u8 = 24;
+/// Records sealed or opened with one key before the connection is closed: AES-GCM's limit in
+/// TLS 1.3 is 2^24.5 records (RFC 8446 §5.5); this stays well under it for every suite.
+const RECORDS_PER_KEY_MAX: u64 = 1 << 23;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Version {
+    Tls12Gcm,
+    Tls12Chacha,
+    Tls13,
+}
+
+/// One direction's key, fixed IV and sequence number.
+struct Dir {
+    key: LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl Dir {
+    fn new(seq: u64, s: ConnectionTrafficSecrets) -> io::Result<Dir> {
+        let (alg, key, iv) = match &s {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
+            _ => return Err(bad("unsupported cipher suite")),
+        };
+        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| bad("bad traffic key"))?;
+        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| bad("bad traffic iv"))?;
+        Ok(Dir { key: LessSafeKey::new(key), iv, seq })
+    }
+
+    /// RFC 8446 §5.3 (and RFC 7905 §2, rustls's TLS 1.2 GCM): the IV XOR the sequence number.
+    fn nonce(&self) -> [u8; 12] {
+        let mut n = self.iv;
+        for (b, s) in n.iter_mut().skip(4).zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        n
+    }
+
+    fn next(&mut self) -> io::Result<()> {
+        self.seq += 1;
+        if self.seq >= RECORDS_PER_KEY_MAX {
+            return Err(bad("record limit for this key reached"));
+        }
+        Ok(())
+    }
+}
+
+/// The record layer after the handshake.
+struct Records {
+    version: Version,
+    tx: Dir,
+    rx: Dir,
+    kernel: KernelConnection<ServerConnectionData>,
+}
+
+enum Opened {
+    /// Application data at `from..to` of the record (offsets within the buffer's filled bytes).
+    Data { from: usize, to: usize },
+    /// close_notify.
+    Closed,
+    /// A record that carried nothing for the application (a handled KeyUpdate).
+    Nothing,
+}
+
+impl Records {
+    fn new(kernel: KernelConnection<ServerConnectionData>, secrets: rustls::ExtractedSecrets) -> io::Result<Self> {
+        let version = match (kernel.protocol_version(), &secrets.tx.1) {
+            (ProtocolVersion::TLSv1_3, _) => Version::Tls13,
+            (ProtocolVersion::TLSv1_2, ConnectionTrafficSecrets::Chacha20Poly1305 { .. }) => Version::Tls12Chacha,
+            (ProtocolVersion::TLSv1_2, _) => Version::Tls12Gcm,
+            _ => return Err(bad("unsupported protocol version")),
+        };
+        let (ts, tk) = secrets.tx;
+        let (rs, rk) = secrets.rx;
+        Ok(Records { version, tx: Dir::new(ts, tk)?, rx: Dir::new(rs, rk)?, kernel })
+    }
+
+    /// Plaintext bytes that fit in one record written into `room` bytes of buffer.
+    fn plain_room(&self, room: usize) -> usize {
+        let overhead = HEADER + TAG + if self.version == Version::Tls12Gcm { 8 } else { 0 } + 1;
+        room.saturating_sub(overhead).min(TLS_RECORD_PLAIN_MAX)
+    }
+
+    /// Seals `plain` as one record of type `ct` at the start of `out`. Returns the record length.
+    fn seal(&mut self, ct: u8, plain: &[u8], out: &mut [u8]) -> io::Result<usize> {
+        let explicit = if self.version == Version::Tls12Gcm { 8 } else { 0 };
+        let inner = plain.len() + usize::from(self.version == Version::Tls13);
+        let body = explicit + inner + TAG;
+        let total = HEADER + body;
+        let rec = out.get_mut(..total).ok_or_else(|| bad("record does not fit"))?;
+        let nonce = self.tx.nonce();
+        // RFC 8446 §5.2: a TLS 1.3 record is application_data on the wire; the real type is the
+        // last byte of the encrypted inner plaintext.
+        let outer = if self.version == Version::Tls13 { CT_APPDATA } else { ct };
+        let len = u16::try_from(body).map_err(|_| bad("record too long"))?;
+        let [l0, l1] = len.to_be_bytes();
+        let (head, rest) = rec.split_at_mut(HEADER);
+        head.copy_from_slice(&[outer, 3, 3, l0, l1]);
+        let (nonce_out, rest) = rest.split_at_mut(explicit);
+        let (data, tag_out) = rest.split_at_mut(inner);
+        let (p, typ) = data.split_at_mut(plain.len());
+        p.copy_from_slice(plain);
+        if let Some(t) = typ.first_mut() {
+            *t = ct;
+        }
+        let aad_12;
+        let aad: &[u8] = if self.version == Version::Tls13 {
+            head
+        } else {
+            // RFC 5246 §6.2.3.3: seq_num + type + version + length of the plaintext.
+            aad_12 = aad12(self.tx.seq, ct, plain.len());
+            &aad_12
+        };
+        if let Some(e) = nonce.get(4..) {
+            nonce_out.copy_from_slice(e.get(..explicit).unwrap_or(&[]));
+        }
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), data)
+            .map_err(|_| bad("seal failed"))?;
+        tag_out.copy_from_slice(tag.as_ref());
+        self.tx.next()?;
+        Ok(total)
+    }
+
+    /// Opens the record at the start of `buf` (whole: the caller checked its length).
+    fn open(&mut self, rec: &mut [u8], out_room: &mut [u8]) -> io::Result<(Opened, usize)> {
+        let (head, body) = rec.split_at_mut(HEADER);
+        let outer = head.first().copied().unwrap_or(0);
+        let (nonce, aad_buf, sealed, skip);
+        match self.version {
+            Version::Tls13 => {
+                // RFC 8446 §5.1-5.2: after the handshake only application_data records.
+                if outer != CT_APPDATA {
+                    return Err(bad("unexpected record type"));
+                }
+                nonce = self.rx.nonce();
+                aad_buf = [0u8; 13];
+                sealed = body;
+                skip = 0;
+            }
+            Version::Tls12Gcm | Version::Tls12Chacha => {
+                let explicit = if self.version == Version::Tls12Gcm { 8 } else { 0 };
+                let plain_len = body.len().checked_sub(explicit + TAG).ok_or_else(|| bad("short record"))?;
+                let mut n = if explicit > 0 { self.rx.iv } else { self.rx.nonce() };
+                if explicit > 0 {
+                    // RFC 5288 §3: salt from the key block, then the record's explicit nonce.
+                    if let (Some(d), Some(s)) = (n.get_mut(4..), body.get(..8)) {
+                        d.copy_from_slice(s);
+                    }
+                }
+                nonce = n;
+                aad_buf = aad12(self.rx.seq, outer, plain_len);
+                sealed = body.get_mut(explicit..).unwrap_or(&mut []);
+                skip = explicit;
+            }
+        }
+        let aad: &[u8] = if self.version == Version::Tls13 { head } else { &aad_buf };
+        let plain = self
+            .rx
+            .key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), sealed)
+            .map_err(|_| bad("bad record mac"))?;
+        self.rx.next()?;
+        let (ct, len) = if self.version == Version::Tls13 {
+            // RFC 8446 §5.4: strip the zero padding; the last non-zero byte is the type.
+            let Some(i) = plain.iter().rposition(|&b| b != 0) else {
+                return Err(bad("record without a content type"));
+            };
+            (plain.get(i).copied().unwrap_or(0), i)
+        } else {
+            (outer, plain.len())
+        };
+        let from = HEADER + skip;
+        match ct {
+            CT_APPDATA => Ok((Opened::Data { from, to: from + len }, 0)),
+            CT_ALERT => {
+                // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0); anything else ends it.
+                if plain.get(..len) == Some(&[1, 0][..]) {
+                    Ok((Opened::Closed, 0))
+                } else {
+                    Err(bad("alert from the client"))
+                }
+            }
+            CT_HANDSHAKE if self.version == Version::Tls13 => {
+                let msg = plain.get(..len).unwrap_or(&[]);
+                self.key_update(msg, out_room).map(|n| (Opened::Nothing, n))
+            }
+            // TLS 1.2 renegotiation and anything else: refused by closing.
+            _ => Err(bad("unexpected record")),
+        }
+    }
+
+    /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the client asks for it, a
+    /// KeyUpdate of ours goes out (under the old key) and the send key moves on too. Returns the
+    /// bytes written into `out` (0 or one record).
+    fn key_update(&mut self, msg: &[u8], out: &mut [u8]) -> io::Result<usize> {
+        let &[HS_KEY_UPDATE, 0, 0, 1, req] = msg else {
+            return Err(bad("unexpected post-handshake message"));
+        };
+        let (seq, s) = self.kernel.update_rx_secret().map_err(|_| bad("key update failed"))?;
+        self.rx = Dir::new(seq, s)?;
+        match req {
+            0 => Ok(0),
+            1 => {
+                let n = self.seal(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], out)?;
+                let (seq, s) = self.kernel.update_tx_secret().map_err(|_| bad("key update failed"))?;
+                self.tx = Dir::new(seq, s)?;
+                Ok(n)
+            }
+            _ => Err(bad("bad key update")),
+        }
+    }
+}
+
+fn aad12(seq: u64, ct: u8, len: usize) -> [u8; 13] {
+    let mut a = [0u8; 13];
+    let [l0, l1] = (len as u16).to_be_bytes();
+    for (d, s) in a.iter_mut().zip(seq.to_be_bytes().into_iter().chain([ct, 3, 3, l0, l1])) {
+        *d = s;
+    }
+    a
+}
+
+/// What the handshake loop does after a state is handled.
+enum Hs {
+    Go,
+    Flush,
+    Read,
+    Full,
+    Eof,
+    Done,
+}
+
+/// Bytes the record at the front of `b` needs in all (its header's length + 5), or 5 while the
+/// header is incomplete.
+fn record_need(b: &[u8]) -> usize {
+    match b.get(..HEADER) {
+        Some(&[_, _, _, l0, l1]) => HEADER + usize::from(u16::from_be_bytes([l0, l1])),
+        _ => HEADER,
+    }
+}
+
+fn bad(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// A client connection's TLS state.
+pub struct Tls {
+    hs: Option<UnbufferedServerConnection>,
+    rec: Option<Records>,
+    /// Bytes from the socket, not yet opened.
+    rin: Option<TlsBuf>,
+    /// Records (handshake or sealed data) not yet written to the socket.
+    rout: Option<TlsBuf>,
+    /// Plaintext of the opened record at the front of `rin` not yet handed out:
+    /// `rin.filled()[from..to]`, and the record's length.
+    plain: (u32, u32, u32),
+    /// Bytes at the front of the caller's plaintext buffer already sealed into `rout`.
+    ahead: u32,
+    eof: bool,
+    /// The handshake failed and an alert went out: what the client still sends is discarded.
+    failed: bool,
+}
+
+impl Tls {
+    pub fn new(cfg: Arc<ServerConfig>) -> io::Result<Tls> {
+        let hs = UnbufferedServerConnection::new(cfg).map_err(|_| bad("tls setup"))?;
+        Ok(Tls {
+            hs: Some(hs),
+            rec: None,
+            rin: None,
+            rout: None,
+            plain: (0, 0, 0),
+            ahead: 0,
+            eof: false,
+            failed: false,
+        })
+    }
+
+    /// The handshake failed and the client was told why: close gracefully (linger) so the
+    /// alert is read, not lost to a reset.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Holds no buffer (an idle connection gives them back).
+    pub fn release(&mut self, pool: &mut TlsBufPool) {
+        pool.release_if_empty(&mut self.rin);
+        pool.release_if_empty(&mut self.rout);
+    }
+
+    pub fn release_all(&mut self, pool: &mut TlsBufPool) {
+        pool.release(&mut self.rin);
+        pool.release(&mut self.rout);
+    }
+
+    /// Puts decrypted bytes into `dst`, reading the socket as needed; drives the handshake first.
+    pub fn read<const N: usize>(
+        &mut self,
+        sock: &TcpStream,
+        io: &mut Io,
+        pool: &mut TlsBufPool,
+        dst: &mut Buf<N>,
+    ) -> io::Result<Filled> {
+        if self.failed {
+            // Lingering after an alert: read and drop.
+            let rin = pool.fill_slot(&mut self.rin);
+            rin.clear();
+            let r = fill(sock, io, rin);
+            rin.clear();
+            return r;
+        }
+        let before = dst.len();
+        let r = self.read_inner(sock, io, pool, dst);
+        let added = dst.len().saturating_sub(before);
+        match r {
+            // Application data that came with the handshake's last flight is in `dst`.
+            Ok(Filled::Idle) if added > 0 => Ok(Filled::Data(added)),
+            r => r,
+        }
+    }
+
+    fn read_inner<const N: usize>(
+        &mut self,
+        sock: &TcpStream,
+        io: &mut Io,
+        pool: &mut TlsBufPool,
+        dst: &mut Buf<N>,
+    ) -> io::Result<Filled> {
+        loop {
+            let (from, to, end) = self.plain;
+            if from < to {
+                let rin = self.rin.as_mut().ok_or_else(|| bad("tls state"))?;
+                let src = rin.filled().get(from as usize..to as usize).unwrap_or(&[]);
+                let spare = dst.spare();
+                let n = src.len().min(spare.len());
+                if n == 0 {
+                    return Ok(Filled::Idle);
+                }
+                if let (Some(d), Some(s)) = (spare.get_mut(..n), src.get(..n)) {
+                    d.copy_from_slice(s);
+                }
+                dst.commit(n);
+                self.plain.0 += n as u32;
+                if self.plain.0 == to {
+                    rin.consume(end as usize);
+                    self.plain = (0, 0, 0);
+                }
+                return Ok(Filled::Data(n));
+            }
+            if self.eof {
+                return Ok(Filled::Eof);
+            }
+            if self.hs.is_some() {
+                if !self.handshake(sock, io, pool, dst)? {
+                    return Ok(Filled::Idle);
+                }
+                continue;
+            }
+            if self.open_one(sock, io, pool)? {
+                continue;
+            }
+            let rin = pool.fill_slot(&mut self.rin);
+            rin.reserve(record_need(rin.filled()));
+            match fill(sock, io, rin)? {
+                Filled::Data(_) => {}
+                Filled::Idle => {
+                    pool.release_if_empty(&mut self.rin);
+                    return Ok(Filled::Idle);
+                }
+                // A TCP close without close_notify: HTTP framing decides whether that truncated
+                // anything (RFC 8446 §6.1 leaves it to the application).
+                Filled::Eof => {
+                    self.eof = true;
+                    return Ok(Filled::Eof);
+                }
+            }
+        }
+    }
+
+    /// Opens the next whole record in `rin`, if there is one. Returns whether it made progress.
+    fn open_one(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<bool> {
+        let (Some(rec), Some(rin)) = (self.rec.as_mut(), self.rin.as_mut()) else {
+            return Ok(false);
+        };
+        let need = record_need(rin.filled());
+        if need > HEADER + CIPHERTEXT_MAX {
+            return Err(bad("record too long")); // RFC 8446 §5.2: record_overflow
+        }
+        if rin.len() < need || need <= HEADER {
+            return Ok(false);
+        }
+        let rout = pool.fill_slot(&mut self.rout);
+        let whole = rin.filled_mut().get_mut(..need).ok_or_else(|| bad("tls state"))?;
+        let (opened, wrote) = rec.open(whole, rout.spare())?;
+        rout.commit(wrote);
+        match opened {
+            Opened::Data { from, to } if from < to => self.plain = (from as u32, to as u32, need as u32),
+            Opened::Data { .. } | Opened::Nothing => rin.consume(need),
+            Opened::Closed => {
+                rin.consume(need);
+                self.eof = true;
+            }
+        }
+        flush(sock, io, rout)?;
+        pool.release_if_empty(&mut self.rout);
+        Ok(true)
+    }
+
+    /// Drives the handshake as far as the bytes at hand allow. Returns false when it waits for
+    /// the socket (or for room in `dst`). Application data that arrives with the client's last
+    /// flight goes to `dst`.
+    fn handshake<const N: usize>(
+        &mut self,
+        sock: &TcpStream,
+        io: &mut Io,
+        pool: &mut TlsBufPool,
+        dst: &mut Buf<N>,
+    ) -> io::Result<bool> {
+        loop {
+            let Some(hs) = self.hs.as_mut() else { return Ok(true) };
+            let rin = pool.fill_slot(&mut self.rin);
+            let rout = pool.fill_slot(&mut self.rout);
+            let st = hs.process_tls_records(rin.filled_mut());
+            let discard = st.discard;
+            let state = match st.state {
+                Ok(state) => state,
+                Err(_) => {
+                    // rustls queued a fatal alert (no_application_protocol, handshake_failure,
+                    // ...): it goes out before the close (RFC 8446 §6.2), so the client learns why.
+                    // rustls checks the buffer against what it has already parsed: apply this
+                    // status's discard first and hand it the same bytes (an empty slice panics).
+                    // Everything queued goes out: a ServerHello may precede the alert.
+                    rin.consume(discard);
+                    let mut encoded = false;
+                    for _ in 0..8 {
+                        let st = hs.process_tls_records(rin.filled_mut());
+                        let discard = st.discard;
+                        let ok = match st.state {
+                            Ok(ConnectionState::EncodeTlsData(mut e)) => e.encode(rout.spare()).ok(),
+                            _ => None,
+                        };
+                        rin.consume(discard);
+                        let Some(n) = ok else { break };
+                        rout.commit(n);
+                        encoded = true;
+                    }
+                    self.failed = encoded && flush(sock, io, rout).is_ok() && rout.is_empty();
+                    return Err(bad("tls handshake failed"));
+                }
+            };
+            let next = match state {
+                ConnectionState::EncodeTlsData(mut e) => match e.encode(rout.spare()) {
+                    Ok(n) => {
+                        rout.commit(n);
+                        Hs::Go
+                    }
+                    // What is queued goes out first; then the same record is offered again.
+                    Err(EncodeError::InsufficientSize(_)) if !rout.is_empty() => Hs::Flush,
+                    Err(_) => return Err(bad("handshake message too large")),
+                },
+                ConnectionState::TransmitTlsData(t) => {
+                    // Queued in `rout` is as good as sent: it leaves before anything sealed later.
+                    t.done();
+                    Hs::Flush
+                }
+                ConnectionState::BlockedHandshake => Hs::Read,
+                ConnectionState::ReadTraffic(mut r) => {
+                    let mut next = Hs::Go;
+                    loop {
+                        match r.peek_len() {
+                            None => break,
+                            Some(n) if n.get() > dst.spare_len() => {
+                                next = Hs::Full;
+                                break;
+                            }
+                            Some(_) => {}
+                        }
+                        match r.next_record() {
+                            Some(Ok(rec)) => {
+                                if !dst.put(rec.payload) {
+                                    return Err(bad("tls state"));
+                                }
+                            }
+                            Some(Err(_)) => return Err(bad("tls record")),
+                            None => break,
+                        }
+                    }
+                    next
+                }
+                ConnectionState::WriteTraffic(_) => Hs::Done,
+                ConnectionState::PeerClosed | ConnectionState::Closed => Hs::Eof,
+                _ => return Err(bad("unexpected tls state")),
+            };
+            rin.consume(discard);
+            match next {
+                Hs::Go => {}
+                Hs::Flush => {
+                    flush(sock, io, rout)?;
+                    if !rout.is_empty() {
+                        return Ok(false);
+                    }
+                }
+                Hs::Read => {
+                    flush(sock, io, rout)?;
+                    rin.reserve(record_need(rin.filled()));
+                    match fill(sock, io, rin)? {
+                        Filled::Data(_) => {}
+                        Filled::Idle => return Ok(false),
+                        Filled::Eof => return Err(bad("client closed during the handshake")),
+                    }
+                }
+                Hs::Full => return Ok(false),
+                Hs::Eof => {
+                    self.eof = true;
+                    return Ok(true);
+                }
+                Hs::Done => {
+                    let Some(hs) = self.hs.take() else { return Ok(true) };
+                    let (secrets, kernel) = hs.dangerous_into_kernel_connection().map_err(|_| bad("tls secrets"))?;
+                    self.rec = Some(Records::new(kernel, secrets)?);
+                    if let Some(out) = self.rout.as_mut() {
+                        flush(sock, io, out)?;
+                    }
+                    pool.release_if_empty(&mut self.rout);
+                    pool.release_if_empty(&mut self.rin);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Seals plaintext from the front of `src` and writes records to the socket. Bytes leave
+    /// `src` only when their records have all been written. Returns plaintext bytes consumed.
+    pub fn write<const N: usize>(
+        &mut self,
+        sock: &TcpStream,
+        io: &mut Io,
+        pool: &mut TlsBufPool,
+        src: &mut Buf<N>,
+    ) -> io::Result<usize> {
+        let mut consumed = 0;
+        loop {
+            if let Some(out) = self.rout.as_mut() {
+                flush(sock, io, out)?;
+                if !out.is_empty() {
+                    return Ok(consumed);
+                }
+            }
+            let ahead = (self.ahead as usize).min(src.len());
+            src.consume(ahead);
+            consumed += ahead;
+            self.ahead = 0;
+            let Some(rec) = self.rec.as_mut() else { return Ok(consumed) };
+            if src.is_empty() || !io.writable {
+                pool.release_if_empty(&mut self.rout);
+                return Ok(consumed);
+            }
+            let out = pool.fill_slot(&mut self.rout);
+            let mut sealed = 0;
+            loop {
+                let rest = src.filled().get(sealed..).unwrap_or(&[]);
+                let spare = out.spare();
+                let n = rest.len().min(rec.plain_room(spare.len()));
+                if n == 0 {
+                    break;
+                }
+                let w = rec.seal(CT_APPDATA, rest.get(..n).unwrap_or(&[]), spare)?;
+                out.commit(w);
+                sealed += n;
+            }
+            self.ahead = sealed as u32;
+        }
+    }
+
+    /// Writes records already sealed (handshake, a KeyUpdate reply). Returns bytes written.
+    pub fn flush(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<usize> {
+        let n = match self.rout.as_mut() {
+            Some(out) => flush(sock, io, out)?,
+            None => 0,
+        };
+        pool.release_if_empty(&mut self.rout);
+        Ok(n)
+    }
+}
+
+// ---- configuration ---------------------------------------------------------------------------
+
+/// One `[[tls.cert]]`: a chain, its key, and the SNI names it serves.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    pub chain: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub names: Vec<String>,
+}
+
+/// Picks a certificate by SNI: exact names, then one-label wildcards (`*.example.com`), then the
+/// first certificate, unless `strict` (then an unknown or absent name fails the handshake).
+#[derive(Debug)]
+struct Sni {
+    /// Lowercase names; a wildcard is stored as its suffix with the dot (`.example.com`).
+    exact: Vec<(Box<str>, usize)>,
+    wild: Vec<(Box<str>, usize)>,
+    keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+    strict: bool,
+}
+
+impl rustls::server::ResolvesServerCert for Sni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let found = hello.server_name().and_then(|n| {
+            let exact = self.exact.iter().find(|(e, _)| e.eq_ignore_ascii_case(n));
+            let wild = || {
+                let dot = n.find('.')?;
+                let suffix = n.get(dot..)?;
+                self.wild.iter().find(|(w, _)| w.eq_ignore_ascii_case(suffix))
+            };
+            exact.or_else(wild).map(|&(_, i)| i)
+        });
+        let i = match found {
+            Some(i) => i,
+            None if self.strict => return None,
+            None => 0,
+        };
+        self.keys.get(i).cloned()
+    }
+}
+
+/// Loads every certificate and key and builds the rustls server config. An error names the
+/// entry (its index in `certs`) and the file.
+pub fn server_config(certs: &[CertSpec], strict_sni: bool) -> Result<Arc<ServerConfig>, (usize, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut sni = Sni { exact: Vec::new(), wild: Vec::new(), keys: Vec::new(), strict: strict_sni };
+    for (i, c) in certs.iter().enumerate() {
+        let chain_name = c.chain.display();
+        let key_name = c.key.display();
+        std::fs::metadata(&c.chain).map_err(|e| (i, format!("chain {chain_name}: {e}")))?;
+        std::fs::metadata(&c.key).map_err(|e| (i, format!("key {key_name}: {e}")))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.chain)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| (i, format!("chain {chain_name}: not a PEM certificate chain ({e})")))?;
+        let Some(leaf) = chain.first() else {
+            return Err((i, format!("chain {chain_name}: no certificate in it")));
+        };
+        if let Some(end) = not_after(leaf)
+            && end < now_utc()
+        {
+            return Err((i, format!("chain {chain_name}: the certificate expired on {}", show_time(end))));
+        }
+        let key = PrivateKeyDer::from_pem_file(&c.key)
+            .map_err(|e| (i, format!("key {key_name}: not a PEM private key ({e})")))?;
+        let ck = rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            let why = match e {
+                rustls::Error::InconsistentKeys(_) => "does not match the certificate".to_string(),
+                e => format!("unusable ({e})"),
+            };
+            (i, format!("key {key_name} {why} in {chain_name}"))
+        })?;
+        let ck = Arc::new(ck);
+        for n in &c.names {
+            let lower = n.to_ascii_lowercase();
+            // webpki checks the name against the certificate; a wildcard is checked with a
+            // name it must cover.
+            let probe = match lower.strip_prefix("*.") {
+                Some(rest) => format!("apex-wildcard-probe.{rest}"),
+                None => lower.clone(),
+            };
+            let mut check = rustls::server::ResolvesServerCertUsingSni::new();
+            if check.add(&probe, rustls::sign::CertifiedKey::clone(&ck)).is_err() {
+                return Err((i, format!("chain {chain_name}: the certificate does not cover the name {n:?}")));
+            }
+            match lower.strip_prefix('*') {
+                Some(suffix) => sni.wild.push((suffix.into(), sni.keys.len())),
+                None => sni.exact.push((lower.into(), sni.keys.len())),
+            }
+        }
+        sni.keys.push(ck);
+    }
+    if sni.keys.is_empty() {
+        return Err((0, "tls: give at least one [[tls.cert]]".into()));
+    }
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| (0, format!("tls: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(sni));
+    // RFC 7301: HTTP/1.1 only; a client offering only other protocols is refused.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The record layer after the handshake is ours (see the module comment).
+    cfg.enable_secret_extraction = true;
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| (0, format!("tls: session tickets: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Seconds since the Unix epoch, now.
+fn now_utc() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn show_time(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Days since 1970-01-01 -> (year, month, day) (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// (year, month, day) -> days since 1970-01-01.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One DER element at the front of `b`: (tag, contents, rest).
+fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&l0, mut b) = b.split_first()?;
+    let len = if l0 < 0x80 {
+        usize::from(l0)
+    } else {
+        let n = usize::from(l0 & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (lb, rest) = b.split_at_checked(n)?;
+        b = rest;
+        lb.iter().fold(0usize, |a, &x| (a << 8) | usize::from(x))
+    };
+    let (body, rest) = b.split_at_checked(len)?;
+    Some((tag, body, rest))
+}
+
+/// The certificate's notAfter (RFC 5280 §4.1.2.5), in seconds since the epoch.
+fn not_after(cert: &[u8]) -> Option<i64> {
+    let (_, c, _) = der(cert)?; // Certificate
+    let (_, tbs, _) = der(c)?; // TBSCertificate
+    let (tag, _, mut rest) = der(tbs)?;
+    if tag == 0xa0 {
+        rest = der(rest)?.2; // [0] version, then the serial number
+    }
+    let rest = der(rest)?.2; // signature algorithm
+    let rest = der(rest)?.2; // issuer
+    let (_, validity, _) = der(rest)?;
+    let (_, _, after) = der(validity)?; // notBefore
+    let (tag, t, _) = der(after)?;
+    let digits = |s: &[u8]| -> Option<i64> {
+        s.iter().try_fold(0i64, |a, &c| c.is_ascii_digit().then(|| a * 10 + i64::from(c - b'0')))
+    };
+    // UTCTime YYMMDDHHMMSSZ (years 1950-2049) or GeneralizedTime YYYYMMDDHHMMSSZ.
+    let (y, rest) = match tag {
+        0x17 => {
+            let yy = digits(t.get(..2)?)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, t.get(2..)?)
+        }
+        0x18 => (digits(t.get(..4)?)?, t.get(4..)?),
+        _ => return None,
+    };
+    let f = |i: usize| digits(rest.get(i..i + 2)?);
+    let days = days_from_civil(y, f(0)?, f(2)?);
+    Some(days * 86_400 + f(4)? * 3600 + f(6)? * 60 + f(8)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(civil_from_days(days_from_civil(2026, 11, 26)), (2026, 11, 26));
+        assert_eq!(show_time(1_798_761_600), "2027-01-01");
+    }
+
+    #[test]
+    fn der_reader_refuses_truncation() {
+        assert!(der(&[0x30, 0x05, 1, 2]).is_none());
+        assert!(der(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
+        assert_eq!(der(&[0x02, 0x01, 7, 9]), Some((0x02, &[7u8][..], &[9u8][..])));
+        assert!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x00]).is_none());
+    }
+}
