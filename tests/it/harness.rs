@@ -62,11 +62,12 @@ pub struct Config {
     limits: Vec<(String, String)>,
     routes: Vec<[String; 3]>,
     groups: Vec<(String, Vec<SocketAddr>, Option<String>)>,
+    extra: String,
 }
 
 impl Config {
     pub fn new() -> Self {
-        Self { workers: 1, timeouts: vec![], limits: vec![], routes: vec![], groups: vec![] }
+        Self { workers: 1, timeouts: vec![], limits: vec![], routes: vec![], groups: vec![], extra: String::new() }
     }
     /// One catch-all route to one group "app" holding `addr`.
     pub fn to(addr: SocketAddr) -> Self {
@@ -98,6 +99,12 @@ impl Config {
         self.groups.push((name.into(), servers.to_vec(), Some(cooldown.into())));
         self
     }
+    /// Appends raw TOML after everything else: whole tables, such as a `[tls]` section.
+    pub fn append(mut self, toml: &str) -> Self {
+        self.extra += "\n";
+        self.extra += toml;
+        self
+    }
     pub fn render(&self) -> String {
         let mut t = String::from("listen = [\"127.0.0.1:0\"]\n");
         t += &format!("workers = {}\n", self.workers);
@@ -123,6 +130,7 @@ impl Config {
                 t += &format!("cooldown = \"{c}\"\n");
             }
         }
+        t += &self.extra;
         t
     }
 }
@@ -132,7 +140,10 @@ impl Config {
 /// A running `apex FILE`; killed on drop.
 pub struct Apex {
     child: Child,
+    /// The first plain listener (`apex: listening on ADDR`).
     pub addr: SocketAddr,
+    /// The first TLS listener (`apex: listening on ADDR tls`), when the config has `[tls]`.
+    pub tls_addr: Option<SocketAddr>,
     /// The config file Apex was started with (rewrite it, then `signal("HUP")`, to reload).
     pub conf: PathBuf,
     stderr_path: PathBuf,
@@ -149,6 +160,9 @@ impl Apex {
         let dir = TempDir::new("run");
         let conf = dir.write("apex.toml", toml);
         let stderr_path = dir.path().join("stderr");
+        // Plain listeners are announced first, then TLS ones: with TLS, wait for the first TLS line.
+        let wants_tls =
+            toml.lines().map(str::trim).any(|l| l == "[tls]" || l.starts_with("[[tls.") || l.starts_with("[tls."));
         let mut child = Command::new(APEX)
             .arg(&conf)
             .stdin(Stdio::null())
@@ -166,17 +180,35 @@ impl Apex {
                 let Ok(line) = line else { break };
                 lines.lock().unwrap().push(line.clone());
                 if let Some(a) = line.strip_prefix("apex: listening on ") {
-                    let _ = tx.send(a.trim().to_string());
+                    let a = a.trim();
+                    let _ = match a.strip_suffix(" tls") {
+                        Some(a) => tx.send((a.trim().to_string(), true)),
+                        None => tx.send((a.to_string(), false)),
+                    };
                 }
             }
         });
-        let mut apex = Apex { child, addr: "0.0.0.0:0".parse().unwrap(), conf, stderr_path, stdout, _dir: dir };
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(a) => apex.addr = a.parse().unwrap_or_else(|_| panic!("bad listening address {a:?}")),
-            Err(_) => panic!(
-                "apex did not print `apex: listening on ADDR` within 10 s; config:\n{toml}\nstderr:\n{}",
-                apex.stderr()
-            ),
+        let mut apex =
+            Apex { child, addr: "0.0.0.0:0".parse().unwrap(), tls_addr: None, conf, stderr_path, stdout, _dir: dir };
+        let (mut plain, deadline) = (None, Instant::now() + Duration::from_secs(10));
+        while !(if wants_tls { apex.tls_addr.is_some() } else { plain.is_some() }) {
+            let (a, tls) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
+                panic!(
+                    "apex did not print `apex: listening on ADDR{}` within 10 s; config:\n{toml}\nstderr:\n{}",
+                    if wants_tls { " tls" } else { "" },
+                    apex.stderr()
+                )
+            });
+            let a: SocketAddr = a.parse().unwrap_or_else(|_| panic!("bad listening address {a:?}"));
+            if tls {
+                apex.tls_addr.get_or_insert(a);
+            } else {
+                plain.get_or_insert(a);
+            }
+        }
+        // A TLS-only config leaves `addr` at 0.0.0.0:0.
+        if let Some(a) = plain {
+            apex.addr = a;
         }
         apex
     }
@@ -483,13 +515,6 @@ impl Client {
         self.s.set_read_timeout(Some(d)).unwrap();
     }
 
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut tmp = [0u8; 65536];
-        let n = read_retrying(&mut self.s, &mut tmp)?;
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(n)
-    }
-
     /// Sends `req` and reads one final response (1xx skipped).
     pub fn request(&mut self, req: &[u8]) -> Response {
         self.send(req);
@@ -516,81 +541,8 @@ impl Client {
 
     /// Reads one response; `no_body` for a response to HEAD.
     pub fn try_read_response(&mut self, no_body: bool) -> Result<Response, String> {
-        let head_len = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            match self.fill() {
-                Ok(0) => {
-                    return Err(format!(
-                        "connection closed before a complete response head; got {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(format!(
-                        "{e} before a complete response head; got {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    ));
-                }
-            }
-        };
-        let head: Vec<u8> = self.buf.drain(..head_len).collect();
-        let text = String::from_utf8_lossy(&head[..head_len - 4]).into_owned();
-        let (start, headers) = parse_fields(&text);
-        let mut parts = start.splitn(3, ' ');
-        let version = parts.next().unwrap_or("").to_string();
-        let status: u16 =
-            parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line {start:?}"))?;
-        let reason = parts.next().unwrap_or("").to_string();
-        let mut r = Response { version, status, reason, headers, head, body: vec![] };
-        if no_body || (100..200).contains(&status) || status == 204 || status == 304 {
-            return Ok(r);
-        }
-        if has_token(&r.headers, "transfer-encoding", "chunked") {
-            loop {
-                match decode_chunked(&self.buf)? {
-                    Some((body, used)) => {
-                        self.buf.drain(..used);
-                        r.body = body;
-                        return Ok(r);
-                    }
-                    None => match self.fill() {
-                        Ok(0) => return Err("closed inside chunked body".into()),
-                        Ok(_) => {}
-                        Err(e) => return Err(format!("{e} inside chunked body")),
-                    },
-                }
-            }
-        }
-        if let Some(cl) = r.header("content-length") {
-            let n: usize = cl.parse().map_err(|_| format!("bad Content-Length {cl:?}"))?;
-            while self.buf.len() < n {
-                match self.fill() {
-                    Ok(0) => {
-                        return Err(format!("closed after {} of {n} body bytes", self.buf.len()));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(format!("{e} after {} of {n} body bytes", self.buf.len()));
-                    }
-                }
-            }
-            r.body = self.buf.drain(..n).collect();
-            return Ok(r);
-        }
-        // close-delimited
-        loop {
-            match self.fill() {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
-                Err(e) => return Err(format!("{e} inside close-delimited body")),
-            }
-        }
-        r.body = std::mem::take(&mut self.buf);
-        Ok(r)
+        let s = &mut self.s;
+        read_response_from(&mut self.buf, no_body, |buf| fill_from(s, buf))
     }
 
     /// Reads body bytes after `try_read_response(true)`: buffered bytes first, then the socket.
@@ -671,6 +623,95 @@ impl Client {
             Seen::Silent => panic!("expected the connection to close; still open after 5 s"),
         }
     }
+}
+
+/// Reads from `s` and appends to `buf`: the `fill` of `read_response_from` for a plain socket.
+fn fill_from(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut tmp = [0u8; 65536];
+    let n = read_retrying(s, &mut tmp)?;
+    buf.extend_from_slice(&tmp[..n]);
+    Ok(n)
+}
+
+/// Parses one response from `buf`, calling `fill(buf)` to append more bytes (Ok(0) at EOF);
+/// consumed bytes are drained, the rest stay in `buf`. `no_body` for a response to HEAD. Used by
+/// `Client` and by any other transport (the TLS client in tls.rs).
+pub fn read_response_from(
+    buf: &mut Vec<u8>,
+    no_body: bool,
+    mut fill: impl FnMut(&mut Vec<u8>) -> io::Result<usize>,
+) -> Result<Response, String> {
+    let head_len = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        match fill(buf) {
+            Ok(0) => {
+                return Err(format!(
+                    "connection closed before a complete response head; got {:?}",
+                    String::from_utf8_lossy(buf)
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(format!("{e} before a complete response head; got {:?}", String::from_utf8_lossy(buf)));
+            }
+        }
+    };
+    let head: Vec<u8> = buf.drain(..head_len).collect();
+    let text = String::from_utf8_lossy(&head[..head_len - 4]).into_owned();
+    let (start, headers) = parse_fields(&text);
+    let mut parts = start.splitn(3, ' ');
+    let version = parts.next().unwrap_or("").to_string();
+    let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line {start:?}"))?;
+    let reason = parts.next().unwrap_or("").to_string();
+    let mut r = Response { version, status, reason, headers, head, body: vec![] };
+    if no_body || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(r);
+    }
+    if has_token(&r.headers, "transfer-encoding", "chunked") {
+        loop {
+            match decode_chunked(buf)? {
+                Some((body, used)) => {
+                    buf.drain(..used);
+                    r.body = body;
+                    return Ok(r);
+                }
+                None => match fill(buf) {
+                    Ok(0) => return Err("closed inside chunked body".into()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("{e} inside chunked body")),
+                },
+            }
+        }
+    }
+    if let Some(cl) = r.header("content-length") {
+        let n: usize = cl.parse().map_err(|_| format!("bad Content-Length {cl:?}"))?;
+        while buf.len() < n {
+            match fill(buf) {
+                Ok(0) => {
+                    return Err(format!("closed after {} of {n} body bytes", buf.len()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!("{e} after {} of {n} body bytes", buf.len()));
+                }
+            }
+        }
+        r.body = buf.drain(..n).collect();
+        return Ok(r);
+    }
+    // close-delimited
+    loop {
+        match fill(buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(format!("{e} inside close-delimited body")),
+        }
+    }
+    r.body = std::mem::take(buf);
+    Ok(r)
 }
 
 /// A read that retries EINTR (a socket with SO_RCVTIMEO is never restarted by the kernel).

@@ -26,4 +26,5 @@ mod limits;
 mod ops;
 mod routing;
 mod timeouts;
+mod tls;
 mod upgrade;
