@@ -470,12 +470,17 @@ impl Tls {
                 Err(_) => {
                     // rustls queued a fatal alert (no_application_protocol, handshake_failure,
                     // ...): it goes out before the close (RFC 8446 §6.2), so the client learns why.
-                    // rustls checks the buffer against what it has already parsed: apply this
-                    // status's discard first and hand it the same bytes (an empty slice panics).
-                    // Everything queued goes out: a ServerHello may precede the alert.
+                    // Only what is queued is asked for (`wants_write`): with nothing queued,
+                    // rustls would parse the rest of the buffer again and, on more bad bytes,
+                    // try to send a second fatal alert (a debug assertion in rustls). The
+                    // status's discard is applied first: rustls checks the buffer it is given
+                    // against what it has parsed (an empty slice panics).
                     rin.consume(discard);
                     let mut encoded = false;
                     for _ in 0..8 {
+                        if !hs.wants_write() {
+                            break;
+                        }
                         let st = hs.process_tls_records(rin.filled_mut());
                         let discard = st.discard;
                         let ok = match st.state {

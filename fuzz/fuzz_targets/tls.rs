@@ -1,0 +1,246 @@
+//! A TLS listener fed arbitrary bytes, with a worker turned by hand on this thread.
+//!
+//! The first byte picks the mode:
+//! - raw: the bytes go straight to the TLS port (rustls's handshake parsing and our glue:
+//!   buffering, discards, alerts, lingering). Checked: Apex answers only with well-framed TLS
+//!   records (never plaintext), and nothing reaches the upstream without a handshake.
+//! - after a handshake: a real rustls client (TLS 1.2 or 1.3, AES-GCM or ChaCha20, picked by the
+//!   mode byte) completes a handshake, sends the first part of the bytes as plaintext through
+//!   TLS (HTTP or not), then the rest raw on the socket, as forged records. Checked: until the
+//!   forged bytes go out, every record Apex sends decrypts and parses for the client (our record
+//!   layer is right for every length and split), and the upstream only ever sees bytes that came
+//!   in through TLS (a forged record is never taken as data).
+#![no_main]
+use std::cell::RefCell;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apex::config::Config;
+use apex::reactor::Worker;
+use libfuzzer_sys::fuzz_target;
+
+#[path = "shared/check.rs"]
+mod check;
+use check::{check_stream, drain};
+
+struct Harness {
+    worker: Worker,
+    events: mio::Events,
+    addr: SocketAddr,
+    upstream: TcpListener,
+    clients: Vec<Arc<rustls::ClientConfig>>,
+    _dir: std::path::PathBuf,
+}
+
+thread_local!(static H: RefCell<Option<Harness>> = const { RefCell::new(None) });
+
+fn harness() -> Harness {
+    let dir = std::env::temp_dir().join(format!("apex-fuzz-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["fuzz.test".to_string()]).unwrap();
+    std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("c.key"), ck.signing_key.serialize_pem()).unwrap();
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let text = format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[timeouts]\nclient_head = \"2s\"\n\
+         [limits]\nconnections = 512\nbody_bytes = 100000\n[log]\naccess = \"off\"\n\
+         [[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"{}\"]\n\
+         [tls]\nlisten = [\"127.0.0.1:0\"]\n[[tls.cert]]\nchain = \"{d}/c.pem\"\nkey = \"{d}/c.key\"\nnames = [\"fuzz.test\"]\n",
+        upstream.local_addr().unwrap(),
+        d = dir.display()
+    );
+    let cfg = Config::parse(&text, "fuzz").unwrap();
+    let (addrs, mut ls) = apex::reactor::bind_all(&cfg).unwrap();
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
+    let (logger, mut logs) = apex::log::Logger::start(apex::log::Sink::Off, 1).unwrap();
+    std::mem::forget(logger);
+    let worker = Worker::new(shared, ls.remove(0), logs.remove(0)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    use rustls::crypto::ring::cipher_suite as cs;
+    let kinds = [
+        (&rustls::version::TLS13, cs::TLS13_AES_128_GCM_SHA256),
+        (&rustls::version::TLS13, cs::TLS13_CHACHA20_POLY1305_SHA256),
+        (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+    ];
+    let clients = kinds
+        .iter()
+        .map(|&(v, suite)| {
+            let mut p = rustls::crypto::ring::default_provider();
+            p.cipher_suites = vec![suite];
+            let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+                .with_protocol_versions(&[v])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            c.resumption = rustls::client::Resumption::disabled(); // every run does a full handshake
+            Arc::new(c)
+        })
+        .collect();
+    Harness { worker, events: mio::Events::with_capacity(256), addr: addrs[1], upstream, clients, _dir: dir }
+}
+
+/// Every byte is part of a TLS record with a known content type and version 3.x.
+fn check_records(mut b: &[u8]) {
+    while b.len() >= 5 {
+        assert!((20..=24).contains(&b[0]) && b[1] == 3, "not a TLS record header: {:?}", &b[..5]);
+        let len = usize::from(u16::from_be_bytes([b[3], b[4]]));
+        assert!(len <= (1 << 14) + 2048, "record of {len} bytes");
+        b = &b[(5 + len).min(b.len())..];
+    }
+}
+
+/// Accepts upstream connections and answers each read with one small response.
+fn serve_upstream(h: &mut Harness, ups: &mut Vec<(TcpStream, Vec<u8>)>) -> bool {
+    let mut progress = false;
+    while let Ok((s, _)) = h.upstream.accept() {
+        s.set_nonblocking(true).unwrap();
+        ups.push((s, Vec::new()));
+        progress = true;
+    }
+    for (s, got) in ups.iter_mut() {
+        let before = got.len();
+        let (p, _) = drain(s, got);
+        progress |= p;
+        if got.len() > before {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    }
+    progress
+}
+
+fn raw(h: &mut Harness, data: &[u8]) {
+    let mut client = TcpStream::connect(h.addr).unwrap();
+    client.set_nonblocking(true).unwrap();
+    let mut to_send = data;
+    let mut got = Vec::new();
+    let mut ups = Vec::new();
+    let mut idle = 0;
+    for _ in 0..200 {
+        let mut progress = false;
+        if !to_send.is_empty() {
+            match client.write(to_send) {
+                Ok(n) => {
+                    to_send = &to_send[n..];
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => to_send = &[],
+            }
+        }
+        h.worker.turn_within(&mut h.events, Duration::from_millis(1)).unwrap();
+        progress |= serve_upstream(h, &mut ups);
+        let (p, closed) = drain(&mut client, &mut got);
+        progress |= p;
+        if closed {
+            break;
+        }
+        idle = if progress { 0 } else { idle + 1 };
+        if idle > 6 && to_send.is_empty() {
+            break;
+        }
+    }
+    check_records(&got);
+    assert!(ups.iter().all(|(_, g)| g.is_empty()), "bytes reached the upstream without a handshake");
+}
+
+fn after_handshake(h: &mut Harness, kind: usize, plain: &[u8], forged: &[u8]) {
+    let cfg = Arc::clone(&h.clients[kind % h.clients.len()]);
+    let mut tls = rustls::ClientConnection::new(cfg, "fuzz.test".try_into().unwrap()).unwrap();
+    let mut sock = TcpStream::connect(h.addr).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut ups = Vec::new();
+    let mut plain_left = plain;
+    let mut forged_left = forged;
+    let mut received = Vec::new();
+    let mut closed = false;
+    let mut idle = 0;
+    for _ in 0..300 {
+        let mut progress = false;
+        if !tls.is_handshaking() && !plain_left.is_empty() {
+            let n = tls.writer().write(plain_left).unwrap_or(0);
+            plain_left = &plain_left[n..];
+            progress |= n > 0;
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut sock) {
+                Ok(n) if n > 0 => progress = true,
+                _ => break,
+            }
+        }
+        // Forged records go out only after all plaintext has left as records.
+        if !tls.is_handshaking() && plain_left.is_empty() && !tls.wants_write() && !forged_left.is_empty() {
+            match sock.write(forged_left) {
+                Ok(n) => {
+                    forged_left = &forged_left[n..];
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => forged_left = &[],
+            }
+        }
+        h.worker.turn_within(&mut h.events, Duration::from_millis(1)).unwrap();
+        progress |= serve_upstream(h, &mut ups);
+        if !closed {
+            match tls.read_tls(&mut sock) {
+                Ok(0) => closed = true,
+                Ok(_) => {
+                    progress = true;
+                    let forging = forged.len() != forged_left.len();
+                    match tls.process_new_packets() {
+                        Ok(_) => {}
+                        // After forged records Apex may close or alert; before, it must not.
+                        Err(e) if forging => {
+                            let _ = e;
+                            closed = true;
+                        }
+                        Err(e) => panic!("the client could not read Apex's records: {e}"),
+                    }
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = tls.reader().read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        received.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => closed = true,
+            }
+        }
+        idle = if progress { 0 } else { idle + 1 };
+        if idle > 8 && (closed || (plain_left.is_empty() && forged_left.is_empty())) {
+            break;
+        }
+    }
+    // What Apex answered is well-formed HTTP (its own errors or the upstream's canned answer),
+    // and the upstream got canonical requests, no more than the heads sent through TLS: forged
+    // records never become data.
+    let heads = plain.windows(4).filter(|w| w == b"\r\n\r\n").count();
+    let forwarded: usize = ups.iter().map(|(_, g)| check_stream(g, true, false)).sum();
+    assert!(forwarded <= heads, "upstream saw {forwarded} requests for {heads} heads sent through TLS");
+    let sent_head = plain.windows(5).any(|w| w == b"HEAD ");
+    let responses = check_stream(&received, false, sent_head);
+    assert!(responses <= heads + 1, "client got {responses} responses for {heads} heads");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, data)) = data.split_first() else { return };
+    H.with(|h| {
+        let mut h = h.borrow_mut();
+        let h = h.get_or_insert_with(harness);
+        if mode & 1 == 0 {
+            raw(h, data);
+        } else {
+            let Some((&split, data)) = data.split_first() else { return };
+            let k = (split as usize * data.len()) / 255;
+            let (plain, forged) = data.split_at(k.min(data.len()));
+            after_handshake(h, usize::from(mode >> 1), plain, forged);
+        }
+    });
+});
