@@ -36,6 +36,8 @@ pub struct Config {
 #[derive(Debug)]
 pub struct TlsListen {
     pub listen: Vec<SocketAddr>,
+    /// Plain listeners (from `listen`) whose requests all get a 308 to HTTPS.
+    pub redirect_http: Vec<SocketAddr>,
     pub strict_sni: bool,
     /// Paths as given, made absolute against the config file's directory.
     pub certs: Vec<crate::tls::CertSpec>,
@@ -221,7 +223,14 @@ impl Config {
         }
         if let Some(t) = &self.tls {
             let listen: Vec<String> = t.listen.iter().map(|a| q(&a.to_string())).collect();
-            let _ = writeln!(o, "\n[tls]\nlisten = [{}]\nstrict_sni = {}", listen.join(", "), t.strict_sni);
+            let redirect: Vec<String> = t.redirect_http.iter().map(|a| q(&a.to_string())).collect();
+            let _ = writeln!(
+                o,
+                "\n[tls]\nlisten = [{}]\nredirect_http = [{}]\nstrict_sni = {}",
+                listen.join(", "),
+                redirect.join(", "),
+                t.strict_sni
+            );
             for c in &t.certs {
                 let names: Vec<String> = c.names.iter().map(|n| q(n)).collect();
                 let _ = writeln!(
@@ -281,6 +290,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawTls {
     listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    redirect_http: Vec<Spanned<String>>,
     strict_sni: Option<bool>,
     #[serde(default)]
     cert: Vec<Spanned<RawCert>>,
@@ -358,6 +369,14 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         }
         listen.push(addr);
     }
+    let mut redirect_http = Vec::new();
+    for a in &raw.redirect_http {
+        let addr = parse_addr(a, "tls.redirect_http")?;
+        if !plain.contains(&addr) {
+            return Err((at(a), format!("tls.redirect_http: {addr} is not one of the plain `listen` addresses")));
+        }
+        redirect_http.push(addr);
+    }
     if raw.cert.is_empty() {
         return Err((span, "tls: give at least one [[tls.cert]] with `chain` and `key`".into()));
     }
@@ -372,7 +391,7 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
     let strict_sni = raw.strict_sni.unwrap_or(false);
     let server = crate::tls::server_config(&certs, strict_sni)
         .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
-    Ok(TlsListen { listen, strict_sni, certs, server })
+    Ok(TlsListen { listen, redirect_http, strict_sni, certs, server })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {

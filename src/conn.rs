@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request};
 use crate::h1::response::parse_response;
-use crate::h1::write::{Out, RespMode, write_error, write_request, write_response};
+use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, write_response};
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::io::{Filled, Io, fill, flush};
 use crate::limits::{
@@ -55,6 +55,8 @@ pub struct Cx {
     pub pipes: PipePool,
     /// Record buffers for TLS clients.
     pub tls_bufs: TlsBufPool,
+    /// The port redirects to HTTPS point at: this worker's first TLS listener's.
+    pub https_port: u16,
     pub log: WorkerLog,
     /// Request fields kept for the access log while their request is in flight.
     pub recs: Slab<Rec>,
@@ -161,6 +163,8 @@ pub struct Conn {
     rq: Option<Box<Exchange>>,
     /// A TLS client: bytes to and from the socket go through it (and never through a pipe).
     tls: Option<Box<Tls>>,
+    /// Came in on a listener in `tls.redirect_http`: every request gets a 308 to HTTPS.
+    redirect: bool,
 }
 
 /// Per-exchange state: what a request in flight needs and an idle connection does not. Lent
@@ -358,7 +362,7 @@ impl Exchange {
 type Step = Result<Next, Fault>;
 
 impl Conn {
-    pub fn new(sock: TcpStream, peer: SocketAddr, tls: Option<Box<Tls>>, cx: &mut Cx) -> Conn {
+    pub fn new(sock: TcpStream, peer: SocketAddr, tls: Option<Box<Tls>>, redirect: bool, cx: &mut Cx) -> Conn {
         let deadline = cx.arm(cx.cfg.timeouts.client_head);
         Conn {
             sock,
@@ -371,6 +375,7 @@ impl Conn {
             queued: false,
             rq: None,
             tls,
+            redirect,
         }
     }
 
@@ -511,20 +516,16 @@ impl Conn {
             return Ok(Next::Go(Phase::Close));
         }
         rq.close_after |= close || !rq.keep_alive || cx.draining;
-        let head_only = rq.is_head;
-        let ka10 = rq.client_minor == 0 && !rq.close_after;
-        let out = cx.bufs.fill_slot(&mut self.cout);
-        let mut tmp = [0u8; 256];
-        let mut w = Out::new(&mut tmp);
-        write_error(status, rq.close_after, head_only, ka10, &mut w);
-        let n = w.finish().ok_or(Fault::Internal("error response too long"))?;
-        if !out.put(tmp.get(..n).unwrap_or(&[])) {
-            return Err(Fault::Client); // the client has not read earlier responses; give up
-        }
+        let n = queue_answer(&mut self.cout, &mut cx.bufs, rq, status, None)?;
+        self.answered(rq, cx, status, n)
+    }
+
+    /// After Apex's own response of `n` bytes is queued: the exchange's accounting and log line.
+    fn answered(&mut self, rq: &mut Exchange, cx: &mut Cx, status: u16, n: usize) -> Step {
         rq.start.get_or_insert(cx.now);
         rq.status = status;
         rq.bytes_out += n as u64;
-        if rq.ended_by == EndedBy::Nobody && status != 404 {
+        if rq.ended_by == EndedBy::Nobody && status != 404 && status != 308 {
             rq.ended_by = if status < 500 { EndedBy::Client } else { EndedBy::Upstream };
         }
         self.log_done(rq, cx);
@@ -688,6 +689,17 @@ impl Conn {
         }
         // OPTIONS * (RFC 9112 §3.2.4) is about the server as a whole: route it as "/".
         let path = if req.path == "*" { b"/" } else { req.path.as_bytes() };
+        if self.redirect {
+            // A plain listener that sends everyone to HTTPS: 308 keeps the method and body
+            // (RFC 9110 §15.4.9). The body is not read: close after, like a 404's.
+            rq.close_after |= has_body || !rq.keep_alive || cx.draining;
+            let to = Location { host: host_name(req.host), port: cx.https_port, target: path };
+            let n = queue_answer(&mut self.cout, &mut cx.bufs, rq, 308, Some(to))?;
+            if let Some(b) = self.cin.as_mut() {
+                b.consume(end);
+            }
+            return self.answered(rq, cx, 308, n);
+        }
         let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
         let Some(group) = cx.cfg.route(host_name(req.host), path_only) else {
             let close = has_body; // the body was not read: it cannot be told from the next request
@@ -1507,6 +1519,25 @@ fn relay_raw(
         }
     }
     Ok(progress)
+}
+
+/// Writes Apex's own response (an error, or a redirect) into `cout`. Returns its length.
+fn queue_answer(
+    cout: &mut Option<Buf>,
+    bufs: &mut BufPool,
+    rq: &Exchange,
+    status: u16,
+    to: Option<Location<'_>>,
+) -> Result<usize, Fault> {
+    let ka10 = rq.client_minor == 0 && !rq.close_after;
+    let out = bufs.fill_slot(cout);
+    let mut w = Out::new(out.spare());
+    write_answer(status, to, rq.close_after, rq.is_head, ka10, &mut w);
+    // No room: the client has not read earlier responses (or a redirect's target is nearly a
+    // whole buffer long); give up.
+    let n = w.finish().ok_or(Fault::Client)?;
+    out.commit(n);
+    Ok(n)
 }
 
 /// One read from the client into `buf`: from the socket, or decrypted from TLS records.

@@ -36,6 +36,8 @@ pub struct Worker {
     listeners: Vec<TcpListener>,
     /// Listeners from this index on are TLS.
     plain_listeners: usize,
+    /// Per plain listener: its requests get a redirect to HTTPS.
+    redirects: Vec<bool>,
     /// The TLS server config for this worker: the snapshot's, with a session cache of its own so
     /// workers never share (and contend on) one. Rebuilt when the snapshot changes.
     tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
@@ -69,6 +71,10 @@ impl Worker {
             registry.register(&mut l, Token(usize::MAX - i), Interest::READABLE)?;
             ls.push(l);
         }
+        // Listeners are bound in config order, plain first (`bind_all`).
+        let redirects: Vec<bool> =
+            cfg.listen.iter().map(|a| cfg.tls.as_ref().is_some_and(|t| t.redirect_http.contains(a))).collect();
+        let https_port = ls.get(cfg.listen.len()).and_then(|l| l.local_addr().ok()).map_or(443, |a| a.port());
         let arena = Bump::with_capacity(ARENA_BYTES);
         arena.set_allocation_limit(Some(ARENA_BYTES));
         let now = Instant::now();
@@ -78,6 +84,7 @@ impl Worker {
             waker,
             listeners: ls,
             plain_listeners: cfg.listen.len(),
+            redirects,
             tls: None,
             conns: Slab::with_capacity(cap),
             cx: Cx {
@@ -91,6 +98,7 @@ impl Worker {
                 ups,
                 pipes: crate::splice::PipePool::new(),
                 tls_bufs: crate::tls::TlsBufPool::new(0),
+                https_port,
                 log,
                 recs: Slab::with_capacity(cap),
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
@@ -327,7 +335,8 @@ impl Worker {
                     {
                         continue;
                     }
-                    entry.insert(Conn::new(sock, peer, tls, &mut self.cx));
+                    let redirect = self.redirects.get(li).copied().unwrap_or(false);
+                    entry.insert(Conn::new(sock, peer, tls, redirect, &mut self.cx));
                     self.drive(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

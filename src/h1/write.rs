@@ -195,6 +195,7 @@ pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
 pub const fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -212,10 +213,35 @@ pub const fn reason(status: u16) -> &'static str {
 }
 
 /// A response Apex writes itself: short, well formed, `Connection: close` when it will close.
-pub fn write_error(status: u16, close: bool, head_only: bool, keep_alive_10: bool, out: &mut Out) {
+/// Where a redirect to HTTPS points: `https://HOST[:PORT]TARGET` (the port only if not 443).
+pub struct Location<'a> {
+    pub host: &'a [u8],
+    pub port: u16,
+    pub target: &'a [u8],
+}
+
+/// Apex's own answer: an error, or (with a location) a redirect.
+pub fn write_answer(
+    status: u16,
+    location: Option<Location<'_>>,
+    close: bool,
+    head_only: bool,
+    keep_alive_10: bool,
+    out: &mut Out,
+) {
     let reason = reason(status);
     let body_len = 3 + 1 + reason.len() + 1;
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
+    if let Some(l) = location {
+        out.put(b"Location: https://");
+        out.put(l.host);
+        if l.port != 443 {
+            out.put(b":");
+            out.put_u64(u64::from(l.port));
+        }
+        out.put(l.target);
+        out.put(b"\r\n");
+    }
     if status == 405 {
         out.put(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE\r\n");
     }
@@ -257,7 +283,7 @@ mod tests {
     fn own_error_to_head_has_length_and_no_body() {
         let mut buf = [0u8; 256];
         let mut out = Out::new(&mut buf);
-        write_error(502, false, true, false, &mut out);
+        write_answer(502, None, false, true, false, &mut out);
         let n = out.finish().unwrap();
         let text = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(text.ends_with("Content-Length: 16\r\n\r\n"), "{text:?}");

@@ -24,6 +24,7 @@ mod hostile;
 mod keepalive;
 mod limits;
 mod ops;
+mod redirect;
 mod routing;
 mod timeouts;
 mod tls;
