@@ -91,6 +91,9 @@ struct Records {
     tx: Dir,
     rx: Dir,
     kernel: KernelConnection<ServerConnectionData>,
+    /// The client asked for a KeyUpdate back: ours goes out before our next data record
+    /// (RFC 8446 §4.6.3; several requests while we are silent get one answer).
+    reply_pending: bool,
 }
 
 enum Opened {
@@ -112,7 +115,7 @@ impl Records {
         };
         let (ts, tk) = secrets.tx;
         let (rs, rk) = secrets.rx;
-        Ok(Records { version, tx: Dir::new(ts, tk)?, rx: Dir::new(rs, rk)?, kernel })
+        Ok(Records { version, tx: Dir::new(ts, tk)?, rx: Dir::new(rs, rk)?, kernel, reply_pending: false })
     }
 
     /// Plaintext bytes that fit in one record written into `room` bytes of buffer.
@@ -165,7 +168,7 @@ impl Records {
     }
 
     /// Opens the record at the start of `buf` (whole: the caller checked its length).
-    fn open(&mut self, rec: &mut [u8], out_room: &mut [u8]) -> io::Result<(Opened, usize)> {
+    fn open(&mut self, rec: &mut [u8]) -> io::Result<Opened> {
         let (head, body) = rec.split_at_mut(HEADER);
         let outer = head.first().copied().unwrap_or(0);
         let (nonce, aad_buf, sealed, skip);
@@ -214,43 +217,55 @@ impl Records {
         };
         let from = HEADER + skip;
         match ct {
-            CT_APPDATA => Ok((Opened::Data { from, to: from + len }, 0)),
+            CT_APPDATA => Ok(Opened::Data { from, to: from + len }),
             CT_ALERT => {
                 // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0); anything else ends it.
                 if plain.get(..len) == Some(&[1, 0][..]) {
-                    Ok((Opened::Closed, 0))
+                    Ok(Opened::Closed)
                 } else {
                     Err(bad("alert from the client"))
                 }
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
                 let msg = plain.get(..len).unwrap_or(&[]);
-                self.key_update(msg, out_room).map(|n| (Opened::Nothing, n))
+                self.key_update(msg).map(|()| Opened::Nothing)
             }
             // TLS 1.2 renegotiation and anything else: refused by closing.
             _ => Err(bad("unexpected record")),
         }
     }
 
-    /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the client asks for it, a
-    /// KeyUpdate of ours goes out (under the old key) and the send key moves on too. Returns the
-    /// bytes written into `out` (0 or one record).
-    fn key_update(&mut self, msg: &[u8], out: &mut [u8]) -> io::Result<usize> {
+    /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the client asks for it, ours
+    /// is owed (`reply`).
+    fn key_update(&mut self, msg: &[u8]) -> io::Result<()> {
         let &[HS_KEY_UPDATE, 0, 0, 1, req] = msg else {
             return Err(bad("unexpected post-handshake message"));
         };
+        if req > 1 {
+            return Err(bad("bad key update"));
+        }
         let (seq, s) = self.kernel.update_rx_secret().map_err(|_| bad("key update failed"))?;
         self.rx = Dir::new(seq, s)?;
-        match req {
-            0 => Ok(0),
-            1 => {
-                let n = self.seal(CT_HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], out)?;
-                let (seq, s) = self.kernel.update_tx_secret().map_err(|_| bad("key update failed"))?;
-                self.tx = Dir::new(seq, s)?;
-                Ok(n)
-            }
-            _ => Err(bad("bad key update")),
+        self.reply_pending |= req == 1;
+        Ok(())
+    }
+
+    /// Seals the KeyUpdate we owe, under the old key, then moves the send key on. Returns
+    /// false if `out` has no room for it yet (then no data record may be sealed either).
+    fn reply(&mut self, out: &mut TlsBuf) -> io::Result<bool> {
+        if !self.reply_pending {
+            return Ok(true);
         }
+        const KEY_UPDATE: [u8; 5] = [HS_KEY_UPDATE, 0, 0, 1, 0];
+        if self.plain_room(out.spare_len()) < KEY_UPDATE.len() {
+            return Ok(false);
+        }
+        let n = self.seal(CT_HANDSHAKE, &KEY_UPDATE, out.spare())?;
+        out.commit(n);
+        let (seq, s) = self.kernel.update_tx_secret().map_err(|_| bad("key update failed"))?;
+        self.tx = Dir::new(seq, s)?;
+        self.reply_pending = false;
+        Ok(true)
     }
 }
 
@@ -434,8 +449,8 @@ impl Tls {
         }
         let rout = pool.fill_slot(&mut self.rout);
         let whole = rin.filled_mut().get_mut(..need).ok_or_else(|| bad("tls state"))?;
-        let (opened, wrote) = rec.open(whole, rout.spare())?;
-        rout.commit(wrote);
+        let opened = rec.open(whole)?;
+        rec.reply(rout)?; // if there is no room now, `write` sends it before any data
         match opened {
             Opened::Data { from, to } if from < to => self.plain = (from as u32, to as u32, need as u32),
             Opened::Data { .. } | Opened::Nothing => rin.consume(need),
@@ -604,6 +619,9 @@ impl Tls {
                 return Ok(consumed);
             }
             let out = pool.fill_slot(&mut self.rout);
+            if !rec.reply(out)? {
+                return Ok(consumed);
+            }
             let mut sealed = 0;
             loop {
                 let rest = src.filled().get(sealed..).unwrap_or(&[]);
