@@ -1,11 +1,21 @@
 //! loadgen: the load generator of Apex's benchmark harness (bench/run). Linux only.
 //!
 //! Modes (each prints one JSON object on stdout, `idle` prints two):
-//!   rate  --addr A --rate R --conns C --duration S [--warmup S] [--path P] [--drain S]
+//!   rate  --addr A --rate R --conns C --duration S [--warmup S] [--path P] [--drain S] [--tls SNI]
 //!         Open loop: request n is due at t0 + n/R and goes to connection n % C. A connection
 //!         sends its next request when it is due and the previous response is complete (no
 //!         pipelining). Latency counts from the due time, not the send time, so a stalled
 //!         server is charged for every request it delayed (no coordinated omission).
+//!         With --tls, every connection speaks TLS (rustls, ring; server name SNI); the
+//!         handshakes are done before the schedule starts.
+//!   handshakes --addr A --conns C --duration S [--sni NAME] [--path P] [--resume 1] [--verify 1]
+//!         New TLS connections, C at a time: each connects, does a full handshake, sends one
+//!         GET with `Connection: close`, reads the response and waits for the server to close
+//!         (at most 1 s), then its slot opens the next one, until S seconds have passed.
+//!         Session resumption is off (no tickets or session ids kept) unless --resume 1.
+//!         The server's certificate is not checked, nor (unless --verify 1) its handshake
+//!         signature: the client's share of the work stays small. Reports completed
+//!         exchanges per second as "rps" (one handshake each).
 //!   idle  --addr A --conns N [--inflight K] [--hold S] [--path P]
 //!         Opens N keep-alive connections (at most K connecting or waiting at once), sends
 //!         one request on each, keeps them all open and idle, prints {"ready":..}, holds for
@@ -22,6 +32,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use mio::event::Source;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -34,12 +47,13 @@ const HEAD_BYTES_MAX: usize = 32 * 1024;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(mode) = args.get(1).cloned() else {
-        eprintln!("usage: loadgen rate|idle|get|put --addr HOST:PORT ...");
+        eprintln!("usage: loadgen rate|handshakes|idle|get|put --addr HOST:PORT ...");
         std::process::exit(2);
     };
     let opts = Opts::parse(&args[2..]);
     let res = match mode.as_str() {
         "rate" => rate(&opts),
+        "handshakes" => handshakes(&opts),
         "idle" => idle(&opts),
         "get" => get(&opts),
         "put" => put(&opts),
@@ -267,10 +281,23 @@ impl RBuf {
     }
 }
 
+/// A readable connection whose short read may mean "the socket's queue is empty now".
+trait EdgeRead: Read {
+    /// A read that returned less than asked for drained the socket (plain TCP: yes; TLS:
+    /// no, a read returns one record's plaintext at a time).
+    fn short_read_drains(&self) -> bool;
+}
+
+impl EdgeRead for TcpStream {
+    fn short_read_drains(&self) -> bool {
+        true
+    }
+}
+
 /// Reads until WouldBlock (edge-triggered); returns Ok(true) at EOF.
 /// Calls `on_done(status)` for each completed response; `false` stops parsing this read.
 fn read_responses(
-    sock: &mut TcpStream,
+    sock: &mut impl EdgeRead,
     rb: &mut RBuf,
     resp: &mut Resp,
     mut on_done: impl FnMut(u16) -> bool,
@@ -289,7 +316,7 @@ fn read_responses(
                 return Ok(true);
             }
             Ok(n) => {
-                let short = n < sp.len();
+                let short = n < sp.len() && sock.short_read_drains();
                 rb.end += n;
                 loop {
                     match resp.step(rb.data())? {
@@ -354,7 +381,7 @@ impl Timer {
 // ---------------------------------------------------------------- rate mode
 
 struct Conn {
-    sock: TcpStream,
+    sock: Sock,
     connected: bool,
     rb: RBuf,
     resp: Resp,
@@ -380,6 +407,17 @@ fn request_bytes(o: &Opts) -> Vec<u8> {
 fn try_send(c: &mut Conn, req: &[u8], now: u64, reg: &mio::Registry, tok: Token) -> io::Result<()> {
     if !c.connected {
         return Ok(());
+    }
+    if c.sock.wants_write() {
+        // TLS records that could not leave when they were made (plain TCP: never)
+        c.sock.flush_tls()?;
+        if c.sock.wants_write() {
+            if !c.want_write {
+                c.want_write = true;
+                reg.reregister(&mut c.sock, tok, Interest::READABLE | Interest::WRITABLE)?;
+            }
+            return Ok(());
+        }
     }
     if !c.inflight {
         match c.queue.front() {
@@ -419,13 +457,15 @@ fn rate(o: &Opts) -> io::Result<()> {
     let warm = o.f64("warmup", 1.0);
     let drain = o.f64("drain", 3.0);
     let req = request_bytes(o);
+    let sni = o.str("tls", "");
+    let tls = if sni.is_empty() { None } else { Some(Tls::new(o, &sni, false)?) };
 
     let mut poll = Poll::new()?;
     let timer = Timer::new()?;
     poll.registry().register(&mut SourceFd(&timer.0.as_raw_fd()), TIMER, Interest::READABLE)?;
     let mut cs: Vec<Conn> = Vec::with_capacity(conns);
     for i in 0..conns {
-        let mut sock = connect(addr)?;
+        let mut sock = Sock::connect(addr, tls.as_ref())?;
         poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)?;
         cs.push(Conn {
             sock,
@@ -439,33 +479,48 @@ fn rate(o: &Opts) -> io::Result<()> {
         });
     }
     let mut events = Events::with_capacity(1024);
-    // Wait for every connection to be established (at most 5 s).
+    // Wait for every connection to be established, TLS handshakes included (at most 5 s).
     let deadline = now_ns() + 5_000_000_000;
     let mut up = 0;
+    let mut ready = vec![false; conns];
     while up < conns && now_ns() < deadline {
         poll.poll(&mut events, Some(Duration::from_millis(100)))?;
         for ev in events.iter() {
             let i = ev.token().0;
-            if i >= conns || cs[i].connected {
+            if i >= conns || ready[i] {
                 continue;
             }
-            if ev.is_writable() || ev.is_error() {
-                let c = &mut cs[i];
+            let c = &mut cs[i];
+            if !c.connected && (ev.is_writable() || ev.is_error()) {
                 if c.sock.take_error()?.is_none() && c.sock.peer_addr().is_ok() {
                     c.connected = true;
                     let _ = c.sock.set_nodelay(true);
                     c.want_write = false;
                     poll.registry().reregister(&mut c.sock, Token(i), Interest::READABLE)?;
-                    up += 1;
+                    c.sock.flush_tls()?; // the ClientHello
                 } else {
                     return Err(io::Error::other("connect failed"));
                 }
+            }
+            if c.connected && c.sock.handshaking() {
+                let mut b = [0u8; 256];
+                match c.sock.read(&mut b) {
+                    Ok(0) => return Err(io::Error::other("TLS: the server closed during the handshake")),
+                    Ok(_) => return Err(io::Error::other("TLS: data before any request")),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(io::Error::other(format!("TLS handshake: {e}"))),
+                }
+            }
+            if c.connected && !c.sock.handshaking() {
+                ready[i] = true;
+                up += 1;
             }
         }
     }
     if up < conns {
         return Err(io::Error::other(format!("only {up}/{conns} connections established")));
     }
+    let tls_info = cs.first().map(|c| c.sock.describe()).unwrap_or_default();
 
     let interval_ns = (1e9 / rate).round().max(1.0) as u64;
     let interval = interval_ns as f64;
@@ -496,7 +551,7 @@ fn rate(o: &Opts) -> io::Result<()> {
             if !c.inflight {
                 if let Err(_e) = try_send(c, &req, now, poll.registry(), Token(i)) {
                     errors += 1;
-                    reconnect(&mut poll, &mut cs[i], i, addr, &mut reconnects)?;
+                    reconnect(&mut poll, &mut cs[i], i, addr, tls.as_ref(), &mut reconnects)?;
                 }
             }
             next_n += 1;
@@ -546,7 +601,7 @@ fn rate(o: &Opts) -> io::Result<()> {
                     poll.registry().reregister(&mut c.sock, t, Interest::READABLE)?;
                 } else {
                     errors += 1;
-                    reconnect(&mut poll, c, i, addr, &mut reconnects)?;
+                    reconnect(&mut poll, c, i, addr, tls.as_ref(), &mut reconnects)?;
                     continue;
                 }
             }
@@ -588,7 +643,7 @@ fn rate(o: &Opts) -> io::Result<()> {
                 if c.inflight {
                     errors += 1; // a request was sent and not answered: it is sent again
                 }
-                reconnect(&mut poll, c, i, addr, &mut reconnects)?;
+                reconnect(&mut poll, c, i, addr, tls.as_ref(), &mut reconnects)?;
             }
         }
     }
@@ -621,7 +676,7 @@ fn rate(o: &Opts) -> io::Result<()> {
 \"scheduled\":{sent_measured},\"ok\":{ok},\"bad_status\":{bad_status},\"errors\":{errors},\"reconnects\":{reconnects},\
 \"incomplete\":{incomplete},\"warmup_done\":{done_warm},\"achieved_rps\":{achieved:.1},\
 \"lat_us\":{{\"mean\":{mean:.1},\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},\
-\"loadgen_cpu_s\":{cpu:.3}}}",
+\"tls\":\"{tls_info}\",\"loadgen_cpu_s\":{cpu:.3}}}",
         pct(50.0),
         pct(90.0),
         pct(99.0),
@@ -631,10 +686,10 @@ fn rate(o: &Opts) -> io::Result<()> {
     Ok(())
 }
 
-fn reconnect(poll: &mut Poll, c: &mut Conn, i: usize, addr: SocketAddr, reconnects: &mut u64) -> io::Result<()> {
+fn reconnect(poll: &mut Poll, c: &mut Conn, i: usize, addr: SocketAddr, tls: Option<&Tls>, reconnects: &mut u64) -> io::Result<()> {
     let _ = poll.registry().deregister(&mut c.sock);
     *reconnects += 1;
-    let mut sock = connect(addr)?;
+    let mut sock = Sock::connect(addr, tls)?;
     poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)?;
     c.sock = sock;
     c.connected = false;
@@ -866,5 +921,412 @@ fn put(o: &Opts) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     let (status, _) = parse_blocking_response(&mut s, &mut buf)?;
     report_transfer("put", status, total, t0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- TLS (bench/tls)
+
+/// The client side of TLS: one rustls config (ring, like Apex) and the server name to send.
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Tls {
+    /// TLS 1.3 and 1.2 (rustls prefers 1.3), ALPN http/1.1, no certificate check. Without
+    /// `resume` no session is kept, so every connection does a full handshake.
+    fn new(o: &Opts, sni: &str, resume: bool) -> io::Result<Tls> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algs = provider.signature_verification_algorithms;
+        let verifier = Arc::new(NoVerify { algs, check_sig: o.str("verify", "0") == "1" });
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        if !resume {
+            cfg.resumption = rustls::client::Resumption::disabled();
+        }
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+            .map_err(|e| io::Error::other(format!("server name {sni:?}: {e}")))?;
+        Ok(Tls { config: Arc::new(cfg), name })
+    }
+}
+
+/// Accepts any certificate: the load generator measures servers, it does not trust them.
+/// The handshake signature is checked only with --verify 1 (it costs the load side more
+/// than the server's signing costs the server).
+#[derive(Debug)]
+struct NoVerify {
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+    check_sig: bool,
+}
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        if self.check_sig {
+            return rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs);
+        }
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        if self.check_sig {
+            return rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs);
+        }
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// A client connection, plain TCP or TLS. Read and Write carry plaintext; with TLS they also
+/// drive the handshake (the request written during it waits inside rustls and leaves with
+/// the client's Finished), so the modes' loops are the same for both.
+struct Sock {
+    tcp: TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
+}
+
+/// Writes pending TLS records until done or the socket is full (then they wait: see wants_write).
+fn flush_records(t: &mut rustls::ClientConnection, tcp: &mut TcpStream) -> io::Result<()> {
+    while t.wants_write() {
+        match t.write_tls(tcp) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Sock {
+    fn connect(addr: SocketAddr, tls: Option<&Tls>) -> io::Result<Sock> {
+        let tcp = TcpStream::connect(addr)?;
+        let tls = match tls {
+            Some(t) => Some(Box::new(
+                rustls::ClientConnection::new(t.config.clone(), t.name.clone()).map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        Ok(Sock { tcp, tls })
+    }
+    /// Sends pending TLS records (the ClientHello first); call once connected.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            Some(t) => flush_records(t, &mut self.tcp),
+            None => Ok(()),
+        }
+    }
+    /// TLS records are waiting for room in the socket.
+    fn wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+    fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+    fn resumed(&self) -> bool {
+        self.tls.as_ref().and_then(|t| t.handshake_kind()) == Some(rustls::HandshakeKind::Resumed)
+    }
+    /// "TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519 Full", or "" for plain TCP.
+    fn describe(&self) -> String {
+        let Some(t) = &self.tls else { return String::new() };
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            t.protocol_version(),
+            t.negotiated_cipher_suite().map(|s| s.suite()),
+            t.negotiated_key_exchange_group().map(|g| g.name()),
+            t.handshake_kind()
+        )
+        .replace("Some(", "")
+        .replace(')', "")
+    }
+    fn take_error(&self) -> io::Result<Option<io::Error>> {
+        self.tcp.take_error()
+    }
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.peer_addr()
+    }
+    fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.tcp.set_nodelay(on)
+    }
+}
+
+impl Read for Sock {
+    /// Plaintext; WouldBlock once the socket is drained and no plaintext is left; 0 at the
+    /// server's close_notify or EOF.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Sock { tcp, tls } = self;
+        let Some(t) = tls else { return tcp.read(buf) };
+        loop {
+            match t.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0), // no close_notify
+                Err(e) => return Err(e),
+            }
+            match t.read_tls(tcp) {
+                Ok(0) => {} // EOF: the reader reports it on the next turn
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e), // WouldBlock included: drained, nothing to return
+            }
+            let st = t.process_new_packets().map_err(io::Error::other)?;
+            // handshake replies, and the request that waited for the handshake to end
+            flush_records(t, tcp)?;
+            if st.peer_has_closed() && st.plaintext_bytes_to_read() == 0 {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let Sock { tcp, tls } = self;
+        let Some(t) = tls else { return tcp.write(b) };
+        flush_records(t, tcp)?;
+        if t.wants_write() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = t.writer().write(b)?;
+        flush_records(t, tcp)?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl EdgeRead for Sock {
+    fn short_read_drains(&self) -> bool {
+        self.tls.is_none()
+    }
+}
+
+impl Source for Sock {
+    fn register(&mut self, r: &mio::Registry, t: Token, i: Interest) -> io::Result<()> {
+        self.tcp.register(r, t, i)
+    }
+    fn reregister(&mut self, r: &mio::Registry, t: Token, i: Interest) -> io::Result<()> {
+        self.tcp.reregister(r, t, i)
+    }
+    fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
+        self.tcp.deregister(r)
+    }
+}
+
+// ---------------------------------------------------------------- handshakes mode
+
+struct HConn {
+    sock: Sock,
+    connected: bool,
+    sent: bool,
+    started: u64,
+    answered_at: u64, // 0 until the response is complete
+    rb: RBuf,
+    resp: Resp,
+}
+
+fn handshakes(o: &Opts) -> io::Result<()> {
+    let addr = o.addr()?;
+    let conns = (o.f64("conns", 50.0) as usize).max(1);
+    let dur = o.f64("duration", 10.0);
+    let drain = o.f64("drain", 2.0);
+    let resume = o.str("resume", "0") == "1";
+    let sni = o.str("sni", "bench.test");
+    let tls = Tls::new(o, &sni, resume)?;
+    let path = o.str("path", "/");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nUser-Agent: apex-loadgen\r\nConnection: close\r\n\r\n").into_bytes();
+    const CLOSE_WAIT_NS: u64 = 1_000_000_000;
+
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut slots: Vec<Option<HConn>> = (0..conns).map(|_| None).collect();
+    let cpu0 = cpu_secs_self();
+    let t0 = now_ns();
+    let t_end = t0 + (dur * 1e9) as u64;
+    let t_drain = t_end + (drain * 1e9) as u64;
+    let mut lat: Vec<u64> = Vec::with_capacity(1 << 16);
+    let (mut ok, mut bad_status, mut errors, mut connect_errors, mut not_closed, mut resumed) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut last_done = t0;
+    let mut last_sweep = t0;
+    let mut info = String::new();
+    let mut first_error = String::new();
+    let mut buf = [0u8; 256];
+    loop {
+        let now = now_ns();
+        // Fill the empty slots while the window is open.
+        if now < t_end {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if slot.is_some() {
+                    continue;
+                }
+                match Sock::connect(addr, Some(&tls)) {
+                    Ok(mut sock) => {
+                        poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+                        *slot = Some(HConn {
+                            sock,
+                            connected: false,
+                            sent: false,
+                            started: now,
+                            answered_at: 0,
+                            rb: RBuf::new(4096),
+                            resp: Resp::new(),
+                        });
+                    }
+                    Err(e) => {
+                        connect_errors += 1;
+                        if first_error.is_empty() {
+                            first_error = format!("connect: {e}");
+                        }
+                    }
+                }
+            }
+        }
+        let live = slots.iter().filter(|s| s.is_some()).count();
+        if (now >= t_end && live == 0) || now >= t_drain {
+            break;
+        }
+        let wake = if now < t_end { t_end } else { t_drain };
+        let wait = Duration::from_nanos((wake - now).min(100_000_000));
+        // A failed connect() leaves its slot empty: retry soon rather than at the next event.
+        let wait = if live < conns { wait.min(Duration::from_millis(1)) } else { wait };
+        poll.poll(&mut events, Some(wait))?;
+        let now = now_ns();
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some(c) = slots.get_mut(i).and_then(|s| s.as_mut()) else { continue };
+            let mut fail: Option<String> = None;
+            let mut closed = false;
+            if !c.connected {
+                if c.sock.take_error()?.is_none() && c.sock.peer_addr().is_ok() {
+                    c.connected = true;
+                    let _ = c.sock.set_nodelay(true);
+                } else if ev.is_writable() || ev.is_error() || ev.is_read_closed() {
+                    fail = Some("connect failed".into());
+                } else {
+                    continue;
+                }
+            }
+            if fail.is_none() && !c.sent {
+                // Buffered by rustls until the handshake is done; sends the ClientHello now.
+                match c.sock.write(&req) {
+                    Ok(n) if n == req.len() => c.sent = true,
+                    Ok(_) => fail = Some("request not taken whole".into()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => fail = Some(format!("write: {e}")),
+                }
+            } else if fail.is_none() && c.sock.wants_write() {
+                if let Err(e) = c.sock.flush_tls() {
+                    fail = Some(format!("write: {e}"));
+                }
+            }
+            if fail.is_none() {
+                let mut status = 0u16;
+                let r = if c.answered_at == 0 {
+                    read_responses(&mut c.sock, &mut c.rb, &mut c.resp, |st| {
+                        status = st;
+                        false
+                    })
+                } else {
+                    // answered: read (and drop) until the server closes
+                    loop {
+                        match c.sock.read(&mut buf) {
+                            Ok(0) => break Ok(true),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                            Err(e) => break Err(e),
+                        }
+                    }
+                };
+                if status != 0 && c.answered_at == 0 {
+                    c.answered_at = now;
+                    last_done = now;
+                    lat.push(now - c.started);
+                    if (200..400).contains(&status) { ok += 1 } else { bad_status += 1 }
+                    if c.sock.resumed() {
+                        resumed += 1;
+                    }
+                    if info.is_empty() {
+                        info = c.sock.describe();
+                    }
+                }
+                match r {
+                    Ok(eof) => closed = eof,
+                    Err(e) => fail = Some(format!("read: {e}")),
+                }
+            }
+            if closed || fail.is_some() {
+                if c.answered_at == 0 {
+                    errors += 1;
+                    if first_error.is_empty() {
+                        first_error = fail.unwrap_or_else(|| "closed before the response".into());
+                    }
+                }
+                if let Some(mut c) = slots[i].take() {
+                    let _ = poll.registry().deregister(&mut c.sock);
+                }
+            }
+        }
+        // Answered connections the server keeps open: closed by us after 1 s.
+        if now - last_sweep > 100_000_000 {
+            last_sweep = now;
+            for slot in slots.iter_mut() {
+                if slot.as_ref().is_some_and(|c| c.answered_at != 0 && now - c.answered_at > CLOSE_WAIT_NS) {
+                    not_closed += 1;
+                    if let Some(mut c) = slot.take() {
+                        let _ = poll.registry().deregister(&mut c.sock);
+                    }
+                }
+            }
+        }
+    }
+    let unfinished = slots.iter().filter(|s| s.as_ref().is_some_and(|c| c.answered_at == 0)).count();
+    let cpu = cpu_secs_self() - cpu0;
+    let secs = (last_done.max(t_end) - t0) as f64 / 1e9;
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let idx = ((p / 100.0) * lat.len() as f64).ceil() as usize;
+        lat[idx.clamp(1, lat.len()) - 1] as f64 / 1000.0
+    };
+    let first_error = first_error.replace('"', "'");
+    println!(
+        "{{\"mode\":\"handshakes\",\"conns\":{conns},\"duration_s\":{dur},\"resume\":{resume},\"ok\":{ok},\"bad_status\":{bad_status},\
+\"errors\":{errors},\"connect_errors\":{connect_errors},\"unfinished\":{unfinished},\"not_closed_by_server\":{not_closed},\
+\"resumed\":{resumed},\"secs\":{secs:.3},\"rps\":{:.1},\"non2xx\":{bad_status},\"socket_errors\":{},\
+\"lat_us\":{{\"p50\":{:.1},\"p99\":{:.1},\"max\":{:.1}}},\"tls\":\"{info}\",\"first_error\":\"{first_error}\",\"loadgen_cpu_s\":{cpu:.3}}}",
+        ok as f64 / secs,
+        errors + connect_errors + unfinished as u64,
+        pct(50.0),
+        pct(99.0),
+        pct(100.0)
+    );
     Ok(())
 }
