@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +30,9 @@ pub struct Config {
     /// Every distinct upstream address; groups refer to these by index, so passive health and
     /// pools belong to an address, whichever groups share it.
     pub servers: Vec<SocketAddr>,
+    /// Per server (same index as `servers`): how to speak TLS to it, if the groups that list it
+    /// ask for TLS (they must agree).
+    pub server_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
     /// TLS listeners and their certificates (`[tls]`), if any.
     pub tls: Option<TlsListen>,
 }
@@ -104,6 +108,8 @@ pub struct Group {
     pub name: String,
     pub servers: Vec<usize>,
     pub cooldown: Duration,
+    /// TLS to these servers (`tls = true`), as written.
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
 }
 
 impl HostPattern {
@@ -220,6 +226,15 @@ impl Config {
                 servers.join(", "),
                 d(g.cooldown)
             );
+            if let Some(t) = &g.tls {
+                let _ = writeln!(o, "tls = true");
+                if let Some(n) = &t.server_name {
+                    let _ = writeln!(o, "tls_name = {}", q(n));
+                }
+                if let Some(c) = &t.ca {
+                    let _ = writeln!(o, "tls_ca = {}", q(&c.display().to_string()));
+                }
+            }
         }
         if let Some(t) = &self.tls {
             let listen: Vec<String> = t.listen.iter().map(|a| q(&a.to_string())).collect();
@@ -351,9 +366,83 @@ struct RawRoute {
 struct RawGroup {
     servers: Spanned<Vec<Spanned<String>>>,
     cooldown: Option<Spanned<String>>,
+    tls: Option<bool>,
+    tls_name: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<String>>,
 }
 
 type BuildError = (Option<Range<usize>>, String);
+
+/// A group's `tls`, `tls_name` and `tls_ca`, checked (the CA file is read when the client
+/// configs are built, in `server_tls`).
+fn upstream_tls(
+    name: &str,
+    g: &Spanned<RawGroup>,
+    base: &Path,
+) -> Result<Option<crate::tls::UpstreamTlsSpec>, BuildError> {
+    let r = g.get_ref();
+    if r.tls != Some(true) {
+        if let Some(x) = r.tls_name.as_ref().or(r.tls_ca.as_ref()) {
+            return Err((at(x), format!("upstream {name:?}: tls_name and tls_ca need `tls = true`")));
+        }
+        return Ok(None);
+    }
+    let server_name = match &r.tls_name {
+        Some(n) => {
+            if rustls::pki_types::DnsName::try_from(n.get_ref().as_str()).is_err() {
+                return Err((at(n), format!("upstream {name:?}: tls_name {:?} is not a DNS name", n.get_ref())));
+            }
+            Some(n.get_ref().to_ascii_lowercase())
+        }
+        None => None,
+    };
+    let ca = r.tls_ca.as_ref().map(|c| base.join(c.get_ref()));
+    Ok(Some(crate::tls::UpstreamTlsSpec { server_name, ca }))
+}
+
+/// Per server: its TLS client config. A server listed by several groups must get the same TLS
+/// settings from each (its pool is shared).
+fn server_tls(
+    raw: &BTreeMap<String, Spanned<RawGroup>>,
+    groups: &[Group],
+    servers: &[SocketAddr],
+) -> Result<Vec<Option<Arc<crate::tls::UpstreamTls>>>, BuildError> {
+    let mut out: Vec<Option<Arc<crate::tls::UpstreamTls>>> = vec![None; servers.len()];
+    let mut owner: Vec<Option<usize>> = vec![None; servers.len()];
+    let mut built: Vec<(crate::tls::UpstreamTlsSpec, Arc<rustls::ClientConfig>)> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let span = raw.get(&g.name).map(|r| r.span());
+        for &si in &g.servers {
+            let (Some(addr), Some(slot), Some(first)) = (servers.get(si), out.get_mut(si), owner.get_mut(si)) else {
+                continue;
+            };
+            if let Some(f) = *first {
+                let other = groups.get(f);
+                if other.map(|o| &o.tls) != Some(&g.tls) {
+                    let other = other.map_or("", |o| o.name.as_str());
+                    return Err((
+                        span,
+                        format!("upstream {:?}: {addr} is also in {other:?} with other TLS settings", g.name),
+                    ));
+                }
+                continue;
+            }
+            *first = Some(gi);
+            let Some(spec) = &g.tls else { continue };
+            let client = match built.iter().find(|(s, _)| s == spec) {
+                Some((_, c)) => Arc::clone(c),
+                None => {
+                    let c = crate::tls::client_config(spec.ca.as_deref())
+                        .map_err(|e| (span.clone(), format!("upstream {:?}: {e}", g.name)))?;
+                    built.push((spec.clone(), Arc::clone(&c)));
+                    c
+                }
+            };
+            *slot = Some(Arc::new(crate::tls::UpstreamTls::new(client, spec, *addr)));
+        }
+    }
+    Ok(out)
+}
 
 fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<TlsListen, BuildError> {
     let span = at(&raw);
@@ -587,8 +676,9 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             members.push(idx);
         }
         let cooldown = duration(&g.get_ref().cooldown, "cooldown", 10_000, true)?;
+        let tls = upstream_tls(name, g, base)?;
         group_index.insert(name.clone(), groups.len());
-        groups.push(Group { name: name.clone(), servers: members, cooldown });
+        groups.push(Group { name: name.clone(), servers: members, cooldown, tls });
     }
 
     if raw.route.is_empty() {
@@ -640,7 +730,8 @@ fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         Some(t) => Some(build_tls(t, base, &listen)?),
         None => None,
     };
-    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, tls })
+    let server_tls = server_tls(&raw.upstream, &groups, &servers)?;
+    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, server_tls, tls })
 }
 
 #[cfg(test)]

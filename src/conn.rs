@@ -565,9 +565,10 @@ impl Conn {
 
     fn flush_client(&mut self, cx: &mut Cx) -> Result<usize, Fault> {
         match (self.tls.as_deref_mut(), self.cout.as_mut()) {
-            (None, Some(b)) => flush(&self.sock, &mut self.io, b).map_err(|_| Fault::Client),
+            (tls, Some(b)) => {
+                End { sock: &self.sock, io: &mut self.io, tls }.flush(&mut cx.tls_bufs, b).map_err(|_| Fault::Client)
+            }
             (None, None) => Ok(0),
-            (Some(t), Some(b)) => t.write(&self.sock, &mut self.io, &mut cx.tls_bufs, b).map_err(|_| Fault::Client),
             (Some(t), None) => {
                 t.flush(&self.sock, &mut self.io, &mut cx.tls_bufs).map(|_| 0).map_err(|_| Fault::Client)
             }
@@ -758,17 +759,39 @@ impl Conn {
             if u.connected {
                 return Ok(Next::Go(Phase::Exchange));
             }
-            if !u.io.writable && !u.io.hup {
-                return Ok(Next::Wait);
-            }
-            let ok = match u.sock.take_error() {
-                Ok(None) => match u.sock.peer_addr() {
-                    Ok(_) => Some(true),
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
-                    Err(_) => Some(false),
-                },
-                _ => Some(false),
+            let ok = if u.tcp_up {
+                // TCP is up; the TLS handshake (verification included) decides, under the same
+                // upstream_connect deadline: a server that fails it is treated as one that
+                // refused the connection.
+                let t = u.tls.as_deref_mut().ok_or(Fault::Internal("tls slot"))?;
+                match t.connect(&u.sock, &mut u.io, &mut cx.tls_bufs) {
+                    Ok(true) => Some(true),
+                    Ok(false) => return Ok(Next::Wait),
+                    Err(e) => {
+                        let addr = u.sock.peer_addr().ok();
+                        if let Some(addr) = addr {
+                            cx.log.error(cx.now, format_args!("warn: upstream {addr}: tls: {e}"));
+                        }
+                        Some(false)
+                    }
+                }
+            } else {
+                if !u.io.writable && !u.io.hup {
+                    return Ok(Next::Wait);
+                }
+                match u.sock.take_error() {
+                    Ok(None) => match u.sock.peer_addr() {
+                        Ok(_) => Some(true),
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
+                        Err(_) => Some(false),
+                    },
+                    _ => Some(false),
+                }
             };
+            if ok == Some(true) && !u.tcp_up && u.tls.is_some() {
+                u.tcp_up = true;
+                return Ok(Next::Again);
+            }
             match ok {
                 None => {
                     u.io.writable = false;
@@ -832,6 +855,10 @@ impl Conn {
     }
 
     fn open(&mut self, cx: &mut Cx, key: usize, server: usize, addr: SocketAddr) -> io::Result<usize> {
+        let tls = match cx.ups.tls(server) {
+            Some(t) => Some(Box::new(Tls::client(Arc::clone(&t.config), t.name.clone())?)),
+            None => None,
+        };
         let mut sock = TcpStream::connect(addr)?;
         let _ = sock.set_nodelay(true);
         let entry = cx.ups.conns.vacant_entry();
@@ -843,8 +870,10 @@ impl Conn {
             server,
             owner: Some(key),
             connected: false,
+            tcp_up: false,
             reused: false,
             idle_deadline: cx.now,
+            tls,
         });
         Ok(uk)
     }
@@ -882,7 +911,7 @@ impl Conn {
         };
         // Send what we have upstream.
         let sent = match rq.uout.as_mut() {
-            Some(b) if !rq.up_wr_failed => flush(&u.sock, &mut u.io, b),
+            Some(b) if !rq.up_wr_failed => up_flush(u, &mut cx.tls_bufs, b),
             _ => Ok(0),
         };
         let sent = match sent {
@@ -896,7 +925,7 @@ impl Conn {
         progress |= sent > 0;
         // Read the response head.
         let uin = cx.bufs.fill_slot(&mut rq.uin);
-        match fill(&u.sock, &mut u.io, uin) {
+        match up_fill(u, &mut cx.tls_bufs, uin) {
             Ok(Filled::Data(_)) => {
                 rq.resp_seen = true;
                 progress = true;
@@ -1049,7 +1078,9 @@ impl Conn {
         let cin_empty = self.cin.as_ref().is_none_or(Buf::is_empty);
         let uout_empty = rq.uout.as_ref().is_none_or(Buf::is_empty);
         let pending = rq.preq.as_ref().is_some_and(|p| p.pending > 0);
+        let up_tls = rq.up.and_then(|k| cx.ups.conns.get(k)).is_some_and(|u| u.tls.is_some());
         let spliceable = self.tls.is_none()
+            && !up_tls
             && matches!(rq.req_body, Body::Length(_) | Body::Chunked(_))
             && rq.req_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
         if pending || (spliceable && cin_empty && uout_empty) {
@@ -1196,13 +1227,15 @@ impl Conn {
         if let Some(b) = rq.uout.as_mut()
             && !rq.up_wr_failed
         {
-            match flush(&u.sock, &mut u.io, b) {
+            match up_flush(u, &mut cx.tls_bufs, b) {
                 Ok(n) => progress |= n > 0,
                 // The response keeps coming in; the rest of the request is dropped.
                 Err(_) => rq.up_wr_failed = true,
             }
         }
-        let spliceable = self.tls.is_none() && rq.resp_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
+        // TLS on either side: records, not bytes, so bodies are copied.
+        let spliceable =
+            self.tls.is_none() && u.tls.is_none() && rq.resp_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
         let drained = rq.uin.as_ref().is_none_or(Buf::is_empty) && self.cout.as_ref().is_none_or(Buf::is_empty);
         let pending = rq.presp.as_ref().is_some_and(|p| p.pending > 0);
         if pending || (spliceable && drained) {
@@ -1220,7 +1253,7 @@ impl Conn {
         let uin = cx.bufs.fill_slot(&mut rq.uin);
         let cout = cx.bufs.fill_slot(&mut self.cout);
         if !rq.up_eof {
-            match fill(&u.sock, &mut u.io, uin) {
+            match up_fill(u, &mut cx.tls_bufs, uin) {
                 Ok(Filled::Data(_)) => progress = true,
                 Ok(Filled::Idle) => {}
                 Ok(Filled::Eof) | Err(_) => rq.up_eof = true,
@@ -1331,16 +1364,16 @@ impl Conn {
         };
         let cin = cx.bufs.fill_slot(&mut self.cin);
         let uin = cx.bufs.fill_slot(&mut rq.uin);
-        if let Some(t) = self.tls.as_deref_mut() {
+        if self.tls.is_some() || u.tls.is_some() {
             // Through buffers both ways: TLS bytes cannot be spliced. Upstream bytes wait for
             // the 101 head in cout.
             if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
                 return Ok(if progress { Next::Again } else { Next::Wait });
             }
-            let tb = &mut cx.tls_bufs;
-            let c = (&self.sock, &mut self.io);
-            let Ok(moved) = relay_tls(c, (&u.sock, &mut u.io), t, tb, cin, uin, &mut rq.client_eof, &mut rq.up_eof)
-            else {
+            let c = End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() };
+            let up = End { sock: &u.sock, io: &mut u.io, tls: u.tls.as_deref_mut() };
+            let eofs = (&mut rq.client_eof, &mut rq.up_eof);
+            let Ok(moved) = relay_buffered(c, up, &mut cx.tls_bufs, cin, uin, eofs) else {
                 return Ok(Next::Go(Phase::Close));
             };
             progress |= moved;
@@ -1540,6 +1573,16 @@ fn queue_answer(
     Ok(n)
 }
 
+/// One write of `buf` to an upstream: to the socket, or sealed in TLS records.
+fn up_flush(u: &mut UpConn, pool: &mut TlsBufPool, buf: &mut Buf) -> io::Result<usize> {
+    End { sock: &u.sock, io: &mut u.io, tls: u.tls.as_deref_mut() }.flush(pool, buf)
+}
+
+/// One read from an upstream into `buf`: from the socket, or opened from TLS records.
+fn up_fill(u: &mut UpConn, pool: &mut TlsBufPool, buf: &mut Buf) -> io::Result<Filled> {
+    End { sock: &u.sock, io: &mut u.io, tls: u.tls.as_deref_mut() }.fill(pool, buf)
+}
+
 /// One read from the client into `buf`: from the socket, or decrypted from TLS records.
 fn client_fill(
     sock: &TcpStream,
@@ -1548,47 +1591,64 @@ fn client_fill(
     pool: &mut TlsBufPool,
     buf: &mut Buf,
 ) -> io::Result<Filled> {
-    match tls.as_deref_mut() {
-        Some(t) => t.read(sock, io, pool, buf),
-        None => fill(sock, io, buf),
+    End { sock, io, tls: tls.as_deref_mut() }.fill(pool, buf)
+}
+
+/// One end of a connection: a socket, and its TLS if it has one.
+struct End<'a> {
+    sock: &'a TcpStream,
+    io: &'a mut Io,
+    tls: Option<&'a mut Tls>,
+}
+
+impl End<'_> {
+    fn fill(&mut self, pool: &mut TlsBufPool, buf: &mut Buf) -> io::Result<Filled> {
+        match self.tls.as_deref_mut() {
+            Some(t) => t.read(self.sock, self.io, pool, buf),
+            None => fill(self.sock, self.io, buf),
+        }
+    }
+
+    fn flush(&mut self, pool: &mut TlsBufPool, buf: &mut Buf) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            Some(t) => t.write(self.sock, self.io, pool, buf),
+            None => flush(self.sock, self.io, buf),
+        }
     }
 }
 
-/// A tunnel to a TLS client: client -> upstream through `cin`, upstream -> client through `uin`.
-#[allow(clippy::too_many_arguments)]
-fn relay_tls(
-    client: (&TcpStream, &mut Io),
-    up: (&TcpStream, &mut Io),
-    tls: &mut Tls,
+/// A tunnel with TLS on either side: client -> upstream through `cin`, upstream -> client
+/// through `uin`. `eofs`: (client, upstream) closed their side.
+fn relay_buffered(
+    mut client: End<'_>,
+    mut up: End<'_>,
     pool: &mut TlsBufPool,
     cin: &mut Buf,
     uin: &mut Buf,
-    client_eof: &mut bool,
-    up_eof: &mut bool,
+    eofs: (&mut bool, &mut bool),
 ) -> io::Result<bool> {
-    let (cs, cio) = client;
-    let (us, uio) = up;
+    let (client_eof, up_eof) = eofs;
     let mut progress = false;
     for _ in 0..2 {
-        progress |= flush(us, uio, cin)? > 0;
+        progress |= up.flush(pool, cin)? > 0;
         if !*client_eof && cin.spare_len() > 0 {
-            match tls.read(cs, cio, pool, cin)? {
+            match client.fill(pool, cin)? {
                 Filled::Data(_) => progress = true,
                 Filled::Idle => {}
                 Filled::Eof => *client_eof = true,
             }
         }
-        progress |= tls.write(cs, cio, pool, uin)? > 0;
+        progress |= client.flush(pool, uin)? > 0;
         if !*up_eof && uin.spare_len() > 0 {
-            match fill(us, uio, uin)? {
+            match up.fill(pool, uin)? {
                 Filled::Data(_) => progress = true,
                 Filled::Idle => {}
                 Filled::Eof => *up_eof = true,
             }
         }
     }
-    progress |= flush(us, uio, cin)? > 0;
-    progress |= tls.write(cs, cio, pool, uin)? > 0;
+    progress |= up.flush(pool, cin)? > 0;
+    progress |= client.flush(pool, uin)? > 0;
     Ok(progress)
 }
 

@@ -311,7 +311,7 @@ impl Worker {
                         // A TLS client on a config without TLS (cannot happen: reload refuses
                         // listener changes) is closed.
                         let Some(cfg) = self.tls_config() else { continue };
-                        match crate::tls::Tls::new(cfg) {
+                        match crate::tls::Tls::server(cfg) {
                             Ok(t) => Some(Box::new(t)),
                             Err(_) => continue,
                         }

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig};
 
 use crate::buf::{Buf, BufPool};
@@ -36,6 +37,7 @@ const CT_ALERT: u8 = 21;
 const CT_HANDSHAKE: u8 = 22;
 const CT_APPDATA: u8 = 23;
 const HS_KEY_UPDATE: u8 = 24;
+const HS_NEW_SESSION_TICKET: u8 = 4;
 /// Records sealed or opened with one key before the connection is closed: AES-GCM's limit in
 /// TLS 1.3 is 2^24.5 records (RFC 8446 §5.5); this stays well under it for every suite.
 const RECORDS_PER_KEY_MAX: u64 = 1 << 23;
@@ -85,13 +87,48 @@ impl Dir {
     }
 }
 
+/// What rustls keeps after the handshake: it computes next traffic secrets (KeyUpdate) and,
+/// as a client, stores the session tickets a server sends.
+enum Kernel {
+    Server(KernelConnection<ServerConnectionData>),
+    Client(KernelConnection<ClientConnectionData>),
+}
+
+impl Kernel {
+    fn version(&self) -> ProtocolVersion {
+        match self {
+            Kernel::Server(k) => k.protocol_version(),
+            Kernel::Client(k) => k.protocol_version(),
+        }
+    }
+
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Server(k) => k.update_rx_secret(),
+            Kernel::Client(k) => k.update_rx_secret(),
+        }
+    }
+
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Kernel::Server(k) => k.update_tx_secret(),
+            Kernel::Client(k) => k.update_tx_secret(),
+        }
+    }
+}
+
+enum Handshake {
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
+}
+
 /// The record layer after the handshake.
 struct Records {
     version: Version,
     tx: Dir,
     rx: Dir,
-    kernel: KernelConnection<ServerConnectionData>,
-    /// The client asked for a KeyUpdate back: ours goes out before our next data record
+    kernel: Kernel,
+    /// The peer asked for a KeyUpdate back: ours goes out before our next data record
     /// (RFC 8446 §4.6.3; several requests while we are silent get one answer).
     reply_pending: bool,
 }
@@ -106,8 +143,8 @@ enum Opened {
 }
 
 impl Records {
-    fn new(kernel: KernelConnection<ServerConnectionData>, secrets: rustls::ExtractedSecrets) -> io::Result<Self> {
-        let version = match (kernel.protocol_version(), &secrets.tx.1) {
+    fn new(kernel: Kernel, secrets: rustls::ExtractedSecrets) -> io::Result<Self> {
+        let version = match (kernel.version(), &secrets.tx.1) {
             (ProtocolVersion::TLSv1_3, _) => Version::Tls13,
             (ProtocolVersion::TLSv1_2, ConnectionTrafficSecrets::Chacha20Poly1305 { .. }) => Version::Tls12Chacha,
             (ProtocolVersion::TLSv1_2, _) => Version::Tls12Gcm,
@@ -227,24 +264,43 @@ impl Records {
                 }
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
-                let msg = plain.get(..len).unwrap_or(&[]);
-                self.key_update(msg).map(|()| Opened::Nothing)
+                let msgs = plain.get(..len).unwrap_or(&[]);
+                self.post_handshake(msgs).map(|()| Opened::Nothing)
             }
             // TLS 1.2 renegotiation and anything else: refused by closing.
             _ => Err(bad("unexpected record")),
         }
     }
 
-    /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the client asks for it, ours
+    /// TLS 1.3 handshake messages after the handshake, whole within their record (a message
+    /// split over records is refused). RFC 8446 §4.6.1: a server's NewSessionTicket (kept by
+    /// rustls for resumption); §4.6.3: a KeyUpdate, which must end its record (§5.1).
+    fn post_handshake(&mut self, mut msgs: &[u8]) -> io::Result<()> {
+        while let &[typ, a, b, c, ref rest @ ..] = msgs {
+            let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+            let (body, after) = rest.split_at_checked(len).ok_or_else(|| bad("split handshake message"))?;
+            match (typ, &mut self.kernel) {
+                (HS_KEY_UPDATE, _) if after.is_empty() => return self.key_update(body),
+                (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
+                    k.handle_new_session_ticket(body).map_err(|_| bad("bad session ticket"))?
+                }
+                _ => return Err(bad("unexpected post-handshake message")),
+            }
+            msgs = after;
+        }
+        if msgs.is_empty() { Ok(()) } else { Err(bad("split handshake message")) }
+    }
+
+    /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the peer asks for it, ours
     /// is owed (`reply`).
-    fn key_update(&mut self, msg: &[u8]) -> io::Result<()> {
-        let &[HS_KEY_UPDATE, 0, 0, 1, req] = msg else {
-            return Err(bad("unexpected post-handshake message"));
+    fn key_update(&mut self, body: &[u8]) -> io::Result<()> {
+        let &[req] = body else {
+            return Err(bad("bad key update"));
         };
         if req > 1 {
             return Err(bad("bad key update"));
         }
-        let (seq, s) = self.kernel.update_rx_secret().map_err(|_| bad("key update failed"))?;
+        let (seq, s) = self.kernel.next_rx().map_err(|_| bad("key update failed"))?;
         self.rx = Dir::new(seq, s)?;
         self.reply_pending |= req == 1;
         Ok(())
@@ -262,7 +318,7 @@ impl Records {
         }
         let n = self.seal(CT_HANDSHAKE, &KEY_UPDATE, out.spare())?;
         out.commit(n);
-        let (seq, s) = self.kernel.update_tx_secret().map_err(|_| bad("key update failed"))?;
+        let (seq, s) = self.kernel.next_tx().map_err(|_| bad("key update failed"))?;
         self.tx = Dir::new(seq, s)?;
         self.reply_pending = false;
         Ok(true)
@@ -276,6 +332,152 @@ fn aad12(seq: u64, ct: u8, len: usize) -> [u8; 13] {
         *d = s;
     }
     a
+}
+
+/// One side's handshake connection, as `drive` needs it.
+trait HsConn {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    /// rustls has records queued to send.
+    fn queued(&self) -> bool;
+}
+
+impl HsConn for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn queued(&self) -> bool {
+        self.wants_write()
+    }
+}
+
+impl HsConn for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn queued(&self) -> bool {
+        self.wants_write()
+    }
+}
+
+/// Runs a handshake until it is done, ends, or waits (`Hs::Read`, `Hs::Flush`, `Hs::Full`).
+/// On failure, the alert rustls queued is written and `failed` says whether it left.
+fn drive<C: HsConn, const N: usize>(
+    hs: &mut C,
+    sock: &TcpStream,
+    io: &mut Io,
+    rin: &mut TlsBuf,
+    rout: &mut TlsBuf,
+    mut dst: Option<&mut Buf<N>>,
+    failed: &mut bool,
+) -> io::Result<Hs> {
+    loop {
+        let st = hs.process(rin.filled_mut());
+        let discard = st.discard;
+        let state = match st.state {
+            Ok(state) => state,
+            Err(e) => {
+                // rustls queued a fatal alert (no_application_protocol, handshake_failure,
+                // ...): it goes out before the close (RFC 8446 §6.2), so the client learns why.
+                // Only what is queued is asked for (`wants_write`): with nothing queued,
+                // rustls would parse the rest of the buffer again and, on more bad bytes,
+                // try to send a second fatal alert (a debug assertion in rustls). The
+                // status's discard is applied first: rustls checks the buffer it is given
+                // against what it has parsed (an empty slice panics).
+                rin.consume(discard);
+                let mut encoded = false;
+                for _ in 0..8 {
+                    if !hs.queued() {
+                        break;
+                    }
+                    let st = hs.process(rin.filled_mut());
+                    let discard = st.discard;
+                    let ok = match st.state {
+                        Ok(ConnectionState::EncodeTlsData(mut e)) => e.encode(rout.spare()).ok(),
+                        _ => None,
+                    };
+                    rin.consume(discard);
+                    let Some(n) = ok else { break };
+                    rout.commit(n);
+                    encoded = true;
+                }
+                *failed = encoded && flush(sock, io, rout).is_ok() && rout.is_empty();
+                // rustls's reason (a certificate not valid for the name, no shared
+                // protocol, ...) is what an operator needs in the log.
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        };
+        let next = match state {
+            ConnectionState::EncodeTlsData(mut e) => match e.encode(rout.spare()) {
+                Ok(n) => {
+                    rout.commit(n);
+                    Hs::Go
+                }
+                // What is queued goes out first; then the same record is offered again.
+                Err(EncodeError::InsufficientSize(_)) if !rout.is_empty() => Hs::Flush,
+                Err(_) => return Err(bad("handshake message too large")),
+            },
+            ConnectionState::TransmitTlsData(t) => {
+                // Queued in `rout` is as good as sent: it leaves before anything sealed later.
+                t.done();
+                Hs::Flush
+            }
+            ConnectionState::BlockedHandshake => Hs::Read,
+            ConnectionState::ReadTraffic(mut r) => {
+                let Some(dst) = dst.as_deref_mut() else {
+                    rin.consume(discard);
+                    return Ok(Hs::Full);
+                };
+                let mut next = Hs::Go;
+                loop {
+                    match r.peek_len() {
+                        None => break,
+                        Some(n) if n.get() > dst.spare_len() => {
+                            next = Hs::Full;
+                            break;
+                        }
+                        Some(_) => {}
+                    }
+                    match r.next_record() {
+                        Some(Ok(rec)) => {
+                            if !dst.put(rec.payload) {
+                                return Err(bad("tls state"));
+                            }
+                        }
+                        Some(Err(_)) => return Err(bad("tls record")),
+                        None => break,
+                    }
+                }
+                next
+            }
+            ConnectionState::WriteTraffic(_) => Hs::Done,
+            ConnectionState::PeerClosed | ConnectionState::Closed => Hs::Eof,
+            _ => return Err(bad("unexpected tls state")),
+        };
+        rin.consume(discard);
+        match next {
+            Hs::Go => {}
+            Hs::Flush => {
+                flush(sock, io, rout)?;
+                if !rout.is_empty() {
+                    return Ok(Hs::Flush);
+                }
+            }
+            Hs::Read => {
+                flush(sock, io, rout)?;
+                rin.reserve(record_need(rin.filled()));
+                match fill(sock, io, rin)? {
+                    Filled::Data(_) => {}
+                    Filled::Idle => return Ok(Hs::Read),
+                    Filled::Eof => return Err(bad("peer closed during the handshake")),
+                }
+            }
+            Hs::Full | Hs::Eof => return Ok(next),
+            Hs::Done => return Ok(Hs::Done),
+        }
+    }
 }
 
 /// What the handshake loop does after a state is handled.
@@ -301,9 +503,10 @@ fn bad(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// A client connection's TLS state.
+/// One connection's TLS state: a client's (we are the server) or an upstream's (we are the
+/// client).
 pub struct Tls {
-    hs: Option<UnbufferedServerConnection>,
+    hs: Option<Handshake>,
     rec: Option<Records>,
     /// Bytes from the socket, not yet opened.
     rin: Option<TlsBuf>,
@@ -320,18 +523,18 @@ pub struct Tls {
 }
 
 impl Tls {
-    pub fn new(cfg: Arc<ServerConfig>) -> io::Result<Tls> {
+    pub fn server(cfg: Arc<ServerConfig>) -> io::Result<Tls> {
         let hs = UnbufferedServerConnection::new(cfg).map_err(|_| bad("tls setup"))?;
-        Ok(Tls {
-            hs: Some(hs),
-            rec: None,
-            rin: None,
-            rout: None,
-            plain: (0, 0, 0),
-            ahead: 0,
-            eof: false,
-            failed: false,
-        })
+        Ok(Tls::with(Handshake::Server(hs)))
+    }
+
+    pub fn client(cfg: Arc<rustls::ClientConfig>, name: rustls::pki_types::ServerName<'static>) -> io::Result<Tls> {
+        let hs = UnbufferedClientConnection::new(cfg, name).map_err(|_| bad("tls setup"))?;
+        Ok(Tls::with(Handshake::Client(hs)))
+    }
+
+    fn with(hs: Handshake) -> Tls {
+        Tls { hs: Some(hs), rec: None, rin: None, rout: None, plain: (0, 0, 0), ahead: 0, eof: false, failed: false }
     }
 
     /// The handshake failed and the client was told why: close gracefully (linger) so the
@@ -409,7 +612,7 @@ impl Tls {
                 return Ok(Filled::Eof);
             }
             if self.hs.is_some() {
-                if !self.handshake(sock, io, pool, dst)? {
+                if !self.handshake(sock, io, pool, Some(&mut *dst))? {
                     return Ok(Filled::Idle);
                 }
                 continue;
@@ -465,130 +668,47 @@ impl Tls {
     }
 
     /// Drives the handshake as far as the bytes at hand allow. Returns false when it waits for
-    /// the socket (or for room in `dst`). Application data that arrives with the client's last
-    /// flight goes to `dst`.
+    /// the socket (or for room in `dst`). Application data that arrives with the peer's last
+    /// flight goes to `dst` (none: it waits in rustls until a read brings a buffer).
     fn handshake<const N: usize>(
         &mut self,
         sock: &TcpStream,
         io: &mut Io,
         pool: &mut TlsBufPool,
-        dst: &mut Buf<N>,
+        dst: Option<&mut Buf<N>>,
     ) -> io::Result<bool> {
-        loop {
-            let Some(hs) = self.hs.as_mut() else { return Ok(true) };
-            let rin = pool.fill_slot(&mut self.rin);
-            let rout = pool.fill_slot(&mut self.rout);
-            let st = hs.process_tls_records(rin.filled_mut());
-            let discard = st.discard;
-            let state = match st.state {
-                Ok(state) => state,
-                Err(_) => {
-                    // rustls queued a fatal alert (no_application_protocol, handshake_failure,
-                    // ...): it goes out before the close (RFC 8446 §6.2), so the client learns why.
-                    // Only what is queued is asked for (`wants_write`): with nothing queued,
-                    // rustls would parse the rest of the buffer again and, on more bad bytes,
-                    // try to send a second fatal alert (a debug assertion in rustls). The
-                    // status's discard is applied first: rustls checks the buffer it is given
-                    // against what it has parsed (an empty slice panics).
-                    rin.consume(discard);
-                    let mut encoded = false;
-                    for _ in 0..8 {
-                        if !hs.wants_write() {
-                            break;
-                        }
-                        let st = hs.process_tls_records(rin.filled_mut());
-                        let discard = st.discard;
-                        let ok = match st.state {
-                            Ok(ConnectionState::EncodeTlsData(mut e)) => e.encode(rout.spare()).ok(),
-                            _ => None,
-                        };
-                        rin.consume(discard);
-                        let Some(n) = ok else { break };
-                        rout.commit(n);
-                        encoded = true;
-                    }
-                    self.failed = encoded && flush(sock, io, rout).is_ok() && rout.is_empty();
-                    return Err(bad("tls handshake failed"));
-                }
-            };
-            let next = match state {
-                ConnectionState::EncodeTlsData(mut e) => match e.encode(rout.spare()) {
-                    Ok(n) => {
-                        rout.commit(n);
-                        Hs::Go
-                    }
-                    // What is queued goes out first; then the same record is offered again.
-                    Err(EncodeError::InsufficientSize(_)) if !rout.is_empty() => Hs::Flush,
-                    Err(_) => return Err(bad("handshake message too large")),
-                },
-                ConnectionState::TransmitTlsData(t) => {
-                    // Queued in `rout` is as good as sent: it leaves before anything sealed later.
-                    t.done();
-                    Hs::Flush
-                }
-                ConnectionState::BlockedHandshake => Hs::Read,
-                ConnectionState::ReadTraffic(mut r) => {
-                    let mut next = Hs::Go;
-                    loop {
-                        match r.peek_len() {
-                            None => break,
-                            Some(n) if n.get() > dst.spare_len() => {
-                                next = Hs::Full;
-                                break;
-                            }
-                            Some(_) => {}
-                        }
-                        match r.next_record() {
-                            Some(Ok(rec)) => {
-                                if !dst.put(rec.payload) {
-                                    return Err(bad("tls state"));
-                                }
-                            }
-                            Some(Err(_)) => return Err(bad("tls record")),
-                            None => break,
-                        }
-                    }
-                    next
-                }
-                ConnectionState::WriteTraffic(_) => Hs::Done,
-                ConnectionState::PeerClosed | ConnectionState::Closed => Hs::Eof,
-                _ => return Err(bad("unexpected tls state")),
-            };
-            rin.consume(discard);
-            match next {
-                Hs::Go => {}
-                Hs::Flush => {
-                    flush(sock, io, rout)?;
-                    if !rout.is_empty() {
-                        return Ok(false);
-                    }
-                }
-                Hs::Read => {
-                    flush(sock, io, rout)?;
-                    rin.reserve(record_need(rin.filled()));
-                    match fill(sock, io, rin)? {
-                        Filled::Data(_) => {}
-                        Filled::Idle => return Ok(false),
-                        Filled::Eof => return Err(bad("client closed during the handshake")),
-                    }
-                }
-                Hs::Full => return Ok(false),
-                Hs::Eof => {
-                    self.eof = true;
-                    return Ok(true);
-                }
-                Hs::Done => {
-                    let Some(hs) = self.hs.take() else { return Ok(true) };
-                    let (secrets, kernel) = hs.dangerous_into_kernel_connection().map_err(|_| bad("tls secrets"))?;
-                    self.rec = Some(Records::new(kernel, secrets)?);
-                    if let Some(out) = self.rout.as_mut() {
-                        flush(sock, io, out)?;
-                    }
-                    pool.release_if_empty(&mut self.rout);
-                    pool.release_if_empty(&mut self.rin);
-                    return Ok(true);
-                }
+        let rin = pool.fill_slot(&mut self.rin);
+        let rout = pool.fill_slot(&mut self.rout);
+        let step = match self.hs.as_mut() {
+            None => return Ok(true),
+            Some(Handshake::Server(hs)) => drive(hs, sock, io, rin, rout, dst, &mut self.failed),
+            Some(Handshake::Client(hs)) => drive(hs, sock, io, rin, rout, dst, &mut self.failed),
+        };
+        match step? {
+            Hs::Eof => {
+                self.eof = true;
+                Ok(true)
             }
+            Hs::Done => {
+                let (secrets, kernel) = match self.hs.take() {
+                    Some(Handshake::Server(hs)) => {
+                        hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
+                    }
+                    Some(Handshake::Client(hs)) => {
+                        hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
+                    }
+                    None => return Ok(true),
+                }
+                .map_err(|_| bad("tls secrets"))?;
+                self.rec = Some(Records::new(kernel, secrets)?);
+                if let Some(out) = self.rout.as_mut() {
+                    flush(sock, io, out)?;
+                }
+                pool.release_if_empty(&mut self.rout);
+                pool.release_if_empty(&mut self.rin);
+                Ok(true)
+            }
+            _ => Ok(false),
         }
     }
 
@@ -613,6 +733,13 @@ impl Tls {
             src.consume(ahead);
             consumed += ahead;
             self.ahead = 0;
+            if self.hs.is_some() {
+                // As a client, the handshake starts with our first write (the ClientHello).
+                if !self.handshake::<N>(sock, io, pool, None)? || self.eof {
+                    return Ok(consumed);
+                }
+                continue;
+            }
             let Some(rec) = self.rec.as_mut() else { return Ok(consumed) };
             if src.is_empty() || !io.writable {
                 pool.release_if_empty(&mut self.rout);
@@ -636,6 +763,17 @@ impl Tls {
             }
             self.ahead = sealed as u32;
         }
+    }
+
+    /// As a client: drives the handshake. Returns whether it is done (false: waiting).
+    pub fn connect(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<bool> {
+        if self.hs.is_some() {
+            self.handshake::<TLS_BUF_BYTES>(sock, io, pool, None)?;
+        }
+        if self.eof {
+            return Err(bad("closed during the handshake"));
+        }
+        Ok(self.rec.is_some())
     }
 
     /// Writes records already sealed (handshake, a KeyUpdate reply). Returns bytes written.
@@ -756,6 +894,72 @@ pub fn server_config(certs: &[CertSpec], strict_sni: bool) -> Result<Arc<ServerC
     // The record layer after the handshake is ours (see the module comment).
     cfg.enable_secret_extraction = true;
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| (0, format!("tls: session tickets: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
+/// A group's TLS to its servers, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsSpec {
+    /// SNI and the name the certificate must match; None: the server's IP address, no SNI.
+    pub server_name: Option<String>,
+    /// Roots to trust instead of the system's.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// How to speak TLS to one upstream server.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+impl UpstreamTls {
+    pub fn new(config: Arc<rustls::ClientConfig>, spec: &UpstreamTlsSpec, addr: std::net::SocketAddr) -> Self {
+        use rustls::pki_types::{DnsName, ServerName};
+        // Checked when the config was read; an IP address is the fallback either way.
+        let name = match spec.server_name.as_deref().map(|n| DnsName::try_from(n.to_string())) {
+            Some(Ok(n)) => ServerName::DnsName(n),
+            _ => ServerName::IpAddress(addr.ip().into()),
+        };
+        UpstreamTls { config, name }
+    }
+}
+
+/// The system's roots: Debian/Ubuntu, then RHEL/Fedora, then Alpine/BSD locations.
+const SYSTEM_ROOTS: [&str; 3] =
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// A TLS client config for upstreams: TLS 1.2 and 1.3, ALPN http/1.1, the chain and name
+/// verified by webpki against `ca` (a PEM bundle) or the system's roots.
+pub fn client_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = match ca {
+        Some(p) => p.to_path_buf(),
+        None => SYSTEM_ROOTS
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| format!("tls: no system roots (looked for {}); give tls_ca", SYSTEM_ROOTS.join(", ")))?,
+    };
+    let shown = path.display();
+    std::fs::metadata(&path).map_err(|e| format!("tls_ca {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("tls_ca {shown}: not PEM certificates ({e})"))?;
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("tls_ca {shown}: no usable certificate in it"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 

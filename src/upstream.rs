@@ -31,10 +31,14 @@ pub struct UpConn {
     /// The client connection this one serves, or None while idle in the pool.
     pub owner: Option<usize>,
     pub connected: bool,
+    /// The TCP connect completed (a TLS connection is `connected` after its handshake).
+    pub tcp_up: bool,
     /// It has carried a complete exchange before: a failure before any response byte may be
     /// the upstream closing an idle connection, so an idempotent request may be retried.
     pub reused: bool,
     pub idle_deadline: Instant,
+    /// TLS to this server; `connected` only once its handshake is done.
+    pub tls: Option<Box<crate::tls::Tls>>,
 }
 
 /// What a worker knows about one upstream address. Worker-local ids are stable across config
@@ -47,6 +51,8 @@ pub struct ServerState {
     pub down_until: Option<Instant>,
     /// In the current config. A removed server's connections close once idle.
     pub live: bool,
+    /// How to speak TLS to it (from the current config), if at all.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 pub struct Upstreams {
@@ -82,7 +88,7 @@ impl Upstreams {
             s.live = false;
         }
         self.map.clear();
-        for addr in &cfg.servers {
+        for (i, addr) in cfg.servers.iter().enumerate() {
             let id = match self.servers.iter().position(|s| s.addr == *addr) {
                 Some(id) => id,
                 None => {
@@ -91,12 +97,14 @@ impl Upstreams {
                         idle: Vec::with_capacity(self.idle_cap),
                         down_until: None,
                         live: true,
+                        tls: None,
                     });
                     self.servers.len() - 1
                 }
             };
             if let Some(s) = self.servers.get_mut(id) {
                 s.live = true;
+                s.tls = cfg.server_tls.get(i).cloned().flatten();
             }
             self.map.push(id);
         }
@@ -145,6 +153,11 @@ impl Upstreams {
             return Some((i, id));
         }
         None
+    }
+
+    /// How to speak TLS to server `id`, if at all.
+    pub fn tls(&self, id: usize) -> Option<Arc<crate::tls::UpstreamTls>> {
+        self.servers.get(id).and_then(|s| s.tls.clone())
     }
 
     pub fn addr(&self, id: usize) -> Option<SocketAddr> {
@@ -288,8 +301,10 @@ mod tests {
                 server: 0,
                 owner: Some(1),
                 connected: true,
+                tcp_up: true,
                 reused: false,
                 idle_deadline: Instant::now(),
+                tls: None,
             };
             let key = ups.conns.insert(conn);
             ups.release(key, Instant::now() + Duration::from_secs(4));
