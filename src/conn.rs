@@ -470,6 +470,9 @@ impl Conn {
             Phase::RespBody | Phase::Tunnel => self.deadline = cx.arm(t.upstream_body),
             Phase::Respond => self.deadline = cx.arm(t.client_send),
             Phase::Linger => {
+                if let Some(t) = self.tls.as_deref_mut() {
+                    t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
+                }
                 let _ = self.sock.shutdown(Shutdown::Write);
                 self.deadline = cx.arm(Duration::from_millis(LINGER_MS));
             }
@@ -1378,10 +1381,16 @@ impl Conn {
             };
             progress |= moved;
             if rq.client_eof && cin.is_empty() && !rq.up_shut {
+                if let Some(t) = u.tls.as_deref_mut() {
+                    t.close_notify(&u.sock, &mut u.io, &mut cx.tls_bufs);
+                }
                 let _ = u.sock.shutdown(Shutdown::Write);
                 rq.up_shut = true;
             }
             if rq.up_eof && uin.is_empty() && !rq.client_shut {
+                if let Some(t) = self.tls.as_deref_mut() {
+                    t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
+                }
                 let _ = self.sock.shutdown(Shutdown::Write);
                 rq.client_shut = true;
             }

@@ -38,9 +38,14 @@ const CT_HANDSHAKE: u8 = 22;
 const CT_APPDATA: u8 = 23;
 const HS_KEY_UPDATE: u8 = 24;
 const HS_NEW_SESSION_TICKET: u8 = 4;
-/// Records sealed or opened with one key before the connection is closed: AES-GCM's limit in
-/// TLS 1.3 is 2^24.5 records (RFC 8446 §5.5); this stays well under it for every suite.
+/// Records we seal with one key: AES-GCM's limit is 2^24.5 (RFC 8446 §5.5); this stays well
+/// under it for every suite. TLS 1.3 then moves to a new key (our own KeyUpdate); TLS 1.2 has
+/// none, so the connection closes (after 2^23 records, at least 128 GiB). What the peer seals
+/// is its own limit to keep: a forged record fails its tag whatever the count.
 const RECORDS_PER_KEY_MAX: u64 = 1 << 23;
+/// KeyUpdates in a row with no application data between them (rustls and BoringSSL allow 32):
+/// each costs a key derivation, and a flood of them would hold the worker.
+const KEY_UPDATES_IN_A_ROW_MAX: u8 = 32;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Version {
@@ -79,10 +84,7 @@ impl Dir {
     }
 
     fn next(&mut self) -> io::Result<()> {
-        self.seq += 1;
-        if self.seq >= RECORDS_PER_KEY_MAX {
-            return Err(bad("record limit for this key reached"));
-        }
+        self.seq = self.seq.checked_add(1).ok_or_else(|| bad("sequence number wrapped"))?;
         Ok(())
     }
 }
@@ -131,6 +133,8 @@ struct Records {
     /// The peer asked for a KeyUpdate back: ours goes out before our next data record
     /// (RFC 8446 §4.6.3; several requests while we are silent get one answer).
     reply_pending: bool,
+    /// KeyUpdates received since the last application data.
+    key_updates: u8,
 }
 
 enum Opened {
@@ -152,7 +156,24 @@ impl Records {
         };
         let (ts, tk) = secrets.tx;
         let (rs, rk) = secrets.rx;
-        Ok(Records { version, tx: Dir::new(ts, tk)?, rx: Dir::new(rs, rk)?, kernel, reply_pending: false })
+        Ok(Records {
+            version,
+            tx: Dir::new(ts, tk)?,
+            rx: Dir::new(rs, rk)?,
+            kernel,
+            reply_pending: false,
+            key_updates: 0,
+        })
+    }
+
+    /// The shortest valid protected record body: the tag, the explicit nonce (1.2 GCM), and
+    /// the content type byte (1.3).
+    fn min_len(&self) -> usize {
+        TAG + match self.version {
+            Version::Tls12Gcm => 8,
+            Version::Tls12Chacha => 0,
+            Version::Tls13 => 1,
+        }
     }
 
     /// Plaintext bytes that fit in one record written into `room` bytes of buffer.
@@ -201,6 +222,12 @@ impl Records {
             .map_err(|_| bad("seal failed"))?;
         tag_out.copy_from_slice(tag.as_ref());
         self.tx.next()?;
+        if self.tx.seq >= RECORDS_PER_KEY_MAX {
+            if self.version != Version::Tls13 {
+                return Err(bad("record limit for this key reached"));
+            }
+            self.reply_pending = true; // a KeyUpdate of ours, before any further data
+        }
         Ok(total)
     }
 
@@ -252,9 +279,17 @@ impl Records {
         } else {
             (outer, plain.len())
         };
+        if len > TLS_RECORD_PLAIN_MAX {
+            return Err(bad("record_overflow")); // RFC 8446 §5.4, RFC 5246 §6.2.3
+        }
         let from = HEADER + skip;
         match ct {
-            CT_APPDATA => Ok(Opened::Data { from, to: from + len }),
+            CT_APPDATA => {
+                if len > 0 {
+                    self.key_updates = 0;
+                }
+                Ok(Opened::Data { from, to: from + len })
+            }
             CT_ALERT => {
                 // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0); anything else ends it.
                 if plain.get(..len) == Some(&[1, 0][..]) {
@@ -299,6 +334,10 @@ impl Records {
         };
         if req > 1 {
             return Err(bad("bad key update"));
+        }
+        self.key_updates += 1;
+        if self.key_updates > KEY_UPDATES_IN_A_ROW_MAX {
+            return Err(bad("too many key updates"));
         }
         let (seq, s) = self.kernel.next_rx().map_err(|_| bad("key update failed"))?;
         self.rx = Dir::new(seq, s)?;
@@ -364,12 +403,15 @@ impl HsConn for UnbufferedClientConnection {
 
 /// Runs a handshake until it is done, ends, or waits (`Hs::Read`, `Hs::Flush`, `Hs::Full`).
 /// On failure, the alert rustls queued is written and `failed` says whether it left.
+// Disjoint borrows of one Tls's fields (and the socket's), which a struct would only rename.
+#[allow(clippy::too_many_arguments)]
 fn drive<C: HsConn, const N: usize>(
     hs: &mut C,
     sock: &TcpStream,
     io: &mut Io,
     rin: &mut TlsBuf,
     rout: &mut TlsBuf,
+    spill: &mut Vec<u8>,
     mut dst: Option<&mut Buf<N>>,
     failed: &mut bool,
 ) -> io::Result<Hs> {
@@ -403,22 +445,35 @@ fn drive<C: HsConn, const N: usize>(
                     rout.commit(n);
                     encoded = true;
                 }
-                *failed = encoded && flush(sock, io, rout).is_ok() && rout.is_empty();
+                *failed = encoded && send(sock, io, rout, spill).unwrap_or(false);
                 // rustls's reason (a certificate not valid for the name, no shared
                 // protocol, ...) is what an operator needs in the log.
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
         };
         let next = match state {
-            ConnectionState::EncodeTlsData(mut e) => match e.encode(rout.spare()) {
-                Ok(n) => {
-                    rout.commit(n);
-                    Hs::Go
+            ConnectionState::EncodeTlsData(mut e) => {
+                // rustls has handed this record over: it must be kept now. Into `rout` if it
+                // fits (after writing what is there), else into `spill` (a flight larger
+                // than a buffer: a long certificate chain), which keeps the order.
+                if spill.is_empty() {
+                    match e.encode(rout.spare()) {
+                        Ok(n) => rout.commit(n),
+                        Err(EncodeError::InsufficientSize(need)) => {
+                            send(sock, io, rout, spill)?;
+                            rout.reserve(need.required_size);
+                            match e.encode(rout.spare()) {
+                                Ok(n) => rout.commit(n),
+                                Err(_) => encode_spill(&mut e, spill)?,
+                            }
+                        }
+                        Err(_) => return Err(bad("tls encode")),
+                    }
+                } else {
+                    encode_spill(&mut e, spill)?;
                 }
-                // What is queued goes out first; then the same record is offered again.
-                Err(EncodeError::InsufficientSize(_)) if !rout.is_empty() => Hs::Flush,
-                Err(_) => return Err(bad("handshake message too large")),
-            },
+                Hs::Go
+            }
             ConnectionState::TransmitTlsData(t) => {
                 // Queued in `rout` is as good as sent: it leaves before anything sealed later.
                 t.done();
@@ -460,13 +515,12 @@ fn drive<C: HsConn, const N: usize>(
         match next {
             Hs::Go => {}
             Hs::Flush => {
-                flush(sock, io, rout)?;
-                if !rout.is_empty() {
+                if !send(sock, io, rout, spill)? {
                     return Ok(Hs::Flush);
                 }
             }
             Hs::Read => {
-                flush(sock, io, rout)?;
+                send(sock, io, rout, spill)?;
                 rin.reserve(record_need(rin.filled()));
                 match fill(sock, io, rin)? {
                     Filled::Data(_) => {}
@@ -478,6 +532,40 @@ fn drive<C: HsConn, const N: usize>(
             Hs::Done => return Ok(Hs::Done),
         }
     }
+}
+
+/// Writes `rout`, then `spill` (records that came after it). Returns whether both are empty.
+fn send(sock: &TcpStream, io: &mut Io, rout: &mut TlsBuf, spill: &mut Vec<u8>) -> io::Result<bool> {
+    use std::io::Write as _;
+    flush(sock, io, rout)?;
+    while rout.is_empty() && !spill.is_empty() && io.writable {
+        match (&*sock).write(spill) {
+            Ok(n) => {
+                spill.drain(..n.min(spill.len()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if spill.is_empty() && spill.capacity() > 0 {
+        *spill = Vec::new(); // the handshake's spill is given back
+    }
+    Ok(rout.is_empty() && spill.is_empty())
+}
+
+/// Encodes a handshake record that does not fit in `rout` into `spill`, after what is there.
+fn encode_spill<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, spill: &mut Vec<u8>) -> io::Result<()> {
+    let need = match e.encode(&mut []) {
+        Err(EncodeError::InsufficientSize(s)) => s.required_size,
+        Ok(_) => return Ok(()),
+        Err(_) => return Err(bad("tls encode")),
+    };
+    let start = spill.len();
+    spill.resize(start + need, 0);
+    let n = e.encode(spill.get_mut(start..).unwrap_or(&mut [])).map_err(|_| bad("tls encode"))?;
+    spill.truncate(start + n);
+    Ok(())
 }
 
 /// What the handshake loop does after a state is handled.
@@ -515,11 +603,18 @@ pub struct Tls {
     /// Plaintext of the opened record at the front of `rin` not yet handed out:
     /// `rin.filled()[from..to]`, and the record's length.
     plain: (u32, u32, u32),
+    /// Handshake records after those in `rout` that did not fit in it (empty: no allocation).
+    spill: Vec<u8>,
     /// Bytes at the front of the caller's plaintext buffer already sealed into `rout`.
     ahead: u32,
     eof: bool,
     /// The handshake failed and an alert went out: what the client still sends is discarded.
     failed: bool,
+    /// A record failed (bad tag, bad length, ...): RFC 8446 §5.2, the connection is over, and
+    /// nothing more is sent on it.
+    broken: bool,
+    /// Our close_notify is sealed: nothing may follow it.
+    notified: bool,
 }
 
 impl Tls {
@@ -534,7 +629,19 @@ impl Tls {
     }
 
     fn with(hs: Handshake) -> Tls {
-        Tls { hs: Some(hs), rec: None, rin: None, rout: None, plain: (0, 0, 0), ahead: 0, eof: false, failed: false }
+        Tls {
+            hs: Some(hs),
+            rec: None,
+            rin: None,
+            rout: None,
+            plain: (0, 0, 0),
+            spill: Vec::new(),
+            ahead: 0,
+            eof: false,
+            failed: false,
+            broken: false,
+            notified: false,
+        }
     }
 
     /// The handshake failed and the client was told why: close gracefully (linger) so the
@@ -570,12 +677,17 @@ impl Tls {
             rin.clear();
             return r;
         }
+        if self.broken {
+            return Err(bad("tls connection failed"));
+        }
         let before = dst.len();
         let r = self.read_inner(sock, io, pool, dst);
+        self.broken |= r.is_err();
         let added = dst.len().saturating_sub(before);
         match r {
             // Application data that came with the handshake's last flight is in `dst`.
-            Ok(Filled::Idle) if added > 0 => Ok(Filled::Data(added)),
+            // (`eof` stays set: the next read says Eof.)
+            Ok(Filled::Idle | Filled::Eof) if added > 0 => Ok(Filled::Data(added)),
             r => r,
         }
     }
@@ -643,11 +755,18 @@ impl Tls {
         let (Some(rec), Some(rin)) = (self.rec.as_mut(), self.rin.as_mut()) else {
             return Ok(false);
         };
-        let need = record_need(rin.filled());
-        if need > HEADER + CIPHERTEXT_MAX {
-            return Err(bad("record too long")); // RFC 8446 §5.2: record_overflow
+        if rin.len() < HEADER {
+            return Ok(false);
         }
-        if rin.len() < need || need <= HEADER {
+        let need = record_need(rin.filled());
+        // RFC 8446 §5.2: at most 2^14 + 256 bytes in TLS 1.3 (RFC 5246 §6.2.3: 2^14 + 2048 in
+        // 1.2), else record_overflow; and never shorter than its tag (and explicit nonce),
+        // which also rules out a zero length that would never be consumed.
+        let max = if rec.version == Version::Tls13 { (1 << 14) + 256 } else { CIPHERTEXT_MAX };
+        if need - HEADER > max || need - HEADER < rec.min_len() {
+            return Err(bad("bad record length"));
+        }
+        if rin.len() < need {
             return Ok(false);
         }
         let rout = pool.fill_slot(&mut self.rout);
@@ -662,8 +781,7 @@ impl Tls {
                 self.eof = true;
             }
         }
-        flush(sock, io, rout)?;
-        pool.release_if_empty(&mut self.rout);
+        self.flush(sock, io, pool)?;
         Ok(true)
     }
 
@@ -681,8 +799,8 @@ impl Tls {
         let rout = pool.fill_slot(&mut self.rout);
         let step = match self.hs.as_mut() {
             None => return Ok(true),
-            Some(Handshake::Server(hs)) => drive(hs, sock, io, rin, rout, dst, &mut self.failed),
-            Some(Handshake::Client(hs)) => drive(hs, sock, io, rin, rout, dst, &mut self.failed),
+            Some(Handshake::Server(hs)) => drive(hs, sock, io, rin, rout, &mut self.spill, dst, &mut self.failed),
+            Some(Handshake::Client(hs)) => drive(hs, sock, io, rin, rout, &mut self.spill, dst, &mut self.failed),
         };
         match step? {
             Hs::Eof => {
@@ -701,14 +819,16 @@ impl Tls {
                 }
                 .map_err(|_| bad("tls secrets"))?;
                 self.rec = Some(Records::new(kernel, secrets)?);
-                if let Some(out) = self.rout.as_mut() {
-                    flush(sock, io, out)?;
-                }
-                pool.release_if_empty(&mut self.rout);
+                self.flush(sock, io, pool)?;
                 pool.release_if_empty(&mut self.rin);
                 Ok(true)
             }
-            _ => Ok(false),
+            _ => {
+                // Waiting: an empty buffer goes back (a client that sends nothing holds none).
+                pool.release_if_empty(&mut self.rin);
+                pool.release_if_empty(&mut self.rout);
+                Ok(false)
+            }
         }
     }
 
@@ -721,18 +841,20 @@ impl Tls {
         pool: &mut TlsBufPool,
         src: &mut Buf<N>,
     ) -> io::Result<usize> {
+        if self.broken || (self.notified && !src.is_empty()) {
+            return Err(bad("tls connection closed"));
+        }
         let mut consumed = 0;
         loop {
-            if let Some(out) = self.rout.as_mut() {
-                flush(sock, io, out)?;
-                if !out.is_empty() {
-                    return Ok(consumed);
-                }
+            if !self.flush(sock, io, pool)? {
+                return Ok(consumed);
             }
+            // `ahead` belongs to the buffer it was sealed from: another caller's (an empty
+            // cout flushed before a tunnel's uin) must not clear it.
             let ahead = (self.ahead as usize).min(src.len());
             src.consume(ahead);
             consumed += ahead;
-            self.ahead = 0;
+            self.ahead -= ahead as u32;
             if self.hs.is_some() {
                 // As a client, the handshake starts with our first write (the ClientHello).
                 if !self.handshake::<N>(sock, io, pool, None)? || self.eof {
@@ -746,11 +868,12 @@ impl Tls {
                 return Ok(consumed);
             }
             let out = pool.fill_slot(&mut self.rout);
-            if !rec.reply(out)? {
-                return Ok(consumed);
-            }
             let mut sealed = 0;
             loop {
+                // A KeyUpdate owed (asked for, or our key's record limit) goes before any data.
+                if !rec.reply(out)? {
+                    break;
+                }
                 let rest = src.filled().get(sealed..).unwrap_or(&[]);
                 let spare = out.spare();
                 let n = rest.len().min(rec.plain_room(spare.len()));
@@ -776,14 +899,34 @@ impl Tls {
         Ok(self.rec.is_some())
     }
 
-    /// Writes records already sealed (handshake, a KeyUpdate reply). Returns bytes written.
-    pub fn flush(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<usize> {
-        let n = match self.rout.as_mut() {
-            Some(out) => flush(sock, io, out)?,
-            None => 0,
+    /// RFC 8446 §6.1: close_notify before our side closes, so the peer can tell a complete
+    /// close-delimited body or tunnel from a truncated one. Best effort: sent if there is room.
+    pub fn close_notify(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
+        let Some(rec) = self.rec.as_mut() else { return };
+        if self.notified || self.broken {
+            return;
+        }
+        let out = pool.fill_slot(&mut self.rout);
+        if rec.reply(out).unwrap_or(false)
+            && rec.plain_room(out.spare_len()) >= 2
+            && let Ok(n) = rec.seal(CT_ALERT, &[1, 0], out.spare())
+        {
+            out.commit(n);
+            self.notified = true;
+        }
+        let _ = self.flush(sock, io, pool);
+    }
+
+    /// Writes records already sealed (handshake, a KeyUpdate reply, an alert), in order.
+    /// Returns whether all are out.
+    pub fn flush(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<bool> {
+        let done = match self.rout.as_mut() {
+            Some(out) => send(sock, io, out, &mut self.spill)?,
+            None if self.spill.is_empty() => true,
+            None => send(sock, io, pool.fill_slot(&mut self.rout), &mut self.spill)?,
         };
         pool.release_if_empty(&mut self.rout);
-        Ok(n)
+        Ok(done)
     }
 }
 
@@ -889,11 +1032,12 @@ pub fn server_config(certs: &[CertSpec], strict_sni: bool) -> Result<Arc<ServerC
         .map_err(|e| (0, format!("tls: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(sni));
-    // RFC 7301: HTTP/1.1 only; a client offering only other protocols is refused.
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // RFC 7301: HTTP/1.x only (http/1.0 for clients that offer only it, as curl --http1.0
+    // does); a client offering only other protocols (h2) is refused.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     // The record layer after the handshake is ours (see the module comment).
     cfg.enable_secret_extraction = true;
-    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| (0, format!("tls: session tickets: {e}")))?;
+    cfg.ticketer = ticketer().map_err(|e| (0, format!("tls: session tickets: {e}")))?;
     Ok(Arc::new(cfg))
 }
 
@@ -961,6 +1105,17 @@ pub fn client_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientC
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
+}
+
+/// One ticket key rotator for the process: tickets issued before a reload still resume after
+/// it, and every worker can open every ticket.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> = std::sync::OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(Arc::clone(t));
+    }
+    let t = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::clone(TICKETER.get_or_init(|| t)))
 }
 
 /// Seconds since the Unix epoch, now.
