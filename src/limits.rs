@@ -77,3 +77,7 @@ pub const TLS_RECORD_PLAIN_MAX: usize = 1 << 14;
 
 /// TLS sessions each worker remembers for resumption by session ID (tickets need no memory).
 pub const TLS_SESSIONS_PER_WORKER: usize = 4096;
+
+/// TLS record buffers each worker allocates at start when TLS is configured (two per TLS
+/// connection with bytes in flight; more are allocated once if a peak needs them).
+pub const TLS_BUFS_PREALLOC: usize = 32;

@@ -24,7 +24,9 @@ use slab::Slab;
 use crate::buf::{BufPool, FreeList};
 use crate::config::Config;
 use crate::conn::{Conn, Cx, Exchange, Phase, is_fd_exhaustion};
-use crate::limits::{ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS, TLS_SESSIONS_PER_WORKER};
+use crate::limits::{
+    ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS, TLS_BUFS_PREALLOC, TLS_SESSIONS_PER_WORKER,
+};
 use crate::upstream::Upstreams;
 
 /// Wakes a worker from `poll` (drain, reload). Even and far above any slab key.
@@ -75,6 +77,7 @@ impl Worker {
         let redirects: Vec<bool> =
             cfg.listen.iter().map(|a| cfg.tls.as_ref().is_some_and(|t| t.redirect_http.contains(a))).collect();
         let https_port = ls.get(cfg.listen.len()).and_then(|l| l.local_addr().ok()).map_or(443, |a| a.port());
+        let uses_tls = cfg.tls.is_some() || cfg.server_tls.iter().any(Option::is_some);
         let arena = Bump::with_capacity(ARENA_BYTES);
         arena.set_allocation_limit(Some(ARENA_BYTES));
         let now = Instant::now();
@@ -97,7 +100,8 @@ impl Worker {
                 arena,
                 ups,
                 pipes: crate::splice::PipePool::new(),
-                tls_bufs: crate::tls::TlsBufPool::new(0),
+                // Sized at start like the plain pool when anything speaks TLS (18.5 KiB each).
+                tls_bufs: crate::tls::TlsBufPool::new(if uses_tls { TLS_BUFS_PREALLOC } else { 0 }),
                 https_port,
                 log,
                 recs: Slab::with_capacity(cap),
@@ -282,6 +286,20 @@ impl Worker {
             return;
         };
         if !u.io.readable && !u.io.hup {
+            return;
+        }
+        if let Some(t) = u.tls.as_deref_mut() {
+            // TLS records on an idle connection may be the server's KeyUpdate or a late session
+            // ticket: handled (and answered) by the record layer, the connection stays pooled.
+            // Application data or a close means it is no longer usable.
+            let mut scratch = self.cx.bufs.take();
+            let r = t.read(&u.sock, &mut u.io, &mut self.cx.tls_bufs, &mut scratch);
+            let keep = matches!(r, Ok(crate::io::Filled::Idle)) && scratch.is_empty();
+            self.cx.bufs.give(scratch);
+            if !keep {
+                self.cx.ups.close(uk);
+                self.cx.fd_freed = true;
+            }
             return;
         }
         let mut scratch = [0u8; 64];

@@ -49,21 +49,24 @@ const BIG: usize = 10 << 20;
 
 /// Upstream: answers every request; `/chunked` gets a chunked response, `/big` a 10 MiB body,
 /// POSTs are read (CL or chunked) and answered with their length.
-fn upstream(l: TcpListener, accepts: Arc<AtomicUsize>) {
+fn upstream(l: TcpListener, accepts: Arc<AtomicUsize>, tls: Option<Arc<rustls::ServerConfig>>) {
     for s in l.incoming() {
         let Ok(s) = s else { return };
         accepts.fetch_add(1, Relaxed);
+        let tls = tls.clone();
         std::thread::spawn(move || {
-            let _ = serve_upstream(s);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+            let _ = s.set_nodelay(true);
+            let _ = match tls {
+                Some(cfg) => serve_upstream(rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), s)),
+                None => serve_upstream(s),
+            };
         });
     }
 }
 
-fn serve_upstream(s: TcpStream) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.set_nodelay(true)?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut w = s;
+fn serve_upstream<S: Read + Write>(s: S) -> std::io::Result<()> {
+    let mut r = BufReader::new(s);
     static BIG_BODY: [u8; BIG] = [b'x'; BIG];
     loop {
         let mut line = String::new();
@@ -113,17 +116,17 @@ fn serve_upstream(s: TcpStream) -> std::io::Result<()> {
             got = cl;
         }
         if path == "/chunked" {
-            w.write_all(
+            W(&mut r).write_all(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
             )?;
         } else if path == "/big" {
-            write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n")?;
-            w.write_all(&BIG_BODY)?;
+            write!(W(&mut r), "HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n")?;
+            W(&mut r).write_all(&BIG_BODY)?;
         } else {
             let body = format!("got {got}");
-            write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
+            write!(W(&mut r), "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())?;
             if !head_only {
-                w.write_all(body.as_bytes())?;
+                W(&mut r).write_all(body.as_bytes())?;
             }
         }
     }
@@ -262,7 +265,11 @@ struct Outcome {
 /// thread with the bound addresses. `client` calls `warm()` once its warm-up is over, and gets
 /// back when counting has started; it returns the requests it made after that. Allocations on
 /// this thread are counted from then until `client` returns.
-fn run(text: &str, client: impl FnOnce(Vec<std::net::SocketAddr>, &dyn Fn()) -> usize + Send + 'static) -> Outcome {
+fn run(
+    text: &str,
+    upstream_tls: Option<Arc<rustls::ServerConfig>>,
+    client: impl FnOnce(Vec<std::net::SocketAddr>, &dyn Fn()) -> usize + Send + 'static,
+) -> Outcome {
     // The counter is global: one measured worker at a time.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -270,7 +277,7 @@ fn run(text: &str, client: impl FnOnce(Vec<std::net::SocketAddr>, &dyn Fn()) -> 
     let up_addr = up.local_addr().unwrap();
     let accepts = Arc::new(AtomicUsize::new(0));
     let acc = Arc::clone(&accepts);
-    std::thread::spawn(move || upstream(up, acc));
+    std::thread::spawn(move || upstream(up, acc, upstream_tls));
     let log_path = std::env::temp_dir().join(format!("apex-alloc-free-{}-{}.log", std::process::id(), text.len()));
     let text = format!(
         "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nconnections = 64\n\
@@ -348,7 +355,7 @@ fn check(o: &Outcome) {
 
 #[test]
 fn keep_alive_traffic_allocates_nothing() {
-    let o = run("", |addrs, warmed| {
+    let o = run("", None, |addrs, warmed| {
         let addr = addrs[0];
         // Warm-up: every kind of request, on several connections at once, twice.
         for _ in 0..2 {
@@ -369,75 +376,134 @@ fn keep_alive_traffic_allocates_nothing() {
     check(&o);
 }
 
+/// A self-signed certificate for `t`, written to `dir`: (PEM chain path, key path, DER).
+fn cert_for_t(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["t".to_string()]).unwrap();
+    let (chain, key) = (dir.join("t.pem"), dir.join("t.key"));
+    std::fs::write(&chain, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (chain, key, ck.cert.der().clone())
+}
+
+/// The TLS clients' part: four keep-alive connections (1.3 AES-GCM, 1.3 ChaCha20, 1.2 AES-GCM,
+/// 1.2 ChaCha20), handshakes and warm-up at once, then ten rounds of the mix each at once.
+fn tls_clients(
+    addr: std::net::SocketAddr,
+    der: rustls::pki_types::CertificateDer<'static>,
+    warmed: &dyn Fn(),
+) -> usize {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    use rustls::crypto::ring::cipher_suite as cs;
+    let kinds = [
+        (&rustls::version::TLS13, cs::TLS13_AES_128_GCM_SHA256),
+        (&rustls::version::TLS13, cs::TLS13_CHACHA20_POLY1305_SHA256),
+        (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+    ];
+    // One thread per connection; all warm up at once (the record-buffer pool grows to the
+    // number of connections busy at the same time, once), then all are measured at once.
+    let ready = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(AtomicBool::new(false));
+    let hs: Vec<_> = kinds
+        .iter()
+        .enumerate()
+        .map(|(k, &(v, suite))| {
+            let mut p = rustls::crypto::CryptoProvider::clone(&provider);
+            p.cipher_suites = vec![suite];
+            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(p))
+                .with_protocol_versions(&[v])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            let (ready, go) = (Arc::clone(&ready), Arc::clone(&go));
+            std::thread::spawn(move || {
+                let cfg = Arc::new(cfg);
+                let open = || {
+                    let name = rustls::pki_types::ServerName::try_from("t").unwrap();
+                    let c = rustls::ClientConnection::new(Arc::clone(&cfg), name).unwrap();
+                    BufReader::new(rustls::StreamOwned::new(c, connect(addr).into_inner()))
+                };
+                // Warm-up covers the measured window's whole mix, the 400-and-close (with its
+                // close_notify) included, on a connection of its own.
+                let mut first = open();
+                requests(&mut first, true);
+                reject(&mut first);
+                let mut r = open();
+                for _ in 0..2 {
+                    requests(&mut r, true); // the handshake happens here
+                }
+                ready.fetch_add(1, SeqCst);
+                while !go.load(SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let mut n = 0;
+                for _ in 0..10 {
+                    n += requests(&mut r, k == 0);
+                }
+                n + reject(&mut r)
+            })
+        })
+        .collect();
+    while ready.load(SeqCst) < kinds.len() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    warmed();
+    go.store(true, SeqCst);
+    hs.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
+/// The TLS listener section for `t`'s certificate.
+fn tls_listener(chain: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "[tls]\nlisten = [\"127.0.0.1:0\"]\n[[tls.cert]]\nchain = \"{}\"\nkey = \"{}\"\nnames = [\"t\"]\n",
+        chain.display(),
+        key.display()
+    )
+}
+
 /// The same mix over TLS keep-alive connections (TLS 1.3 and 1.2, AES-GCM and ChaCha20): after
 /// the handshake, a request allocates nothing either. The handshakes happen in the warm-up;
 /// a handshake allocates (rustls builds its state on the heap), a request does not.
 #[test]
 fn tls_keep_alive_traffic_allocates_nothing() {
     let dir = std::env::temp_dir().join(format!("apex-alloc-free-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["t".to_string()]).unwrap();
-    std::fs::write(dir.join("t.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("t.key"), ck.signing_key.serialize_pem()).unwrap();
-    let der = ck.cert.der().clone();
-    let tls = format!(
-        "[tls]\nlisten = [\"127.0.0.1:0\"]\n[[tls.cert]]\nchain = \"{0}/t.pem\"\nkey = \"{0}/t.key\"\nnames = [\"t\"]\n",
-        dir.display()
-    );
-    let o = run(&tls, move |addrs, warmed| {
-        let addr = addrs[1];
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        use rustls::crypto::ring::cipher_suite as cs;
-        let kinds = [
-            (&rustls::version::TLS13, cs::TLS13_AES_128_GCM_SHA256),
-            (&rustls::version::TLS13, cs::TLS13_CHACHA20_POLY1305_SHA256),
-            (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
-            (&rustls::version::TLS12, cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
-        ];
-        // One thread per connection; all warm up at once (the record-buffer pool grows to the
-        // number of connections busy at the same time, once), then all are measured at once.
-        let ready = Arc::new(AtomicUsize::new(0));
-        let go = Arc::new(AtomicBool::new(false));
-        let hs: Vec<_> = kinds
-            .iter()
-            .enumerate()
-            .map(|(k, &(v, suite))| {
-                let mut p = rustls::crypto::CryptoProvider::clone(&provider);
-                p.cipher_suites = vec![suite];
-                let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(p))
-                    .with_protocol_versions(&[v])
-                    .unwrap()
-                    .with_root_certificates(roots.clone())
-                    .with_no_client_auth();
-                let (ready, go) = (Arc::clone(&ready), Arc::clone(&go));
-                std::thread::spawn(move || {
-                    let name = rustls::pki_types::ServerName::try_from("t").unwrap();
-                    let c = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
-                    let mut r = BufReader::new(rustls::StreamOwned::new(c, connect(addr).into_inner()));
-                    for _ in 0..2 {
-                        requests(&mut r, true); // the handshake happens here
-                    }
-                    ready.fetch_add(1, SeqCst);
-                    while !go.load(SeqCst) {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    let mut n = 0;
-                    for _ in 0..10 {
-                        n += requests(&mut r, k == 0);
-                    }
-                    n + reject(&mut r)
-                })
+    let (chain, key, der) = cert_for_t(&dir);
+    let o = run(&tls_listener(&chain, &key), None, move |addrs, warmed| tls_clients(addrs[1], der, warmed));
+    let _ = std::fs::remove_dir_all(&dir);
+    check(&o);
+}
+
+/// TLS on both sides: TLS clients, and an upstream group over TLS (tls_name, tls_ca). The
+/// upstream connections' handshakes happen in the warm-up too; pooled, they are reused.
+#[test]
+fn tls_to_a_tls_upstream_allocates_nothing() {
+    let dir = std::env::temp_dir().join(format!("apex-alloc-free-tls-up-{}", std::process::id()));
+    let (chain, key, der) = cert_for_t(&dir);
+    let certs = vec![der.clone()];
+    let pk = rustls::pki_types::PrivateKeyDer::try_from(
+        std::fs::read(&key)
+            .map(|pem| {
+                use rustls::pki_types::pem::PemObject;
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).unwrap().secret_der().to_vec()
             })
-            .collect();
-        while ready.load(SeqCst) < kinds.len() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        warmed();
-        go.store(true, SeqCst);
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    });
+            .unwrap(),
+    )
+    .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, pk)
+        .unwrap();
+    // The group's TLS lines go into [upstream.app], which `run` writes last before this text.
+    let text =
+        format!("tls = true\ntls_name = \"t\"\ntls_ca = \"{}\"\n{}", chain.display(), tls_listener(&chain, &key));
+    let o = run(&text, Some(Arc::new(server)), move |addrs, warmed| tls_clients(addrs[1], der, warmed));
     let _ = std::fs::remove_dir_all(&dir);
     check(&o);
 }

@@ -28,4 +28,5 @@ mod redirect;
 mod routing;
 mod timeouts;
 mod tls;
+mod tls_upstream;
 mod upgrade;

@@ -1,6 +1,8 @@
 //! TLS termination: `[tls]` listeners with certificates chosen by SNI, TLS 1.2 and 1.3, ALPN
 //! http/1.1, requests proxied as over plain TCP but with `X-Forwarded-Proto: https`, bad
-//! certificate configs refused at start, stalled and garbage handshakes closed.
+//! certificate configs refused at start (and by `apex --check`), stalled and garbage handshakes
+//! closed, session resumption across connections and workers, certificates reloaded on SIGHUP,
+//! TLS 1.3 KeyUpdates from the client answered.
 //! Certificates are made per test with rcgen (root CA -> intermediate -> leaf A for a.test and
 //! *.a.test; root CA -> leaf B for b.test); clients are a blocking rustls client, curl and
 //! `openssl s_client`, all trusting only the test root.
@@ -14,8 +16,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
-    AlertDescription, ClientConfig, ClientConnection, DigitallySignedStruct, ProtocolVersion, RootCertStore,
-    SignatureScheme, StreamOwned, SupportedProtocolVersion,
+    AlertDescription, ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, ProtocolVersion,
+    RootCertStore, SignatureScheme, StreamOwned, SupportedProtocolVersion,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -68,11 +70,25 @@ fn sign_leaf(
     issuer: &Issuer<'_, KeyPair>,
     up_chain: &[&Certificate],
 ) -> Leaf {
+    sign_leaf_with(dir, tag, names, key, issuer, up_chain, |_| {})
+}
+
+/// `sign_leaf`, with `tweak` applied to the leaf's parameters before signing (validity dates).
+fn sign_leaf_with(
+    dir: &TempDir,
+    tag: &str,
+    names: &[&str],
+    key: &KeyPair,
+    issuer: &Issuer<'_, KeyPair>,
+    up_chain: &[&Certificate],
+    tweak: impl FnOnce(&mut CertificateParams),
+) -> Leaf {
     let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(DnType::CommonName, names[0]);
     p.use_authority_key_identifier_extension = true;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    tweak(&mut p);
     let cert = p.signed_by(key, issuer).unwrap();
     let mut pem = cert.pem();
     let mut ders = vec![cert.der().clone()];
@@ -266,11 +282,27 @@ struct Tls {
 
 /// Connects and completes the handshake; the error is rustls's (see `rustls_error`) or I/O.
 fn tls_try(addr: SocketAddr, pki: &Pki, h: Hello) -> io::Result<Tls> {
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tls_try_conn(addr, client_conn(pki, h))
+}
+
+/// Connects with a config the caller keeps: connections made from one `ClientConfig` share its
+/// session store (`resumption`), so the second one can resume the first one's session.
+fn tls_with(addr: SocketAddr, cfg: &Arc<ClientConfig>, sni: &str) -> Tls {
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let conn = ClientConnection::new(Arc::clone(cfg), name).unwrap();
+    tls_try_conn(addr, conn).unwrap_or_else(|e| panic!("TLS handshake with apex at {addr} failed (SNI {sni}): {e}"))
+}
+
+fn tls_try_conn(addr: SocketAddr, conn: ClientConnection) -> io::Result<Tls> {
+    tls_over(TcpStream::connect_timeout(&addr, Duration::from_secs(5))?, conn)
+}
+
+/// Completes the handshake of `conn` over a connected `tcp`.
+fn tls_over(tcp: TcpStream, conn: ClientConnection) -> io::Result<Tls> {
     tcp.set_read_timeout(Some(IO_TIMEOUT))?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     tcp.set_nodelay(true)?;
-    let mut s = StreamOwned::new(client_conn(pki, h), tcp);
+    let mut s = StreamOwned::new(conn, tcp);
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock)?;
     }
@@ -365,6 +397,25 @@ impl Tls {
 
     fn chain(&self) -> Vec<CertificateDer<'static>> {
         self.s.conn.peer_certificates().map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.s.conn.handshake_kind()
+    }
+
+    /// Writes whatever rustls has queued (a KeyUpdate, a close_notify) without application data.
+    fn flush_tls(&mut self) {
+        while self.s.conn.wants_write() {
+            self.s.conn.write_tls(&mut self.s.sock).expect("write to apex");
+        }
+        self.s.sock.flush().unwrap();
+    }
+
+    /// Sends close_notify and closes the socket.
+    fn close(mut self) {
+        self.s.conn.send_close_notify();
+        self.flush_tls();
+        let _ = self.s.sock.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -1104,4 +1155,557 @@ fn openssl_s_client_negotiates_http11_with_sni_over_tls12_and_tls13() {
         assert!(out.contains("/ossl"), "{flag}: response body missing:\n{out}\n{err}");
     }
     assert_eq!(up.requests().len(), 2);
+}
+
+// ---------------------------------------------------------------- session resumption
+
+/// Connects `n` times with one client config (so one session store), one request on each,
+/// closing each with close_notify; returns each connection's handshake kind.
+fn connect_n_times(apex: &Apex, pki: &Pki, v: &'static SupportedProtocolVersion, n: usize) -> Vec<HandshakeKind> {
+    let cfg = client_config(pki, Hello::to("a.test").v(v));
+    let want =
+        if std::ptr::eq(v, &rustls::version::TLS13) { ProtocolVersion::TLSv1_3 } else { ProtocolVersion::TLSv1_2 };
+    let mut kinds = vec![];
+    for i in 0..n {
+        let mut t = tls_with(tls_addr(apex), &cfg, "a.test");
+        assert_eq!(t.version(), Some(want), "connection {i}");
+        let kind = t.handshake_kind().unwrap_or_else(|| panic!("{want:?}, connection {i}: no handshake kind"));
+        let path = format!("/resume/{i}");
+        // The response also carries the session tickets in front of it (TLS 1.3 sends them after
+        // the handshake), so reading it is what fills the client's session store.
+        let r = t.request(&get("a.test", &path));
+        assert_eq!((r.status, r.body_str()), (200, path), "{want:?}, connection {i} ({kind:?}): {}", r.head_str());
+        t.close();
+        kinds.push(kind);
+    }
+    kinds
+}
+
+/// The first handshake is full, every later one resumes.
+fn assert_full_then_resumed(kinds: &[HandshakeKind], what: &str) {
+    assert_eq!(kinds.first(), Some(&HandshakeKind::Full), "{what}: the first connection has nothing to resume");
+    let not_resumed: Vec<(usize, HandshakeKind)> =
+        kinds.iter().copied().enumerate().skip(1).filter(|&(_, k)| k != HandshakeKind::Resumed).collect();
+    assert!(
+        not_resumed.is_empty(),
+        "{what}: every connection after the first must resume the session of the one before; \
+         these did not (index, handshake kind): {not_resumed:?}; all: {kinds:?}"
+    );
+}
+
+/// Threads of `apex` named `apex-w*` (its workers), once there are `want` of them or after 5 s
+/// (a thread names itself once it runs, which may be after the listening line).
+fn worker_threads(apex: &Apex, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let dir = std::fs::read_dir(format!("/proc/{}/task", apex.pid())).unwrap();
+        let n = dir
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .filter(|c| c.starts_with("apex-w"))
+            .count();
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        thread::sleep(ms(10));
+    }
+}
+
+#[test]
+fn tls13_session_resumes_with_one_worker() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).workers(1).append(&pki.section()));
+    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS13, 4);
+    assert_full_then_resumed(&kinds, "TLS 1.3, workers = 1");
+    assert_eq!(up.requests().len(), 4);
+}
+
+#[test]
+fn tls12_session_resumes_with_one_worker() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).workers(1).append(&pki.section()));
+    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS12, 4);
+    assert_full_then_resumed(&kinds, "TLS 1.2, workers = 1");
+    assert_eq!(up.requests().len(), 4);
+}
+
+/// 16 connections over two SO_REUSEPORT workers: the kernel spreads them by 4-tuple hash, so the
+/// odds that all land on one worker are 2^-15; a ticket issued by one worker is then presented to
+/// the other. Tickets are sealed with one key shared by the workers; the per-worker session
+/// caches do not matter for them.
+#[test]
+fn tls13_session_tickets_resume_on_either_of_two_workers() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).workers(2).append(&pki.section()));
+    assert_eq!(worker_threads(&apex, 2), 2, "apex must run two worker threads for this test");
+    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS13, 16);
+    assert_full_then_resumed(&kinds, "TLS 1.3, workers = 2");
+    assert_eq!(up.requests().len(), 16);
+}
+
+/// As above over TLS 1.2: Apex issues TLS 1.2 session tickets too (RFC 5077), sealed with the
+/// same shared key, so resumption does not depend on which worker's session cache is asked.
+#[test]
+fn tls12_session_tickets_resume_on_either_of_two_workers() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).workers(2).append(&pki.section()));
+    assert_eq!(worker_threads(&apex, 2), 2, "apex must run two worker threads for this test");
+    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS12, 16);
+    assert_full_then_resumed(&kinds, "TLS 1.2, workers = 2");
+    assert_eq!(up.requests().len(), 16);
+}
+
+// ---------------------------------------------------------------- certificate reload
+
+#[test]
+fn sighup_reloads_certificates_and_a_failed_reload_keeps_the_previous_ones() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    // The files Apex serves from, rewritten in place by the test; the config never changes.
+    let live = TempDir::new("live-cert");
+    let chain = live.write("live.pem", &std::fs::read_to_string(&pki.a.chain).unwrap());
+    let key = live.write("live.key", &std::fs::read_to_string(&pki.a.key).unwrap());
+    let section = format!("[tls]\nlisten = [\"127.0.0.1:0\"]\n{}", cert_entry(&chain, &key, A_NAMES));
+    let mut apex = Apex::start(&Config::to(up.addr).append(&section));
+    let addr = tls_addr(&apex);
+
+    // Connections opened before the reload, one per version, kept open across both reloads.
+    let mut before: Vec<(ProtocolVersion, Tls)> = vec![];
+    for (v, want) in versions() {
+        let mut t = tls(addr, &pki, Hello::to("a.test").v(v));
+        assert!(t.chain() == pki.a.ders, "{want:?}: before the reload, certificate A is served");
+        let r = t.request(&get("a.test", "/before-reload"));
+        assert_eq!(r.status, 200, "{want:?}: {}", r.head_str());
+        before.push((want, t));
+    }
+
+    // A2: the same names, a new key, another issuer (the root), so the chain differs too.
+    let a2 = sign_leaf(&pki.dir, "a2", A_NAMES, &KeyPair::generate().unwrap(), &pki.root, &[]);
+    std::fs::write(&chain, std::fs::read(&a2.chain).unwrap()).unwrap();
+    std::fs::write(&key, std::fs::read(&a2.key).unwrap()).unwrap();
+    apex.signal("HUP");
+    apex.wait_stderr("apex: reloaded", 1);
+    // A fresh client config per connection: nothing is resumed, so the chain is the one served now.
+    for (v, want) in versions() {
+        let mut t = tls(addr, &pki, Hello::to("a.test").v(v));
+        assert!(
+            t.chain() == a2.ders,
+            "{want:?}: a connection made after the reload must get the new certificate, got {}",
+            pki.which(&t.chain())
+        );
+        let r = t.request(&get("a.test", "/after-reload"));
+        assert_eq!(r.status, 200, "{want:?}: {}", r.head_str());
+    }
+    for (want, t) in &mut before {
+        let r = t.request(&get("a.test", "/old-conn-after-reload"));
+        assert_eq!(r.status, 200, "{want:?}: a connection opened before the reload keeps working: {}", r.head_str());
+        assert!(t.chain() == pki.a.ders, "{want:?}: the old connection still has certificate A");
+    }
+
+    // A broken key: the reload fails, naming the key file, and A2 stays.
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\ngarbage\n").unwrap();
+    apex.signal("HUP");
+    apex.wait_stderr("apex: reload failed", 1);
+    let err = apex.stderr();
+    let line = err.lines().find(|l| l.contains("apex: reload failed")).unwrap();
+    assert!(line.contains(path_str(&key)), "the reload failure must name the key file {}:\n{err}", key.display());
+    assert_eq!(err.matches("apex: reloaded").count(), 1, "the failed reload must not report success:\n{err}");
+    assert!(apex.is_running(), "apex exited after a failed reload; stderr:\n{err}");
+    for (v, want) in versions() {
+        let mut t = tls(addr, &pki, Hello::to("a.test").v(v));
+        assert!(
+            t.chain() == a2.ders,
+            "{want:?}: after a failed reload the previous (second) certificate is still served, got {}",
+            pki.which(&t.chain())
+        );
+        let r = t.request(&get("a.test", "/after-failed-reload"));
+        assert_eq!(r.status, 200, "{want:?}: {}", r.head_str());
+    }
+    for (want, t) in &mut before {
+        let r = t.request(&get("a.test", "/old-conn-after-failed-reload"));
+        assert_eq!(r.status, 200, "{want:?}: {}", r.head_str());
+    }
+    let r = apex.client().request(&get("h", "/plain-after-failed-reload"));
+    assert_eq!(r.status, 200, "plain listener after the failed reload: {}", r.head_str());
+}
+
+// ---------------------------------------------------------------- expired certificates, --check
+
+#[test]
+fn expired_certificate_is_refused_at_start() {
+    let pki = Pki::new();
+    let old = sign_leaf_with(&pki.dir, "old", &["old.test"], &KeyPair::generate().unwrap(), &pki.root, &[], |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    // Alone (the default certificate), and after a valid one.
+    assert_refused(&tls_section(None, &[(&old, &["old.test"])]), &[&old.chain], &["expired"]);
+    assert_refused(&tls_section(None, &[(&pki.a, A_NAMES), (&old, &["old.test"])]), &[&old.chain], &["expired"]);
+    // `apex --check` says the same.
+    let dir = TempDir::new("expired");
+    let conf =
+        dir.write("apex.toml", &Config::to(dead_addr()).append(&tls_section(None, &[(&old, &["old.test"])])).render());
+    let (code, out, err) = run_apex(&["--check", path_str(&conf)]);
+    assert_eq!(code, Some(1), "apex --check on an expired certificate; stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains(path_str(&old.chain)) && err.contains("expired"), "stderr:\n{err}");
+}
+
+#[test]
+fn check_prints_the_tls_section_and_refuses_a_key_that_does_not_match() {
+    let pki = Pki::new();
+    // Relative paths, resolved against the config file's directory (the PKI's).
+    let section = format!(
+        "[tls]\nlisten = [\"127.0.0.1:0\"]\n{}{}",
+        cert_entry(Path::new("a.pem"), Path::new("a.key"), A_NAMES),
+        cert_entry(Path::new("b.pem"), Path::new("b.key"), B_NAMES)
+    );
+    let conf = pki.dir.write("apex.toml", &Config::to(dead_addr()).append(&section).render());
+    let (code, out, err) = run_apex(&["--check", path_str(&conf)]);
+    assert_eq!(code, Some(0), "apex --check on a valid [tls] config; stderr:\n{err}");
+    let at = out.find("\n[tls]\n").unwrap_or_else(|| panic!("no [tls] section in the effective config:\n{out}"));
+    let tls_part = &out[at..];
+    let mut parts = tls_part.split("\n[[tls.cert]]\n");
+    let table: Vec<&str> = parts.next().unwrap_or("").lines().collect();
+    for line in ["listen = [\"127.0.0.1:0\"]", "strict_sni = false"] {
+        assert!(table.contains(&line), "[tls] must hold `{line}` (the strict_sni default filled in):\n{out}");
+    }
+    let entries: Vec<&str> = parts.collect();
+    assert_eq!(entries.len(), 2, "two [[tls.cert]] entries, in order:\n{out}");
+    for (entry, (leaf, names)) in entries.iter().zip([(&pki.a, A_NAMES), (&pki.b, B_NAMES)]) {
+        let names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        let want = format!(
+            "chain = {:?}\nkey = {:?}\nnames = [{}]",
+            path_str(&leaf.chain),
+            path_str(&leaf.key),
+            names.join(", ")
+        );
+        assert!(
+            entry.starts_with(&want),
+            "entry must be (absolute paths):\n{want}\ngot:\n{entry}\nwhole output:\n{out}"
+        );
+    }
+    // The effective config is a config: checked again, it prints itself.
+    let body = |s: &str| s.split_once('\n').map(|(_, rest)| rest.to_string()).unwrap_or_default();
+    let again = pki.dir.write("effective.toml", &out);
+    let (code, out2, err) = run_apex(&["--check", path_str(&again)]);
+    assert_eq!(code, Some(0), "apex --check on its own output; stderr:\n{err}\nfile:\n{out}");
+    assert_eq!(body(&out2), body(&out), "the effective config round-trips");
+
+    // B's chain with A's key.
+    let bad_section = format!("[tls]\nlisten = [\"127.0.0.1:0\"]\n{}", cert_entry(&pki.b.chain, &pki.a.key, B_NAMES));
+    let bad = pki.dir.write("bad.toml", &Config::to(dead_addr()).append(&bad_section).render());
+    let (code, out, err) = run_apex(&["--check", path_str(&bad)]);
+    assert_eq!(code, Some(1), "apex --check with a key that does not match; stdout:\n{out}\nstderr:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(&format!("{}:", path_str(&bad))), "stderr must name the config file:\n{err}");
+    assert!(err.contains(path_str(&pki.a.key)), "stderr must name the key file:\n{err}");
+    assert!(err.contains("does not match"), "stderr must say the key does not match:\n{err}");
+    assert!(!out.contains("[tls]"), "no effective config is printed for a bad file:\n{out}");
+}
+
+// ---------------------------------------------------------------- TLS 1.3 KeyUpdate
+
+/// A TLS 1.3 client that can hand its keys back at the end (to count records per key), its
+/// socket's receive buffer set to `rcvbuf` bytes before connecting when given.
+fn tls13_extractable(addr: SocketAddr, pki: &Pki, rcvbuf: Option<usize>) -> Tls {
+    let mut cfg = ClientConfig::clone(&client_config(pki, Hello::to("a.test").v(&rustls::version::TLS13)));
+    cfg.enable_secret_extraction = true;
+    let conn = ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(n) = rcvbuf {
+        s.set_recv_buffer_size(n).unwrap();
+    }
+    s.connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect to apex");
+    let t = tls_over(s.into(), conn).unwrap_or_else(|e| panic!("TLS 1.3 handshake with apex at {addr}: {e}"));
+    assert_eq!(t.version(), Some(ProtocolVersion::TLSv1_3));
+    t
+}
+
+/// `n` GETs on `t`, each echoed back.
+fn echo_gets(t: &mut Tls, tag: &str, n: usize) {
+    for i in 0..n {
+        let path = format!("/{tag}/{i}");
+        let r = t.try_read_response_after(&get("a.test", &path)).unwrap_or_else(|e| panic!("{tag} request {i}: {e}"));
+        assert_eq!((r.status, r.body_str()), (200, format!("GET {path} ")), "{tag} request {i}");
+    }
+}
+
+impl Tls {
+    /// Sends `req`, reads one response; the error says what went wrong instead of panicking.
+    fn try_read_response_after(&mut self, req: &[u8]) -> Result<Response, String> {
+        self.s.write_all(req).and_then(|()| self.s.flush()).map_err(|e| format!("write: {e}"))?;
+        self.try_read_response(false)
+    }
+}
+
+/// Ends the test on `t`: Apex must have answered the client's last KeyUpdate (update_requested)
+/// with one of its own (RFC 8446 §4.6.3), so the client's receive key is new and its record
+/// count restarted: fewer records than the `before` responses received under the old key.
+fn assert_apex_updated_its_key(t: Tls, before: u64, what: &str) {
+    let secrets = t.s.conn.dangerous_extract_secrets().unwrap();
+    let (rx, tx) = (secrets.rx.0, secrets.tx.0);
+    assert!(
+        rx < before,
+        "{what}: the client has received {rx} records under its current receive key, though the key \
+         should have changed after the last KeyUpdate it sent (at least {before} records came before \
+         it): Apex did not answer update_requested with a KeyUpdate of its own"
+    );
+    assert!(tx < before, "{what}: the client's own send key did not change ({tx} records)");
+}
+
+#[test]
+fn tls13_key_updates_from_the_client_keep_a_keep_alive_connection_working() {
+    let up = echo_all();
+    let pki = Pki::new();
+    let apex = start_tls(&up, &pki);
+    let addr = tls_addr(&apex);
+    const BEFORE: usize = 20;
+
+    // A KeyUpdate in the same flight as the next request.
+    let mut t = tls13_extractable(addr, &pki, None);
+    echo_gets(&mut t, "before", BEFORE);
+    t.s.conn.refresh_traffic_keys().unwrap();
+    echo_gets(&mut t, "same-flight", 2);
+    assert_apex_updated_its_key(t, BEFORE as u64, "KeyUpdate with a request");
+
+    // A KeyUpdate on its own, the request later.
+    let mut t = tls13_extractable(addr, &pki, None);
+    echo_gets(&mut t, "before", BEFORE);
+    t.s.conn.refresh_traffic_keys().unwrap();
+    t.flush_tls();
+    thread::sleep(ms(100));
+    echo_gets(&mut t, "lone", 2);
+    assert_apex_updated_its_key(t, BEFORE as u64, "KeyUpdate alone");
+
+    // Three KeyUpdates in a row, each on its own.
+    let mut t = tls13_extractable(addr, &pki, None);
+    echo_gets(&mut t, "before", BEFORE);
+    for _ in 0..3 {
+        t.s.conn.refresh_traffic_keys().unwrap();
+        t.flush_tls();
+        thread::sleep(ms(20));
+    }
+    echo_gets(&mut t, "three", 2);
+    assert_apex_updated_its_key(t, BEFORE as u64, "three KeyUpdates");
+
+    // A KeyUpdate between the head and the body of a POST.
+    let mut t = tls13_extractable(addr, &pki, None);
+    echo_gets(&mut t, "before", BEFORE);
+    t.send(b"POST /split HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n");
+    thread::sleep(ms(100));
+    t.s.conn.refresh_traffic_keys().unwrap();
+    t.flush_tls();
+    thread::sleep(ms(100));
+    t.send(b"0123456789");
+    let r = t.try_read_response(false).unwrap_or_else(|e| panic!("POST with a KeyUpdate inside: {e}"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "POST /split 0123456789"), "{}", r.head_str());
+    echo_gets(&mut t, "after-post", 2);
+    assert_apex_updated_its_key(t, BEFORE as u64, "KeyUpdate inside a request body");
+
+    assert_eq!(up.requests().len(), 4 * BEFORE + 2 + 2 + 2 + 3);
+    assert_serving(&apex, &pki, "/after-key-updates");
+}
+
+/// Counts the TLS records in a byte stream from Apex, fed in pieces as they arrive.
+#[derive(Default)]
+struct RecordCount {
+    records: u64,
+    header: Vec<u8>,
+    body_left: usize,
+}
+
+impl RecordCount {
+    fn feed(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(b.len());
+                self.body_left -= n;
+                b = &b[n..];
+                continue;
+            }
+            let n = (5 - self.header.len()).min(b.len());
+            self.header.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.header.len() == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header.clear();
+                self.records += 1;
+            }
+        }
+    }
+}
+
+/// `tls_fill`, but reading the socket here, so every record from Apex is counted in `count`.
+fn tls_fill_counting(
+    s: &mut StreamOwned<ClientConnection, TcpStream>,
+    count: &mut RecordCount,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let mut raw = vec![0u8; 1 << 16];
+    let mut plain = vec![0u8; 1 << 16];
+    loop {
+        let n = s.sock.read(&mut raw)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        count.feed(&raw[..n]);
+        let (mut rest, mut got, mut closed) = (&raw[..n], 0, false);
+        while !rest.is_empty() {
+            s.conn.read_tls(&mut rest)?;
+            s.conn.process_new_packets().map_err(io::Error::other)?;
+            // Drained at once: rustls refuses more TLS while its plaintext buffer is full.
+            loop {
+                match s.conn.reader().read(&mut plain) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(m) => {
+                        buf.extend_from_slice(&plain[..m]);
+                        got += m;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if got > 0 {
+            return Ok(got);
+        }
+        if closed {
+            return Ok(0);
+        }
+    }
+}
+
+impl Tls {
+    /// Reads one response through `tls_fill_counting`.
+    fn read_response_counting(&mut self, count: &mut RecordCount) -> Result<Response, String> {
+        let s = &mut self.s;
+        read_response_from(&mut self.buf, false, |buf| tls_fill_counting(s, count, buf))
+    }
+}
+
+/// Ends a test whose client sent one KeyUpdate (update_requested) while `count` counted every
+/// record from Apex: Apex answered it with a KeyUpdate of its own (RFC 8446 §4.6.3) iff the
+/// client's receive key changed, so that fewer records came under it than were counted in all.
+fn assert_apex_answered_within(t: Tls, count: &RecordCount, what: &str) {
+    let rx = t.s.conn.dangerous_extract_secrets().unwrap().rx.0;
+    assert!(
+        rx < count.records,
+        "{what}: {rx} records arrived under the client's current receive key, and {} in all since \
+         before the client's KeyUpdate: the key never changed, so Apex did not answer the KeyUpdate \
+         (update_requested) with one of its own",
+        count.records
+    );
+}
+
+/// The client sends a KeyUpdate in the middle of a 3 MiB download, having read 64 KiB of it
+/// (a 32 KiB receive buffer, `client_send_buffer` 64 KiB: most of it is still on Apex's side).
+/// The download must finish intact, Apex must answer the KeyUpdate, and the connection stays
+/// usable.
+#[test]
+fn tls13_key_update_during_a_large_download() {
+    let data = Arc::new(pattern_bytes(BIG));
+    let body = data.clone();
+    let up = Upstream::http(move |r| {
+        if r.target == "/big" {
+            let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            v.extend_from_slice(&body);
+            v
+        } else {
+            ok(&r.target)
+        }
+    });
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).limit("client_send_buffer", "\"64KiB\"").append(&pki.section()));
+    let mut t = tls13_extractable(tls_addr(&apex), &pki, Some(32 << 10));
+    // The session tickets arrive with the first response; counting starts after it.
+    echo_path_get(&mut t, "/first", None);
+    let mut count = RecordCount::default();
+    t.send(&get("a.test", "/big"));
+    while t.buf.len() < 64 << 10 {
+        match tls_fill_counting(&mut t.s, &mut count, &mut t.buf) {
+            Ok(0) => panic!("apex closed the connection after {} bytes of the download", t.buf.len()),
+            Ok(_) => {}
+            Err(e) => panic!("reading the download: {e}"),
+        }
+    }
+    // Apex fills the socket buffers while this client does not read.
+    thread::sleep(ms(300));
+    t.s.conn.refresh_traffic_keys().unwrap();
+    t.flush_tls();
+    let r = t.read_response_counting(&mut count).unwrap_or_else(|e| panic!("download with a KeyUpdate midway: {e}"));
+    assert_eq!(r.status, 200, "{}", r.head_str());
+    assert_eq!(pattern_verdict(&r.body), format!("intact {BIG}"));
+    echo_path_get(&mut t, "/after-download", Some(&mut count));
+    assert_apex_answered_within(t, &count, "KeyUpdate during a download");
+}
+
+/// GET `path` from an upstream that answers with the path; counted when `count` is given.
+fn echo_path_get(t: &mut Tls, path: &str, count: Option<&mut RecordCount>) {
+    t.send(&get("a.test", path));
+    let r = match count {
+        Some(c) => t.read_response_counting(c),
+        None => t.try_read_response(false),
+    }
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, path), "{}", r.head_str());
+}
+
+/// A KeyUpdate that arrives while Apex's output to the client is backed up and Apex is still
+/// reading from it: the upstream echoes an upload as it arrives; the client sends 384 KiB
+/// without reading (32 KiB receive buffer, `client_send_buffer` 64 KiB, so the echo fills every
+/// buffer on the way back, Apex's sealed records included), then a KeyUpdate, then the last
+/// 64 KiB. Apex must answer it behind the records it has already sealed under the old key, and
+/// the echo arrive intact.
+#[test]
+fn tls13_key_update_while_the_response_to_the_client_is_backed_up() {
+    const FIRST: usize = 384 << 10;
+    const TOTAL: usize = FIRST + (64 << 10);
+    let up = Upstream::start(|mut c| {
+        while let Some(r) = c.read_head() {
+            c.record(&r);
+            let n: usize = r.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let head = if n == 0 {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", r.target.len(), r.target)
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")
+            };
+            if c.write(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut left = n;
+            while left > 0 {
+                let Some(chunk) = c.read_chunk(left.min(64 << 10)) else { return };
+                left -= chunk.len();
+                if c.write(&chunk).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).limit("client_send_buffer", "\"64KiB\"").append(&pki.section()));
+    let mut t = tls13_extractable(tls_addr(&apex), &pki, Some(32 << 10));
+    echo_path_get(&mut t, "/first", None);
+    let mut count = RecordCount::default();
+    let data = pattern_bytes(TOTAL);
+    t.send(format!("POST /echo HTTP/1.1\r\nHost: a.test\r\nContent-Length: {TOTAL}\r\n\r\n").as_bytes());
+    t.send(&data[..FIRST]);
+    // The echo backs up towards this client, which does not read.
+    thread::sleep(ms(300));
+    t.s.conn.refresh_traffic_keys().unwrap();
+    t.flush_tls();
+    thread::sleep(ms(100));
+    t.send(&data[FIRST..]);
+    let r = t.read_response_counting(&mut count).unwrap_or_else(|e| panic!("echoed upload, KeyUpdate midway: {e}"));
+    assert_eq!(r.status, 200, "{}", r.head_str());
+    assert_eq!(pattern_verdict(&r.body), format!("intact {TOTAL}"), "the echo of the upload");
+    // An upstream that answers before the request is whole ends the connection after the
+    // response (`Connection: close`), so nothing more is asked on this one.
+    assert_apex_answered_within(t, &count, "KeyUpdate while the response is backed up");
 }
