@@ -412,11 +412,12 @@ fn drive<C: HsConn, const N: usize>(
     rin: &mut TlsBuf,
     rout: &mut TlsBuf,
     spill: &mut Vec<u8>,
+    fed: &mut usize,
     mut dst: Option<&mut Buf<N>>,
     failed: &mut bool,
 ) -> io::Result<Hs> {
     loop {
-        let st = hs.process(rin.filled_mut());
+        let st = hs.process(fed_slice(rin, *fed));
         let discard = st.discard;
         let state = match st.state {
             Ok(state) => state,
@@ -428,19 +429,19 @@ fn drive<C: HsConn, const N: usize>(
                 // try to send a second fatal alert (a debug assertion in rustls). The
                 // status's discard is applied first: rustls checks the buffer it is given
                 // against what it has parsed (an empty slice panics).
-                rin.consume(discard);
+                consume_fed(rin, fed, discard);
                 let mut encoded = false;
                 for _ in 0..8 {
                     if !hs.queued() {
                         break;
                     }
-                    let st = hs.process(rin.filled_mut());
+                    let st = hs.process(fed_slice(rin, *fed));
                     let discard = st.discard;
                     let ok = match st.state {
                         Ok(ConnectionState::EncodeTlsData(mut e)) => e.encode(rout.spare()).ok(),
                         _ => None,
                     };
-                    rin.consume(discard);
+                    consume_fed(rin, fed, discard);
                     let Some(n) = ok else { break };
                     rout.commit(n);
                     encoded = true;
@@ -482,7 +483,7 @@ fn drive<C: HsConn, const N: usize>(
             ConnectionState::BlockedHandshake => Hs::Read,
             ConnectionState::ReadTraffic(mut r) => {
                 let Some(dst) = dst.as_deref_mut() else {
-                    rin.consume(discard);
+                    consume_fed(rin, fed, discard);
                     return Ok(Hs::Full);
                 };
                 let mut next = Hs::Go;
@@ -511,7 +512,7 @@ fn drive<C: HsConn, const N: usize>(
             ConnectionState::PeerClosed | ConnectionState::Closed => Hs::Eof,
             _ => return Err(bad("unexpected tls state")),
         };
-        rin.consume(discard);
+        consume_fed(rin, fed, discard);
         match next {
             Hs::Go => {}
             Hs::Flush => {
@@ -520,8 +521,18 @@ fn drive<C: HsConn, const N: usize>(
                 }
             }
             Hs::Read => {
+                // rustls is given one more whole record only when it asks for more, so it
+                // never reads past the handshake's last record: what follows (a KeyUpdate,
+                // application data) is ours to open. Given it all at once, rustls would
+                // handle a KeyUpdate that came with the client's Finished itself, moving its
+                // send key on and keeping its answer back, and the secrets handed over would
+                // be for a key the client does not know yet.
+                if let Some(n) = rin.filled().get(*fed..).and_then(whole_record) {
+                    *fed += n;
+                    continue;
+                }
                 send(sock, io, rout, spill)?;
-                rin.reserve(record_need(rin.filled()));
+                rin.reserve(record_need(rin.filled().get(*fed..).unwrap_or(&[])) + *fed);
                 match fill(sock, io, rin)? {
                     Filled::Data(_) => {}
                     Filled::Idle => return Ok(Hs::Read),
@@ -568,6 +579,25 @@ fn encode_spill<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, spill: &mut
     Ok(())
 }
 
+/// The bytes of `rin` rustls has been given (and not discarded).
+fn fed_slice(rin: &mut TlsBuf, fed: usize) -> &mut [u8] {
+    let b = rin.filled_mut();
+    let n = fed.min(b.len());
+    b.get_mut(..n).unwrap_or(&mut [])
+}
+
+/// Applies rustls's discard to `rin` and to what it has been given.
+fn consume_fed(rin: &mut TlsBuf, fed: &mut usize, discard: usize) {
+    rin.consume(discard);
+    *fed = fed.saturating_sub(discard);
+}
+
+/// The length of the whole record at the front of `b`, if it is all there.
+fn whole_record(b: &[u8]) -> Option<usize> {
+    let need = record_need(b);
+    (b.len() >= HEADER && b.len() >= need).then_some(need)
+}
+
 /// What the handshake loop does after a state is handled.
 enum Hs {
     Go,
@@ -605,6 +635,8 @@ pub struct Tls {
     plain: (u32, u32, u32),
     /// Handshake records after those in `rout` that did not fit in it (empty: no allocation).
     spill: Vec<u8>,
+    /// During the handshake: the bytes at the front of `rin` rustls has been given.
+    fed: usize,
     /// Bytes at the front of the caller's plaintext buffer already sealed into `rout`.
     ahead: u32,
     eof: bool,
@@ -636,6 +668,7 @@ impl Tls {
             rout: None,
             plain: (0, 0, 0),
             spill: Vec::new(),
+            fed: 0,
             ahead: 0,
             eof: false,
             failed: false,
@@ -799,8 +832,12 @@ impl Tls {
         let rout = pool.fill_slot(&mut self.rout);
         let step = match self.hs.as_mut() {
             None => return Ok(true),
-            Some(Handshake::Server(hs)) => drive(hs, sock, io, rin, rout, &mut self.spill, dst, &mut self.failed),
-            Some(Handshake::Client(hs)) => drive(hs, sock, io, rin, rout, &mut self.spill, dst, &mut self.failed),
+            Some(Handshake::Server(hs)) => {
+                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, dst, &mut self.failed)
+            }
+            Some(Handshake::Client(hs)) => {
+                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, dst, &mut self.failed)
+            }
         };
         match step? {
             Hs::Eof => {

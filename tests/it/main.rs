@@ -28,5 +28,6 @@ mod redirect;
 mod routing;
 mod timeouts;
 mod tls;
+mod tls_edges;
 mod tls_upstream;
 mod upgrade;
