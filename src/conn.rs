@@ -1394,34 +1394,28 @@ impl Conn {
                 let _ = self.sock.shutdown(Shutdown::Write);
                 rq.client_shut = true;
             }
-            if rq.client_shut && rq.up_shut {
-                return Ok(Next::Go(Phase::Close));
-            }
-            if progress {
-                self.deadline = cx.arm(cx.cfg.timeouts.upstream_body);
-                return Ok(Next::Again);
-            }
-            return Ok(Next::Wait);
-        }
-        let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
-        let Ok(moved) = relay_raw(c, up, cin, &mut rq.preq, &mut cx.pipes, &mut rq.client_eof) else {
-            return Ok(Next::Go(Phase::Close));
-        };
-        progress |= moved;
-        if rq.client_eof && cin.is_empty() && rq.preq.as_ref().is_none_or(|p| p.pending == 0) && !rq.up_shut {
-            let _ = u.sock.shutdown(Shutdown::Write);
-            rq.up_shut = true;
-        }
-        // upstream -> client, after the 101 head in cout
-        if self.cout.as_ref().is_none_or(Buf::is_empty) {
+        } else {
             let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
-            let Ok(moved) = relay_raw(up, c, uin, &mut rq.presp, &mut cx.pipes, &mut rq.up_eof) else {
+            let Ok(moved) = relay_raw(c, up, cin, &mut rq.preq, &mut cx.pipes, &mut rq.client_eof) else {
                 return Ok(Next::Go(Phase::Close));
             };
             progress |= moved;
-            if rq.up_eof && uin.is_empty() && rq.presp.as_ref().is_none_or(|p| p.pending == 0) && !rq.client_shut {
-                let _ = self.sock.shutdown(Shutdown::Write);
-                rq.client_shut = true;
+            if rq.client_eof && cin.is_empty() && rq.preq.as_ref().is_none_or(|p| p.pending == 0) && !rq.up_shut {
+                let _ = u.sock.shutdown(Shutdown::Write);
+                rq.up_shut = true;
+            }
+            // upstream -> client, after the 101 head in cout
+            if self.cout.as_ref().is_none_or(Buf::is_empty) {
+                let (c, up) = ((&self.sock, &mut self.io), (&u.sock, &mut u.io));
+                let Ok(moved) = relay_raw(up, c, uin, &mut rq.presp, &mut cx.pipes, &mut rq.up_eof) else {
+                    return Ok(Next::Go(Phase::Close));
+                };
+                progress |= moved;
+                let drained = uin.is_empty() && rq.presp.as_ref().is_none_or(|p| p.pending == 0);
+                if rq.up_eof && drained && !rq.client_shut {
+                    let _ = self.sock.shutdown(Shutdown::Write);
+                    rq.client_shut = true;
+                }
             }
         }
         if rq.client_shut && rq.up_shut {

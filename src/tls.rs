@@ -1164,22 +1164,8 @@ fn now_utc() -> i64 {
 
 fn show_time(t: i64) -> String {
     let days = t.div_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = crate::log::civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Days since 1970-01-01 -> (year, month, day) (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// (year, month, day) -> days since 1970-01-01.
@@ -1249,7 +1235,7 @@ mod tests {
     #[test]
     fn dates_round_trip() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(civil_from_days(days_from_civil(2026, 11, 26)), (2026, 11, 26));
+        assert_eq!(crate::log::civil_from_days(days_from_civil(2026, 11, 26)), (2026, 11, 26));
         assert_eq!(show_time(1_798_761_600), "2027-01-01");
     }
 
