@@ -2,6 +2,8 @@
 """Turns one run of bench/run (bench/results/<run>/raw.jsonl + meta.json) into Markdown.
 
 Usage: bench/report.py RESULTS_DIR > RESULTS.md
+       bench/report.py --tls-section RESULTS.md RESULTS-TLS.md   (puts bench/tls's full run in
+       as the last section of RESULTS.md, replacing the one there)
 Every figure is the median over rounds, with the min and max beside it. Ratios divide a
 row's median by nginx's (or Traefik's) median for the same figure.
 """
@@ -303,5 +305,27 @@ def main():
     print("\n".join(out))
 
 
+TLS_HEADING = "## 8. TLS termination (bench/tls)"
+
+
+def tls_section(results_md, tls_md):
+    """Replaces (or appends) RESULTS.md's TLS section with bench/tls's report, headings demoted."""
+    text = open(results_md).read()
+    at = text.find(TLS_HEADING)
+    if at >= 0:
+        text = text[:at].rstrip("\n") + "\n"
+    body = open(tls_md).read().splitlines()
+    if body and body[0].startswith("# "):
+        body = body[1:]
+    body = ["#" + l if l.startswith("## ") else l for l in body]
+    note = ("A separate run of `bench/tls` (its own rounds and machine check; "
+            "the figures above are bench/run's).")
+    text += "\n" + TLS_HEADING + "\n\n" + note + "\n" + "\n".join(body).rstrip("\n") + "\n"
+    open(results_md, "w").write(text)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "--tls-section":
+        tls_section(sys.argv[2], sys.argv[3])
+    else:
+        main()
