@@ -1159,3 +1159,50 @@ impl BlackHole {
 pub fn pattern(i: u64) -> u8 {
     (i % 251) as u8
 }
+
+pub fn pattern_bytes(n: usize) -> Vec<u8> {
+    (0..n as u64).map(pattern).collect()
+}
+
+/// `intact N`, or where `body` first departs from the pattern.
+pub fn pattern_verdict(body: &[u8]) -> String {
+    match body.iter().enumerate().position(|(i, b)| *b != pattern(i as u64)) {
+        None => format!("intact {}", body.len()),
+        Some(i) => format!("corrupt at byte {i} of {}", body.len()),
+    }
+}
+
+/// A path as `&str` (test paths are UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit towards `want` (at most the hard limit);
+/// returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // As root (CI), the hard limit itself can go up; elsewhere this fails and the hard limit binds.
+    let lim = getrlimit(Resource::Nofile);
+    if lim.maximum.is_some_and(|h| h < want) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: lim.current, maximum: Some(want) });
+    }
+    let lim = getrlimit(Resource::Nofile);
+    let target = lim.maximum.map_or(want, |h| want.min(h));
+    if lim.current.is_none_or(|c| c < target) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: lim.maximum });
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Sockets held by process `pid` (from /proc/PID/fd; pipes, epoll and files are not counted).
+pub fn sockets_of(pid: u32) -> usize {
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    rd.flatten().filter(|e| fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))).count()
+}
+
+/// Current resident set size of `pid`, in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -42,31 +42,8 @@ fn heavy() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Raises this process's RLIMIT_NOFILE soft limit towards `want` (at most the hard limit);
-/// returns the soft limit now in force.
-fn raise_nofile(want: u64) -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    // As root (CI), the hard limit itself can go up; elsewhere this fails and the hard limit binds.
-    let lim = getrlimit(Resource::Nofile);
-    if lim.maximum.is_some_and(|h| h < want) {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: lim.current, maximum: Some(want) });
-    }
-    let lim = getrlimit(Resource::Nofile);
-    let target = lim.maximum.map_or(want, |h| want.min(h));
-    if lim.current.is_none_or(|c| c < target) {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: lim.maximum });
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
 fn hard_nofile() -> u64 {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(u64::MAX)
-}
-
-/// Sockets held by process `pid` (from /proc/PID/fd; pipes, epoll and files are not counted).
-fn sockets_of(pid: u32) -> usize {
-    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
-    rd.flatten().filter(|e| fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))).count()
 }
 
 /// Waits up to `d` for `pid` to hold at most `n` sockets; returns the last count seen.
@@ -1032,13 +1009,6 @@ fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
 }
 
 // ---------------------------------------------------------------- 6: 10,000 connections
-
-/// Current resident set size of `pid`, in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 #[test]
 fn ten_thousand_concurrent_connections() {

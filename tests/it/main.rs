@@ -29,5 +29,6 @@ mod routing;
 mod timeouts;
 mod tls;
 mod tls_edges;
+mod tls_kit;
 mod tls_upstream;
 mod upgrade;

@@ -1,17 +1,14 @@
 //! `tls.redirect_http`: plain listeners that answer every request with a 308 to HTTPS.
 
 use crate::harness::*;
+use crate::tls_kit::cert_entry;
 
 /// A `[tls]` section (one self-signed certificate for `r.test`) plus `extra` lines in it.
 fn tls_section(dir: &TempDir, extra: &str) -> String {
     let ck = rcgen::generate_simple_self_signed(vec!["r.test".to_string()]).unwrap();
     let chain = dir.write("r.pem", &ck.cert.pem());
     let key = dir.write("r.key", &ck.signing_key.serialize_pem());
-    format!(
-        "[tls]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n[[tls.cert]]\nchain = \"{}\"\nkey = \"{}\"\nnames = [\"r.test\"]\n",
-        chain.display(),
-        key.display()
-    )
+    format!("[tls]\nlisten = [\"127.0.0.1:0\"]\n{extra}") + &cert_entry(&chain, &key, &["r.test"])
 }
 
 #[test]

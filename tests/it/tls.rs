@@ -8,119 +8,47 @@
 //! `openssl s_client`, all trusting only the test root.
 
 use crate::harness::*;
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use crate::tls_kit::*;
+use rcgen::KeyPair;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{
-    AlertDescription, ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, ProtocolVersion,
-    RootCertStore, SignatureScheme, StreamOwned, SupportedProtocolVersion,
+    AlertDescription, ClientConfig, ClientConnection, HandshakeKind, ProtocolVersion, StreamOwned,
+    SupportedProtocolVersion,
 };
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- certificates
 
-/// A certificate Apex serves: its chain file (PEM, leaf first), its key file, the chain as DER.
-struct Leaf {
-    chain: PathBuf,
-    key: PathBuf,
-    ders: Vec<CertificateDer<'static>>,
-}
-
-/// The test PKI, in a temp dir. Leaf A (a.test, *.a.test) is signed by an intermediate and its
+/// The test PKI (see `Root`). Leaf A (a.test, *.a.test) is signed by an intermediate and its
 /// chain file holds leaf + intermediate; leaf B (b.test) is signed by the root and its chain is
-/// the leaf alone. Keys are ECDSA P-256 in PKCS#8. Clients trust the root only.
+/// the leaf alone. Keys are ECDSA P-256 in PKCS#8.
 struct Pki {
-    dir: TempDir,
-    root: Issuer<'static, KeyPair>,
-    root_der: CertificateDer<'static>,
-    /// The root CA, PEM (for curl --cacert and openssl -CAfile).
-    ca: PathBuf,
+    root: Root,
     a: Leaf,
     b: Leaf,
+}
+
+impl AsRef<Root> for Pki {
+    fn as_ref(&self) -> &Root {
+        &self.root
+    }
 }
 
 const A_NAMES: &[&str] = &["a.test", "*.a.test"];
 const B_NAMES: &[&str] = &["b.test"];
 
-fn ca_params(cn: &str, constraints: BasicConstraints) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(constraints);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    p
-}
-
-/// Signs a server certificate for `names` (the first is also the CN) with `issuer`, writes
-/// `TAG.pem` (the leaf, then `up_chain`) and `TAG.key` (PKCS#8).
-fn sign_leaf(
-    dir: &TempDir,
-    tag: &str,
-    names: &[&str],
-    key: &KeyPair,
-    issuer: &Issuer<'_, KeyPair>,
-    up_chain: &[&Certificate],
-) -> Leaf {
-    sign_leaf_with(dir, tag, names, key, issuer, up_chain, |_| {})
-}
-
-/// `sign_leaf`, with `tweak` applied to the leaf's parameters before signing (validity dates).
-fn sign_leaf_with(
-    dir: &TempDir,
-    tag: &str,
-    names: &[&str],
-    key: &KeyPair,
-    issuer: &Issuer<'_, KeyPair>,
-    up_chain: &[&Certificate],
-    tweak: impl FnOnce(&mut CertificateParams),
-) -> Leaf {
-    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, names[0]);
-    p.use_authority_key_identifier_extension = true;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    tweak(&mut p);
-    let cert = p.signed_by(key, issuer).unwrap();
-    let mut pem = cert.pem();
-    let mut ders = vec![cert.der().clone()];
-    for c in up_chain {
-        pem += &c.pem();
-        ders.push(c.der().clone());
-    }
-    Leaf {
-        chain: dir.write(&format!("{tag}.pem"), &pem),
-        key: dir.write(&format!("{tag}.key"), &key.serialize_pem()),
-        ders,
-    }
-}
-
 impl Pki {
     fn new() -> Pki {
-        let dir = TempDir::new("pki");
-        let root_key = KeyPair::generate().unwrap();
-        let root_params = ca_params("Apex Test Root", BasicConstraints::Unconstrained);
-        let root_cert = root_params.self_signed(&root_key).unwrap();
-        let root = Issuer::new(root_params, root_key);
-        let ca = dir.write("ca.pem", &root_cert.pem());
-
-        let mid_key = KeyPair::generate().unwrap();
-        let mut mid_params = ca_params("Apex Test Intermediate", BasicConstraints::Constrained(0));
-        mid_params.use_authority_key_identifier_extension = true;
-        let mid_cert = mid_params.signed_by(&mid_key, &root).unwrap();
-        let mid = Issuer::new(mid_params, mid_key);
-
-        let a = sign_leaf(&dir, "a", A_NAMES, &KeyPair::generate().unwrap(), &mid, &[&mid_cert]);
-        let b = sign_leaf(&dir, "b", B_NAMES, &KeyPair::generate().unwrap(), &root, &[]);
-        Pki { dir, root, root_der: root_cert.der().clone(), ca, a, b }
+        let root = Root::new("pki", "Apex Test Root");
+        let (mid, mid_cert) = intermediate_ca("Apex Test Intermediate", &root.issuer);
+        let a = sign_leaf(&root.dir, "a", A_NAMES, &new_key(), &mid, &[&mid_cert], |_| {});
+        let b = sign_leaf(&root.dir, "b", B_NAMES, &new_key(), &root.issuer, &[], |_| {});
+        Pki { root, a, b }
     }
 
     /// `[tls]` with A (the default) then B.
@@ -139,285 +67,12 @@ impl Pki {
     }
 }
 
-/// A `[tls]` section with one listener on 127.0.0.1:0 and `certs` in order (the first is the
-/// default); `strict_sni` left out when None.
-fn tls_section(strict_sni: Option<bool>, certs: &[(&Leaf, &[&str])]) -> String {
-    let mut t = String::from("[tls]\nlisten = [\"127.0.0.1:0\"]\n");
-    if let Some(s) = strict_sni {
-        t += &format!("strict_sni = {s}\n");
-    }
-    for (leaf, names) in certs {
-        t += &cert_entry(&leaf.chain, &leaf.key, names);
-    }
-    t
-}
-
-fn cert_entry(chain: &Path, key: &Path, names: &[&str]) -> String {
-    let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    format!(
-        "\n[[tls.cert]]\nchain = \"{}\"\nkey = \"{}\"\nnames = [{}]\n",
-        chain.display(),
-        key.display(),
-        names.join(", ")
-    )
-}
-
 /// Apex with a plain listener and the `[tls]` listener of `pki.section()`, routing to `up`.
 fn start_tls(up: &Upstream, pki: &Pki) -> Apex {
     Apex::start(&Config::to(up.addr).append(&pki.section()))
 }
 
-fn tls_addr(apex: &Apex) -> SocketAddr {
-    apex.tls_addr.expect("apex announced no TLS listener")
-}
-
 // ---------------------------------------------------------------- rustls client
-
-/// How the rustls client says hello.
-#[derive(Clone, Copy, Debug)]
-struct Hello {
-    /// None: offer TLS 1.2 and 1.3.
-    version: Option<&'static SupportedProtocolVersion>,
-    /// The SNI sent; None: no SNI extension.
-    sni: Option<&'static str>,
-    /// The name the served chain must be valid for (checked against the test root).
-    valid_for: &'static str,
-    alpn: &'static [&'static str],
-}
-
-impl Hello {
-    fn to(name: &'static str) -> Hello {
-        Hello { version: None, sni: Some(name), valid_for: name, alpn: &["http/1.1"] }
-    }
-    fn v(self, version: &'static SupportedProtocolVersion) -> Hello {
-        Hello { version: Some(version), ..self }
-    }
-    fn valid_for(self, name: &'static str) -> Hello {
-        Hello { valid_for: name, ..self }
-    }
-    fn alpn(self, alpn: &'static [&'static str]) -> Hello {
-        Hello { alpn, ..self }
-    }
-    fn no_sni(self) -> Hello {
-        Hello { sni: None, ..self }
-    }
-}
-
-fn versions() -> [(&'static SupportedProtocolVersion, ProtocolVersion); 2] {
-    [(&rustls::version::TLS12, ProtocolVersion::TLSv1_2), (&rustls::version::TLS13, ProtocolVersion::TLSv1_3)]
-}
-
-/// Verifies the served chain against the test root for a fixed name, whatever SNI was sent, so a
-/// test can ask for `unknown.test` and still check it got a valid default certificate.
-#[derive(Debug)]
-struct ValidFor {
-    name: ServerName<'static>,
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ValidFor {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _sni: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-fn client_config(pki: &Pki, h: Hello) -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(pki.root_der.clone()).unwrap();
-    let roots = Arc::new(roots);
-    let versions: Vec<&'static SupportedProtocolVersion> = match h.version {
-        Some(v) => vec![v],
-        None => rustls::ALL_VERSIONS.to_vec(),
-    };
-    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider).build().unwrap();
-    let name = ServerName::try_from(h.valid_for.to_string()).unwrap();
-    cfg.dangerous().set_certificate_verifier(Arc::new(ValidFor { name, inner }));
-    cfg.alpn_protocols = h.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    cfg.enable_sni = h.sni.is_some();
-    Arc::new(cfg)
-}
-
-fn client_conn(pki: &Pki, h: Hello) -> ClientConnection {
-    let name = ServerName::try_from(h.sni.unwrap_or(h.valid_for).to_string()).unwrap();
-    ClientConnection::new(client_config(pki, h), name).unwrap()
-}
-
-/// A TLS connection to Apex after a completed handshake.
-struct Tls {
-    s: StreamOwned<ClientConnection, TcpStream>,
-    buf: Vec<u8>,
-}
-
-/// Connects and completes the handshake; the error is rustls's (see `rustls_error`) or I/O.
-fn tls_try(addr: SocketAddr, pki: &Pki, h: Hello) -> io::Result<Tls> {
-    tls_try_conn(addr, client_conn(pki, h))
-}
-
-/// Connects with a config the caller keeps: connections made from one `ClientConfig` share its
-/// session store (`resumption`), so the second one can resume the first one's session.
-fn tls_with(addr: SocketAddr, cfg: &Arc<ClientConfig>, sni: &str) -> Tls {
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    let conn = ClientConnection::new(Arc::clone(cfg), name).unwrap();
-    tls_try_conn(addr, conn).unwrap_or_else(|e| panic!("TLS handshake with apex at {addr} failed (SNI {sni}): {e}"))
-}
-
-fn tls_try_conn(addr: SocketAddr, conn: ClientConnection) -> io::Result<Tls> {
-    tls_over(TcpStream::connect_timeout(&addr, Duration::from_secs(5))?, conn)
-}
-
-/// Completes the handshake of `conn` over a connected `tcp`.
-fn tls_over(tcp: TcpStream, conn: ClientConnection) -> io::Result<Tls> {
-    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
-    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
-    tcp.set_nodelay(true)?;
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock)?;
-    }
-    Ok(Tls { s, buf: vec![] })
-}
-
-fn tls(addr: SocketAddr, pki: &Pki, h: Hello) -> Tls {
-    tls_try(addr, pki, h).unwrap_or_else(|e| panic!("TLS handshake with apex at {addr} failed ({h:?}): {e}"))
-}
-
-/// The rustls error inside an I/O error from `tls_try`, if any.
-fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
-    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-}
-
-/// Reads plaintext into `buf`; Ok(0) at the end of the TLS stream (close_notify or a TCP close).
-fn tls_fill(s: &mut StreamOwned<ClientConnection, TcpStream>, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut tmp = vec![0u8; 1 << 16];
-    loop {
-        match s.read(&mut tmp) {
-            Ok(n) => {
-                buf.extend_from_slice(&tmp[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-impl Tls {
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("TLS write to apex");
-        self.s.flush().expect("TLS flush to apex");
-    }
-
-    /// Sends `b` as one TLS record in one socket write (`b` must fit in a record).
-    fn send_one_record(&mut self, b: &[u8]) {
-        assert!(b.len() <= 16 << 10, "{} bytes do not fit in one TLS record", b.len());
-        self.s.conn.writer().write_all(b).unwrap();
-        let mut out = vec![];
-        while self.s.conn.wants_write() {
-            self.s.conn.write_tls(&mut out).unwrap();
-        }
-        self.s.sock.write_all(&out).expect("write to apex");
-    }
-
-    fn try_read_response(&mut self, no_body: bool) -> Result<Response, String> {
-        let s = &mut self.s;
-        read_response_from(&mut self.buf, no_body, |buf| tls_fill(s, buf))
-    }
-
-    fn read_response(&mut self) -> Response {
-        self.try_read_response(false).unwrap_or_else(|e| panic!("reading a response over TLS: {e}"))
-    }
-
-    /// Sends `req` and reads one final response (1xx skipped).
-    fn request(&mut self, req: &[u8]) -> Response {
-        self.send(req);
-        for _ in 0..10 {
-            let r = self.read_response();
-            if !(100..200).contains(&r.status) {
-                return r;
-            }
-        }
-        panic!("more than 10 interim responses")
-    }
-
-    /// Reads until the TLS stream ends or `d` passes: (plaintext, ended).
-    fn read_until_close(&mut self, d: Duration) -> (Vec<u8>, bool) {
-        let deadline = Instant::now() + d;
-        let mut out = std::mem::take(&mut self.buf);
-        while Instant::now() < deadline {
-            match tls_fill(&mut self.s, &mut out) {
-                Ok(0) => return (out, true),
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(_) => return (out, true),
-            }
-        }
-        (out, false)
-    }
-
-    fn version(&self) -> Option<ProtocolVersion> {
-        self.s.conn.protocol_version()
-    }
-
-    fn alpn(&self) -> Option<String> {
-        self.s.conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned())
-    }
-
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.s.conn.peer_certificates().map(<[_]>::to_vec).unwrap_or_default()
-    }
-
-    fn handshake_kind(&self) -> Option<HandshakeKind> {
-        self.s.conn.handshake_kind()
-    }
-
-    /// Writes whatever rustls has queued (a KeyUpdate, a close_notify) without application data.
-    fn flush_tls(&mut self) {
-        while self.s.conn.wants_write() {
-            self.s.conn.write_tls(&mut self.s.sock).expect("write to apex");
-        }
-        self.s.sock.flush().unwrap();
-    }
-
-    /// Sends close_notify and closes the socket.
-    fn close(mut self) {
-        self.s.conn.send_close_notify();
-        self.flush_tls();
-        let _ = self.s.sock.shutdown(std::net::Shutdown::Both);
-    }
-}
 
 /// The first TLS flight of a client: a ClientHello record.
 fn client_hello(pki: &Pki) -> Vec<u8> {
@@ -460,18 +115,6 @@ fn echo_body(r: &Req) -> Vec<u8> {
     let mut v = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", r.body.len()).into_bytes();
     v.extend_from_slice(&r.body);
     v
-}
-
-fn pattern_bytes(n: usize) -> Vec<u8> {
-    (0..n as u64).map(pattern).collect()
-}
-
-/// `intact N`, or where `body` first departs from the pattern.
-fn pattern_verdict(body: &[u8]) -> String {
-    match body.iter().enumerate().position(|(i, b)| *b != pattern(i as u64)) {
-        None => format!("intact {}", body.len()),
-        Some(i) => format!("corrupt at byte {i} of {}", body.len()),
-    }
 }
 
 // ---------------------------------------------------------------- proxying over TLS
@@ -668,9 +311,6 @@ fn content_length_and_chunked_bodies_both_ways_over_tls() {
         .unwrap_or_else(|e| panic!("chunked body not re-framed canonically ({e}): {:?}", reqs[1].body_raw));
     assert_eq!(body, b"hello world");
 }
-
-/// Over 1 MiB, and not a multiple of any buffer or record size.
-const BIG: usize = (3 << 20) + 4321;
 
 #[test]
 fn large_uploads_over_tls_arrive_byte_for_byte() {
@@ -895,7 +535,7 @@ fn strict_sni_refuses_names_no_certificate_serves() {
 #[test]
 fn sec1_and_pkcs1_keys_are_accepted() {
     let pki = Pki::new();
-    let dir = pki.dir.path();
+    let dir = pki.root.dir.path();
     // B's key as SEC1 ("EC PRIVATE KEY").
     let sec1 = dir.join("b.sec1.key");
     openssl(&["ec", "-in", path_str(&pki.b.key), "-out", path_str(&sec1)]);
@@ -905,7 +545,7 @@ fn sec1_and_pkcs1_keys_are_accepted() {
     let p8 = dir.join("c.p8.key");
     openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", path_str(&p8)]);
     let rsa = KeyPair::from_pem(&std::fs::read_to_string(&p8).unwrap()).unwrap();
-    let c = sign_leaf(&pki.dir, "c", &["c.test"], &rsa, &pki.root, &[]);
+    let c = sign_leaf(&pki.root.dir, "c", &["c.test"], &rsa, &pki.root.issuer, &[], |_| {});
     openssl(&["rsa", "-in", path_str(&p8), "-traditional", "-out", path_str(&c.key)]);
     let text = std::fs::read_to_string(&c.key).unwrap();
     assert!(text.contains("BEGIN RSA PRIVATE KEY"), "openssl rsa did not write PKCS#1:\n{text}");
@@ -948,7 +588,7 @@ fn assert_refused(section: &str, paths: &[&Path], words: &[&str]) {
 #[test]
 fn missing_chain_file_is_refused_at_start() {
     let pki = Pki::new();
-    let missing = pki.dir.path().join("missing.pem");
+    let missing = pki.root.dir.path().join("missing.pem");
     let section = format!("{}{}", tls_section(None, &[(&pki.a, A_NAMES)]), cert_entry(&missing, &pki.b.key, B_NAMES));
     assert_refused(&section, &[&missing], &[]);
 }
@@ -956,7 +596,7 @@ fn missing_chain_file_is_refused_at_start() {
 #[test]
 fn missing_key_file_is_refused_at_start() {
     let pki = Pki::new();
-    let missing = pki.dir.path().join("missing.key");
+    let missing = pki.root.dir.path().join("missing.key");
     let section = format!("{}{}", tls_section(None, &[(&pki.a, A_NAMES)]), cert_entry(&pki.b.chain, &missing, B_NAMES));
     assert_refused(&section, &[&missing], &[]);
 }
@@ -982,110 +622,13 @@ fn names_the_certificate_does_not_cover_are_refused_at_start() {
 
 // ---------------------------------------------------------------- curl and openssl s_client
 
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Fails with a clear message when `tool` is not installed.
-fn require(tool: &str) {
-    let probe = if tool == "openssl" { "version" } else { "--version" };
-    let found = Command::new(tool)
-        .arg(probe)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "`{tool}` is not installed (or not on PATH): the TLS interoperability tests run curl and openssl; install both (`apt-get install curl openssl`, as .ci/run does)"
-    );
-}
-
-/// Runs `tool args` with `input` on stdin, killed after `limit`: (exit code, stdout, stderr);
-/// the code is None if it was killed.
-fn run_tool(tool: &str, args: &[&str], input: &[u8], limit: Duration) -> (Option<i32>, Vec<u8>, String) {
-    require(tool);
-    let mut child = Command::new(tool)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {tool}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut v = vec![];
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = vec![];
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st.code().unwrap_or(-1));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(ms(20));
-    };
-    let _ = writer.join();
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    (code, out, String::from_utf8_lossy(&err).into_owned())
-}
-
-fn openssl(args: &[&str]) {
-    let (code, _, err) = run_tool("openssl", args, b"", Duration::from_secs(60));
-    assert_eq!(code, Some(0), "openssl {args:?} failed:\n{err}");
-}
-
-/// `curl -v https://HOST:PORT/PATH` resolved to the TLS listener, trusting the test root:
-/// (exit code, `HTTP_CODE HTTP_VERSION`, verbose stderr, body).
-fn curl(addr: SocketAddr, pki: &Pki, host: &str, path: &str, extra: &[&str]) -> (Option<i32>, String, String, Vec<u8>) {
-    let out = pki.dir.path().join("curl.out");
-    let _ = std::fs::remove_file(&out);
-    let resolve = format!("{host}:{}:127.0.0.1", addr.port());
-    let url = format!("https://{host}:{}{path}", addr.port());
-    let mut args = vec![
-        "-sS",
-        "-v",
-        "--max-time",
-        "30",
-        "--cacert",
-        path_str(&pki.ca),
-        "--resolve",
-        resolve.as_str(),
-        "-o",
-        path_str(&out),
-        "-w",
-        "%{http_code} %{http_version}",
-    ];
-    args.extend_from_slice(extra);
-    args.push(url.as_str());
-    let (code, stdout, stderr) = run_tool("curl", &args, b"", Duration::from_secs(40));
-    (code, String::from_utf8_lossy(&stdout).into_owned(), stderr, std::fs::read(&out).unwrap_or_default())
-}
-
 #[test]
 fn curl_gets_and_posts_over_tls12_and_tls13() {
     let up = Upstream::http(|r| if r.method == "POST" { echo_body(r) } else { ok(&r.target) });
     let pki = Pki::new();
     let apex = start_tls(&up, &pki);
     let addr = tls_addr(&apex);
-    let upload = pki.dir.write("upload.bin", "");
+    let upload = pki.root.dir.write("upload.bin", "");
     let data = pattern_bytes((3 << 19) + 7);
     std::fs::write(&upload, &data).unwrap();
     let data_arg = format!("@{}", path_str(&upload));
@@ -1132,7 +675,7 @@ fn openssl_s_client_negotiates_http11_with_sni_over_tls12_and_tls13() {
             "-alpn",
             "http/1.1",
             "-CAfile",
-            path_str(&pki.ca),
+            path_str(&pki.root.ca),
             "-verify_hostname",
             "b.test",
             "-verify_return_error",
@@ -1210,24 +753,33 @@ fn worker_threads(apex: &Apex, want: usize) -> usize {
     }
 }
 
-#[test]
-fn tls13_session_resumes_with_one_worker() {
+/// Apex with `workers` workers; `n` connections with one client config offering only `v`, one
+/// request each: the first handshake is full, every later one resumes; all `n` requests arrive.
+fn assert_sessions_resume(v: &'static SupportedProtocolVersion, workers: u32, n: usize) {
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).workers(1).append(&pki.section()));
-    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS13, 4);
-    assert_full_then_resumed(&kinds, "TLS 1.3, workers = 1");
-    assert_eq!(up.requests().len(), 4);
+    let apex = Apex::start(&Config::to(up.addr).workers(workers).append(&pki.section()));
+    if workers > 1 {
+        assert_eq!(
+            worker_threads(&apex, workers as usize),
+            workers as usize,
+            "apex must run {workers} worker threads for this test"
+        );
+    }
+    let kinds = connect_n_times(&apex, &pki, v, n);
+    let name = if std::ptr::eq(v, &rustls::version::TLS13) { "TLS 1.3" } else { "TLS 1.2" };
+    assert_full_then_resumed(&kinds, &format!("{name}, workers = {workers}"));
+    assert_eq!(up.requests().len(), n);
+}
+
+#[test]
+fn tls13_session_resumes_with_one_worker() {
+    assert_sessions_resume(&rustls::version::TLS13, 1, 4);
 }
 
 #[test]
 fn tls12_session_resumes_with_one_worker() {
-    let up = Upstream::echo_path();
-    let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).workers(1).append(&pki.section()));
-    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS12, 4);
-    assert_full_then_resumed(&kinds, "TLS 1.2, workers = 1");
-    assert_eq!(up.requests().len(), 4);
+    assert_sessions_resume(&rustls::version::TLS12, 1, 4);
 }
 
 /// 16 connections over two SO_REUSEPORT workers: the kernel spreads them by 4-tuple hash, so the
@@ -1236,26 +788,14 @@ fn tls12_session_resumes_with_one_worker() {
 /// caches do not matter for them.
 #[test]
 fn tls13_session_tickets_resume_on_either_of_two_workers() {
-    let up = Upstream::echo_path();
-    let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).workers(2).append(&pki.section()));
-    assert_eq!(worker_threads(&apex, 2), 2, "apex must run two worker threads for this test");
-    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS13, 16);
-    assert_full_then_resumed(&kinds, "TLS 1.3, workers = 2");
-    assert_eq!(up.requests().len(), 16);
+    assert_sessions_resume(&rustls::version::TLS13, 2, 16);
 }
 
 /// As above over TLS 1.2: Apex issues TLS 1.2 session tickets too (RFC 5077), sealed with the
 /// same shared key, so resumption does not depend on which worker's session cache is asked.
 #[test]
 fn tls12_session_tickets_resume_on_either_of_two_workers() {
-    let up = Upstream::echo_path();
-    let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).workers(2).append(&pki.section()));
-    assert_eq!(worker_threads(&apex, 2), 2, "apex must run two worker threads for this test");
-    let kinds = connect_n_times(&apex, &pki, &rustls::version::TLS12, 16);
-    assert_full_then_resumed(&kinds, "TLS 1.2, workers = 2");
-    assert_eq!(up.requests().len(), 16);
+    assert_sessions_resume(&rustls::version::TLS12, 2, 16);
 }
 
 // ---------------------------------------------------------------- certificate reload
@@ -1283,7 +823,7 @@ fn sighup_reloads_certificates_and_a_failed_reload_keeps_the_previous_ones() {
     }
 
     // A2: the same names, a new key, another issuer (the root), so the chain differs too.
-    let a2 = sign_leaf(&pki.dir, "a2", A_NAMES, &KeyPair::generate().unwrap(), &pki.root, &[]);
+    let a2 = sign_leaf(&pki.root.dir, "a2", A_NAMES, &new_key(), &pki.root.issuer, &[], |_| {});
     std::fs::write(&chain, std::fs::read(&a2.chain).unwrap()).unwrap();
     std::fs::write(&key, std::fs::read(&a2.key).unwrap()).unwrap();
     apex.signal("HUP");
@@ -1337,7 +877,7 @@ fn sighup_reloads_certificates_and_a_failed_reload_keeps_the_previous_ones() {
 #[test]
 fn expired_certificate_is_refused_at_start() {
     let pki = Pki::new();
-    let old = sign_leaf_with(&pki.dir, "old", &["old.test"], &KeyPair::generate().unwrap(), &pki.root, &[], |p| {
+    let old = sign_leaf(&pki.root.dir, "old", &["old.test"], &new_key(), &pki.root.issuer, &[], |p| {
         p.not_before = rcgen::date_time_ymd(2020, 1, 1);
         p.not_after = rcgen::date_time_ymd(2021, 1, 1);
     });
@@ -1362,7 +902,7 @@ fn check_prints_the_tls_section_and_refuses_a_key_that_does_not_match() {
         cert_entry(Path::new("a.pem"), Path::new("a.key"), A_NAMES),
         cert_entry(Path::new("b.pem"), Path::new("b.key"), B_NAMES)
     );
-    let conf = pki.dir.write("apex.toml", &Config::to(dead_addr()).append(&section).render());
+    let conf = pki.root.dir.write("apex.toml", &Config::to(dead_addr()).append(&section).render());
     let (code, out, err) = run_apex(&["--check", path_str(&conf)]);
     assert_eq!(code, Some(0), "apex --check on a valid [tls] config; stderr:\n{err}");
     let at = out.find("\n[tls]\n").unwrap_or_else(|| panic!("no [tls] section in the effective config:\n{out}"));
@@ -1389,14 +929,14 @@ fn check_prints_the_tls_section_and_refuses_a_key_that_does_not_match() {
     }
     // The effective config is a config: checked again, it prints itself.
     let body = |s: &str| s.split_once('\n').map(|(_, rest)| rest.to_string()).unwrap_or_default();
-    let again = pki.dir.write("effective.toml", &out);
+    let again = pki.root.dir.write("effective.toml", &out);
     let (code, out2, err) = run_apex(&["--check", path_str(&again)]);
     assert_eq!(code, Some(0), "apex --check on its own output; stderr:\n{err}\nfile:\n{out}");
     assert_eq!(body(&out2), body(&out), "the effective config round-trips");
 
     // B's chain with A's key.
     let bad_section = format!("[tls]\nlisten = [\"127.0.0.1:0\"]\n{}", cert_entry(&pki.b.chain, &pki.a.key, B_NAMES));
-    let bad = pki.dir.write("bad.toml", &Config::to(dead_addr()).append(&bad_section).render());
+    let bad = pki.root.dir.write("bad.toml", &Config::to(dead_addr()).append(&bad_section).render());
     let (code, out, err) = run_apex(&["--check", path_str(&bad)]);
     assert_eq!(code, Some(1), "apex --check with a key that does not match; stdout:\n{out}\nstderr:\n{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -1414,12 +954,8 @@ fn tls13_extractable(addr: SocketAddr, pki: &Pki, rcvbuf: Option<usize>) -> Tls 
     let mut cfg = ClientConfig::clone(&client_config(pki, Hello::to("a.test").v(&rustls::version::TLS13)));
     cfg.enable_secret_extraction = true;
     let conn = ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap();
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    if let Some(n) = rcvbuf {
-        s.set_recv_buffer_size(n).unwrap();
-    }
-    s.connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect to apex");
-    let t = tls_over(s.into(), conn).unwrap_or_else(|e| panic!("TLS 1.3 handshake with apex at {addr}: {e}"));
+    let t =
+        tls_over(connect(addr, rcvbuf), conn).unwrap_or_else(|e| panic!("TLS 1.3 handshake with apex at {addr}: {e}"));
     assert_eq!(t.version(), Some(ProtocolVersion::TLSv1_3));
     t
 }
@@ -1430,14 +966,6 @@ fn echo_gets(t: &mut Tls, tag: &str, n: usize) {
         let path = format!("/{tag}/{i}");
         let r = t.try_read_response_after(&get("a.test", &path)).unwrap_or_else(|e| panic!("{tag} request {i}: {e}"));
         assert_eq!((r.status, r.body_str()), (200, format!("GET {path} ")), "{tag} request {i}");
-    }
-}
-
-impl Tls {
-    /// Sends `req`, reads one response; the error says what went wrong instead of panicking.
-    fn try_read_response_after(&mut self, req: &[u8]) -> Result<Response, String> {
-        self.s.write_all(req).and_then(|()| self.s.flush()).map_err(|e| format!("write: {e}"))?;
-        self.try_read_response(false)
     }
 }
 

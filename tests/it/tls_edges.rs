@@ -8,62 +8,38 @@
 //! blocking rustls client (trusting only the test root) and curl.
 
 use crate::harness::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned, SupportedProtocolVersion};
+use crate::tls_kit::*;
+use rustls::{ProtocolVersion, StreamOwned, SupportedProtocolVersion};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- certificates
 
-/// A certificate Apex serves: its chain file (PEM, leaf first), its key file, the chain as DER.
-struct Leaf {
-    chain: PathBuf,
-    key: PathBuf,
-    ders: Vec<CertificateDer<'static>>,
+/// The test PKI (see `Root`): leaf A for a.test signed by the root (ECDSA P-256, PKCS#8).
+struct Pki {
+    root: Root,
+    a: Leaf,
 }
 
-/// The test PKI, in a temp dir: a root CA, and leaf A for a.test signed by it (ECDSA P-256,
-/// PKCS#8). Clients trust the root only.
-struct Pki {
-    dir: TempDir,
-    root: Issuer<'static, KeyPair>,
-    root_der: CertificateDer<'static>,
-    /// The root CA, PEM (for curl --cacert).
-    ca: PathBuf,
-    a: Leaf,
+impl AsRef<Root> for Pki {
+    fn as_ref(&self) -> &Root {
+        &self.root
+    }
 }
 
 impl Pki {
     fn new() -> Pki {
-        let dir = TempDir::new("pki-edges");
-        let root_key = KeyPair::generate().unwrap();
-        let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        root_params.distinguished_name.push(DnType::CommonName, "Apex Test Root");
-        root_params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let root_cert = root_params.self_signed(&root_key).unwrap();
-        let root = Issuer::new(root_params, root_key);
-        let ca = dir.write("ca.pem", &root_cert.pem());
-        let a = sign_leaf(&dir, "a", &["a.test".to_string()], &root);
-        Pki { dir, root, root_der: root_cert.der().clone(), ca, a }
+        let root = Root::new("pki-edges", "Apex Test Root");
+        let a = sign_leaf(&root.dir, "a", &["a.test"], &new_key(), &root.issuer, &[], |_| {});
+        Pki { root, a }
     }
 
     /// `[tls]` with one listener on 127.0.0.1:0 serving `leaf` for a.test.
     fn section_for(&self, leaf: &Leaf) -> String {
-        format!(
-            "[tls]\nlisten = [\"127.0.0.1:0\"]\n\n[[tls.cert]]\nchain = \"{}\"\nkey = \"{}\"\nnames = [\"a.test\"]\n",
-            path_str(&leaf.chain),
-            path_str(&leaf.key)
-        )
+        tls_section(None, &[(leaf, &["a.test"])])
     }
 
     /// `[tls]` serving leaf A.
@@ -72,171 +48,14 @@ impl Pki {
     }
 }
 
-/// Signs a server certificate for `names` (the first is also the CN) with `issuer`; writes
-/// `TAG.pem` (the leaf alone) and `TAG.key` (PKCS#8).
-fn sign_leaf(dir: &TempDir, tag: &str, names: &[String], issuer: &Issuer<'_, KeyPair>) -> Leaf {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(names.to_vec()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, names[0].as_str());
-    p.use_authority_key_identifier_extension = true;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = p.signed_by(&key, issuer).unwrap();
-    Leaf {
-        chain: dir.write(&format!("{tag}.pem"), &cert.pem()),
-        key: dir.write(&format!("{tag}.key"), &key.serialize_pem()),
-        ders: vec![cert.der().clone()],
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn tls_addr(apex: &Apex) -> SocketAddr {
-    apex.tls_addr.expect("apex announced no TLS listener")
-}
-
-// ---------------------------------------------------------------- rustls client
-
-fn versions() -> [(&'static SupportedProtocolVersion, ProtocolVersion); 2] {
-    [(&rustls::version::TLS12, ProtocolVersion::TLSv1_2), (&rustls::version::TLS13, ProtocolVersion::TLSv1_3)]
-}
-
-/// A client for a.test offering only `version` and ALPN http/1.1, trusting the test root.
-fn client_conn(pki: &Pki, version: &'static SupportedProtocolVersion) -> ClientConnection {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(pki.root_der.clone()).unwrap();
-    let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap()
-}
-
-/// A TCP connection to `addr` with the harness's timeouts; `rcvbuf` is set before connecting.
-fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    if let Some(n) = rcvbuf {
-        s.set_recv_buffer_size(n).unwrap();
-    }
-    s.connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect to apex");
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-/// A TLS connection to Apex after a completed handshake.
-struct Tls {
-    s: StreamOwned<ClientConnection, TcpStream>,
-    buf: Vec<u8>,
-}
-
-/// Completes the handshake of `conn` over a connected `tcp`.
-fn tls_over(tcp: TcpStream, conn: ClientConnection) -> io::Result<Tls> {
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock)?;
-    }
-    Ok(Tls { s, buf: vec![] })
-}
-
-fn tls_try(addr: SocketAddr, pki: &Pki, v: &'static SupportedProtocolVersion) -> io::Result<Tls> {
-    tls_over(connect(addr, None), client_conn(pki, v))
-}
-
-fn tls(addr: SocketAddr, pki: &Pki, v: &'static SupportedProtocolVersion) -> Tls {
-    tls_try(addr, pki, v).unwrap_or_else(|e| panic!("TLS handshake ({v:?}) with apex at {addr} failed: {e}"))
-}
-
-/// Reads plaintext into `buf`; Ok(0) at the end of the TLS stream, with or without close_notify.
-fn tls_fill(s: &mut StreamOwned<ClientConnection, TcpStream>, buf: &mut Vec<u8>) -> io::Result<usize> {
-    match tls_fill_strict(s, buf) {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-        r => r,
-    }
-}
-
-/// Reads plaintext into `buf`; Ok(0) only at a clean end (close_notify): a TCP close without it
-/// is rustls's UnexpectedEof error, as for any client that tells a whole body from a cut one.
-fn tls_fill_strict(s: &mut StreamOwned<ClientConnection, TcpStream>, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut tmp = vec![0u8; 1 << 16];
-    loop {
-        match s.read(&mut tmp) {
-            Ok(n) => {
-                buf.extend_from_slice(&tmp[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-impl Tls {
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("TLS write to apex");
-        self.s.flush().expect("TLS flush to apex");
-    }
-
-    fn try_read_response(&mut self) -> Result<Response, String> {
-        let s = &mut self.s;
-        read_response_from(&mut self.buf, false, |buf| tls_fill(s, buf))
-    }
-
-    /// Reads one response whose end, if the connection ends, must be a clean one (close_notify).
-    fn try_read_response_strict(&mut self) -> Result<Response, String> {
-        let s = &mut self.s;
-        read_response_from(&mut self.buf, false, |buf| tls_fill_strict(s, buf))
-    }
-
-    /// Sends `req` and reads one response.
-    fn request(&mut self, req: &[u8]) -> Response {
-        self.send(req);
-        self.try_read_response().unwrap_or_else(|e| panic!("reading a response over TLS: {e}"))
-    }
-
-    /// Writes whatever rustls has queued (KeyUpdates) without application data.
-    fn flush_tls(&mut self) {
-        while self.s.conn.wants_write() {
-            self.s.conn.write_tls(&mut self.s.sock).expect("write to apex");
-        }
-        self.s.sock.flush().unwrap();
-    }
-
-    /// Reads until the connection ends or `d` passes: the plaintext read, and how it ended
-    /// (None: still open after `d`; Some(Ok(())): close_notify; Some(Err(e)): anything else).
-    fn read_to_end(&mut self, d: Duration) -> (Vec<u8>, Option<io::Result<()>>) {
-        let deadline = Instant::now() + d;
-        let mut out = std::mem::take(&mut self.buf);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return (out, None);
-            }
-            self.s.sock.set_read_timeout(Some(left.max(ms(1)))).unwrap();
-            match tls_fill_strict(&mut self.s, &mut out) {
-                Ok(0) => return (out, Some(Ok(()))),
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    if Instant::now() >= deadline {
-                        return (out, None);
-                    }
-                }
-                Err(e) => return (out, Some(Err(e))),
-            }
-        }
-    }
+/// The client's hello: SNI a.test, ALPN http/1.1, offering only `v`.
+fn a_test(v: &'static SupportedProtocolVersion) -> Hello {
+    Hello::to("a.test").v(v)
 }
 
 /// A TLS request through Apex still works (and so does a plain one).
 fn assert_serving(apex: &Apex, pki: &Pki, path: &str) {
-    let mut t = tls(tls_addr(apex), pki, &rustls::version::TLS13);
+    let mut t = tls(tls_addr(apex), pki, a_test(&rustls::version::TLS13));
     let r = t.request(&get("a.test", path));
     assert_eq!(r.status, 200, "TLS request after the test: {}", r.head_str());
     let r = apex.client().request(&get("h", path));
@@ -248,74 +67,6 @@ fn assert_serving(apex: &Apex, pki: &Pki, path: &str) {
 const KEY_UPDATES_IN_A_ROW_MAX: usize = 32;
 
 // ---------------------------------------------------------------- curl
-
-/// Runs `curl ARGS` (killed after 40 s): (exit code, stdout, stderr); None if it was killed.
-fn run_curl(args: &[&str]) -> (Option<i32>, String, String) {
-    let found = Command::new("curl").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    assert!(
-        found.is_ok_and(|s| s.success()),
-        "`curl` is not installed (or not on PATH): these TLS tests run it; `apt-get install curl`, as .ci/run does"
-    );
-    let mut child = Command::new("curl")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning curl: {e}"));
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let out = thread::spawn(move || {
-        let mut v = vec![];
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = vec![];
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let code = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st.code().unwrap_or(-1));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(ms(20));
-    };
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    (code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned())
-}
-
-/// `curl -v https://a.test:PORT/PATH` resolved to the TLS listener, trusting the test root:
-/// (exit code, `HTTP_CODE HTTP_VERSION`, verbose stderr, body).
-fn curl(addr: SocketAddr, pki: &Pki, path: &str, extra: &[&str]) -> (Option<i32>, String, String, Vec<u8>) {
-    let out = pki.dir.path().join("curl.out");
-    let _ = std::fs::remove_file(&out);
-    let resolve = format!("a.test:{}:127.0.0.1", addr.port());
-    let url = format!("https://a.test:{}{path}", addr.port());
-    let mut args = vec![
-        "-sS",
-        "-v",
-        "--max-time",
-        "20",
-        "--cacert",
-        path_str(&pki.ca),
-        "--resolve",
-        resolve.as_str(),
-        "-o",
-        path_str(&out),
-        "-w",
-        "%{http_code} %{http_version}",
-    ];
-    args.extend_from_slice(extra);
-    args.push(url.as_str());
-    let (code, w, err) = run_curl(&args);
-    (code, w, err, std::fs::read(&out).unwrap_or_default())
-}
 
 const CURL_VERSIONS: [(&[&str], &str); 2] =
     [(&["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (&["--tlsv1.3"], "TLSv1.3")];
@@ -393,10 +144,10 @@ fn tunnel_over_tls_to_a_slow_reader_delivers_every_byte_once_in_order() {
     // Both versions run before the verdict, so a failure says which of them break.
     let mut verdicts = vec![];
     for (v, want) in versions() {
-        let mut t = tls_over(connect(tls_addr(&apex), Some(16 << 10)), client_conn(&pki, v))
+        let mut t = tls_over(connect(tls_addr(&apex), Some(16 << 10)), client_conn(&pki, a_test(v)))
             .unwrap_or_else(|e| panic!("{want:?}: TLS handshake: {e}"));
         t.send(&ws_req());
-        let r = t.try_read_response().unwrap_or_else(|e| panic!("{want:?}: reading the 101: {e}"));
+        let r = t.try_read_response(false).unwrap_or_else(|e| panic!("{want:?}: reading the 101: {e}"));
         assert_eq!(r.status, 101, "{want:?}: {}", r.head_str());
         let mut got = std::mem::take(&mut t.buf);
         let mut small = [0u8; 4096];
@@ -440,7 +191,15 @@ fn certificate_chain_larger_than_the_record_buffer_completes_the_handshake() {
     let pki = Pki::new();
     let mut names = vec!["a.test".to_string()];
     names.extend((0..700).map(|i| format!("host{i:05}.example-long-domain-name.test")));
-    let big = sign_leaf(&pki.dir, "big", &names, &pki.root);
+    let big = sign_leaf(
+        &pki.root.dir,
+        "big",
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        &new_key(),
+        &pki.root.issuer,
+        &[],
+        |_| {},
+    );
     let der_bytes = big.ders[0].len();
     assert!(der_bytes > TLS_BUF_BYTES + 8192, "the big certificate is only {der_bytes} bytes");
     let up = Upstream::echo_path();
@@ -448,7 +207,7 @@ fn certificate_chain_larger_than_the_record_buffer_completes_the_handshake() {
     let apex = Apex::start(&Config::to(up.addr).timeout("client_head", "5s").append(&pki.section_for(&big)));
     let addr = tls_addr(&apex);
     for (v, want) in versions() {
-        let mut t = tls_try(addr, &pki, v).unwrap_or_else(|e| {
+        let mut t = tls_try(addr, &pki, a_test(v)).unwrap_or_else(|e| {
             panic!("{want:?}: the handshake with a {der_bytes}-byte certificate did not complete: {e}")
         });
         assert_eq!(t.s.conn.protocol_version(), Some(want));
@@ -459,7 +218,7 @@ fn certificate_chain_larger_than_the_record_buffer_completes_the_handshake() {
         assert_eq!((r.status, r.body_str()), (200, path), "{want:?}: {}", r.head_str());
     }
     for (flags, want) in CURL_VERSIONS {
-        let (code, w, err, body) = curl(addr, &pki, "/big-chain/curl", flags);
+        let (code, w, err, body) = curl(addr, &pki, "a.test", "/big-chain/curl", flags);
         assert_eq!(code, Some(0), "curl {flags:?} with a {der_bytes}-byte certificate failed:\n{err}");
         assert_eq!(w, "200 1.1", "curl {flags:?}: status and HTTP version;\n{err}");
         assert_eq!(String::from_utf8_lossy(&body), "/big-chain/curl", "curl {flags:?}");
@@ -482,7 +241,7 @@ fn zero_length_record_closes_the_connection_promptly() {
         &Config::to(up.addr).timeout("client_head", "30s").timeout("client_idle", "30s").append(&pki.section()),
     );
     for (v, want) in versions() {
-        let mut t = tls(tls_addr(&apex), &pki, v);
+        let mut t = tls(tls_addr(&apex), &pki, a_test(v));
         thread::sleep(ms(100));
         t.s.sock.write_all(&[0x17, 0x03, 0x03, 0x00, 0x00]).unwrap();
         thread::sleep(ms(100));
@@ -549,7 +308,7 @@ fn close_notify_comes_before_apex_closes_a_tls_connection() {
     let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
     for (v, want) in versions() {
         let what = format!("{want:?}, Connection: close");
-        let mut t = tls(tls_addr(&apex), &pki, v);
+        let mut t = tls(tls_addr(&apex), &pki, a_test(v));
         t.send(b"GET /conn-close HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
         let r = t.try_read_response_strict().unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!((r.status, r.body_str().as_str()), (200, "/conn-close"), "{what}: {}", r.head_str());
@@ -557,7 +316,7 @@ fn close_notify_comes_before_apex_closes_a_tls_connection() {
         assert_clean_close(&mut t, &what);
 
         let what = format!("{want:?}, close-delimited body");
-        let mut t = tls(tls_addr(&apex), &pki, v);
+        let mut t = tls(tls_addr(&apex), &pki, a_test(v));
         t.send(&get("a.test", "/close-delimited"));
         let r = t.try_read_response_strict().unwrap_or_else(|e| {
             panic!("{what}: the body must end with close_notify, or the client cannot tell it whole: {e}")
@@ -565,7 +324,7 @@ fn close_notify_comes_before_apex_closes_a_tls_connection() {
         assert_eq!((r.status, r.body_str().as_str()), (200, "until the close"), "{what}: {}", r.head_str());
 
         let what = format!("{want:?}, tunnel closed by the upstream");
-        let mut t = tls(tls_addr(&apex), &pki, v);
+        let mut t = tls(tls_addr(&apex), &pki, a_test(v));
         t.send(&ws_req());
         let r = t.try_read_response_strict().unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(r.status, 101, "{what}: {}", r.head_str());
@@ -583,7 +342,7 @@ fn close_notify_comes_before_apex_closes_a_tls_connection() {
 
 /// A TLS 1.3 connection to Apex.
 fn tls13(apex: &Apex, pki: &Pki) -> Tls {
-    let t = tls(tls_addr(apex), pki, &rustls::version::TLS13);
+    let t = tls(tls_addr(apex), pki, a_test(&rustls::version::TLS13));
     assert_eq!(t.s.conn.protocol_version(), Some(ProtocolVersion::TLSv1_3));
     t
 }
@@ -678,10 +437,7 @@ fn tls13_key_update_flood_is_cut_and_key_updates_between_requests_are_not() {
 impl Tls {
     /// Sends `req`, reads one response; the panic says what went wrong.
     fn send_then_read(&mut self, req: &[u8]) -> Response {
-        if let Err(e) = self.s.write_all(req).and_then(|()| self.s.flush()) {
-            panic!("writing a request: {e}");
-        }
-        self.try_read_response().unwrap_or_else(|e| panic!("reading the response: {e}"))
+        self.try_read_response_after(req).unwrap_or_else(|e| panic!("a request and its response: {e}"))
     }
 }
 
@@ -697,7 +453,7 @@ fn tls13_finished_request_and_close_notify_in_one_write_get_the_response() {
     let pki = Pki::new();
     let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
     let mut tcp = connect(tls_addr(&apex), None);
-    let mut conn = client_conn(&pki, &rustls::version::TLS13);
+    let mut conn = client_conn(&pki, a_test(&rustls::version::TLS13));
     // Up to the server's Finished; the client's own last flight stays queued in rustls.
     while conn.is_handshaking() {
         while conn.wants_write() {
@@ -718,7 +474,7 @@ fn tls13_finished_request_and_close_notify_in_one_write_get_the_response() {
     }
     tcp.write_all(&flight).unwrap();
     let mut t = Tls { s: StreamOwned::new(conn, tcp), buf: vec![] };
-    let r = t.try_read_response().unwrap_or_else(|e| {
+    let r = t.try_read_response(false).unwrap_or_else(|e| {
         panic!("no response to a request sent with the client's Finished and close_notify in one write: {e}")
     });
     assert_eq!((r.status, r.body_str().as_str()), (200, "/coalesced"), "{}", r.head_str());
@@ -726,38 +482,6 @@ fn tls13_finished_request_and_close_notify_in_one_write_get_the_response() {
 }
 
 // ---------------------------------------------------------------- 7: memory of idle handshakes
-
-/// Raises this process's RLIMIT_NOFILE soft limit towards `want` (at most the hard limit);
-/// returns the soft limit now in force.
-fn raise_nofile(want: u64) -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    // As root (CI), the hard limit itself can go up; elsewhere this fails and the hard limit binds.
-    let lim = getrlimit(Resource::Nofile);
-    if lim.maximum.is_some_and(|h| h < want) {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: lim.current, maximum: Some(want) });
-    }
-    let lim = getrlimit(Resource::Nofile);
-    let target = lim.maximum.map_or(want, |h| want.min(h));
-    if lim.current.is_none_or(|c| c < target) {
-        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: lim.maximum });
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
-/// Sockets held by process `pid` (from /proc/PID/fd).
-fn sockets_of(pid: u32) -> usize {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
-    rd.flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")))
-        .count()
-}
-
-/// Current resident set size of `pid`, in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 /// 2,000 clients connect to the TLS port and send nothing: a handshake waiting for its
 /// ClientHello holds no record buffer (18.5 KiB each). What it holds is its slot and rustls's
@@ -823,7 +547,7 @@ fn curl_http10_over_tls_gets_a_response() {
     let addr = tls_addr(&apex);
     for (flags, want) in CURL_VERSIONS {
         let extra = [flags, &["--http1.0"][..]].concat();
-        let (code, w, err, body) = curl(addr, &pki, "/http10", &extra);
+        let (code, w, err, body) = curl(addr, &pki, "a.test", "/http10", &extra);
         assert_eq!(code, Some(0), "curl --http1.0 {flags:?} failed:\n{err}");
         assert!(w.starts_with("200 "), "curl --http1.0 {flags:?}: status {w:?};\n{err}");
         assert_eq!(String::from_utf8_lossy(&body), "/http10", "curl --http1.0 {flags:?}");

@@ -10,27 +10,21 @@
 //! was negotiated, and every request. Certificates are made per test with rcgen.
 
 use crate::harness::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
-};
+use crate::tls_kit::*;
 use rustls::crypto::ring::cipher_suite;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::server::Acceptor;
 use rustls::{
-    CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, ServerConfig, ServerConnection,
-    StreamOwned, SupportedCipherSuite, SupportedProtocolVersion,
+    CipherSuite, ProtocolVersion, ServerConfig, ServerConnection, StreamOwned, SupportedCipherSuite,
+    SupportedProtocolVersion,
 };
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// Over 1 MiB, and not a multiple of any buffer or record size.
-const BIG: usize = (3 << 20) + 4321;
 /// Longest a TLS origin connection waits for bytes (or a handshake step) before giving up.
 const UP_DEADLINE: Duration = Duration::from_secs(30);
 /// Read timeout of origin sockets: how often a connection thread looks at the stop flag.
@@ -38,30 +32,14 @@ const UP_POLL: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------- certificates
 
-/// A server certificate: its chain (leaf first) as DER and as a PEM file, its PKCS#8 key.
-struct Leaf {
-    chain: Vec<CertificateDer<'static>>,
-    key_der: Vec<u8>,
-    chain_path: PathBuf,
-    key_path: PathBuf,
-}
-
-impl Leaf {
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivatePkcs8KeyDer::from(self.key_der.clone()).into()
-    }
-}
-
-/// The test PKI in a temp dir. Apex is given `ca` (the root) as `tls_ca`.
+/// The test PKI (see `Root`); Apex is given the root's `ca` as `tls_ca`.
 /// - `api`: api.test (DNS SAN only), root -> intermediate -> leaf, served with the intermediate;
 /// - `ip`: IP SAN 127.0.0.1 only, signed by the root;
 /// - `expired`: api.test, valid 2020-01-01..2021-01-01, signed by the root;
 /// - `foreign`: api.test, signed by another root Apex does not trust (`other_ca`);
 /// - `front`: a.test, for Apex's own `[tls]` listener, signed by the root.
 struct Pki {
-    dir: TempDir,
-    ca: PathBuf,
-    root_der: CertificateDer<'static>,
+    root: Root,
     other_ca: PathBuf,
     api: Leaf,
     ip: Leaf,
@@ -70,86 +48,29 @@ struct Pki {
     front: Leaf,
 }
 
-fn ca_params(cn: &str, constraints: BasicConstraints) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(constraints);
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    p
-}
-
-/// Signs a server leaf with `sans` (the first also the CN), tweaked by `tweak`, writes
-/// `TAG.pem` (leaf, then `up_chain`) and `TAG.key`.
-fn sign_leaf(
-    dir: &TempDir,
-    tag: &str,
-    sans: Vec<SanType>,
-    issuer: &Issuer<'_, KeyPair>,
-    up_chain: &[&rcgen::Certificate],
-    tweak: impl FnOnce(&mut CertificateParams),
-) -> Leaf {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let cn = match &sans[0] {
-        SanType::IpAddress(ip) => ip.to_string(),
-        SanType::DnsName(n) => n.as_str().to_string(),
-        other => panic!("unexpected SAN {other:?}"),
-    };
-    p.subject_alt_names = sans;
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.use_authority_key_identifier_extension = true;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    tweak(&mut p);
-    let cert = p.signed_by(&key, issuer).unwrap();
-    let mut pem = cert.pem();
-    let mut chain = vec![cert.der().clone()];
-    for c in up_chain {
-        pem += &c.pem();
-        chain.push(c.der().clone());
+impl AsRef<Root> for Pki {
+    fn as_ref(&self) -> &Root {
+        &self.root
     }
-    Leaf {
-        chain,
-        key_der: key.serialize_der(),
-        chain_path: dir.write(&format!("{tag}.pem"), &pem),
-        key_path: dir.write(&format!("{tag}.key"), &key.serialize_pem()),
-    }
-}
-
-fn dns(name: &str) -> SanType {
-    SanType::DnsName(name.try_into().unwrap())
 }
 
 impl Pki {
     fn new() -> Pki {
-        let dir = TempDir::new("uptls");
-        let root_key = KeyPair::generate().unwrap();
-        let root_params = ca_params("Apex Upstream Test Root", BasicConstraints::Unconstrained);
-        let root_cert = root_params.self_signed(&root_key).unwrap();
-        let root = Issuer::new(root_params, root_key);
-        let ca = dir.write("ca.pem", &root_cert.pem());
-
-        let mid_key = KeyPair::generate().unwrap();
-        let mut mid_params = ca_params("Apex Upstream Test Intermediate", BasicConstraints::Constrained(0));
-        mid_params.use_authority_key_identifier_extension = true;
-        let mid_cert = mid_params.signed_by(&mid_key, &root).unwrap();
-        let mid = Issuer::new(mid_params, mid_key);
-
-        let other_key = KeyPair::generate().unwrap();
-        let other_params = ca_params("Some Other Root", BasicConstraints::Unconstrained);
-        let other_cert = other_params.self_signed(&other_key).unwrap();
-        let other = Issuer::new(other_params, other_key);
+        let root = Root::new("uptls", "Apex Upstream Test Root");
+        let dir = &root.dir;
+        let (mid, mid_cert) = intermediate_ca("Apex Upstream Test Intermediate", &root.issuer);
+        let (other, other_cert) = self_signed_ca("Some Other Root");
         let other_ca = dir.write("other-ca.pem", &other_cert.pem());
 
-        let api = sign_leaf(&dir, "api", vec![dns("api.test")], &mid, &[&mid_cert], |_| {});
-        let ip = sign_leaf(&dir, "ip", vec![SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))], &root, &[], |_| {});
-        let expired = sign_leaf(&dir, "expired", vec![dns("api.test")], &root, &[], |p| {
+        let api = sign_leaf(dir, "api", &["api.test"], &new_key(), &mid, &[&mid_cert], |_| {});
+        let ip = sign_leaf(dir, "ip", &["127.0.0.1"], &new_key(), &root.issuer, &[], |_| {});
+        let expired = sign_leaf(dir, "expired", &["api.test"], &new_key(), &root.issuer, &[], |p| {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         });
-        let foreign = sign_leaf(&dir, "foreign", vec![dns("api.test")], &other, &[], |_| {});
-        let front = sign_leaf(&dir, "front", vec![dns("a.test")], &root, &[], |_| {});
-        Pki { dir, ca, root_der: root_cert.der().clone(), other_ca, api, ip, expired, foreign, front }
+        let foreign = sign_leaf(dir, "foreign", &["api.test"], &new_key(), &other, &[], |_| {});
+        let front = sign_leaf(dir, "front", &["a.test"], &new_key(), &root.issuer, &[], |_| {});
+        Pki { root, other_ca, api, ip, expired, foreign, front }
     }
 
     /// An origin config serving `leaf`: TLS 1.2 and 1.3, every ring cipher suite.
@@ -173,16 +94,12 @@ fn server_config(
         .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(leaf.chain.clone(), leaf.key())
+        .with_single_cert(leaf.ders.clone(), leaf.private_key())
         .unwrap();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.enable_secret_extraction = true;
     cfg.send_tls13_tickets = 4;
     Arc::new(cfg)
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 // ---------------------------------------------------------------- config
@@ -209,7 +126,7 @@ fn plain_group(name: &str, servers: &[SocketAddr]) -> String {
 
 /// A config routing every request to one TLS group "api" of `servers`, verified as api.test.
 fn api_config(servers: &[SocketAddr], pki: &Pki) -> Config {
-    let group = tls_group("api", servers, Some("api.test"), Some(&pki.ca));
+    let group = tls_group("api", servers, Some("api.test"), Some(&pki.root.ca));
     Config::new().route("*", "/", "api").append(&group)
 }
 
@@ -657,18 +574,6 @@ fn chunked_response(body: &[u8], piece: usize) -> Vec<u8> {
     v
 }
 
-fn pattern_bytes(n: usize) -> Vec<u8> {
-    (0..n as u64).map(pattern).collect()
-}
-
-/// `intact N`, or where `body` first departs from the pattern.
-fn pattern_verdict(body: &[u8]) -> String {
-    match body.iter().enumerate().position(|(i, b)| *b != pattern(i as u64)) {
-        None => format!("intact {}", body.len()),
-        Some(i) => format!("corrupt at byte {i} of {}", body.len()),
-    }
-}
-
 /// The origin of the body tests: GET /big-cl and /big-chunked download `data`; POST /echo-cl and
 /// /echo-chunked send the request body back (Content-Length, chunked); anything else is echoed
 /// as text.
@@ -775,8 +680,8 @@ fn without_tls_name_no_sni_is_sent_and_the_certificate_must_cover_the_ip() {
         &Config::new()
             .route("dns.test", "/", "dnsonly")
             .route("*", "/", "ip")
-            .append(&tls_group("ip", &[ip_up.addr], None, Some(&pki.ca)))
-            .append(&tls_group("dnsonly", &[dns_up.addr], None, Some(&pki.ca))),
+            .append(&tls_group("ip", &[ip_up.addr], None, Some(&pki.root.ca)))
+            .append(&tls_group("dnsonly", &[dns_up.addr], None, Some(&pki.root.ca))),
     );
     let mut c = apex.client();
     for i in 0..3 {
@@ -915,7 +820,7 @@ fn tls12_only_and_tls13_only_upstreams_work_with_each_cipher_suite() {
     let mut cfg = Config::new();
     for (i, up) in ups.iter().enumerate() {
         let name = format!("g{i}");
-        let group = tls_group(&name, &[up.addr], Some("api.test"), Some(&pki.ca));
+        let group = tls_group(&name, &[up.addr], Some("api.test"), Some(&pki.root.ca));
         cfg = cfg.route(&format!("s{i}.test"), "/", &name).append(&group);
     }
     let apex = Apex::start(&cfg);
@@ -982,11 +887,11 @@ fn certificate_failures_get_502_and_apex_keeps_serving() {
             .route("expired.test", "/", "expired")
             .route("plain.test", "/", "plain")
             .route("*", "/", "good")
-            .append(&tls_group("foreign", &[foreign.addr], Some("api.test"), Some(&pki.ca)))
-            .append(&tls_group("mismatch", &[mismatch.addr], Some("other.test"), Some(&pki.ca)))
-            .append(&tls_group("expired", &[expired.addr], Some("api.test"), Some(&pki.ca)))
-            .append(&tls_group("plain", &[plain.addr], Some("api.test"), Some(&pki.ca)))
-            .append(&tls_group("good", &[good.addr], Some("api.test"), Some(&pki.ca))),
+            .append(&tls_group("foreign", &[foreign.addr], Some("api.test"), Some(&pki.root.ca)))
+            .append(&tls_group("mismatch", &[mismatch.addr], Some("other.test"), Some(&pki.root.ca)))
+            .append(&tls_group("expired", &[expired.addr], Some("api.test"), Some(&pki.root.ca)))
+            .append(&tls_group("plain", &[plain.addr], Some("api.test"), Some(&pki.root.ca)))
+            .append(&tls_group("good", &[good.addr], Some("api.test"), Some(&pki.root.ca))),
     );
     let mut c = apex.client();
     let r = c.request(&get("good.test", "/before"));
@@ -1059,64 +964,6 @@ fn without_tls_ca_the_system_roots_are_used_and_do_not_trust_the_test_ca() {
 
 // ---------------------------------------------------------------- 6. TLS client -> TLS origin
 
-/// A TLS client of Apex's `[tls]` listener, trusting the test root, SNI a.test.
-struct FrontTls {
-    s: StreamOwned<ClientConnection, TcpStream>,
-    buf: Vec<u8>,
-}
-
-impl FrontTls {
-    fn connect(addr: SocketAddr, pki: &Pki) -> FrontTls {
-        let mut roots = RootCertStore::empty();
-        roots.add(pki.root_der.clone()).unwrap();
-        let mut cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let conn = ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap();
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to apex");
-        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let mut s = StreamOwned::new(conn, tcp);
-        while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock).unwrap_or_else(|e| panic!("TLS handshake with apex at {addr}: {e}"));
-        }
-        FrontTls { s, buf: vec![] }
-    }
-
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("TLS write to apex");
-        self.s.flush().expect("TLS flush to apex");
-    }
-
-    fn read_response(&mut self) -> Response {
-        let s = &mut self.s;
-        read_response_from(&mut self.buf, false, |buf| {
-            let mut tmp = vec![0u8; 1 << 16];
-            loop {
-                match s.read(&mut tmp) {
-                    Ok(n) => {
-                        buf.extend_from_slice(&tmp[..n]);
-                        return Ok(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                    Err(e) => return Err(e),
-                }
-            }
-        })
-        .unwrap_or_else(|e| panic!("reading a response over TLS: {e}"))
-    }
-
-    fn request(&mut self, req: &[u8]) -> Response {
-        self.send(req);
-        self.read_response()
-    }
-}
-
 #[test]
 fn tls_client_to_tls_upstream_gets_x_forwarded_proto_https() {
     let pki = Pki::new();
@@ -1124,16 +971,16 @@ fn tls_client_to_tls_upstream_gets_x_forwarded_proto_https() {
     let up = bodies_origin(pki.server(&pki.api), data.clone());
     let section = format!(
         "[tls]\nlisten = [\"127.0.0.1:0\"]\n\n[[tls.cert]]\nchain = \"{}\"\nkey = \"{}\"\nnames = [\"a.test\"]\n",
-        pki.front.chain_path.display(),
-        pki.front.key_path.display()
+        pki.front.chain.display(),
+        pki.front.key.display()
     );
     let apex = Apex::start(
         &Config::new()
             .route("*", "/", "api")
-            .append(&tls_group("api", &[up.addr], Some("api.test"), Some(&pki.ca)))
+            .append(&tls_group("api", &[up.addr], Some("api.test"), Some(&pki.root.ca)))
             .append(&section),
     );
-    let mut t = FrontTls::connect(apex.tls_addr.expect("apex announced no TLS listener"), &pki);
+    let mut t = tls(tls_addr(&apex), &pki, Hello::to("a.test"));
     let r = t.request(&get("a.test", "/over-tls"));
     assert_eq!((r.status, r.body_str().as_str()), (200, "GET /over-tls "), "{}", r.head_str());
     let r = t.request(&get("a.test", "/big-chunked"));
@@ -1201,8 +1048,8 @@ fn one_group(tls_name: Option<&str>, tls_ca: Option<&Path>) -> String {
 #[test]
 fn missing_tls_ca_file_is_refused_at_start() {
     let pki = Pki::new();
-    let missing = pki.dir.path().join("no-such-ca.pem");
-    assert_check_accepts(&one_group(Some("api.test"), Some(&pki.ca)), "control: tls_ca present");
+    let missing = pki.root.dir.path().join("no-such-ca.pem");
+    assert_check_accepts(&one_group(Some("api.test"), Some(&pki.root.ca)), "control: tls_ca present");
     assert_config_refused(&one_group(Some("api.test"), Some(&missing)), &[path_str(&missing)], "missing tls_ca");
 }
 
@@ -1212,12 +1059,12 @@ fn tls_ca_without_pem_certificates_is_refused_at_start() {
     let cases = [
         ("garbage.pem", "this is not a certificate\n".to_string()),
         ("empty.pem", String::new()),
-        ("key-only.pem", std::fs::read_to_string(&pki.api.key_path).unwrap()),
-        ("der-as-text.pem", String::from_utf8_lossy(&pki.root_der).into_owned()),
+        ("key-only.pem", std::fs::read_to_string(&pki.api.key).unwrap()),
+        ("der-as-text.pem", String::from_utf8_lossy(&pki.root.der).into_owned()),
     ];
-    assert_check_accepts(&one_group(Some("api.test"), Some(&pki.ca)), "control: tls_ca of certificates");
+    assert_check_accepts(&one_group(Some("api.test"), Some(&pki.root.ca)), "control: tls_ca of certificates");
     for (name, contents) in cases {
-        let p = pki.dir.write(name, &contents);
+        let p = pki.root.dir.write(name, &contents);
         assert_config_refused(&one_group(Some("api.test"), Some(&p)), &[path_str(&p)], &format!("tls_ca = {name}"));
     }
 }
@@ -1225,13 +1072,13 @@ fn tls_ca_without_pem_certificates_is_refused_at_start() {
 #[test]
 fn tls_name_that_is_not_a_dns_name_is_refused_at_start() {
     let pki = Pki::new();
-    assert_check_accepts(&one_group(Some("api.test"), Some(&pki.ca)), "control: tls_name = api.test");
+    assert_check_accepts(&one_group(Some("api.test"), Some(&pki.root.ca)), "control: tls_name = api.test");
     for bad in ["not a name", "api..test", "api.test/x", ""] {
         let mut needles = vec!["tls_name"];
         if !bad.is_empty() {
             needles.push(bad);
         }
-        assert_config_refused(&one_group(Some(bad), Some(&pki.ca)), &needles, &format!("tls_name = {bad:?}"));
+        assert_config_refused(&one_group(Some(bad), Some(&pki.root.ca)), &needles, &format!("tls_name = {bad:?}"));
     }
 }
 
@@ -1240,15 +1087,15 @@ fn one_address_in_two_groups_with_different_tls_settings_is_refused_at_start() {
     let pki = Pki::new();
     let addr = dead_addr();
     let base = || Config::new().route("a.test", "/", "a").route("*", "/", "b");
-    let a = tls_group("a", &[addr], Some("api.test"), Some(&pki.ca));
+    let a = tls_group("a", &[addr], Some("api.test"), Some(&pki.root.ca));
     let cases = [
         ("tls on and off", plain_group("b", &[addr])),
-        ("tls_name differs", tls_group("b", &[addr], Some("other.test"), Some(&pki.ca))),
-        ("tls_name set and not", tls_group("b", &[addr], None, Some(&pki.ca))),
+        ("tls_name differs", tls_group("b", &[addr], Some("other.test"), Some(&pki.root.ca))),
+        ("tls_name set and not", tls_group("b", &[addr], None, Some(&pki.root.ca))),
         ("tls_ca differs", tls_group("b", &[addr], Some("api.test"), Some(&pki.other_ca))),
         ("tls_ca set and not", tls_group("b", &[addr], Some("api.test"), None)),
     ];
-    let same = tls_group("b", &[addr], Some("api.test"), Some(&pki.ca));
+    let same = tls_group("b", &[addr], Some("api.test"), Some(&pki.root.ca));
     assert_check_accepts(&base().append(&a).append(&same).render(), "control: the same TLS settings");
     for (what, b) in cases {
         let toml = base().append(&a).append(&b).render();
@@ -1264,8 +1111,8 @@ fn one_address_in_two_groups_with_the_same_tls_settings_is_accepted() {
         &Config::new()
             .route("a.test", "/", "a")
             .route("*", "/", "b")
-            .append(&tls_group("a", &[up.addr], Some("api.test"), Some(&pki.ca)))
-            .append(&tls_group("b", &[up.addr], Some("api.test"), Some(&pki.ca))),
+            .append(&tls_group("a", &[up.addr], Some("api.test"), Some(&pki.root.ca)))
+            .append(&tls_group("b", &[up.addr], Some("api.test"), Some(&pki.root.ca))),
     );
     for host in ["a.test", "b.test"] {
         let r = apex.client().request(&get(host, "/shared"));
