@@ -1081,11 +1081,12 @@ impl Conn {
         let cin_empty = self.cin.as_ref().is_none_or(Buf::is_empty);
         let uout_empty = rq.uout.as_ref().is_none_or(Buf::is_empty);
         let pending = rq.preq.as_ref().is_some_and(|p| p.pending > 0);
-        let up_tls = rq.up.and_then(|k| cx.ups.conns.get(k)).is_some_and(|u| u.tls.is_some());
+        // TLS on either side: records, not bytes, so bodies are copied. (The upstream slot is
+        // looked up last: only for a body long enough to splice.)
         let spliceable = self.tls.is_none()
-            && !up_tls
             && matches!(rq.req_body, Body::Length(_) | Body::Chunked(_))
-            && rq.req_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
+            && rq.req_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES)
+            && rq.up.and_then(|k| cx.ups.conns.get(k)).is_none_or(|u| u.tls.is_none());
         if pending || (spliceable && cin_empty && uout_empty) {
             if rq.preq.is_none() {
                 rq.preq = cx.pipes.take();

@@ -401,11 +401,13 @@ impl HsConn for UnbufferedClientConnection {
     }
 }
 
-/// Runs a handshake until it is done, ends, or waits (`Hs::Read`, `Hs::Flush`, `Hs::Full`).
+/// Runs a handshake until it is done, ends, or waits (`Hs::Read`, `Hs::Flush`). rustls is fed
+/// one record at a time and stops at the handshake's end, so it never holds application data
+/// (early data is off): whatever follows the handshake is the record layer's.
 /// On failure, the alert rustls queued is written and `failed` says whether it left.
 // Disjoint borrows of one Tls's fields (and the socket's), which a struct would only rename.
 #[allow(clippy::too_many_arguments)]
-fn drive<C: HsConn, const N: usize>(
+fn drive<C: HsConn>(
     hs: &mut C,
     sock: &TcpStream,
     io: &mut Io,
@@ -413,7 +415,6 @@ fn drive<C: HsConn, const N: usize>(
     rout: &mut TlsBuf,
     spill: &mut Vec<u8>,
     fed: &mut usize,
-    mut dst: Option<&mut Buf<N>>,
     failed: &mut bool,
 ) -> io::Result<Hs> {
     loop {
@@ -481,33 +482,6 @@ fn drive<C: HsConn, const N: usize>(
                 Hs::Flush
             }
             ConnectionState::BlockedHandshake => Hs::Read,
-            ConnectionState::ReadTraffic(mut r) => {
-                let Some(dst) = dst.as_deref_mut() else {
-                    consume_fed(rin, fed, discard);
-                    return Ok(Hs::Full);
-                };
-                let mut next = Hs::Go;
-                loop {
-                    match r.peek_len() {
-                        None => break,
-                        Some(n) if n.get() > dst.spare_len() => {
-                            next = Hs::Full;
-                            break;
-                        }
-                        Some(_) => {}
-                    }
-                    match r.next_record() {
-                        Some(Ok(rec)) => {
-                            if !dst.put(rec.payload) {
-                                return Err(bad("tls state"));
-                            }
-                        }
-                        Some(Err(_)) => return Err(bad("tls record")),
-                        None => break,
-                    }
-                }
-                next
-            }
             ConnectionState::WriteTraffic(_) => Hs::Done,
             ConnectionState::PeerClosed | ConnectionState::Closed => Hs::Eof,
             _ => return Err(bad("unexpected tls state")),
@@ -539,7 +513,7 @@ fn drive<C: HsConn, const N: usize>(
                     Filled::Eof => return Err(bad("peer closed during the handshake")),
                 }
             }
-            Hs::Full | Hs::Eof => return Ok(next),
+            Hs::Eof => return Ok(next),
             Hs::Done => return Ok(Hs::Done),
         }
     }
@@ -603,7 +577,6 @@ enum Hs {
     Go,
     Flush,
     Read,
-    Full,
     Eof,
     Done,
 }
@@ -683,12 +656,7 @@ impl Tls {
         self.failed
     }
 
-    /// Holds no buffer (an idle connection gives them back).
-    pub fn release(&mut self, pool: &mut TlsBufPool) {
-        pool.release_if_empty(&mut self.rin);
-        pool.release_if_empty(&mut self.rout);
-    }
-
+    /// Gives both record buffers back (the connection is closing).
     pub fn release_all(&mut self, pool: &mut TlsBufPool) {
         pool.release(&mut self.rin);
         pool.release(&mut self.rout);
@@ -713,16 +681,9 @@ impl Tls {
         if self.broken {
             return Err(bad("tls connection failed"));
         }
-        let before = dst.len();
         let r = self.read_inner(sock, io, pool, dst);
         self.broken |= r.is_err();
-        let added = dst.len().saturating_sub(before);
-        match r {
-            // Application data that came with the handshake's last flight is in `dst`.
-            // (`eof` stays set: the next read says Eof.)
-            Ok(Filled::Idle | Filled::Eof) if added > 0 => Ok(Filled::Data(added)),
-            r => r,
-        }
+        r
     }
 
     fn read_inner<const N: usize>(
@@ -757,7 +718,7 @@ impl Tls {
                 return Ok(Filled::Eof);
             }
             if self.hs.is_some() {
-                if !self.handshake(sock, io, pool, Some(&mut *dst))? {
+                if !self.handshake(sock, io, pool)? {
                     return Ok(Filled::Idle);
                 }
                 continue;
@@ -819,24 +780,17 @@ impl Tls {
     }
 
     /// Drives the handshake as far as the bytes at hand allow. Returns false when it waits for
-    /// the socket (or for room in `dst`). Application data that arrives with the peer's last
-    /// flight goes to `dst` (none: it waits in rustls until a read brings a buffer).
-    fn handshake<const N: usize>(
-        &mut self,
-        sock: &TcpStream,
-        io: &mut Io,
-        pool: &mut TlsBufPool,
-        dst: Option<&mut Buf<N>>,
-    ) -> io::Result<bool> {
+    /// the socket.
+    fn handshake(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<bool> {
         let rin = pool.fill_slot(&mut self.rin);
         let rout = pool.fill_slot(&mut self.rout);
         let step = match self.hs.as_mut() {
             None => return Ok(true),
             Some(Handshake::Server(hs)) => {
-                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, dst, &mut self.failed)
+                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, &mut self.failed)
             }
             Some(Handshake::Client(hs)) => {
-                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, dst, &mut self.failed)
+                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, &mut self.failed)
             }
         };
         match step? {
@@ -892,13 +846,8 @@ impl Tls {
             src.consume(ahead);
             consumed += ahead;
             self.ahead -= ahead as u32;
-            if self.hs.is_some() {
-                // As a client, the handshake starts with our first write (the ClientHello).
-                if !self.handshake::<N>(sock, io, pool, None)? || self.eof {
-                    return Ok(consumed);
-                }
-                continue;
-            }
+            // Nothing can be sealed before the handshake is over (`read` drives it for a
+            // client of ours, `connect` for an upstream).
             let Some(rec) = self.rec.as_mut() else { return Ok(consumed) };
             if src.is_empty() || !io.writable {
                 pool.release_if_empty(&mut self.rout);
@@ -928,7 +877,7 @@ impl Tls {
     /// As a client: drives the handshake. Returns whether it is done (false: waiting).
     pub fn connect(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<bool> {
         if self.hs.is_some() {
-            self.handshake::<TLS_BUF_BYTES>(sock, io, pool, None)?;
+            self.handshake(sock, io, pool)?;
         }
         if self.eof {
             return Err(bad("closed during the handshake"));
