@@ -5,7 +5,7 @@
 
 use bumpalo::Bump;
 
-use super::{Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, trim_ows, valid_field_value};
+use super::{Field, Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, trim_ows};
 
 #[derive(Debug)]
 pub struct Request<'a> {
@@ -75,52 +75,53 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
     let mut expect_continue = false;
     let mut names = bumpalo::collections::Vec::new_in(arena);
 
+    // RFC 9110 §5.5: no control bytes in a value. httparse refuses them (its HEADER_VALUE_MAP is
+    // exactly VCHAR, obs-text, SP and HTAB; h1::tests::field_values_checked_by_httparse holds it to
+    // that), so values are not scanned a second time here.
     for h in headers {
         let name = h.name.as_bytes();
-        // RFC 9110 §5.5: no NUL, CR, LF or other control bytes in a value.
-        if !valid_field_value(h.value) {
-            return Err(H1Error::BadFieldValue);
-        }
         // `Transfer_Encoding`, `Content_Length`, `Host` with underscores are different fields to
         // us, but the same to backends that map `_` to `-` (CGI, WSGI, PHP): a framing header in
         // disguise is refused (nginx drops underscored names by default for the same reason).
         if name.contains(&b'_') && is_framing_in_disguise(name) {
             return Err(H1Error::Syntax("underscore in a framing header name"));
         }
-        if name.eq_ignore_ascii_case(b"host") {
+        match Field::of(name) {
             // RFC 9112 §3.2: more than one Host is a 400.
-            if host.replace(trim_ows(h.value)).is_some() {
-                return Err(H1Error::BadHost);
-            }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+            Field::Host if host.is_some() => return Err(H1Error::BadHost),
+            Field::Host => host = Some(trim_ows(h.value)),
             // RFC 9112 §6.3 item 5: repeated Content-Length is refused, even when equal.
-            if content_length.replace(parse_content_length(h.value)?).is_some() {
-                return Err(H1Error::BadContentLength);
+            Field::ContentLength if content_length.is_some() => return Err(H1Error::BadContentLength),
+            Field::ContentLength => content_length = Some(parse_content_length(h.value)?),
+            Field::TransferEncoding => {
+                te_seen = true;
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_seen = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for item in list_items(h.value) {
-                if item.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if item.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_token = true;
-                } else if item.eq_ignore_ascii_case(b"upgrade") {
-                    upgrade_token = true;
-                } else if !item.is_empty() {
-                    names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
-                    names.push(item);
+            Field::Connection => {
+                for item in list_items(h.value) {
+                    if item.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive_token = true;
+                    } else if item.eq_ignore_ascii_case(b"upgrade") {
+                        upgrade_token = true;
+                    } else if !item.is_empty() {
+                        names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
+                        names.push(item);
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = Some(trim_ows(h.value));
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            // RFC 9110 §10.1.1: only 100-continue is defined.
-            if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = minor == 1;
-            } else {
-                return Err(H1Error::ExpectationFailed);
+            Field::Upgrade => {
+                upgrade = Some(trim_ows(h.value));
             }
+            Field::Expect => {
+                // RFC 9110 §10.1.1: only 100-continue is defined.
+                if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = minor == 1;
+                } else {
+                    return Err(H1Error::ExpectationFailed);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -134,7 +135,7 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
             return Err(H1Error::ConflictingLength);
         }
         check_transfer_encoding(
-            headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.value),
+            headers.iter().filter(|h| Field::of(h.name.as_bytes()) == Field::TransferEncoding).map(|h| h.value),
         )?;
         Framing::Chunked
     } else {
@@ -286,25 +287,6 @@ pub fn host_name(h: &[u8]) -> &[u8] {
     }
 }
 
-/// Headers an intermediary must not forward (RFC 9110 §7.6.1), plus those Apex re-writes itself.
-pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    // By length first: one comparison at most for any header name.
-    let hop: &[u8] = match name.len() {
-        2 => b"te",
-        7 => {
-            return name.eq_ignore_ascii_case(b"trailer") || name.eq_ignore_ascii_case(b"upgrade");
-        }
-        10 => {
-            return name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive");
-        }
-        14 => b"content-length",
-        16 => b"proxy-connection",
-        17 => b"transfer-encoding",
-        _ => return false,
-    };
-    name.eq_ignore_ascii_case(hop)
-}
-
 pub(crate) fn named_in(names: &[&[u8]], name: &[u8]) -> bool {
     names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
@@ -427,10 +409,10 @@ mod tests {
             "Upgrade",
             "content-length",
         ] {
-            assert!(is_hop_by_hop(h.as_bytes()), "{h}");
+            assert!(Field::of(h.as_bytes()).hop_by_hop(), "{h}");
         }
         for h in ["Host", "Accept", "tee", "Trailers", "x-upgrade", "Content-Type"] {
-            assert!(!is_hop_by_hop(h.as_bytes()), "{h}");
+            assert!(!Field::of(h.as_bytes()).hop_by_hop(), "{h}");
         }
     }
 

@@ -4,7 +4,7 @@
 
 use bumpalo::Bump;
 
-use super::{Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, valid_field_value};
+use super::{Field, Framing, H1Error, check_transfer_encoding, list_items, parse_content_length};
 
 #[derive(Debug)]
 pub struct Response<'a> {
@@ -53,32 +53,35 @@ pub fn parse_response<'a>(
     let mut close = false;
     let mut upgrade = None;
     let mut names = bumpalo::collections::Vec::new_in(arena);
+    // RFC 9110 §5.5: no control bytes in a value. httparse refuses them (its HEADER_VALUE_MAP is
+    // exactly VCHAR, obs-text, SP and HTAB; h1::tests::field_values_checked_by_httparse holds it to
+    // that), so values are not scanned a second time here.
     for h in headers {
-        if !valid_field_value(h.value) {
-            return Err(H1Error::BadFieldValue);
-        }
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        match Field::of(name) {
             // RFC 9112 §6.3 item 5: an invalid or repeated length in a response is a 502.
-            if content_length.replace(parse_content_length(h.value)?).is_some() {
-                return Err(H1Error::BadContentLength);
+            Field::ContentLength if content_length.is_some() => return Err(H1Error::BadContentLength),
+            Field::ContentLength => content_length = Some(parse_content_length(h.value)?),
+            Field::TransferEncoding => {
+                te_seen = true;
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_seen = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for item in list_items(h.value) {
-                if item.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !item.is_empty()
-                    && !item.eq_ignore_ascii_case(b"keep-alive")
-                    && !item.eq_ignore_ascii_case(b"upgrade")
-                {
-                    names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
-                    names.push(item);
+            Field::Connection => {
+                for item in list_items(h.value) {
+                    if item.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !item.is_empty()
+                        && !item.eq_ignore_ascii_case(b"keep-alive")
+                        && !item.eq_ignore_ascii_case(b"upgrade")
+                    {
+                        names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
+                        names.push(item);
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = Some(super::trim_ows(h.value));
+            Field::Upgrade => {
+                upgrade = Some(super::trim_ows(h.value));
+            }
+            _ => {}
         }
     }
 
@@ -92,7 +95,7 @@ pub fn parse_response<'a>(
         // Apex relays only the chunked coding; anything else would have to pass through as
         // close-delimited with a coding the client may not know.
         check_transfer_encoding(
-            headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.value),
+            headers.iter().filter(|h| Field::of(h.name.as_bytes()) == Field::TransferEncoding).map(|h| h.value),
         )?;
     }
     // RFC 9112 §6.3 items 1-7, in order.
