@@ -117,6 +117,9 @@ def main():
         ["Apex", f"commit `{meta['commit']}`, {v.get('rustc')}"],
         ["rounds", f"{meta['rounds']}, interleaved (each round runs every proxy, starting one later)"],
         ["windows", f"saturation {meta['duration_s']} s; fixed rates {meta['rate_duration_s']} s after {meta['rate_warmup_s']} s warm-up"],
+        *([["latency rounds", f"{meta['latency_rounds']} more, interleaved, of the fixed-rate tests alone "
+            f"({meta['latency_duration_s']} s windows), for the proxies that held every rate"]]
+          if meta.get("latency_rounds") else []),
         ["workers", f"pinned: {meta['workers_pinned']} per proxy (nginx worker_processes, HAProxy nbthread, "
                     f"Go GOMAXPROCS, Apex workers) on CPU {meta['proxy_cpu']}, upstream + load on CPU {meta['load_cpu']}; "
                     f"unpinned: {meta['workers_unpinned']} each, no pinning"],
@@ -176,7 +179,10 @@ def main():
     w("## 3. Latency at fixed request rates (µs, lower is better)\n")
     w("bench/loadgen, open loop, 100 connections, proxy pinned: request *n* is due at t0 + n/rate and "
       "its latency counts from when it was due, so a stall is charged to every request it delayed "
-      "(no coordinated omission). p99.9 on this machine is noisy even with no proxy.\n")
+      "(no coordinated omission). p99.9 on this machine is noisy even with no proxy."
+      + (f" Medians over every window: one per round, plus {meta['latency_rounds']} latency-only "
+         "rounds for the proxies that held every rate (a host hiccup of a few ms decides a p99 "
+         "when there are only three windows)." if meta.get("latency_rounds") else "") + "\n")
     for rt in rates:
         t = f"rate-{rt}"
         w(f"### {rt:,} requests/s\n")
