@@ -5,7 +5,7 @@
 
 use bumpalo::Bump;
 
-use super::{Field, Framing, H1Error, check_transfer_encoding, list_items, parse_content_length, trim_ows};
+use super::{Field, Framing, H1Error, MessageFields, check_transfer_encoding, list_items, trim_ows};
 
 #[derive(Debug)]
 pub struct Request<'a> {
@@ -66,12 +66,7 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
     }
 
     let mut host: Option<&[u8]> = None;
-    let mut content_length: Option<u64> = None;
-    let mut te_seen = false;
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut upgrade_token = false;
-    let mut upgrade: Option<&[u8]> = None;
+    let mut fields = MessageFields::default();
     let mut expect_continue = false;
     let mut names = bumpalo::collections::Vec::new_in(arena);
 
@@ -86,33 +81,14 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
         if name.contains(&b'_') && is_framing_in_disguise(name) {
             return Err(H1Error::Syntax("underscore in a framing header name"));
         }
-        match Field::of(name) {
+        let field = Field::of(name);
+        if fields.take(field, h.value, &mut names)? {
+            continue;
+        }
+        match field {
             // RFC 9112 §3.2: more than one Host is a 400.
             Field::Host if host.is_some() => return Err(H1Error::BadHost),
             Field::Host => host = Some(trim_ows(h.value)),
-            // RFC 9112 §6.3 item 5: repeated Content-Length is refused, even when equal.
-            Field::ContentLength if content_length.is_some() => return Err(H1Error::BadContentLength),
-            Field::ContentLength => content_length = Some(parse_content_length(h.value)?),
-            Field::TransferEncoding => {
-                te_seen = true;
-            }
-            Field::Connection => {
-                for item in list_items(h.value) {
-                    if item.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if item.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive_token = true;
-                    } else if item.eq_ignore_ascii_case(b"upgrade") {
-                        upgrade_token = true;
-                    } else if !item.is_empty() {
-                        names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
-                        names.push(item);
-                    }
-                }
-            }
-            Field::Upgrade => {
-                upgrade = Some(trim_ows(h.value));
-            }
             Field::Expect => {
                 // RFC 9110 §10.1.1: only 100-continue is defined.
                 if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
@@ -124,6 +100,7 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
             _ => {}
         }
     }
+    let MessageFields { content_length, te_seen, close, keep_alive: keep_alive_token, upgrade_token, upgrade } = fields;
 
     let framing = if te_seen {
         // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.

@@ -232,6 +232,60 @@ impl Field {
     }
 }
 
+/// What the fields that frame a message (RFC 9112 §6.3) and its Connection options (RFC 9110
+/// §7.6.1) say, gathered the same way from a request and a response.
+#[derive(Default)]
+pub(crate) struct MessageFields<'a> {
+    pub content_length: Option<u64>,
+    pub te_seen: bool,
+    /// Connection: close.
+    pub close: bool,
+    /// Connection: keep-alive.
+    pub keep_alive: bool,
+    /// Connection: upgrade.
+    pub upgrade_token: bool,
+    /// The Upgrade field's value.
+    pub upgrade: Option<&'a [u8]>,
+}
+
+impl<'a> MessageFields<'a> {
+    /// Takes `field` if it is one of these; any other option in Connection goes to `names` (a
+    /// field named there is hop-by-hop for this message). Ok(false): not one of these.
+    // Inlined into both parsers: called out of line it cost 225 instructions per request
+    // (bench/profile: 10,872 against 10,647).
+    #[inline(always)]
+    pub fn take(
+        &mut self,
+        field: Field,
+        value: &'a [u8],
+        names: &mut bumpalo::collections::Vec<'_, &'a [u8]>,
+    ) -> Result<bool, H1Error> {
+        match field {
+            // RFC 9112 §6.3 item 5: a repeated Content-Length is refused, even when equal.
+            Field::ContentLength if self.content_length.is_some() => return Err(H1Error::BadContentLength),
+            Field::ContentLength => self.content_length = Some(parse_content_length(value)?),
+            Field::TransferEncoding => self.te_seen = true,
+            Field::Connection => {
+                for item in list_items(value) {
+                    if item.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if item.eq_ignore_ascii_case(b"upgrade") {
+                        self.upgrade_token = true;
+                    } else if !item.is_empty() {
+                        names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
+                        names.push(item);
+                    }
+                }
+            }
+            Field::Upgrade => self.upgrade = Some(trim_ows(value)),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 /// `name` equals `lower` ignoring ASCII case, eight bytes at a time. `lower` is a lowercase
 /// field name (letters and '-'), `name` a token: on tokens, setting bit 0x20 folds exactly the
 /// upper-case letters (the only other bytes it maps onto a letter or '-' are controls, which no

@@ -4,7 +4,7 @@
 
 use bumpalo::Bump;
 
-use super::{Field, Framing, H1Error, check_transfer_encoding, list_items, parse_content_length};
+use super::{Field, Framing, H1Error, MessageFields, check_transfer_encoding};
 
 #[derive(Debug)]
 pub struct Response<'a> {
@@ -48,42 +48,18 @@ pub fn parse_response<'a>(
     let reason = resp.reason.unwrap_or("");
     let headers: &'a [httparse::Header<'a>] = resp.headers;
 
-    let mut content_length: Option<u64> = None;
-    let mut te_seen = false;
-    let mut close = false;
-    let mut upgrade = None;
+    let mut fields = MessageFields::default();
     let mut names = bumpalo::collections::Vec::new_in(arena);
     // RFC 9110 §5.5: no control bytes in a value. httparse refuses them (its HEADER_VALUE_MAP is
     // exactly VCHAR, obs-text, SP and HTAB; h1::tests::field_values_checked_by_httparse holds it to
-    // that), so values are not scanned a second time here.
+    // that), so values are not scanned a second time here. RFC 9112 §6.3 item 5: an invalid or
+    // repeated Content-Length in a response is a 502.
     for h in headers {
-        let name = h.name.as_bytes();
-        match Field::of(name) {
-            // RFC 9112 §6.3 item 5: an invalid or repeated length in a response is a 502.
-            Field::ContentLength if content_length.is_some() => return Err(H1Error::BadContentLength),
-            Field::ContentLength => content_length = Some(parse_content_length(h.value)?),
-            Field::TransferEncoding => {
-                te_seen = true;
-            }
-            Field::Connection => {
-                for item in list_items(h.value) {
-                    if item.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !item.is_empty()
-                        && !item.eq_ignore_ascii_case(b"keep-alive")
-                        && !item.eq_ignore_ascii_case(b"upgrade")
-                    {
-                        names.try_reserve(1).map_err(|_| H1Error::TooManyHeaders)?;
-                        names.push(item);
-                    }
-                }
-            }
-            Field::Upgrade => {
-                upgrade = Some(super::trim_ows(h.value));
-            }
-            _ => {}
-        }
+        fields.take(Field::of(h.name.as_bytes()), h.value, &mut names)?;
     }
+    // A response's keep-alive and upgrade options change nothing: it is reusable unless "close"
+    // (RFC 9112 §9.3), and a 101 is recognised by its status.
+    let MessageFields { content_length, te_seen, close, upgrade, .. } = fields;
 
     if te_seen {
         if minor == 0 {
