@@ -737,6 +737,34 @@ pub fn assert_apex_status(r: &Response, code: u16) {
     assert!(r.header("content-length").is_some(), "no Content-Length: {}", r.head_str());
 }
 
+/// Polls `cond` every 20 ms for up to `d`; returns whether it held.
+pub fn wait_until(d: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + d;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(ms(20));
+    }
+}
+
+/// `n` clients at once, client `i` sending `GET /i` with `Connection: close`; their responses
+/// in client order (a burst that needs more upstream connections than a pool keeps).
+pub fn burst(addr: SocketAddr, n: usize) -> Vec<Response> {
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.request(format!("GET /{i} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").as_bytes())
+            })
+        })
+        .collect();
+    clients.into_iter().map(|t| t.join().expect("client")).collect()
+}
+
 /// Asserts an Apex error response that announces and performs a close.
 pub fn assert_apex_close(c: &mut Client, r: &Response, code: u16) {
     assert_apex_status(r, code);
@@ -785,6 +813,44 @@ struct UpState {
     reqs: Mutex<Vec<Req>>,
 }
 
+/// What an in-test server's accept loop needs of its state: when to stop.
+pub trait Stoppable: Send + Sync + 'static {
+    fn stopped(&self) -> bool;
+}
+
+impl Stoppable for UpState {
+    fn stopped(&self) -> bool {
+        self.stop.load(SeqCst)
+    }
+}
+
+/// Listens on 127.0.0.1:0 and, on a thread, hands each accepted connection to `on_accept` set
+/// up as every in-test server wants it (blocking, `UP_POLL` read timeout, `IO_TIMEOUT` write
+/// timeout, no delay), until `st` says stop. The caller joins the thread after stopping.
+pub fn accept_loop<S: Stoppable>(
+    st: Arc<S>,
+    mut on_accept: impl FnMut(TcpStream) + Send + 'static,
+) -> (SocketAddr, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = thread::spawn(move || {
+        while !st.stopped() {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(UP_POLL)).unwrap();
+                    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                    s.set_nodelay(true).unwrap();
+                    on_accept(s);
+                }
+                Err(_) => thread::sleep(ms(2)),
+            }
+        }
+    });
+    (addr, acceptor)
+}
+
 /// An in-test origin server on 127.0.0.1:0; one thread per accepted connection runs the script.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -794,9 +860,6 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start<F: Fn(UpConn) + Send + Sync + 'static>(script: F) -> Upstream {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
         let st = Arc::new(UpState {
             stop: AtomicBool::new(false),
             accepts: AtomicUsize::new(0),
@@ -806,30 +869,18 @@ impl Upstream {
         });
         let script = Arc::new(script);
         let st2 = st.clone();
-        let acceptor = thread::spawn(move || {
-            while !st2.stop.load(SeqCst) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(UP_POLL)).unwrap();
-                        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-                        s.set_nodelay(true).unwrap();
-                        let rec = Arc::new(Mutex::new(vec![]));
-                        let index = {
-                            let mut c = st2.conns.lock().unwrap();
-                            c.push(rec.clone());
-                            c.len() - 1
-                        };
-                        st2.accepts.fetch_add(1, SeqCst);
-                        st2.open.fetch_add(1, SeqCst);
-                        let conn = UpConn { s, rec, recording: true, buf: vec![], st: st2.clone(), index };
-                        let script = script.clone();
-                        thread::spawn(move || script(conn));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(ms(2)),
-                    Err(_) => thread::sleep(ms(2)),
-                }
-            }
+        let (addr, acceptor) = accept_loop(st.clone(), move |s| {
+            let rec = Arc::new(Mutex::new(vec![]));
+            let index = {
+                let mut c = st2.conns.lock().unwrap();
+                c.push(rec.clone());
+                c.len() - 1
+            };
+            st2.accepts.fetch_add(1, SeqCst);
+            st2.open.fetch_add(1, SeqCst);
+            let conn = UpConn { s, rec, recording: true, buf: vec![], st: st2.clone(), index };
+            let script = script.clone();
+            thread::spawn(move || script(conn));
         });
         Upstream { addr, st, acceptor: Some(acceptor) }
     }
@@ -903,16 +954,7 @@ impl Upstream {
 
     /// Waits up to `d` for `cond(self)`; returns whether it held.
     pub fn wait_for(&self, d: Duration, cond: impl Fn(&Upstream) -> bool) -> bool {
-        let deadline = Instant::now() + d;
-        loop {
-            if cond(self) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            thread::sleep(ms(20));
-        }
+        wait_until(d, || cond(self))
     }
 }
 
@@ -922,6 +964,87 @@ impl Drop for Upstream {
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A connection an in-test origin reads requests from: `buf` holds what was read and not yet
+/// taken, `more` reads more into it (None at EOF, on errors or when giving up; `between` says
+/// no request has begun, for servers that close idle connections).
+pub trait ReadsRequests {
+    fn buf(&mut self) -> &mut Vec<u8>;
+    fn more(&mut self, between: bool) -> Option<()>;
+    /// The connection's accept index, for `Req::conn`.
+    fn index(&self) -> usize;
+    /// A chunked body that does not parse (the request is then dropped).
+    fn bad_body(&mut self, _why: String) {}
+
+    /// Reads a request head (body left unread). None on EOF/error first.
+    fn read_head(&mut self) -> Option<Req> {
+        let head_len = loop {
+            if let Some(i) = find(self.buf(), b"\r\n\r\n") {
+                break i + 4;
+            }
+            let between = self.buf().is_empty();
+            self.more(between)?;
+        };
+        let head: Vec<u8> = self.buf().drain(..head_len).collect();
+        let text = String::from_utf8_lossy(&head[..head_len - 4]).into_owned();
+        let (start, headers) = parse_fields(&text);
+        let mut p = start.split(' ');
+        Some(Req {
+            method: p.next().unwrap_or("").into(),
+            target: p.next().unwrap_or("").into(),
+            version: p.next().unwrap_or("").into(),
+            headers,
+            head,
+            body: vec![],
+            body_raw: vec![],
+            conn: self.index(),
+        })
+    }
+
+    /// Reads a whole request: head, then a Content-Length or chunked body.
+    fn read_request(&mut self) -> Option<Req> {
+        let mut r = self.read_head()?;
+        if r.has_token("transfer-encoding", "chunked") {
+            loop {
+                match decode_chunked(self.buf()) {
+                    Ok(Some((body, used))) => {
+                        r.body_raw = self.buf().drain(..used).collect();
+                        r.body = body;
+                        break;
+                    }
+                    Ok(None) => self.more(false)?,
+                    Err(e) => {
+                        self.bad_body(format!("chunked request body: {e}"));
+                        return None;
+                    }
+                }
+            }
+        } else if let Some(cl) = r.header("content-length") {
+            let n: usize = cl.parse().ok()?;
+            while self.buf().len() < n {
+                self.more(false)?;
+            }
+            r.body = self.buf().drain(..n).collect();
+            r.body_raw = r.body.clone();
+        }
+        Some(r)
+    }
+}
+
+impl ReadsRequests for UpConn {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+    fn more(&mut self, _between: bool) -> Option<()> {
+        match self.fill() {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(()),
+        }
+    }
+    fn index(&self) -> usize {
+        self.index
     }
 }
 
@@ -969,54 +1092,12 @@ impl UpConn {
 
     /// Reads a request head (body left unread). None on EOF/error first.
     pub fn read_head(&mut self) -> Option<Req> {
-        let head_len = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            match self.fill() {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        };
-        let head: Vec<u8> = self.buf.drain(..head_len).collect();
-        let text = String::from_utf8_lossy(&head[..head_len - 4]).into_owned();
-        let (start, headers) = parse_fields(&text);
-        let mut p = start.split(' ');
-        Some(Req {
-            method: p.next().unwrap_or("").into(),
-            target: p.next().unwrap_or("").into(),
-            version: p.next().unwrap_or("").into(),
-            headers,
-            head,
-            body: vec![],
-            body_raw: vec![],
-            conn: self.index,
-        })
+        ReadsRequests::read_head(self)
     }
 
     /// Reads a whole request (head + CL or chunked body) and records it in `requests()`.
     pub fn read_request(&mut self) -> Option<Req> {
-        let mut r = self.read_head()?;
-        if r.has_token("transfer-encoding", "chunked") {
-            loop {
-                match decode_chunked(&self.buf) {
-                    Ok(Some((body, used))) => {
-                        r.body_raw = self.buf.drain(..used).collect();
-                        r.body = body;
-                        break;
-                    }
-                    Ok(None) => match self.fill() {
-                        Ok(0) | Err(_) => return None,
-                        Ok(_) => {}
-                    },
-                    Err(_) => return None,
-                }
-            }
-        } else if let Some(cl) = r.header("content-length") {
-            let n: usize = cl.parse().ok()?;
-            r.body = self.read_exact(n)?;
-            r.body_raw = r.body.clone();
-        }
+        let r = ReadsRequests::read_request(self)?;
         self.st.reqs.lock().unwrap().push(r.clone());
         Some(r)
     }

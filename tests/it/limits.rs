@@ -123,18 +123,8 @@ fn upstream_idle_per_server_bounds_the_pool() {
     let apex = Apex::start(
         &Config::to(up.addr).workers(1).limit("upstream_idle_per_server", "2").timeout("upstream_idle", "60s"),
     );
-    let addr = apex.addr;
-    let clients: Vec<_> = (0..10)
-        .map(|i| {
-            thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                let r = c.request(format!("GET /{i} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").as_bytes());
-                assert_eq!(r.status, 200);
-            })
-        })
-        .collect();
-    for t in clients {
-        t.join().expect("client");
+    for r in burst(apex.addr, 10) {
+        assert_eq!(r.status, 200);
     }
     assert!(up.accepts() > 2, "burst used only {} upstream connections", up.accepts());
     let settled = up.wait_for(Duration::from_secs(3), |u| u.open() <= 2);

@@ -18,7 +18,7 @@ use rustls::{
     SupportedProtocolVersion,
 };
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -180,6 +180,12 @@ struct TlsUpState {
     reqs: Mutex<Vec<Req>>,
 }
 
+impl Stoppable for TlsUpState {
+    fn stopped(&self) -> bool {
+        self.stop.load(SeqCst)
+    }
+}
+
 impl TlsUpState {
     fn update(&self, index: usize, f: impl FnOnce(&mut ConnInfo)) {
         f(&mut self.conns.lock().unwrap()[index]);
@@ -205,9 +211,6 @@ impl TlsUpstream {
         idle_close: Option<Duration>,
         handler: impl Fn(&Req) -> Vec<Act> + Send + Sync + 'static,
     ) -> TlsUpstream {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let addr = l.local_addr().unwrap();
         let st = Arc::new(TlsUpState {
             stop: AtomicBool::new(false),
             accepts: AtomicUsize::new(0),
@@ -217,30 +220,19 @@ impl TlsUpstream {
         });
         let handler: Arc<Handler> = Arc::new(handler);
         let st2 = st.clone();
-        let acceptor = thread::spawn(move || {
-            while !st2.stop.load(SeqCst) {
-                match l.accept() {
-                    Ok((s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(UP_POLL)).unwrap();
-                        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-                        s.set_nodelay(true).unwrap();
-                        let index = {
-                            let mut c = st2.conns.lock().unwrap();
-                            c.push(ConnInfo::default());
-                            c.len() - 1
-                        };
-                        st2.accepts.fetch_add(1, SeqCst);
-                        st2.open.fetch_add(1, SeqCst);
-                        let (st, cfg, handler) = (st2.clone(), cfg.clone(), handler.clone());
-                        thread::spawn(move || {
-                            let _open = OpenGuard(st.clone());
-                            serve(s, index, &cfg, idle_close, &*handler, &st);
-                        });
-                    }
-                    Err(_) => thread::sleep(ms(2)),
-                }
-            }
+        let (addr, acceptor) = accept_loop(st.clone(), move |s| {
+            let index = {
+                let mut c = st2.conns.lock().unwrap();
+                c.push(ConnInfo::default());
+                c.len() - 1
+            };
+            st2.accepts.fetch_add(1, SeqCst);
+            st2.open.fetch_add(1, SeqCst);
+            let (st, cfg, handler) = (st2.clone(), cfg.clone(), handler.clone());
+            thread::spawn(move || {
+                let _open = OpenGuard(st.clone());
+                serve(s, index, &cfg, idle_close, &*handler, &st);
+            });
         });
         TlsUpstream { addr, st, acceptor: Some(acceptor) }
     }
@@ -265,16 +257,7 @@ impl TlsUpstream {
 
     /// Waits up to `d` for `cond(self)`; returns whether it held.
     fn wait_for(&self, d: Duration, cond: impl Fn(&TlsUpstream) -> bool) -> bool {
-        let deadline = Instant::now() + d;
-        loop {
-            if cond(self) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            thread::sleep(ms(20));
-        }
+        wait_until(d, || cond(self))
     }
 
     /// Asserts Apex never got a request through to this origin: every connection it made
@@ -483,69 +466,23 @@ impl TlsConn {
             }
         }
     }
+}
 
+impl ReadsRequests for TlsConn {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
     fn more(&mut self, between: bool) -> Option<()> {
         match self.fill(between) {
             Ok(0) | Err(_) => None,
             Ok(_) => Some(()),
         }
     }
-
-    /// Reads one whole request: head, then a Content-Length or chunked body.
-    fn read_request(&mut self) -> Option<Req> {
-        let head_len = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let between = self.buf.is_empty();
-            self.more(between)?;
-        };
-        let head: Vec<u8> = self.buf.drain(..head_len).collect();
-        let text = String::from_utf8_lossy(&head[..head_len - 4]).into_owned();
-        let mut lines = text.split("\r\n");
-        let start = lines.next().unwrap_or("").to_string();
-        let headers: Vec<(String, String)> = lines
-            .filter(|l| !l.is_empty())
-            .map(|l| match l.split_once(':') {
-                Some((n, v)) => (n.to_string(), v.trim().to_string()),
-                None => (l.to_string(), String::new()),
-            })
-            .collect();
-        let mut p = start.split(' ');
-        let mut r = Req {
-            method: p.next().unwrap_or("").into(),
-            target: p.next().unwrap_or("").into(),
-            version: p.next().unwrap_or("").into(),
-            headers,
-            head,
-            body: vec![],
-            body_raw: vec![],
-            conn: self.index,
-        };
-        if r.has_token("transfer-encoding", "chunked") {
-            loop {
-                match decode_chunked(&self.buf) {
-                    Ok(Some((body, used))) => {
-                        r.body_raw = self.buf.drain(..used).collect();
-                        r.body = body;
-                        break;
-                    }
-                    Ok(None) => self.more(false)?,
-                    Err(e) => {
-                        self.st.update(self.index, |i| i.errors.push(format!("chunked request body: {e}")));
-                        return None;
-                    }
-                }
-            }
-        } else if let Some(cl) = r.header("content-length") {
-            let n: usize = cl.parse().ok()?;
-            while self.buf.len() < n {
-                self.more(false)?;
-            }
-            r.body = self.buf.drain(..n).collect();
-            r.body_raw = r.body.clone();
-        }
-        Some(r)
+    fn index(&self) -> usize {
+        self.index
+    }
+    fn bad_body(&mut self, why: String) {
+        self.st.update(self.index, |i| i.errors.push(why));
     }
 }
 
@@ -772,18 +709,8 @@ fn upstream_idle_per_server_bounds_the_tls_pool() {
     let apex = Apex::start(
         &api_config(&[up.addr], &pki).limit("upstream_idle_per_server", "2").timeout("upstream_idle", "60s"),
     );
-    let addr = apex.addr;
-    let clients: Vec<_> = (0..10)
-        .map(|i| {
-            thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                let r = c.request(format!("GET /{i} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").as_bytes());
-                assert_eq!((r.status, r.body_str()), (200, format!("/{i}")));
-            })
-        })
-        .collect();
-    for t in clients {
-        t.join().expect("client");
+    for (i, r) in burst(apex.addr, 10).iter().enumerate() {
+        assert_eq!((r.status, r.body_str()), (200, format!("/{i}")));
     }
     assert!(up.accepts() > 2, "the burst used only {} upstream TLS connections", up.accepts());
     let settled = up.wait_for(Duration::from_secs(5), |u| u.open() <= 2);
