@@ -343,9 +343,15 @@ impl Exchange {
         self.interim = 0;
     }
 
-    /// The whole request body has reached the upstream socket (or there was none).
+    /// The whole request body has been taken from the client (or there was none) and none of
+    /// it waits in a pipe; a copied tail may still wait in `uout` (see `req_sent`).
     fn req_done(&self) -> bool {
         self.req_body.is_done() && self.preq.as_ref().is_none_or(|p| p.pending == 0)
+    }
+
+    /// The whole request has reached the upstream socket: nothing of it waits in Apex.
+    fn req_sent(&self) -> bool {
+        self.req_done() && self.uout.as_ref().is_none_or(Buf::is_empty)
     }
 
     /// Nothing more will be sent upstream: the request is done, or its sending failed.
@@ -978,8 +984,10 @@ impl Conn {
             let ok = resp
                 .upgrade
                 .is_some_and(|u| crate::h1::list_items(u).all(|p| !p.is_empty() && asked(p)) && !u.is_empty());
-            // And only once the request is fully sent: request bytes must not overtake it.
-            if rq.upgrade == [0; 2] || !ok || !rq.req_done() {
+            // And only once the request is fully sent, its tail in `uout` included: the
+            // tunnel relays client bytes only, so body bytes still in Apex would be lost and
+            // the client's next bytes taken for them (RFC 9112 §6.3).
+            if rq.upgrade == [0; 2] || !ok || !rq.req_sent() {
                 return self.upstream_bad(rq, cx); // a switch nobody asked for
             }
         } else if resp.code < 200 {

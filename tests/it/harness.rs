@@ -829,9 +829,27 @@ impl Stoppable for UpState {
 /// timeout, no delay), until `st` says stop. The caller joins the thread after stopping.
 pub fn accept_loop<S: Stoppable>(
     st: Arc<S>,
+    on_accept: impl FnMut(TcpStream) + Send + 'static,
+) -> (SocketAddr, JoinHandle<()>) {
+    accept_loop_on(TcpListener::bind("127.0.0.1:0").unwrap(), st, on_accept)
+}
+
+/// A listener on 127.0.0.1:0 whose accepted sockets have a `bytes` receive buffer (set before
+/// listening: a buffer shrunk after the handshake makes the kernel drop segments and back off).
+pub fn small_rcvbuf_listener(bytes: usize) -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(bytes).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    s.listen(128).unwrap();
+    s.into()
+}
+
+/// `accept_loop` on a listener of the caller's.
+pub fn accept_loop_on<S: Stoppable>(
+    l: TcpListener,
+    st: Arc<S>,
     mut on_accept: impl FnMut(TcpStream) + Send + 'static,
 ) -> (SocketAddr, JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
     let acceptor = thread::spawn(move || {
@@ -860,6 +878,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start<F: Fn(UpConn) + Send + Sync + 'static>(script: F) -> Upstream {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), script)
+    }
+
+    /// `start` on a listener of the caller's (e.g. `small_rcvbuf_listener`).
+    pub fn start_on<F: Fn(UpConn) + Send + Sync + 'static>(l: TcpListener, script: F) -> Upstream {
         let st = Arc::new(UpState {
             stop: AtomicBool::new(false),
             accepts: AtomicUsize::new(0),
@@ -869,7 +892,7 @@ impl Upstream {
         });
         let script = Arc::new(script);
         let st2 = st.clone();
-        let (addr, acceptor) = accept_loop(st.clone(), move |s| {
+        let (addr, acceptor) = accept_loop_on(l, st.clone(), move |s| {
             let rec = Arc::new(Mutex::new(vec![]));
             let index = {
                 let mut c = st2.conns.lock().unwrap();

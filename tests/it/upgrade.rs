@@ -159,3 +159,77 @@ fn tunnel_close_propagates_to_the_client() {
     assert_eq!(rest, b"bye");
     assert!(closed, "client side of the tunnel must close when the upstream closes");
 }
+
+/// A 101 that comes while part of the request body still waits in Apex to go upstream: the
+/// body and the tunnel's first bytes must reach the upstream whole and in order, or the switch
+/// is refused. Tunnelling at once would drop the waiting body bytes and let the client's
+/// post-101 bytes stand in for the body's tail (RFC 9110 §7.8: the switch takes effect after
+/// the request; RFC 9112 §6.3: both ends must agree where the body ends). Where the body's
+/// tail ends up (upstream socket, Apex's socket buffer, Apex's own buffer) depends on socket
+/// buffer sizes, so three sizes are tried.
+#[test]
+fn a_101_before_the_request_body_is_sent_never_loses_body_bytes() {
+    for first in [2_980_000, 2_900_000, 3_060_000] {
+        upgrade_with_a_body_the_upstream_has_not_read(first, 16_000);
+    }
+}
+
+fn upgrade_with_a_body_the_upstream_has_not_read(first: usize, second: usize) {
+    // The upstream (small receive buffer) reads the head, then nothing until it has sent the
+    // 101, so the body backs up into Apex; a second burst lands in Apex's own buffer.
+    let got: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+    let got2 = got.clone();
+    let up = Upstream::start_on(small_rcvbuf_listener(4096), move |mut c| {
+        if c.read_head().is_none() {
+            return;
+        }
+        std::thread::sleep(ms(700));
+        if c.write(SWITCH).is_err() {
+            return;
+        }
+        c.set_recording(false);
+        let mut all = c.read_until(b"WSFRAME", Duration::from_secs(10));
+        all.extend_from_slice(&c.read_for(ms(200)));
+        *got2.lock().unwrap() = Some(all);
+        c.wait_eof();
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    let head = format!(
+        "POST /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: {}\r\n\r\n",
+        first + second
+    );
+    c.send(head.as_bytes());
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        w.write_all(&vec![b'a'; first])?;
+        std::thread::sleep(ms(200));
+        w.write_all(&vec![b'b'; second])
+    });
+    c.set_read_timeout(Duration::from_secs(10));
+    let r = c.read_response();
+    writer.join().unwrap().expect("the body went to Apex");
+    if r.status != 101 {
+        assert_apex_status(&r, 502);
+        let _ = c.try_send(b"WSFRAME");
+        std::thread::sleep(ms(300));
+        let all: Vec<u8> = up.received().concat();
+        assert!(!contains(&all, b"WSFRAME"), "tunnel bytes went upstream after a refused switch");
+        return;
+    }
+    c.send(b"WSFRAME");
+    assert!(wait_until(Duration::from_secs(10), || got.lock().unwrap().is_some()), "upstream saw no tunnel bytes");
+    let all = got.lock().unwrap().take().unwrap();
+    let mut want = vec![b'a'; first];
+    want.extend_from_slice(&vec![b'b'; second]);
+    want.extend_from_slice(b"WSFRAME");
+    let body = first + second;
+    assert_eq!(
+        all.len(),
+        want.len(),
+        "upstream got {} bytes before the tunnel's; the body has {body}",
+        all.len().saturating_sub(7)
+    );
+    assert!(all == want, "body and tunnel bytes out of order upstream");
+}
