@@ -75,11 +75,12 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
     // that), so values are not scanned a second time here.
     for h in headers {
         let name = h.name.as_bytes();
-        // `Transfer_Encoding`, `Content_Length`, `Host` with underscores are different fields to
-        // us, but the same to backends that map `_` to `-` (CGI, WSGI, PHP): a framing header in
-        // disguise is refused (nginx drops underscored names by default for the same reason).
-        if name.contains(&b'_') && is_framing_in_disguise(name) {
-            return Err(H1Error::Syntax("underscore in a framing header name"));
+        // `Transfer_Encoding`, `Content_Length`, `Host`, `X_Forwarded_Proto` with underscores are
+        // different fields to us, but the same to backends that map `_` to `-` (CGI, WSGI, PHP):
+        // a framing field, or one Apex sets, in disguise is refused (nginx drops underscored
+        // names by default for the same reason).
+        if name.contains(&b'_') && is_ours_in_disguise(name) {
+            return Err(H1Error::Syntax("underscore in a framing or forwarding header name"));
         }
         let field = Field::of(name);
         if fields.take(field, h.value, &mut names)? {
@@ -176,8 +177,17 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
     })
 }
 
-fn is_framing_in_disguise(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 4] = [b"content-length", b"transfer-encoding", b"host", b"connection"];
+/// A field Apex frames the message by or writes itself, spelled with `_` for some `-`.
+fn is_ours_in_disguise(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 7] = [
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ];
     NAMES.iter().any(|n| {
         n.len() == name.len()
             && n.iter().zip(name).all(|(&a, &b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
@@ -328,7 +338,12 @@ mod tests {
     case!(
         te_underscore,
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n",
-        Err(H1Error::Syntax("underscore in a framing header name"))
+        Err(H1Error::Syntax("underscore in a framing or forwarding header name"))
+    );
+    case!(
+        xfp_underscore,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_Proto: https\r\n\r\n",
+        Err(H1Error::Syntax("underscore in a framing or forwarding header name"))
     );
     case!(other_underscore, b"GET / HTTP/1.1\r\nHost: a\r\nX_Custom: 1\r\n\r\n", Ok(Framing::None));
     case!(expect_other, b"GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", Err(H1Error::ExpectationFailed));

@@ -615,6 +615,12 @@ const FIELDS: &[Case] = &[
     case("connection_names_host", "RFC 9110 §7.6.1", b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Host\r\n\r\n", Forward(GET_H)),
     // A client cannot forge Apex's X-Forwarded-Proto/Host; X-Forwarded-For is appended to.
     case("x_forwarded_spoofed", "RFC 7239 §5.2", b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: admin\r\n\r\n", Forward(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.9.9.9, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n")),
+    // Nor in disguise: `X_Forwarded_Proto` is another field to Apex, and the same one as
+    // Apex's own to a backend that maps `_` to `-` (CGI, WSGI, PHP); which copy wins is the
+    // backend's guess, so the request is refused, as framing fields in disguise are.
+    case("x_forwarded_proto_underscore_is_refused", "RFC 7239 §5.2", b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_Proto: https\r\n\r\n", Reject(400)),
+    case("x_forwarded_host_underscore_is_refused", "RFC 7239 §5.2", b"GET / HTTP/1.1\r\nHost: h\r\nx-forwarded_host: admin\r\n\r\n", Reject(400)),
+    case("x_forwarded_for_underscore_is_refused", "RFC 7239 §5.2", b"GET / HTTP/1.1\r\nHost: h\r\nX_FORWARDED_FOR: 10.9.9.9\r\n\r\n", Reject(400)),
 ];
 
 // ---------------------------------------------------------------- request line and target
