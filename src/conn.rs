@@ -1330,6 +1330,20 @@ impl Conn {
     /// The response has ended: pool or drop the upstream connection, then the next request or
     /// the close.
     fn finish_exchange(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Next {
+        // A HEAD response has no body (RFC 9110 §9.3.2), but an application that answers HEAD
+        // as GET writes one anyway, often in a later segment: pooled, the connection would hand
+        // those bytes to the next request sent on it as its response. A plain connection is not
+        // pooled, and is reset rather than closed, so that a flood of HEADs leaves no TIME_WAIT
+        // ports behind. A TLS one is pooled (SECURITY.md says so): a handshake per HEAD would
+        // be an amplification, and allocates.
+        if rq.is_head
+            && let Some(uk) = rq.up
+            && cx.ups.conns.get(uk).is_some_and(|u| u.tls.is_none())
+        {
+            rq.up = None;
+            cx.ups.reset(uk);
+            cx.fd_freed = true;
+        }
         let clean = rq.resp_reusable
             && rq.req_done()
             && !rq.up_eof

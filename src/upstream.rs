@@ -238,6 +238,15 @@ impl Upstreams {
         }
     }
 
+    /// Closes a connection with a reset (SO_LINGER 0): whatever the upstream sends after is
+    /// refused, and no TIME_WAIT is left on Apex's side.
+    pub fn reset(&mut self, key: usize) {
+        if let Some(c) = self.conns.get(key) {
+            let _ = socket2::SockRef::from(&c.sock).set_linger(Some(std::time::Duration::ZERO));
+        }
+        self.close(key);
+    }
+
     /// Closes the idle pooled connection closest to its deadline, if any (to free an fd).
     pub fn close_one_idle(&mut self) -> bool {
         let conns = &self.conns;

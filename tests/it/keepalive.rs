@@ -117,6 +117,45 @@ fn upstream_pool_is_reused_across_clients() {
     assert!(up.accepts() <= 100, "1000 requests from 50 clients made {} upstream connections", up.accepts());
 }
 
+/// An upstream connection that answered a HEAD is not pooled (a body the application writes
+/// anyway would answer the next request: see the catalogue's resp_body_on_head_written_later),
+/// and it is reset, not closed, so that HEADs leave no TIME_WAIT behind on Apex's side; GETs
+/// around them still share one pooled connection.
+#[test]
+fn a_connection_that_answered_head_is_reset_not_pooled() {
+    let up = Upstream::ok("x");
+    let apex = Apex::start(&Config::to(up.addr).workers(1));
+    // Left by earlier tests whose upstream had this port (they only expire): a baseline.
+    let before = time_wait_to(up.addr.port());
+    let mut c = apex.client();
+    assert_eq!(c.request(&get("h", "/first")).status, 200);
+    for i in 0..20 {
+        c.send(format!("HEAD /{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        let r = c.read_head_response();
+        assert_eq!(r.status, 200, "{}", r.head_str());
+    }
+    assert_eq!(c.request(&get("h", "/last")).status, 200);
+    assert_eq!(up.requests().len(), 22);
+    // The first GET's connection answers the first HEAD; each later HEAD and the last GET
+    // need a new one.
+    assert_eq!(up.accepts(), 21, "upstream connections for GET, 20 HEADs, GET");
+    let after = time_wait_to(up.addr.port());
+    assert!(after <= before, "TIME_WAIT sockets towards the upstream: {before} before 20 HEADs, {after} after");
+}
+
+/// Sockets in TIME_WAIT whose remote port is `port` (/proc/net/tcp, IPv4).
+fn time_wait_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(3) == Some(&"06") && f.get(2).and_then(|r| r.rsplit(':').next()) == Some(&format!("{port:04X}")[..])
+        })
+        .count()
+}
+
 /// Upstream whose first connection answers one request, then reads the next request and
 /// closes without answering; later connections answer normally.
 fn dies_on_second_request() -> Upstream {
