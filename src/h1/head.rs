@@ -140,6 +140,9 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
             Some(h) if !h.eq_ignore_ascii_case(authority.as_bytes()) => {
                 return Err(H1Error::BadHost);
             }
+            // §3.2: a client MUST send Host even with an absolute-form target, and a server
+            // MUST answer 400 to an HTTP/1.1 request without one.
+            None if minor == 1 => return Err(H1Error::BadHost),
             _ => host = Some(authority.as_bytes()),
         }
         path
@@ -328,6 +331,8 @@ mod tests {
     case!(host_space, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", Err(H1Error::BadHost));
     case!(absolute_agrees, b"GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
     case!(absolute_disagrees, b"GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadHost));
+    case!(absolute_without_host_11, b"GET http://a/x HTTP/1.1\r\n\r\n", Err(H1Error::BadHost));
+    case!(absolute_without_host_10, b"GET http://a/x HTTP/1.0\r\n\r\n", Ok(Framing::None));
     case!(asterisk_get, b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", Err(H1Error::BadTarget));
     case!(asterisk_options, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Ok(Framing::None));
     case!(connect, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", Err(H1Error::MethodNotAllowed));
@@ -365,7 +370,7 @@ mod tests {
         let arena = Bump::new();
         let r = parse_request(b"GET HTTP://a:8/x?y HTTP/1.1\r\nHost: a:8\r\n\r\n", &arena, 8).unwrap();
         assert_eq!((r.path, r.host), ("/x?y", &b"a:8"[..]));
-        let r = parse_request(b"GET http://a HTTP/1.1\r\n\r\n", &arena, 8).unwrap();
+        let r = parse_request(b"GET http://a HTTP/1.0\r\n\r\n", &arena, 8).unwrap();
         assert_eq!((r.path, r.host), ("/", &b"a"[..]));
     }
 

@@ -690,7 +690,9 @@ const REQUEST_LINE: &[Case] = &[
 #[rustfmt::skip]
 const HOSTS: &[Case] = &[
     case("absolute_form_agrees_with_host", "RFC 9112 §3.2.2", b"GET http://h/x HTTP/1.1\r\nHost: h\r\n\r\n", Forward(canon!("GET /x", "h", "", "\r\n"))),
-    case("absolute_form_without_host", "RFC 9112 §3.2.2", b"GET http://h/x HTTP/1.1\r\n\r\n", Forward(canon!("GET /x", "h", "", "\r\n"))),
+    // §3.2: "A client MUST send a Host header field in an HTTP/1.1 request even if the
+    // request-target is in the absolute-form"; a server MUST answer 400 to one that lacks it.
+    case("absolute_form_without_host", "RFC 9112 §3.2", b"GET http://h/x HTTP/1.1\r\n\r\n", Reject(400)),
     // Host names are case-insensitive (RFC 3986 §3.2.2); the target's spelling is forwarded.
     case("absolute_form_authority_case_differs", "RFC 9112 §3.2.2", b"GET http://H/x HTTP/1.1\r\nHost: h\r\n\r\n", Forward(canon!("GET /x", "H", "", "\r\n"))),
     case("absolute_form_scheme_uppercase", "RFC 3986 §3.1", b"GET HTTP://h/x HTTP/1.1\r\nHost: h\r\n\r\n", Forward(canon!("GET /x", "h", "", "\r\n"))),
@@ -698,7 +700,7 @@ const HOSTS: &[Case] = &[
     case("absolute_form_empty_path", "RFC 9112 §3.2.1", b"GET http://h HTTP/1.1\r\nHost: h\r\n\r\n", Forward(GET_H)),
     case("absolute_form_with_query", "RFC 9112 §3.2.2", b"GET http://h/x?y=1 HTTP/1.1\r\nHost: h\r\n\r\n", Forward(canon!("GET /x?y=1", "h", "", "\r\n"))),
     case("absolute_form_with_port", "RFC 9112 §3.2.2", b"GET http://h:8080/x HTTP/1.1\r\nHost: h:8080\r\n\r\n", Forward(canon!("GET /x", "h:8080", "", "\r\n"))),
-    case("absolute_form_ipv6", "RFC 9112 §3.2.2", b"GET http://[::1]:8080/x HTTP/1.1\r\n\r\n", Forward(canon!("GET /x", "[::1]:8080", "", "\r\n"))),
+    case("absolute_form_ipv6", "RFC 9112 §3.2.2", b"GET http://[::1]:8080/x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", Forward(canon!("GET /x", "[::1]:8080", "", "\r\n"))),
     case("absolute_form_disagrees_with_host", "RFC 9112 §3.2.2", b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n", Reject(400)),
     case("absolute_form_port_disagrees", "RFC 9112 §3.2.2", b"GET http://h:8080/ HTTP/1.1\r\nHost: h\r\n\r\n", Reject(400)),
     case("absolute_form_userinfo", "RFC 9110 §4.2.4", b"GET http://user@h/ HTTP/1.1\r\nHost: h\r\n\r\n", Reject(400)),
