@@ -987,7 +987,8 @@ impl Conn {
             // And only once the request is fully sent, its tail in `uout` included: the
             // tunnel relays client bytes only, so body bytes still in Apex would be lost and
             // the client's next bytes taken for them (RFC 9112 §6.3).
-            if rq.upgrade == [0; 2] || !ok || !rq.req_sent() {
+            // Upgrade is HTTP/1.1's (§7.8); HTTP/1.0 has no 1xx (§15.2): a 1.0 "switch" is not one.
+            if rq.upgrade == [0; 2] || !ok || !rq.req_sent() || resp.minor != 1 {
                 return self.upstream_bad(rq, cx); // a switch nobody asked for
             }
         } else if resp.code < 200 {

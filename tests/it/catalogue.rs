@@ -1100,6 +1100,9 @@ const RESPONSES: &[RespCase] = &[
     // RFC 9110 §7.8: "A server MUST NOT switch to a protocol that was not indicated by the
     // client". A proxy that tunnels such a switch hands the client a protocol it never chose;
     // strict: 502.
+    // Upgrade is HTTP/1.1's (RFC 9110 §7.8); HTTP/1.0 has no 1xx at all (§15.2): a 101 from
+    // an HTTP/1.0 server is not a switch Apex can trust.
+    RespCase { extra: WS_REQ, ..resp("resp_101_from_http10", "RFC 9110 §7.8", b"HTTP/1.0 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nEVIL", Got::Bad) },
     RespCase { extra: WS_REQ, ..resp("resp_101_to_other_protocol", "RFC 9110 §7.8", b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: EVIL\r\n\r\nEVIL", Got::Bad) },
     // Bytes after a complete response: relayed response, the rest discarded, connection dropped.
     resp("resp_extra_bytes_after_body", "RFC 9112 §6.3", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL", Got::Relay(200)),
