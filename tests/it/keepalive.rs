@@ -191,6 +191,38 @@ fn idempotent_request_on_dead_pooled_connection_is_retried() {
     assert_eq!(up.accepts(), 2, "one reused connection plus one fresh retry");
 }
 
+/// A reused connection that fails after an interim response is not the idle-close race the
+/// retry is for: the upstream read the request and began to answer it, so the GET is not sent
+/// again (it could run twice) and the client gets a 502.
+#[test]
+fn a_pooled_connection_that_fails_after_a_1xx_is_not_retried() {
+    let up = Upstream::start(|mut c| {
+        if c.index == 0 {
+            if let Some(r) = c.read_request() {
+                let _ = c.write(ok(&r.target).as_slice());
+            }
+            if c.read_request().is_some() {
+                let _ = c.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n");
+            }
+            c.shutdown();
+            return;
+        }
+        while let Some(r) = c.read_request() {
+            if c.write(&ok(&r.target)).is_err() {
+                break;
+            }
+        }
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    assert_eq!(c.request(&get("h", "/first")).status, 200);
+    let r = c.request(&get("h", "/second"));
+    assert_apex_status(&r, 502);
+    let seconds = up.requests().iter().filter(|r| r.target == "/second").count();
+    assert_eq!(seconds, 1, "a GET that got a 1xx before its connection failed was sent again");
+    assert_eq!(up.accepts(), 1);
+}
+
 #[test]
 fn non_idempotent_request_on_dead_pooled_connection_is_502() {
     let up = dies_on_second_request();
