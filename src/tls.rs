@@ -656,6 +656,13 @@ impl Tls {
         self.failed
     }
 
+    /// Bytes from the peer not handed out yet: an opened record's plaintext, or records not
+    /// yet opened. A pooled connection holding any would hand them to the next exchange as
+    /// its response.
+    pub fn has_unread(&self) -> bool {
+        self.plain.0 < self.plain.1 || self.rin.as_ref().is_some_and(|b| !b.is_empty())
+    }
+
     /// Gives both record buffers back (the connection is closing).
     pub fn release_all(&mut self, pool: &mut TlsBufPool) {
         pool.release(&mut self.rin);

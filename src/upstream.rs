@@ -215,6 +215,12 @@ impl Upstreams {
                 }
             }
         }
+        // Over TLS, records that came with the response's last one (a read opens one record
+        // at a time) are bytes after the response: the connection is not reusable.
+        if c.tls.as_ref().is_some_and(|t| t.has_unread()) {
+            self.conns.remove(key);
+            return;
+        }
         let server = c.server;
         match self.servers.get_mut(server) {
             Some(ServerState { idle: list, live: true, .. }) if list.len() < self.idle_cap => {

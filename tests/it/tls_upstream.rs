@@ -143,6 +143,8 @@ enum Act {
     Pause(Duration),
     /// Ends the connection (no close_notify), once the receive record count is recorded.
     Close,
+    /// Writes each of these as a record of its own, all in one socket write.
+    Records(Vec<Vec<u8>>),
 }
 
 fn reply(bytes: Vec<u8>) -> Vec<Act> {
@@ -400,6 +402,7 @@ fn serve(
                     Ok(())
                 }
                 Act::Close => break 'conn,
+                Act::Records(rs) => c.write_records(&rs),
             };
             if let Err(e) = done {
                 st.update(index, |i| i.errors.push(e));
@@ -424,6 +427,19 @@ struct TlsConn {
 }
 
 impl TlsConn {
+    /// Seals each part as a record of its own (rustls makes one record per write) and sends
+    /// them all in one socket write.
+    fn write_records(&mut self, parts: &[Vec<u8>]) -> Result<(), String> {
+        for p in parts {
+            self.s.conn.writer().write_all(p).map_err(|e| format!("seal: {e}"))?;
+        }
+        let mut out = vec![];
+        while self.s.conn.wants_write() {
+            self.s.conn.write_tls(&mut out).map_err(|e| format!("seal: {e}"))?;
+        }
+        self.s.sock.write_all(&out).map_err(|e| format!("write: {e}"))
+    }
+
     fn flush_tls(&mut self) -> Result<(), String> {
         while self.s.conn.wants_write() {
             self.s.conn.write_tls(&mut self.s.sock).map_err(|e| format!("write: {e}"))?;
@@ -670,6 +686,31 @@ fn keep_alive_requests_share_one_pooled_tls_connection() {
     assert_eq!((r.status, r.body_str().as_str()), (200, "GET /after-idle "), "{}", r.head_str());
     assert_eq!(up.accepts(), 2, "a new upstream TLS connection after the idle one was closed");
     assert_handshakes(&up, Some("api.test"), "pooled");
+}
+
+/// A read opens one record at a time, so records that arrive with the response's last one
+/// wait inside Apex's TLS state, where no socket check sees them: a connection holding any is
+/// not pooled, else the next request (another client's here) gets them as its response.
+#[test]
+fn records_after_the_response_keep_a_tls_connection_out_of_the_pool() {
+    let pki = Pki::new();
+    let up = TlsUpstream::start(pki.server(&pki.api), |r| {
+        if r.target == "/first" {
+            vec![Act::Records(vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+                b"first".to_vec(),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL".to_vec(),
+            ])]
+        } else {
+            reply(ok(&echo_text(r)))
+        }
+    });
+    let apex = Apex::start(&api_config(&[up.addr], &pki).workers(1));
+    let r = apex.client().request(&get("h", "/first"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "first"), "{}", r.head_str());
+    let r = apex.client().request(&get("h", "/second"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "GET /second "), "another client's response: {}", r.head_str());
+    assert_eq!(up.accepts(), 2, "the connection with records after its response was pooled");
 }
 
 #[test]
