@@ -43,9 +43,11 @@ const HS_NEW_SESSION_TICKET: u8 = 4;
 /// none, so the connection closes (after 2^23 records, at least 128 GiB). What the peer seals
 /// is its own limit to keep: a forged record fails its tag whatever the count.
 const RECORDS_PER_KEY_MAX: u64 = 1 << 23;
-/// KeyUpdates in a row with no application data between them (rustls and BoringSSL allow 32):
-/// each costs a key derivation, and a flood of them would hold the worker.
-const KEY_UPDATES_IN_A_ROW_MAX: u8 = 32;
+/// Records in a row that carry no application data: empty data records, KeyUpdates, tickets
+/// (OpenSSL allows 32 empty records; rustls and BoringSSL 32 KeyUpdates). Each costs an AEAD
+/// open (a KeyUpdate a key derivation too) and returns nothing to the reader, so a flood of
+/// them would hold the worker for as long as it lasts.
+const IDLE_RECORDS_IN_A_ROW_MAX: u8 = 32;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Version {
@@ -133,8 +135,8 @@ struct Records {
     /// The peer asked for a KeyUpdate back: ours goes out before our next data record
     /// (RFC 8446 §4.6.3; several requests while we are silent get one answer).
     reply_pending: bool,
-    /// KeyUpdates received since the last application data.
-    key_updates: u8,
+    /// Records received since the last application data (`IDLE_RECORDS_IN_A_ROW_MAX`).
+    idle_records: u8,
 }
 
 enum Opened {
@@ -162,7 +164,7 @@ impl Records {
             rx: Dir::new(rs, rk)?,
             kernel,
             reply_pending: false,
-            key_updates: 0,
+            idle_records: 0,
         })
     }
 
@@ -271,6 +273,10 @@ impl Records {
             .map_err(|_| bad("bad record mac"))?;
         self.rx.next()?;
         let (ct, len) = if self.version == Version::Tls13 {
+            // RFC 8446 §5.4: TLSInnerPlaintext (content, type, padding) is at most 2^14 + 1 bytes.
+            if plain.len() > TLS_RECORD_PLAIN_MAX + 1 {
+                return Err(bad("record_overflow"));
+            }
             // RFC 8446 §5.4: strip the zero padding; the last non-zero byte is the type.
             let Some(i) = plain.iter().rposition(|&b| b != 0) else {
                 return Err(bad("record without a content type"));
@@ -286,7 +292,9 @@ impl Records {
         match ct {
             CT_APPDATA => {
                 if len > 0 {
-                    self.key_updates = 0;
+                    self.idle_records = 0;
+                } else {
+                    self.count_idle_record()?;
                 }
                 Ok(Opened::Data { from, to: from + len })
             }
@@ -299,12 +307,23 @@ impl Records {
                 }
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
-                let msgs = plain.get(..len).unwrap_or(&[]);
+                // RFC 8446 §5.1: handshake records are never empty.
+                let msgs = plain.get(..len).filter(|m| !m.is_empty()).ok_or_else(|| bad("empty handshake record"))?;
+                self.count_idle_record()?;
                 self.post_handshake(msgs).map(|()| Opened::Nothing)
             }
             // TLS 1.2 renegotiation and anything else: refused by closing.
             _ => Err(bad("unexpected record")),
         }
+    }
+
+    /// One more record in a row without application data; too many end the connection.
+    fn count_idle_record(&mut self) -> io::Result<()> {
+        self.idle_records = self.idle_records.saturating_add(1);
+        if self.idle_records > IDLE_RECORDS_IN_A_ROW_MAX {
+            return Err(bad("too many records without data"));
+        }
+        Ok(())
     }
 
     /// TLS 1.3 handshake messages after the handshake, whole within their record (a message
@@ -334,10 +353,6 @@ impl Records {
         };
         if req > 1 {
             return Err(bad("bad key update"));
-        }
-        self.key_updates += 1;
-        if self.key_updates > KEY_UPDATES_IN_A_ROW_MAX {
-            return Err(bad("too many key updates"));
         }
         let (seq, s) = self.kernel.next_rx().map_err(|_| bad("key update failed"))?;
         self.rx = Dir::new(seq, s)?;

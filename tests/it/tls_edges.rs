@@ -3,7 +3,9 @@
 //! hung the handshake; a zero-length record stalled the connection; no close_notify came before
 //! Apex's close; KeyUpdates in a row were unbounded; a request in the same read as the client's
 //! Finished and close_notify was lost; handshakes that sent nothing held record buffers; a client
-//! offering only ALPN http/1.0 was refused.
+//! offering only ALPN http/1.0 was refused. A second review (section 9) found records that
+//! carry nothing unbounded, empty handshake records and over-long padding accepted; `Sealer`
+//! (tls_kit) sends such records, which no TLS library does.
 //! Certificates are made per test with rcgen (a root CA and leaves it signs); the clients are a
 //! blocking rustls client (trusting only the test root) and curl.
 
@@ -355,25 +357,9 @@ fn key_updates(t: &mut Tls, n: usize) {
     t.flush_tls();
 }
 
-/// Reads the raw socket under `t` (TLS records, not decrypted) until Apex closes it or `d`
-/// passes; returns whether it closed (EOF or reset).
+/// Whether Apex closes the socket under `t` within `d` (records read undecrypted).
 fn tcp_closed_within(t: &mut Tls, d: Duration) -> bool {
-    let deadline = Instant::now() + d;
-    let mut tmp = vec![0u8; 1 << 16];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        t.s.sock.set_read_timeout(Some(left.max(ms(1)))).unwrap();
-        match t.s.sock.read(&mut tmp) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
+    closed_within(&mut t.s.sock, d)
 }
 
 /// A TLS 1.3 connection with one request answered on it: the KeyUpdates that follow never
@@ -581,4 +567,81 @@ fn tls13_key_update_right_behind_the_finished_is_answered_and_the_connection_wor
         assert_eq!((r.status, r.body_str()), (200, path), "connection {i}: {}", r.head_str());
     }
     assert_serving(&apex, &pki, "/after");
+}
+
+// ---------------------------------------------------------------- 9: records that carry nothing
+
+/// Records that carry no application data (empty data records; in TLS 1.3 KeyUpdates and
+/// tickets too) cost Apex an AEAD open each and return nothing to the reader, so a stream of
+/// them held the worker for as long as it lasted (3,000,000 empty records delayed another
+/// client by 404 ms). More than 32 in a row (OpenSSL's bound) end the connection and the
+/// request after them never reaches the upstream; 32, or 20 before each of several requests,
+/// do not. Both versions.
+#[test]
+fn empty_records_in_a_row_are_bounded() {
+    const MAX: usize = 32;
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(
+        &Config::to(up.addr).timeout("client_head", "30s").timeout("client_idle", "30s").append(&pki.section()),
+    );
+    for (v, name) in versions() {
+        let forwarded = |p: &str| up.requests().iter().any(|r| r.target == p);
+
+        let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
+        let flood = format!("/after-{}-empty/{name:?}", MAX + 1);
+        let mut recs: Vec<Vec<u8>> = (0..=MAX).map(|_| s.record(23, b"", 0)).collect();
+        recs.push(s.record(23, &get("a.test", &flood), 0));
+        s.send(&recs);
+        assert!(s.closed_within(Duration::from_secs(5)), "{name:?}: {} empty records in a row: still open", MAX + 1);
+        assert!(!forwarded(&flood), "{name:?}: the request after {} empty records was forwarded", MAX + 1);
+
+        let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
+        for i in 0..4 {
+            let path = format!("/after-{}-empty/{name:?}/{i}", if i == 0 { MAX } else { 20 });
+            let mut recs: Vec<Vec<u8>> = (0..if i == 0 { MAX } else { 20 }).map(|_| s.record(23, b"", 0)).collect();
+            recs.push(s.record(23, &get("a.test", &path), 0));
+            s.send(&recs);
+            assert!(up.wait_for(Duration::from_secs(5), |_| forwarded(&path)), "{name:?}: {path} not forwarded");
+        }
+    }
+    assert_serving(&apex, &pki, "/after-empty-records");
+}
+
+/// RFC 8446 §5.1: "Implementations MUST NOT send zero-length fragments of Handshake types";
+/// one is refused (it was read as no message at all and the connection went on).
+#[test]
+fn tls13_empty_handshake_record_is_refused() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
+    let recs = vec![s.record(22, b"", 0), s.record(23, &get("a.test", "/after-empty-handshake"), 0)];
+    s.send(&recs);
+    assert!(s.closed_within(Duration::from_secs(5)), "an empty handshake record: still open");
+    assert!(!up.requests().iter().any(|r| r.target == "/after-empty-handshake"), "{:#?}", up.requests());
+}
+
+/// RFC 8446 §5.4: TLSInnerPlaintext (content, type byte, padding) is at most 2^14 + 1 bytes,
+/// else record_overflow. Exactly the limit is read; one byte of padding more is refused (only
+/// the content's length was checked, so padding up to the ciphertext limit passed).
+#[test]
+fn tls13_padding_past_the_inner_plaintext_limit_is_refused() {
+    const INNER_MAX: usize = (1 << 14) + 1;
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    for (extra, path) in [(0, "/padded-to-the-limit"), (1, "/padded-past-the-limit")] {
+        let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
+        let req = get("a.test", path);
+        let rec = s.record(23, &req, INNER_MAX - req.len() - 1 + extra);
+        s.send(&[rec]);
+        if extra == 0 {
+            let seen = up.wait_for(Duration::from_secs(5), |u| u.requests().iter().any(|r| r.target == path));
+            assert!(seen, "a record of exactly 2^14 + 1 inner bytes was not read");
+        } else {
+            assert!(s.closed_within(Duration::from_secs(5)), "an inner plaintext over 2^14 + 1 bytes: still open");
+            assert!(!up.requests().iter().any(|r| r.target == path), "{:#?}", up.requests());
+        }
+    }
 }

@@ -11,8 +11,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, ProtocolVersion, RootCertStore,
-    SignatureScheme, StreamOwned, SupportedProtocolVersion,
+    ClientConfig, ClientConnection, ConnectionTrafficSecrets, DigitallySignedStruct, HandshakeKind, ProtocolVersion,
+    RootCertStore, SignatureScheme, StreamOwned, SupportedProtocolVersion,
 };
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -567,4 +567,112 @@ pub fn curl(
     args.push(url.as_str());
     let (code, stdout, stderr) = run_tool("curl", &args, b"", Duration::from_secs(40));
     (code, String::from_utf8_lossy(&stdout).into_owned(), stderr, std::fs::read(&out).unwrap_or_default())
+}
+
+// ---------------------------------------------------------------- records rustls never sends
+
+/// A client that completed its handshake (and one request) with rustls, then seals records of
+/// its own with the connection's keys: empty data records, empty handshake records, padding
+/// past the limit, which no TLS library sends. RFC 8446 §5.2-5.4 (TLS 1.3), RFC 5288 and
+/// RFC 7905 (TLS 1.2).
+pub struct Sealer {
+    pub sock: TcpStream,
+    v13: bool,
+    explicit_nonce: bool,
+    key: ring::aead::LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl Sealer {
+    /// Handshakes with `v` (SNI a.test), answers `GET path` through rustls, then takes over.
+    pub fn after_a_request(
+        addr: SocketAddr,
+        pki: &impl AsRef<Root>,
+        v: &'static SupportedProtocolVersion,
+        path: &str,
+    ) -> Sealer {
+        let mut cfg = ClientConfig::clone(&client_config(pki, Hello::to("a.test").v(v)));
+        cfg.enable_secret_extraction = true;
+        let conn = ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap();
+        let mut t = tls_over(connect(addr, None), conn).unwrap();
+        let r = t.request(&get("a.test", path));
+        assert_eq!(r.status, 200, "{}", r.head_str());
+        let (conn, sock) = t.s.into_parts();
+        let v13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
+        let (seq, secrets) = conn.dangerous_extract_secrets().unwrap().tx;
+        let (alg, key, iv, explicit_nonce) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&ring::aead::AES_128_GCM, key, iv, !v13),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&ring::aead::AES_256_GCM, key, iv, !v13),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&ring::aead::CHACHA20_POLY1305, key, iv, false),
+            _ => panic!("unexpected cipher suite"),
+        };
+        let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key.as_ref()).unwrap());
+        Sealer { sock, v13, explicit_nonce, key, iv: iv.as_ref().try_into().unwrap(), seq }
+    }
+
+    /// One record of content type `ct` holding `plain` (and, in TLS 1.3, `pad` zero bytes of
+    /// padding after the inner type).
+    pub fn record(&mut self, ct: u8, plain: &[u8], pad: usize) -> Vec<u8> {
+        let mut nonce = self.iv;
+        for (b, s) in nonce.iter_mut().skip(4).zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        let mut data = plain.to_vec();
+        if self.v13 {
+            data.push(ct);
+            data.extend(std::iter::repeat_n(0u8, pad));
+        }
+        let explicit = if self.explicit_nonce { 8 } else { 0 };
+        let len = explicit + data.len() + 16;
+        let head = [if self.v13 { 23 } else { ct }, 3, 3, (len >> 8) as u8, len as u8];
+        let aad = if self.v13 {
+            head.to_vec()
+        } else {
+            let mut a = self.seq.to_be_bytes().to_vec();
+            a.extend_from_slice(&[ct, 3, 3, (plain.len() >> 8) as u8, plain.len() as u8]);
+            a
+        };
+        let nonce_obj = ring::aead::Nonce::assume_unique_for_key(nonce);
+        self.key.seal_in_place_append_tag(nonce_obj, ring::aead::Aad::from(&aad), &mut data).unwrap();
+        self.seq += 1;
+        let mut rec = head.to_vec();
+        rec.extend_from_slice(&nonce[4..4 + explicit]);
+        rec.extend_from_slice(&data);
+        rec
+    }
+
+    /// Writes these records in one write (errors ignored: Apex may have closed already).
+    pub fn send(&mut self, records: &[Vec<u8>]) {
+        let _ = self.sock.write_all(&records.concat());
+    }
+
+    /// Whether Apex closes the connection within `d`.
+    pub fn closed_within(&mut self, d: Duration) -> bool {
+        closed_within(&mut self.sock, d)
+    }
+}
+
+/// Reads a raw socket (TLS records, not decrypted) until the peer closes it or `d` passes;
+/// returns whether it closed (EOF or reset).
+pub fn closed_within(sock: &mut TcpStream, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    let mut tmp = vec![0u8; 1 << 16];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        sock.set_read_timeout(Some(left.max(ms(1)))).unwrap();
+        match sock.read(&mut tmp) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return true,
+        }
+    }
 }
