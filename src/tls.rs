@@ -520,6 +520,15 @@ fn drive<C: HsConn>(
                     *fed += n;
                     continue;
                 }
+                // A header claiming more than any record may hold (RFC 8446 §5.2, RFC 5246
+                // §6.2.3) can never be whole in `rin`: rustls is given what there is and
+                // refuses it with a fatal alert (decode_error), instead of the wait lasting
+                // client_head.
+                let rest = rin.filled().get(*fed..).unwrap_or(&[]);
+                if rest.len() >= HEADER && record_need(rest) - HEADER > CIPHERTEXT_MAX {
+                    *fed += rest.len();
+                    continue;
+                }
                 send(sock, io, rout, spill)?;
                 rin.reserve(record_need(rin.filled().get(*fed..).unwrap_or(&[])) + *fed);
                 match fill(sock, io, rin)? {

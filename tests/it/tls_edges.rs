@@ -645,3 +645,41 @@ fn tls13_padding_past_the_inner_plaintext_limit_is_refused() {
         }
     }
 }
+
+/// A handshake record header claiming more than any record may hold (RFC 8446 §5.2: 2^14 + 256
+/// in 1.3; RFC 5246 §6.2.3: 2^14 + 2048) can never be whole: it is refused at once with a
+/// fatal alert (rustls's, decode_error; the RFC names record_overflow, but after the
+/// ServerHello only rustls can seal an alert). It was waited for until client_head, holding a
+/// record buffer.
+#[test]
+fn oversized_record_header_in_the_handshake_is_refused_at_once() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).timeout("client_head", "30s").append(&pki.section()));
+    for (len, follow) in [(0xffffu16, 20_000usize), (0x4801, 10)] {
+        let mut s = connect(tls_addr(&apex), None);
+        let mut bytes = vec![0x16, 0x03, 0x01];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(1u8, follow));
+        let _ = s.write_all(&bytes);
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![];
+        let closed = loop {
+            let mut tmp = [0u8; 4096];
+            match s.read(&mut tmp) {
+                Ok(0) => break true,
+                Ok(n) => got.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break false,
+                Err(_) => break true,
+            }
+        };
+        assert!(closed, "length {len:#x}: still open 5 s later (client_head 30 s); got {got:02x?}");
+        // A plaintext alert record: type 21, version, length 2, level fatal (2), decode_error (50).
+        assert!(
+            got.len() >= 7 && got[0] == 21 && got[5] == 2 && got[6] == 50,
+            "length {len:#x}: no fatal alert before the close: {got:02x?}"
+        );
+    }
+    assert_serving(&apex, &pki, "/after-oversized-headers");
+}
