@@ -207,6 +207,12 @@ pub struct Exchange {
     timed_out: bool,
     client_eof: bool,
     up_eof: bool,
+    /// The upstream's stream ended in a way that ends no message: an error, or a TLS stream
+    /// without close_notify (RFC 8446 §6.1: truncation cannot be told from an end otherwise).
+    up_cut: bool,
+    /// The response was cut short: the client's connection ends without close_notify, so a
+    /// TLS client can tell it from a complete close-delimited response.
+    resp_cut: bool,
     client_shut: bool,
     up_shut: bool,
     /// A write upstream failed: the request side is over (nothing more is read from the client
@@ -279,6 +285,8 @@ impl Exchange {
             timed_out: false,
             client_eof: false,
             up_eof: false,
+            up_cut: false,
+            resp_cut: false,
             client_shut: false,
             up_shut: false,
             up_wr_failed: false,
@@ -338,6 +346,7 @@ impl Exchange {
         self.tried = 0;
         self.up_wr_failed = false;
         self.up_eof = false;
+        self.up_cut = false;
         self.up_shut = false;
         self.resp_scan = 0;
         self.interim = 0;
@@ -476,7 +485,8 @@ impl Conn {
             Phase::RespBody | Phase::Tunnel => self.deadline = cx.arm(t.upstream_body),
             Phase::Respond => self.deadline = cx.arm(t.client_send),
             Phase::Linger => {
-                if let Some(t) = self.tls.as_deref_mut() {
+                // Not after a cut response: RFC 8446 §6.1, close_notify says nothing was lost.
+                if let Some(t) = self.tls.as_deref_mut().filter(|_| !rq.resp_cut) {
                     t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
                 }
                 let _ = self.sock.shutdown(Shutdown::Write);
@@ -940,11 +950,12 @@ impl Conn {
                 progress = true;
             }
             Ok(Filled::Idle) => {}
-            Ok(Filled::Eof) | Err(_) => {
+            end @ (Ok(Filled::Eof) | Err(_)) => {
                 if uin.is_empty() || !rq.resp_seen {
                     return self.upstream_failed(rq, cx);
                 }
                 rq.up_eof = true;
+                rq.up_cut = end.is_err() || !u.ended_cleanly();
             }
         }
         let mut scan = rq.resp_scan as usize;
@@ -1218,7 +1229,8 @@ impl Conn {
                     progress = true;
                 }
                 Ok(Spliced::Idle) => break,
-                Ok(Spliced::Eof) | Err(_) => rq.up_eof = true,
+                Ok(Spliced::Eof) => rq.up_eof = true,
+                Err(_) => (rq.up_eof, rq.up_cut) = (true, true),
             }
         }
         Ok(progress)
@@ -1269,7 +1281,8 @@ impl Conn {
             match up_fill(u, &mut cx.tls_bufs, uin) {
                 Ok(Filled::Data(_)) => progress = true,
                 Ok(Filled::Idle) => {}
-                Ok(Filled::Eof) | Err(_) => rq.up_eof = true,
+                Ok(Filled::Eof) => (rq.up_eof, rq.up_cut) = (true, !u.ended_cleanly()),
+                Err(_) => (rq.up_eof, rq.up_cut) = (true, true),
             }
         }
         let spare = cout.spare();
@@ -1309,13 +1322,16 @@ impl Conn {
         }
         let pipe_empty = rq.presp.as_ref().is_none_or(|p| p.pending == 0);
         if rq.up_eof && rq.uin.as_ref().is_none_or(Buf::is_empty) && pipe_empty {
-            if matches!(rq.resp_body, Body::Raw) {
+            // A close-delimited body ends with the upstream's stream, unless that was cut.
+            if matches!(rq.resp_body, Body::Raw) && !rq.up_cut {
                 rq.resp_body = Body::Done;
                 rq.resp_reusable = false;
                 return self.finish_exchange(rq, cx);
             }
-            // Cut short: the client sees a body shorter than its framing promised, then a close.
+            // Cut short: the client sees a body shorter than its framing promised (or, for a
+            // close-delimited one, no close_notify), then a close.
             rq.ended_by = EndedBy::Upstream;
+            rq.resp_cut = true;
             self.drop_upstream(rq, cx);
             rq.close_after = true;
             return Next::Go(Phase::Respond);
@@ -1404,15 +1420,19 @@ impl Conn {
                 return Ok(Next::Go(Phase::Close));
             };
             progress |= moved;
+            // Each end is passed on as it came: close_notify only for a clean end (a FIN from a
+            // plain peer, close_notify from a TLS one), so a truncation stays one (RFC 8446 §6.1).
             if rq.client_eof && cin.is_empty() && !rq.up_shut {
-                if let Some(t) = u.tls.as_deref_mut() {
+                let clean = self.tls.as_deref().is_none_or(Tls::closed_cleanly);
+                if let Some(t) = u.tls.as_deref_mut().filter(|_| clean) {
                     t.close_notify(&u.sock, &mut u.io, &mut cx.tls_bufs);
                 }
                 let _ = u.sock.shutdown(Shutdown::Write);
                 rq.up_shut = true;
             }
             if rq.up_eof && uin.is_empty() && !rq.client_shut {
-                if let Some(t) = self.tls.as_deref_mut() {
+                let clean = u.ended_cleanly();
+                if let Some(t) = self.tls.as_deref_mut().filter(|_| clean) {
                     t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
                 }
                 let _ = self.sock.shutdown(Shutdown::Write);

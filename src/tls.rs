@@ -637,6 +637,8 @@ pub struct Tls {
     /// Bytes at the front of the caller's plaintext buffer already sealed into `rout`.
     ahead: u32,
     eof: bool,
+    /// The peer's close_notify came (else an end of stream is a bare TCP close).
+    notified_by_peer: bool,
     /// The handshake failed and an alert went out: what the client still sends is discarded.
     failed: bool,
     /// A record failed (bad tag, bad length, ...): RFC 8446 §5.2, the connection is over, and
@@ -668,6 +670,7 @@ impl Tls {
             fed: 0,
             ahead: 0,
             eof: false,
+            notified_by_peer: false,
             failed: false,
             broken: false,
             notified: false,
@@ -678,6 +681,11 @@ impl Tls {
     /// alert is read, not lost to a reset.
     pub fn failed(&self) -> bool {
         self.failed
+    }
+
+    /// The peer ended its stream with close_notify (RFC 8446 §6.1), not a bare TCP close.
+    pub fn closed_cleanly(&self) -> bool {
+        self.notified_by_peer
     }
 
     /// Bytes from the peer not handed out yet: an opened record's plaintext, or records not
@@ -804,6 +812,7 @@ impl Tls {
             Opened::Closed => {
                 rin.consume(need);
                 self.eof = true;
+                self.notified_by_peer = true;
             }
         }
         self.flush(sock, io, pool)?;

@@ -41,6 +41,14 @@ pub struct UpConn {
     pub tls: Option<Box<crate::tls::Tls>>,
 }
 
+impl UpConn {
+    /// Its stream's end can end a message: a FIN from a plain upstream, close_notify from a
+    /// TLS one (RFC 8446 §6.1).
+    pub fn ended_cleanly(&self) -> bool {
+        self.tls.as_ref().is_none_or(|t| t.closed_cleanly())
+    }
+}
+
 /// What a worker knows about one upstream address. Worker-local ids are stable across config
 /// reloads: a server that stays keeps its pool and its passive-health mark.
 pub struct ServerState {

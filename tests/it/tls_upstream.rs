@@ -73,6 +73,11 @@ impl Pki {
         Pki { root, other_ca, api, ip, expired, foreign, front }
     }
 
+    /// Apex's own `[tls]` listener on 127.0.0.1:0, serving `front` for a.test.
+    fn front_section(&self) -> String {
+        tls_section(None, &[(&self.front, &["a.test"])])
+    }
+
     /// An origin config serving `leaf`: TLS 1.2 and 1.3, every ring cipher suite.
     fn server(&self, leaf: &Leaf) -> Arc<ServerConfig> {
         server_config(leaf, rustls::ALL_VERSIONS, None)
@@ -145,6 +150,10 @@ enum Act {
     Close,
     /// Writes each of these as a record of its own, all in one socket write.
     Records(Vec<Vec<u8>>),
+    /// Sends close_notify and ends the connection.
+    CloseNotify,
+    /// Writes raw bytes to the socket, under TLS (a forged record).
+    Raw(Vec<u8>),
 }
 
 fn reply(bytes: Vec<u8>) -> Vec<Act> {
@@ -403,6 +412,12 @@ fn serve(
                 }
                 Act::Close => break 'conn,
                 Act::Records(rs) => c.write_records(&rs),
+                Act::CloseNotify => {
+                    c.s.conn.send_close_notify();
+                    let _ = c.flush_tls();
+                    break 'conn;
+                }
+                Act::Raw(b) => c.s.sock.write_all(&b).map_err(|e| format!("write: {e}")),
             };
             if let Err(e) = done {
                 st.update(index, |i| i.errors.push(e));
@@ -937,17 +952,7 @@ fn tls_client_to_tls_upstream_gets_x_forwarded_proto_https() {
     let pki = Pki::new();
     let data = Arc::new(pattern_bytes(BIG));
     let up = bodies_origin(pki.server(&pki.api), data.clone());
-    let section = format!(
-        "[tls]\nlisten = [\"127.0.0.1:0\"]\n\n[[tls.cert]]\nchain = \"{}\"\nkey = \"{}\"\nnames = [\"a.test\"]\n",
-        pki.front.chain.display(),
-        pki.front.key.display()
-    );
-    let apex = Apex::start(
-        &Config::new()
-            .route("*", "/", "api")
-            .append(&tls_group("api", &[up.addr], Some("api.test"), Some(&pki.root.ca)))
-            .append(&section),
-    );
+    let apex = Apex::start(&api_config(&[up.addr], &pki).append(&pki.front_section()));
     let mut t = tls(tls_addr(&apex), &pki, Hello::to("a.test"));
     let r = t.request(&get("a.test", "/over-tls"));
     assert_eq!((r.status, r.body_str().as_str()), (200, "GET /over-tls "), "{}", r.head_str());
@@ -977,6 +982,53 @@ fn tls_client_to_tls_upstream_gets_x_forwarded_proto_https() {
     assert_eq!(pattern_verdict(&reqs[2].body), format!("intact {BIG}"), "the origin got the upload");
     assert_eq!(pattern_verdict(&reqs[3].body), format!("intact {BIG}"), "the origin got the chunked upload");
     assert_handshakes(&up, Some("api.test"), "TLS client to TLS origin");
+}
+
+/// RFC 8446 §6.1: a TCP close without close_notify may be an attacker's truncation. A response
+/// delimited by the close of a TLS upstream therefore ends only with its close_notify: a bare
+/// close or a forged record cuts it, and Apex passes the cut on (no close_notify of its own to a
+/// TLS client, `end=upstream` in the log) instead of presenting the response as complete.
+#[test]
+fn a_close_delimited_response_cut_by_a_tls_upstream_is_not_passed_on_as_complete() {
+    let pki = Pki::new();
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+    let up = TlsUpstream::start(pki.server(&pki.api), move |r| {
+        let part = |b: &[u8]| Act::Send([&head[..], b].concat());
+        match r.target.as_str() {
+            "/whole" => vec![part(b"whole"), Act::Pause(ms(100)), Act::CloseNotify],
+            "/bare-close" => vec![part(b"partial"), Act::Pause(ms(100)), Act::Close],
+            // A record that fails its tag (RFC 8446 §5.2), then silence.
+            _ => vec![
+                part(b"partial"),
+                Act::Pause(ms(100)),
+                Act::Raw([&[23u8, 3, 3, 0, 32][..], &[0; 32]].concat()),
+                Act::Pause(ms(1500)),
+            ],
+        }
+    });
+    let apex = Apex::start(&api_config(&[up.addr], &pki).append(&pki.front_section()));
+    for (path, body, clean) in
+        [("/whole", "whole", true), ("/bare-close", "partial", false), ("/forged", "partial", false)]
+    {
+        let mut t = tls(tls_addr(&apex), &pki, Hello::to("a.test"));
+        t.send(&get("a.test", path));
+        let (got, end) = t.read_to_end(Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 ") && text.ends_with(body), "{path}: {text:?}");
+        match end {
+            Some(Ok(())) => assert!(clean, "{path}: a cut response ended with Apex's close_notify"),
+            Some(Err(e)) => assert!(!clean, "{path}: a whole response ended without close_notify: {e}"),
+            None => panic!("{path}: still open 5 s later"),
+        }
+    }
+    let line = |p: &str| apex.stdout_lines().into_iter().find(|l| l.contains(&format!("GET {p} ")));
+    let logged =
+        wait_until(Duration::from_secs(5), || ["/whole", "/bare-close", "/forged"].iter().all(|p| line(p).is_some()));
+    assert!(logged, "access log: {:#?}", apex.stdout_lines());
+    let ended = |p: &str| line(p).unwrap_or_default();
+    assert!(ended("/whole").contains("end=-"), "{}", ended("/whole"));
+    assert!(ended("/bare-close").contains("end=upstream"), "{}", ended("/bare-close"));
+    assert!(ended("/forged").contains("end=upstream"), "{}", ended("/forged"));
 }
 
 // ---------------------------------------------------------------- 7. config errors
