@@ -1031,6 +1031,36 @@ fn a_close_delimited_response_cut_by_a_tls_upstream_is_not_passed_on_as_complete
     assert!(ended("/forged").contains("end=upstream"), "{}", ended("/forged"));
 }
 
+/// The same in a tunnel (after a 101): each side's end is passed on as it came, so a TLS
+/// origin's close_notify reaches a TLS client as Apex's close_notify, and its bare close as a
+/// bare close (it came with close_notify either way).
+#[test]
+fn a_tunnel_passes_a_tls_upstreams_bare_close_on_as_a_bare_close() {
+    let pki = Pki::new();
+    let up = TlsUpstream::start(pki.server(&pki.api), |r| {
+        let switch =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nhello".to_vec();
+        let end = if r.target == "/clean" { Act::CloseNotify } else { Act::Close };
+        vec![Act::Send(switch), Act::Pause(ms(100)), end]
+    });
+    let apex = Apex::start(&api_config(&[up.addr], &pki).append(&pki.front_section()));
+    for (path, clean) in [("/clean", true), ("/bare", false)] {
+        let mut t = tls(tls_addr(&apex), &pki, Hello::to("a.test"));
+        t.send(
+            format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                .as_bytes(),
+        );
+        let (got, end) = t.read_to_end(Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 101 ") && text.ends_with("hello"), "{path}: {text:?}");
+        match end {
+            Some(Ok(())) => assert!(clean, "{path}: the origin's bare close reached the client as close_notify"),
+            Some(Err(e)) => assert!(!clean, "{path}: the origin's close_notify did not reach the client: {e}"),
+            None => panic!("{path}: still open 5 s later"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- 7. config errors
 
 /// Writes `toml` and asserts `apex FILE` and `apex --check FILE` both refuse it: non-zero exit,
