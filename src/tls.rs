@@ -242,7 +242,7 @@ impl Records {
             Version::Tls13 => {
                 // RFC 8446 §5.1-5.2: after the handshake only application_data records.
                 if outer != CT_APPDATA {
-                    return Err(bad("unexpected record type"));
+                    return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected record type"));
                 }
                 nonce = self.rx.nonce();
                 aad_buf = [0u8; 13];
@@ -251,7 +251,8 @@ impl Records {
             }
             Version::Tls12Gcm | Version::Tls12Chacha => {
                 let explicit = if self.version == Version::Tls12Gcm { 8 } else { 0 };
-                let plain_len = body.len().checked_sub(explicit + TAG).ok_or_else(|| bad("short record"))?;
+                let plain_len =
+                    body.len().checked_sub(explicit + TAG).ok_or_else(|| fatal(ALERT_DECODE_ERROR, "short record"))?;
                 let mut n = if explicit > 0 { self.rx.iv } else { self.rx.nonce() };
                 if explicit > 0 {
                     // RFC 5288 §3: salt from the key block, then the record's explicit nonce.
@@ -270,23 +271,23 @@ impl Records {
             .rx
             .key
             .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), sealed)
-            .map_err(|_| bad("bad record mac"))?;
+            .map_err(|_| fatal(ALERT_BAD_RECORD_MAC, "bad record mac"))?;
         self.rx.next()?;
         let (ct, len) = if self.version == Version::Tls13 {
             // RFC 8446 §5.4: TLSInnerPlaintext (content, type, padding) is at most 2^14 + 1 bytes.
             if plain.len() > TLS_RECORD_PLAIN_MAX + 1 {
-                return Err(bad("record_overflow"));
+                return Err(fatal(ALERT_RECORD_OVERFLOW, "record_overflow"));
             }
             // RFC 8446 §5.4: strip the zero padding; the last non-zero byte is the type.
             let Some(i) = plain.iter().rposition(|&b| b != 0) else {
-                return Err(bad("record without a content type"));
+                return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "record without a content type"));
             };
             (plain.get(i).copied().unwrap_or(0), i)
         } else {
             (outer, plain.len())
         };
         if len > TLS_RECORD_PLAIN_MAX {
-            return Err(bad("record_overflow")); // RFC 8446 §5.4, RFC 5246 §6.2.3
+            return Err(fatal(ALERT_RECORD_OVERFLOW, "record_overflow")); // RFC 8446 §5.4, RFC 5246 §6.2.3
         }
         let from = HEADER + skip;
         match ct {
@@ -308,12 +309,15 @@ impl Records {
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
                 // RFC 8446 §5.1: handshake records are never empty.
-                let msgs = plain.get(..len).filter(|m| !m.is_empty()).ok_or_else(|| bad("empty handshake record"))?;
+                let msgs = plain
+                    .get(..len)
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| fatal(ALERT_UNEXPECTED_MESSAGE, "empty handshake record"))?;
                 self.count_idle_record()?;
                 self.post_handshake(msgs).map(|()| Opened::Nothing)
             }
             // TLS 1.2 renegotiation and anything else: refused by closing.
-            _ => Err(bad("unexpected record")),
+            _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected record")),
         }
     }
 
@@ -321,7 +325,7 @@ impl Records {
     fn count_idle_record(&mut self) -> io::Result<()> {
         self.idle_records = self.idle_records.saturating_add(1);
         if self.idle_records > IDLE_RECORDS_IN_A_ROW_MAX {
-            return Err(bad("too many records without data"));
+            return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "too many records without data"));
         }
         Ok(())
     }
@@ -332,27 +336,28 @@ impl Records {
     fn post_handshake(&mut self, mut msgs: &[u8]) -> io::Result<()> {
         while let &[typ, a, b, c, ref rest @ ..] = msgs {
             let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-            let (body, after) = rest.split_at_checked(len).ok_or_else(|| bad("split handshake message"))?;
+            let (body, after) =
+                rest.split_at_checked(len).ok_or_else(|| fatal(ALERT_UNEXPECTED_MESSAGE, "split handshake message"))?;
             match (typ, &mut self.kernel) {
                 (HS_KEY_UPDATE, _) if after.is_empty() => return self.key_update(body),
                 (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
-                    k.handle_new_session_ticket(body).map_err(|_| bad("bad session ticket"))?
+                    k.handle_new_session_ticket(body).map_err(|_| fatal(ALERT_DECODE_ERROR, "bad session ticket"))?
                 }
-                _ => return Err(bad("unexpected post-handshake message")),
+                _ => return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message")),
             }
             msgs = after;
         }
-        if msgs.is_empty() { Ok(()) } else { Err(bad("split handshake message")) }
+        if msgs.is_empty() { Ok(()) } else { Err(fatal(ALERT_UNEXPECTED_MESSAGE, "split handshake message")) }
     }
 
     /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the peer asks for it, ours
     /// is owed (`reply`).
     fn key_update(&mut self, body: &[u8]) -> io::Result<()> {
         let &[req] = body else {
-            return Err(bad("bad key update"));
+            return Err(fatal(ALERT_DECODE_ERROR, "bad key update"));
         };
         if req > 1 {
-            return Err(bad("bad key update"));
+            return Err(fatal(ALERT_ILLEGAL_PARAMETER, "bad key update")); // RFC 8446 §4.6.3
         }
         let (seq, s) = self.kernel.next_rx().map_err(|_| bad("key update failed"))?;
         self.rx = Dir::new(seq, s)?;
@@ -618,6 +623,33 @@ fn bad(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// Alert descriptions (RFC 8446 §6.2).
+const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
+const ALERT_BAD_RECORD_MAC: u8 = 20;
+const ALERT_RECORD_OVERFLOW: u8 = 22;
+const ALERT_ILLEGAL_PARAMETER: u8 = 47;
+const ALERT_DECODE_ERROR: u8 = 50;
+
+/// What the peer sent that ends the connection after the handshake, and the fatal alert that
+/// tells it so (RFC 8446 §5.2, §6.2): sent before the close, not a bare close.
+#[derive(Debug)]
+struct Fatal {
+    alert: u8,
+    what: &'static str,
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.what)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+fn fatal(alert: u8, what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Fatal { alert, what })
+}
+
 /// One connection's TLS state: a client's (we are the server) or an upstream's (we are the
 /// client).
 pub struct Tls {
@@ -721,8 +753,31 @@ impl Tls {
             return Err(bad("tls connection failed"));
         }
         let r = self.read_inner(sock, io, pool, dst);
+        if let Err(e) = &r
+            && !self.broken
+        {
+            self.alert(e, sock, io, pool);
+        }
         self.broken |= r.is_err();
         r
+    }
+
+    /// Sends the fatal alert for what the peer sent after the handshake, if it calls for one
+    /// (RFC 8446 §6.2): the last record Apex seals on this connection.
+    fn alert(&mut self, e: &io::Error, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
+        let Some(alert) = e.get_ref().and_then(|x| x.downcast_ref::<Fatal>()).map(|f| f.alert) else { return };
+        let Some(rec) = self.rec.as_mut() else { return };
+        if self.notified {
+            return;
+        }
+        let out = pool.fill_slot(&mut self.rout);
+        if rec.plain_room(out.spare_len()) >= 2
+            && let Ok(n) = rec.seal(CT_ALERT, &[2, alert], out.spare())
+        {
+            out.commit(n);
+            self.notified = true;
+        }
+        let _ = self.flush(sock, io, pool);
     }
 
     fn read_inner<const N: usize>(
@@ -796,8 +851,11 @@ impl Tls {
         // 1.2), else record_overflow; and never shorter than its tag (and explicit nonce),
         // which also rules out a zero length that would never be consumed.
         let max = if rec.version == Version::Tls13 { (1 << 14) + 256 } else { CIPHERTEXT_MAX };
-        if need - HEADER > max || need - HEADER < rec.min_len() {
-            return Err(bad("bad record length"));
+        if need - HEADER > max {
+            return Err(fatal(ALERT_RECORD_OVERFLOW, "record too long"));
+        }
+        if need - HEADER < rec.min_len() {
+            return Err(fatal(ALERT_DECODE_ERROR, "record too short"));
         }
         if rin.len() < need {
             return Ok(false);

@@ -683,3 +683,35 @@ fn oversized_record_header_in_the_handshake_is_refused_at_once() {
     }
     assert_serving(&apex, &pki, "/after-oversized-headers");
 }
+
+/// RFC 8446 §5.2 and §6.2: a record that fails its tag, or is longer than any record may be,
+/// ends the connection with a fatal alert that says so (bad_record_mac, record_overflow), not a
+/// bare close as before. Both versions; the alert is read (decrypted) by the rustls client.
+#[test]
+fn a_bad_record_after_the_handshake_gets_its_alert() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    let forged = [&[23u8, 3, 3, 0, 32][..], &[0; 32]].concat();
+    let too_long = [&[23u8, 3, 3, 0x48, 0x01][..], &[0; 64]].concat();
+    for (v, name) in versions() {
+        for (bytes, want) in
+            [(&forged, rustls::AlertDescription::BadRecordMac), (&too_long, rustls::AlertDescription::RecordOverflow)]
+        {
+            let mut t = tls(tls_addr(&apex), &pki, a_test(v));
+            let r = t.request(&get("a.test", "/before"));
+            assert_eq!(r.status, 200);
+            t.s.sock.write_all(bytes).unwrap();
+            let (_, end) = t.read_to_end(Duration::from_secs(5));
+            let err = match end {
+                Some(Err(e)) => e,
+                other => panic!("{name:?} {want:?}: the connection ended {other:?}"),
+            };
+            assert_eq!(
+                rustls_error(&err),
+                Some(&rustls::Error::AlertReceived(want)),
+                "{name:?}: ended by {err} instead of the alert {want:?}"
+            );
+        }
+    }
+}
