@@ -646,6 +646,11 @@ impl Conn {
                         rq.close_after = true;
                         return Ok(Next::Go(Phase::Respond));
                     }
+                    // RFC 8446 §6.1: each side sends close_notify before closing its write
+                    // side; a TLS client's came first, Apex's answers it.
+                    if let Some(t) = self.tls.as_deref_mut().filter(|t| t.closed_cleanly()) {
+                        t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
+                    }
                     return Ok(Next::Go(Phase::Close));
                 }
                 Filled::Idle => {

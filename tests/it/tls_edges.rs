@@ -340,6 +340,30 @@ fn close_notify_comes_before_apex_closes_a_tls_connection() {
     }
 }
 
+/// RFC 8446 §6.1: "Each party MUST send a close_notify alert before closing its write side".
+/// A client that ends a keep-alive connection with its close_notify gets Apex's before the
+/// close; Apex closed without one.
+#[test]
+fn a_clients_close_notify_is_answered_with_apexs() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
+    for (v, want) in versions() {
+        let mut t = tls(tls_addr(&apex), &pki, a_test(v));
+        let r = t.request(&get("a.test", "/then-close-notify"));
+        assert_eq!(r.status, 200, "{want:?}: {}", r.head_str());
+        t.s.conn.send_close_notify();
+        t.flush_tls();
+        let (rest, end) = t.read_to_end(Duration::from_secs(5));
+        assert!(rest.is_empty(), "{want:?}: {:?}", String::from_utf8_lossy(&rest));
+        match end {
+            Some(Ok(())) => {}
+            Some(Err(e)) => panic!("{want:?}: Apex closed without answering close_notify: {e}"),
+            None => panic!("{want:?}: still open 5 s after the client's close_notify"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- 5: KeyUpdate floods
 
 /// A TLS 1.3 connection to Apex.
