@@ -301,11 +301,13 @@ impl Records {
             }
             CT_ALERT => {
                 // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0); anything else ends it.
-                if plain.get(..len) == Some(&[1, 0][..]) {
-                    Ok(Opened::Closed)
-                } else {
-                    Err(bad("alert from the client"))
-                }
+                // In 1.3 the level "can safely be ignored" (RFC 8446 §6): (2, 0) is one too.
+                let close = match plain.get(..len) {
+                    Some(&[1, 0]) => true,
+                    Some(&[_, 0]) => self.version == Version::Tls13,
+                    _ => false,
+                };
+                if close { Ok(Opened::Closed) } else { Err(bad("alert from the client")) }
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
                 // RFC 8446 §5.1: handshake records are never empty.

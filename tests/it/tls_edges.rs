@@ -739,3 +739,25 @@ fn a_bad_record_after_the_handshake_gets_its_alert() {
         }
     }
 }
+
+/// RFC 8446 §6: in TLS 1.3 an alert's level "can safely be ignored", so close_notify sent with
+/// level fatal (2, 0) is a close_notify and is answered with Apex's, as (1, 0) is. It was taken
+/// as an error (and a TLS upstream's close-delimited response ended that way was cut).
+#[test]
+fn tls13_close_notify_with_level_fatal_is_a_close_notify() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    for level in [1u8, 2] {
+        let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
+        let rec = s.record(21, &[level, 0], 0);
+        s.send(&[rec]);
+        s.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = vec![];
+        let _ = s.sock.read_to_end(&mut got);
+        // Undecrypted: Apex's close_notify is one record of 19 bytes of ciphertext (alert 2,
+        // inner type 1, tag 16); after an error Apex closes with nothing.
+        assert_eq!(got.get(3..5), Some(&[0u8, 19][..]), "level {level}: {got:02x?}");
+        assert_eq!(got.len(), 5 + 19, "level {level}: {got:02x?}");
+    }
+}
