@@ -767,19 +767,9 @@ impl Tls {
     /// Sends the fatal alert for what the peer sent after the handshake, if it calls for one
     /// (RFC 8446 §6.2): the last record Apex seals on this connection.
     fn alert(&mut self, e: &io::Error, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
-        let Some(alert) = e.get_ref().and_then(|x| x.downcast_ref::<Fatal>()).map(|f| f.alert) else { return };
-        let Some(rec) = self.rec.as_mut() else { return };
-        if self.notified {
-            return;
+        if let Some(f) = e.get_ref().and_then(|x| x.downcast_ref::<Fatal>()) {
+            self.send_alert([2, f.alert], sock, io, pool);
         }
-        let out = pool.fill_slot(&mut self.rout);
-        if rec.plain_room(out.spare_len()) >= 2
-            && let Ok(n) = rec.seal(CT_ALERT, &[2, alert], out.spare())
-        {
-            out.commit(n);
-            self.notified = true;
-        }
-        let _ = self.flush(sock, io, pool);
     }
 
     fn read_inner<const N: usize>(
@@ -988,6 +978,12 @@ impl Tls {
     /// RFC 8446 §6.1: close_notify before our side closes, so the peer can tell a complete
     /// close-delimited body or tunnel from a truncated one. Best effort: sent if there is room.
     pub fn close_notify(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
+        self.send_alert([1, 0], sock, io, pool);
+    }
+
+    /// Seals `alert` (level, description) as the last record Apex sends on this connection,
+    /// after any KeyUpdate it owes, and writes what is queued.
+    fn send_alert(&mut self, alert: [u8; 2], sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
         let Some(rec) = self.rec.as_mut() else { return };
         if self.notified || self.broken {
             return;
@@ -995,7 +991,7 @@ impl Tls {
         let out = pool.fill_slot(&mut self.rout);
         if rec.reply(out).unwrap_or(false)
             && rec.plain_room(out.spare_len()) >= 2
-            && let Ok(n) = rec.seal(CT_ALERT, &[1, 0], out.spare())
+            && let Ok(n) = rec.seal(CT_ALERT, &alert, out.spare())
         {
             out.commit(n);
             self.notified = true;
