@@ -55,6 +55,12 @@ fn a_test(v: &'static SupportedProtocolVersion) -> Hello {
     Hello::to("a.test").v(v)
 }
 
+/// Apex in front of `up`, serving leaf A, with client_head and client_idle at 30 s: a bound
+/// Apex enforces shows as a prompt close, never as one of those timeouts.
+fn patient_apex(up: &Upstream, pki: &Pki) -> Apex {
+    Apex::start(&Config::to(up.addr).timeout("client_head", "30s").timeout("client_idle", "30s").append(&pki.section()))
+}
+
 /// A TLS request through Apex still works (and so does a plain one).
 fn assert_serving(apex: &Apex, pki: &Pki, path: &str) {
     let mut t = tls(tls_addr(apex), pki, a_test(&rustls::version::TLS13));
@@ -239,9 +245,7 @@ fn certificate_chain_larger_than_the_record_buffer_completes_the_handshake() {
 fn zero_length_record_closes_the_connection_promptly() {
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(
-        &Config::to(up.addr).timeout("client_head", "30s").timeout("client_idle", "30s").append(&pki.section()),
-    );
+    let apex = patient_apex(&up, &pki);
     for (v, want) in versions() {
         let mut t = tls(tls_addr(&apex), &pki, a_test(v));
         thread::sleep(ms(100));
@@ -405,9 +409,7 @@ fn tls13_after_a_request(apex: &Apex, pki: &Pki, path: &str) -> Tls {
 fn tls13_key_update_flood_is_cut_and_key_updates_between_requests_are_not() {
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(
-        &Config::to(up.addr).timeout("client_head", "30s").timeout("client_idle", "30s").append(&pki.section()),
-    );
+    let apex = patient_apex(&up, &pki);
     const FLOOD: usize = KEY_UPDATES_IN_A_ROW_MAX + 8;
 
     let mut t = tls13_after_a_request(&apex, &pki, "/before-flood");
@@ -606,9 +608,7 @@ fn empty_records_in_a_row_are_bounded() {
     const MAX: usize = 32;
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(
-        &Config::to(up.addr).timeout("client_head", "30s").timeout("client_idle", "30s").append(&pki.section()),
-    );
+    let apex = patient_apex(&up, &pki);
     for (v, name) in versions() {
         let forwarded = |p: &str| up.requests().iter().any(|r| r.target == p);
 
@@ -638,7 +638,7 @@ fn empty_records_in_a_row_are_bounded() {
 fn tls13_empty_handshake_record_is_refused() {
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    let apex = patient_apex(&up, &pki);
     let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
     let recs = vec![s.record(22, b"", 0), s.record(23, &get("a.test", "/after-empty-handshake"), 0)];
     s.send(&recs);
@@ -654,7 +654,7 @@ fn tls13_padding_past_the_inner_plaintext_limit_is_refused() {
     const INNER_MAX: usize = (1 << 14) + 1;
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    let apex = patient_apex(&up, &pki);
     for (extra, path) in [(0, "/padded-to-the-limit"), (1, "/padded-past-the-limit")] {
         let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
         let req = get("a.test", path);
@@ -679,7 +679,7 @@ fn tls13_padding_past_the_inner_plaintext_limit_is_refused() {
 fn oversized_record_header_in_the_handshake_is_refused_at_once() {
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).timeout("client_head", "30s").append(&pki.section()));
+    let apex = patient_apex(&up, &pki);
     for (len, follow) in [(0xffffu16, 20_000usize), (0x4801, 10)] {
         let mut s = connect(tls_addr(&apex), None);
         let mut bytes = vec![0x16, 0x03, 0x01];
@@ -715,7 +715,7 @@ fn oversized_record_header_in_the_handshake_is_refused_at_once() {
 fn a_bad_record_after_the_handshake_gets_its_alert() {
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    let apex = patient_apex(&up, &pki);
     let forged = [&[23u8, 3, 3, 0, 32][..], &[0; 32]].concat();
     let too_long = [&[23u8, 3, 3, 0x48, 0x01][..], &[0; 64]].concat();
     for (v, name) in versions() {
@@ -747,7 +747,7 @@ fn a_bad_record_after_the_handshake_gets_its_alert() {
 fn tls13_close_notify_with_level_fatal_is_a_close_notify() {
     let up = Upstream::echo_path();
     let pki = Pki::new();
-    let apex = Apex::start(&Config::to(up.addr).timeout("client_idle", "30s").append(&pki.section()));
+    let apex = patient_apex(&up, &pki);
     for level in [1u8, 2] {
         let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
         let rec = s.record(21, &[level, 0], 0);
