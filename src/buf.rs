@@ -12,9 +12,17 @@ pub struct Buf<const N: usize = BUF_BYTES> {
     end: u32,
 }
 
+impl<const N: usize> std::fmt::Debug for Buf<N> {
+    /// Lengths only: a buffer holds client bytes, which never reach a log raw.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buf({} of {N})", self.len())
+    }
+}
+
 impl<const N: usize> Buf<N> {
     /// Bytes waiting to be consumed.
     pub fn filled(&self) -> &[u8] {
+        debug_assert!(self.start <= self.end && self.end as usize <= N, "Buf invariant");
         self.data.get(self.start as usize..self.end as usize).unwrap_or(&[])
     }
 

@@ -1,5 +1,6 @@
 //! Configuration: one TOML file, parsed with serde into `Raw*` types, then validated into an
-//! immutable `Config` snapshot that workers read through `ArcSwap` (one `load` per request).
+//! immutable `Config` snapshot that workers read through `ArcSwap` (one `load` per batch of events: a
+//! request routed in a batch keeps that snapshot until it ends, reload or not).
 //! Every error names the file and line. Validation is all or nothing: a `Config` that exists
 //! is one Apex can serve with; nothing in it is checked again on the hot path.
 

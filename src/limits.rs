@@ -19,7 +19,9 @@ pub const GROUP_SERVERS_CAP: usize = 64;
 /// Bytes of per-request scratch memory (parsed header slots, Connection tokens).
 pub const ARENA_BYTES: usize = 32 * 1024;
 
-/// Turns of one connection's state machine per event before it is declared runaway.
+/// Turns of one connection's state machine per event. A connection that uses them all with work
+/// left is stepped again after the worker's other events (logged once), not closed: the bound is
+/// on how long one connection can hold the worker, not on how much it may move.
 pub const STEP_TURNS_MAX: usize = 64;
 
 /// Events taken from epoll per `poll` call.

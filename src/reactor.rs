@@ -3,7 +3,7 @@
 //!
 //! Tokens: a client connection is `key << 1`, an upstream connection `key << 1 | 1`, listener
 //! `i` is `usize::MAX - i`. Slab keys are reused; a stale event for a reused slot only makes the
-//! new owner try a syscall that returns `WouldBlock` (see `io.rs`), so no generation is needed.
+//! new owner try a syscall that returns `WouldBlock` (see `transport.rs`), so no generation is needed.
 //!
 //! Timers: every connection has one deadline. A sweep walks the slab when the earliest armed
 //! deadline is due (at most every `SWEEP_MAX_MS`, at least `SWEEP_MIN_MS` apart); arming a
@@ -23,14 +23,42 @@ use slab::Slab;
 
 use crate::buf::{BufPool, FreeList};
 use crate::config::Config;
-use crate::conn::{Conn, Cx, Exchange, Phase, is_fd_exhaustion};
+use crate::conn::{ClientKey, Conn, Cx, Exchange, Fault, Phase, is_fd_exhaustion};
 use crate::limits::{
     ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS, TLS_BUFS_PREALLOC, TLS_SESSIONS_PER_WORKER,
 };
-use crate::upstream::Upstreams;
+use crate::upstream::{UpKey, Upstreams};
 
 /// Wakes a worker from `poll` (drain, reload). Even and far above any slab key.
 const WAKE_TOKEN: usize = usize::MAX / 2 - 1;
+
+/// Lines about connections that ended on a fault or ran out of turns, per worker per second;
+/// past that they are counted, and the count goes out with the next line let through.
+const FAULT_LINES_PER_S: u32 = 10;
+
+/// Rate-limits the fault lines of one worker, so that a flood of broken connections costs a
+/// few lines a second, never a disk.
+struct Throttle {
+    window: Instant,
+    lines: u32,
+    held: u64,
+}
+
+impl Throttle {
+    /// Whether a line may go out now, and how many were held back before it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.lines = 0;
+        }
+        if self.lines >= FAULT_LINES_PER_S {
+            self.held += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.held))
+    }
+}
 
 pub struct Worker {
     poll: Poll,
@@ -53,6 +81,7 @@ pub struct Worker {
     again: Vec<usize>,
     again_now: Vec<usize>,
     expired: Vec<usize>,
+    faults: Throttle,
 }
 
 impl Worker {
@@ -114,6 +143,7 @@ impl Worker {
             again: Vec::with_capacity(cap),
             again_now: Vec::with_capacity(cap),
             expired: Vec::with_capacity(cap),
+            faults: Throttle { window: now, lines: 0, held: 0 },
         })
     }
 
@@ -203,8 +233,8 @@ impl Worker {
                     self.drive(key);
                 }
             } else {
-                let uk = t >> 1;
-                let owner = match self.cx.ups.conns.get_mut(uk) {
+                let uk = UpKey::from_token(t);
+                let owner = match self.cx.ups.get_mut(uk) {
                     Some(u) => {
                         u.io.on_event(ev);
                         u.owner
@@ -212,7 +242,7 @@ impl Worker {
                     None => continue,
                 };
                 match owner {
-                    Some(key) => self.drive(key),
+                    Some(ClientKey(key)) => self.drive(key),
                     None => self.idle_check(uk),
                 }
             }
@@ -245,9 +275,17 @@ impl Worker {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        match c.step(&mut self.cx, key) {
+        match c.step(&mut self.cx, ClientKey(key)) {
             Ok(more) if c.phase != Phase::Close => {
                 let starved = c.take_starved();
+                if more && !c.turns_logged {
+                    // Not an error (a long body can use its turns), but a connection that keeps
+                    // doing so is worth seeing: once per connection.
+                    c.turns_logged = true;
+                    let (peer, phase) = (c.peer(), c.phase.name());
+                    let what = format_args!("used its turns in {phase}; stepped again after other work");
+                    log_fault(&mut self.cx, &mut self.faults, peer, "info", what);
+                }
                 if (more || starved) && !c.queued {
                     c.queued = true;
                     self.again.push(key);
@@ -256,8 +294,23 @@ impl Worker {
                     self.reclaim_fd(key);
                 }
             }
-            Ok(_) | Err(_) => self.close(key),
+            Ok(_) => self.close(key),
+            Err(f) => self.fault(key, f),
         }
+    }
+
+    /// A connection's step failed: says so (rate-limited), then closes it.
+    fn fault(&mut self, key: usize, f: Fault) {
+        if let Some(c) = self.conns.get(key) {
+            let (peer, phase) = (c.peer(), c.phase.name());
+            let (level, cause) = match f {
+                Fault::Client => ("info", "the client's socket failed"),
+                Fault::Upstream => ("info", "the upstream's socket failed"),
+                Fault::Internal(what) => ("error", what),
+            };
+            log_fault(&mut self.cx, &mut self.faults, peer, level, format_args!("closed in {phase}: {cause}"));
+        }
+        self.close(key);
     }
 
     /// Out of fds while a request needs an upstream connection: close an idle pooled upstream
@@ -275,14 +328,14 @@ impl Worker {
 
     fn close(&mut self, key: usize) {
         if let Some(c) = self.conns.try_remove(key) {
-            c.close(&mut self.cx);
+            c.close(&mut self.cx, ClientKey(key));
         }
     }
 
     /// An idle pooled upstream connection had an event: unless it was spurious, the upstream
     /// closed it or sent bytes nobody asked for. Either way it is no longer usable.
-    fn idle_check(&mut self, uk: usize) {
-        let Some(u) = self.cx.ups.conns.get_mut(uk) else {
+    fn idle_check(&mut self, uk: UpKey) {
+        let Some(u) = self.cx.ups.get_mut(uk) else {
             return;
         };
         if !u.io.readable && !u.io.hup {
@@ -294,7 +347,7 @@ impl Worker {
             // Application data or a close means it is no longer usable.
             let mut scratch = self.cx.bufs.take();
             let r = t.read(&u.sock, &mut u.io, &mut self.cx.tls_bufs, &mut scratch);
-            let keep = matches!(r, Ok(crate::io::Filled::Idle)) && scratch.is_empty();
+            let keep = matches!(r, Ok(crate::transport::Filled::Idle)) && scratch.is_empty();
             self.cx.bufs.give(scratch);
             if !keep {
                 self.cx.ups.close(uk);
@@ -348,7 +401,7 @@ impl Worker {
                     if self
                         .cx
                         .registry
-                        .register(&mut sock, Token(key << 1), Interest::READABLE | Interest::WRITABLE)
+                        .register(&mut sock, ClientKey(key).token(), Interest::READABLE | Interest::WRITABLE)
                         .is_err()
                     {
                         continue;
@@ -415,9 +468,10 @@ impl Worker {
             let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
-            match c.on_timeout(&mut self.cx) {
+            match c.on_timeout(&mut self.cx, ClientKey(key)) {
                 Ok(()) if c.phase != Phase::Close => self.drive(key),
-                _ => self.close(key),
+                Ok(()) => self.close(key),
+                Err(f) => self.fault(key, f),
             }
         }
         if let Some(t) = self.cx.ups.sweep(now) {
@@ -438,6 +492,17 @@ impl Worker {
         if self.accept_paused {
             self.resume_accept();
         }
+    }
+}
+
+/// One fault line through the worker's throttle, with the count of lines it held back before.
+fn log_fault(cx: &mut Cx, throttle: &mut Throttle, peer: SocketAddr, level: &str, what: std::fmt::Arguments) {
+    match throttle.admit(cx.now) {
+        Some(0) => cx.log.error(cx.now, format_args!("{level}: client {peer}: {what}")),
+        Some(held) => {
+            cx.log.error(cx.now, format_args!("{level}: client {peer}: {what} (and {held} more such lines held back)"))
+        }
+        None => {}
     }
 }
 

@@ -1,6 +1,6 @@
 //! Zero-copy body moves: socket -> pipe -> socket with splice(2), through rustix's safe wrapper.
 //! Linux only. mio does not see I/O done on the raw fd; that is sound here because readiness is
-//! only a hint that every syscall re-checks (see `io.rs`), and splice from a socket drains the
+//! only a hint that every syscall re-checks (see `transport.rs`), and splice from a socket drains the
 //! same queue a read would.
 //!
 //! HAProxy's rules, kept: splice only when more than a buffer's worth of body is known to be
@@ -16,8 +16,8 @@ use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 
-use crate::io::Io;
 use crate::limits::{PIPE_BYTES, PIPES_PER_WORKER};
+use crate::transport::Io;
 
 pub struct Pipe {
     r: OwnedFd,
@@ -25,6 +25,12 @@ pub struct Pipe {
     /// Bytes in the pipe, not yet spliced out. Only ever compared with zero: splice moves whole
     /// socket buffers, so a pipe can hold more than its nominal size.
     pub pending: usize,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pipe({} pending)", self.pending)
+    }
 }
 
 pub struct PipePool {

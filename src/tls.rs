@@ -22,8 +22,8 @@ use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConfig};
 
 use crate::buf::{Buf, BufPool};
-use crate::io::{Filled, Io, fill, flush};
 use crate::limits::{TLS_BUF_BYTES, TLS_RECORD_PLAIN_MAX};
+use crate::transport::{Filled, Io, fill, flush};
 
 pub type TlsBuf = Buf<TLS_BUF_BYTES>;
 pub type TlsBufPool = BufPool<TLS_BUF_BYTES>;

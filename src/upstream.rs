@@ -15,7 +15,24 @@ use mio::net::TcpStream;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::io::Io;
+use crate::conn::ClientKey;
+use crate::transport::Io;
+
+/// An upstream connection's key in `Upstreams::conns`; its epoll token is `key << 1 | 1`.
+/// A type of its own so that it cannot be mixed up with a client connection's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpKey(usize);
+
+impl UpKey {
+    pub const fn token(self) -> mio::Token {
+        mio::Token(self.0 << 1 | 1)
+    }
+
+    /// The key of an upstream token (odd tokens).
+    pub const fn from_token(t: usize) -> UpKey {
+        UpKey(t >> 1)
+    }
+}
 
 /// Nothing is queued to read on this socket, not even an EOF: an idle connection still usable.
 fn is_quiet(sock: &TcpStream) -> bool {
@@ -29,7 +46,7 @@ pub struct UpConn {
     pub io: Io,
     pub server: usize,
     /// The client connection this one serves, or None while idle in the pool.
-    pub owner: Option<usize>,
+    pub owner: Option<ClientKey>,
     pub connected: bool,
     /// The TCP connect completed (a TLS connection is `connected` after its handshake).
     pub tcp_up: bool,
@@ -64,7 +81,7 @@ pub struct ServerState {
 }
 
 pub struct Upstreams {
-    pub conns: Slab<UpConn>,
+    conns: Slab<UpConn>,
     pub servers: Vec<ServerState>,
     /// The current config's server index -> worker id, and which config that is.
     map: Vec<usize>,
@@ -139,6 +156,28 @@ impl Upstreams {
         self.servers.iter().position(|s| s.addr == *addr)
     }
 
+    pub fn get(&self, key: UpKey) -> Option<&UpConn> {
+        self.conns.get(key.0)
+    }
+
+    pub fn get_mut(&mut self, key: UpKey) -> Option<&mut UpConn> {
+        self.conns.get_mut(key.0)
+    }
+
+    /// The client connection `key` serves, if it is open and attached.
+    pub fn owner(&self, key: UpKey) -> Option<ClientKey> {
+        self.conns.get(key.0).and_then(|c| c.owner)
+    }
+
+    /// The key the next `insert` will use (its token is registered before the insert).
+    pub fn vacant_key(&self) -> UpKey {
+        UpKey(self.conns.vacant_key())
+    }
+
+    pub fn insert(&mut self, c: UpConn) -> UpKey {
+        UpKey(self.conns.insert(c))
+    }
+
     /// Returns (index in the group, worker server id). Round-robin over the group's servers
     /// that this request has not tried and that are not cooling down.
     pub fn pick(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
@@ -190,16 +229,16 @@ impl Upstreams {
     /// one `recv(MSG_PEEK)` also catches a close that arrived after the last poll (RFC 9112
     /// §9.3.1: the upstream may close an idle connection at any time). Requests that can be
     /// retried (RFC 9110 §9.2.2) skip that syscall and are retried instead.
-    pub fn take_idle(&mut self, server: usize, owner: usize, probe: bool) -> Option<usize> {
+    pub fn take_idle(&mut self, server: usize, owner: ClientKey, probe: bool) -> Option<UpKey> {
         while let Some(key) = self.servers.get_mut(server)?.idle.pop() {
             match self.conns.get_mut(key) {
                 // Readable while idle means EOF, an error, or bytes nobody asked for: unusable.
                 Some(c) if !c.io.readable && !c.io.hup && (!probe || is_quiet(&c.sock)) => {
                     c.owner = Some(owner);
-                    return Some(key);
+                    return Some(UpKey(key));
                 }
                 Some(_) => {
-                    self.conns.remove(key);
+                    self.conns.try_remove(key);
                 }
                 None => {}
             }
@@ -208,7 +247,7 @@ impl Upstreams {
     }
 
     /// Returns a connection whose exchange ended cleanly to the pool, or closes it if full.
-    pub fn release(&mut self, key: usize, deadline: Instant) {
+    pub fn release(&mut self, UpKey(key): UpKey, deadline: Instant) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -218,7 +257,7 @@ impl Upstreams {
             match std::io::Read::read(&mut &c.sock, &mut scratch) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !c.io.hup => c.io.readable = false,
                 _ => {
-                    self.conns.remove(key);
+                    self.conns.try_remove(key);
                     return;
                 }
             }
@@ -226,7 +265,7 @@ impl Upstreams {
         // Over TLS, records that came with the response's last one (a read opens one record
         // at a time) are bytes after the response: the connection is not reusable.
         if c.tls.as_ref().is_some_and(|t| t.has_unread()) {
-            self.conns.remove(key);
+            self.conns.try_remove(key);
             return;
         }
         let server = c.server;
@@ -238,12 +277,12 @@ impl Upstreams {
                 list.push(key);
             }
             _ => {
-                self.conns.remove(key);
+                self.conns.try_remove(key);
             }
         }
     }
 
-    pub fn close(&mut self, key: usize) {
+    pub fn close(&mut self, UpKey(key): UpKey) {
         if let Some(c) = self.conns.try_remove(key)
             && c.owner.is_none()
             && let Some(s) = self.servers.get_mut(c.server)
@@ -254,8 +293,8 @@ impl Upstreams {
 
     /// Closes a connection with a reset (SO_LINGER 0): whatever the upstream sends after is
     /// refused, and no TIME_WAIT is left on Apex's side.
-    pub fn reset(&mut self, key: usize) {
-        if let Some(c) = self.conns.get(key) {
+    pub fn reset(&mut self, key: UpKey) {
+        if let Some(c) = self.conns.get(key.0) {
             let _ = socket2::SockRef::from(&c.sock).set_linger(Some(std::time::Duration::ZERO));
         }
         self.close(key);
@@ -284,7 +323,7 @@ impl Upstreams {
             let conns = &mut self.conns;
             s.idle.retain(|&k| match conns.get(k) {
                 Some(c) if c.idle_deadline <= now => {
-                    conns.remove(k);
+                    conns.try_remove(k);
                     false
                 }
                 Some(c) => {
@@ -322,30 +361,30 @@ mod tests {
                 sock: TcpStream::from_std(s),
                 io: Io::default(),
                 server: 0,
-                owner: Some(1),
+                owner: Some(ClientKey(1)),
                 connected: true,
                 tcp_up: true,
                 reused: false,
                 idle_deadline: Instant::now(),
                 tls: None,
             };
-            let key = ups.conns.insert(conn);
+            let key = ups.insert(conn);
             ups.release(key, Instant::now() + Duration::from_secs(4));
             (key, peer)
         };
 
         // Still open: the probe keeps it.
         let (live, _peer) = pool(&mut ups);
-        assert_eq!(ups.take_idle(0, 2, true), Some(live));
+        assert_eq!(ups.take_idle(0, ClientKey(2), true), Some(live));
         ups.close(live);
 
         // Closed by the upstream while idle, no poll since.
         let (dead, peer) = pool(&mut ups);
         drop(peer);
         std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(ups.take_idle(0, 2, false), Some(dead), "the flags alone cannot see the close");
+        assert_eq!(ups.take_idle(0, ClientKey(2), false), Some(dead), "the flags alone cannot see the close");
         ups.release(dead, Instant::now() + Duration::from_secs(4));
-        assert_eq!(ups.take_idle(0, 2, true), None, "the probe must see the close");
-        assert!(!ups.conns.contains(dead), "a dead connection is dropped, not pooled again");
+        assert_eq!(ups.take_idle(0, ClientKey(2), true), None, "the probe must see the close");
+        assert!(ups.get(dead).is_none(), "a dead connection is dropped, not pooled again");
     }
 }

@@ -1,5 +1,5 @@
 //! Request heads (RFC 9112 §2-§3, §6; RFC 9110 §7). `parse_request` turns a complete head into a
-//! `Request` that borrows the head bytes, deciding the framing; `write_upstream` re-serialises it
+//! `Request` that borrows the head bytes, deciding the framing; `write::write_request` re-serialises it
 //! for the upstream. Invariant: a `Request` that parses is unambiguous: one Host, one body
 //! length (none, Content-Length or chunked), a target in origin-form for the upstream.
 

@@ -1,3 +1,6 @@
+//! One end of a connection as the state machine sees it: a socket, its edge-triggered readiness
+//! flags, and its TLS if it has one (`End`), read and written as plaintext either way.
+//!
 //! Edge-triggered readiness, kept honest. epoll (through mio) reports a change once; these flags
 //! remember it until a syscall says otherwise. Only `WouldBlock`, or a short read/write (the queue
 //! was drained at that moment, so new data raises a new edge), clears a flag. Event flags are never
@@ -9,6 +12,7 @@ use mio::event::Event;
 use mio::net::TcpStream;
 
 use crate::buf::Buf;
+use crate::tls::{Tls, TlsBufPool};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Io {
@@ -94,5 +98,40 @@ pub fn flush<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>) ->
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// One end of a connection: a socket, and its TLS if it has one. Reads and writes plaintext;
+/// over TLS a byte counts as written once its record has left for the socket.
+pub struct End<'a> {
+    pub sock: &'a TcpStream,
+    pub io: &'a mut Io,
+    pub tls: Option<&'a mut Tls>,
+}
+
+impl End<'_> {
+    /// One read into `buf`: from the socket, or opened from TLS records.
+    pub fn fill(&mut self, pool: &mut TlsBufPool, buf: &mut Buf) -> io::Result<Filled> {
+        match self.tls.as_deref_mut() {
+            Some(t) => t.read(self.sock, self.io, pool, buf),
+            None => fill(self.sock, self.io, buf),
+        }
+    }
+
+    /// One write of `buf`: to the socket, or sealed in TLS records.
+    pub fn flush(&mut self, pool: &mut TlsBufPool, buf: &mut Buf) -> io::Result<usize> {
+        match self.tls.as_deref_mut() {
+            Some(t) => t.write(self.sock, self.io, pool, buf),
+            None => flush(self.sock, self.io, buf),
+        }
+    }
+
+    /// Ends the write side: close_notify first when `clean` and this end speaks TLS (RFC 8446
+    /// §6.1), then a FIN.
+    pub fn shut_write(&mut self, pool: &mut TlsBufPool, clean: bool) {
+        if let Some(t) = self.tls.as_deref_mut().filter(|_| clean) {
+            t.close_notify(self.sock, self.io, pool);
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
 }

@@ -1,0 +1,388 @@
+//! Bodies both ways and the end of an exchange: the request going out while the response head
+//! comes in (`Exchange`), the response body coming back while the rest of the request body may
+//! still go out (`RespBody`), each direction copied through pooled buffers or, when long enough
+//! and neither side speaks TLS, spliced through a pipe; then the upstream connection pooled or
+//! closed, and the next request or the close.
+//!
+//! Framing stays in user space (RFC 9112 §6-7): a splice never moves more than the rest of a
+//! Content-Length body or of the current chunk's data.
+
+use crate::buf::Buf;
+use crate::h1::find_head_end;
+use crate::limits::{PIPE_BYTES, SPLICE_MIN_BYTES};
+use crate::splice::Spliced;
+use crate::transport::{End, Filled};
+use crate::upstream::{UpConn, UpKey};
+
+use super::exchange::{Body, EndedBy, UpEnd};
+use super::{Conn, Cx, Exchange, Fault, Next, Phase, Step, up_conn};
+
+/// What pumping the request body did: moved bytes (or not), or the exchange must change course.
+enum Pump {
+    Moved(bool),
+    Divert(Next),
+}
+
+impl Conn {
+    // ---- Exchange: request out, response head in -----------------------------------------
+
+    pub(super) fn exchange(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
+        let mut progress = self.flush_client(cx)? > 0;
+        match self.pump_request(rq, cx, up)? {
+            Pump::Moved(moved) => progress |= moved,
+            Pump::Divert(next) => return Ok(next),
+        }
+        let t = cx.cfg.timeouts;
+        let u = up_conn(&mut cx.ups, up)?;
+        // Send what we have upstream.
+        let sent = match rq.uout.as_mut() {
+            Some(b) if !rq.up_wr_failed => end_of(u).flush(&mut cx.tls_bufs, b),
+            _ => Ok(0),
+        };
+        let sent = match sent {
+            Ok(n) => n,
+            Err(_) => {
+                // An upstream that answers early may close on the rest of the request: read on.
+                rq.up_wr_failed = true;
+                0
+            }
+        };
+        progress |= sent > 0;
+        // Read the response head.
+        let uin = cx.bufs.fill_slot(&mut rq.uin);
+        match end_of(u).fill(&mut cx.tls_bufs, uin) {
+            Ok(Filled::Data(_)) => {
+                rq.resp_seen = true;
+                progress = true;
+            }
+            Ok(Filled::Idle) => {}
+            end @ (Ok(Filled::Eof) | Err(_)) => {
+                if uin.is_empty() || !rq.resp_seen {
+                    return self.upstream_failed(rq, cx, up);
+                }
+                rq.up_end = if end.is_err() || !u.ended_cleanly() { UpEnd::Cut } else { UpEnd::Clean };
+            }
+        }
+        let mut scan = rq.resp_scan as usize;
+        let found = find_head_end(uin.filled(), &mut scan);
+        rq.resp_scan = scan as u32;
+        let found = match found {
+            Ok(f) => f,
+            Err(_) => return self.upstream_bad(rq, cx),
+        };
+        let Some(end) = found else {
+            if uin.spare_len() == 0 || rq.up_end.ended() {
+                return self.upstream_bad(rq, cx); // a head larger than a buffer, or cut short
+            }
+            if progress {
+                self.deadline = cx.arm(if rq.sent_all() { t.upstream_head } else { t.client_body });
+                return Ok(Next::Again);
+            }
+            return Ok(Next::Wait);
+        };
+        self.response_head(rq, cx, up, end)
+    }
+
+    /// Moves request body bytes from the client to `uout`, reading the client as needed.
+    fn pump_request(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Result<Pump, Fault> {
+        if rq.req_done() {
+            return Ok(Pump::Moved(false));
+        }
+        if rq.up_wr_failed {
+            // The rest of the body cannot be told from a next request: close after the response.
+            rq.close_after = true;
+            return Ok(Pump::Moved(false));
+        }
+        let cin_empty = self.cin.as_ref().is_none_or(Buf::is_empty);
+        let uout_empty = rq.uout.as_ref().is_none_or(Buf::is_empty);
+        let pending = rq.preq.as_ref().is_some_and(|p| p.pending > 0);
+        // TLS on either side: records, not bytes, so bodies are copied. (The upstream slot is
+        // looked up last: only for a body long enough to splice.)
+        let spliceable = self.tls.is_none()
+            && matches!(rq.req_body, Body::Length(_) | Body::Chunked(_))
+            && rq.req_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES)
+            && cx.ups.get(up).is_none_or(|u| u.tls.is_none());
+        if pending || (spliceable && cin_empty && uout_empty) {
+            if rq.preq.is_none() {
+                rq.preq = cx.pipes.take();
+            }
+            if rq.preq.is_some() {
+                return self.splice_request(rq, cx, up);
+            }
+        }
+        let mut progress = false;
+        if !rq.client_eof {
+            match self.fill_client(cx) {
+                Ok(Filled::Data(_)) => progress = true,
+                Ok(Filled::Idle) => {}
+                // The body may already be whole in `cin` (data and FIN in one event): decide
+                // after relaying it whether this is an abort.
+                Ok(Filled::Eof) | Err(_) => rq.client_eof = true,
+            }
+        }
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        let uout = cx.bufs.fill_slot(&mut rq.uout);
+        let spare = uout.spare();
+        let relayed = match &mut rq.req_body {
+            Body::Length(rem) => {
+                let n = copy_prefix(cin.filled(), spare, *rem);
+                *rem -= n as u64;
+                Some((n, n))
+            }
+            Body::Chunked(dec) => dec.relay(cin.filled(), spare, true).ok(),
+            Body::Done | Body::Raw => Some((0, 0)),
+        };
+        let Some((used, made)) = relayed else {
+            // RFC 9112 §7.1: malformed chunked framing is the client's error.
+            return self.fail(rq, cx, 400, true).map(Pump::Divert);
+        };
+        cin.consume(used);
+        uout.commit(made);
+        rq.bytes_in += used as u64;
+        let limit = rq.snap()?.limits.body_bytes;
+        if matches!(rq.req_body, Body::Chunked(d) if d.data_total > limit) {
+            return self.fail(rq, cx, 413, true).map(Pump::Divert);
+        }
+        // A client that vanished with its body unfinished aborts its exchange; one that
+        // half-closed after a whole body gets its response, then the connection closes.
+        if rq.client_eof {
+            rq.close_after = true;
+            if !rq.req_body.is_done() && self.cin.as_ref().is_none_or(Buf::is_empty) {
+                rq.ended_by = EndedBy::Client;
+                self.drop_upstream(rq, cx);
+                return Ok(Pump::Divert(Next::Go(Phase::Close)));
+            }
+        }
+        Ok(Pump::Moved(progress || used > 0))
+    }
+
+    /// The rest of a Content-Length request body, client socket -> pipe -> upstream socket.
+    fn splice_request(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Result<Pump, Fault> {
+        let u = up_conn(&mut cx.ups, up)?;
+        let Some(pipe) = rq.preq.as_mut() else {
+            debug_assert!(false, "splice_request without a pipe");
+            return Err(Fault::Internal("request pipe"));
+        };
+        let mut progress = false;
+        for _ in 0..2 {
+            match crate::splice::drain(&u.sock, &mut u.io, pipe) {
+                Ok(n) => progress |= n > 0,
+                Err(_) => {
+                    rq.up_wr_failed = true;
+                    rq.close_after = true;
+                    return Ok(Pump::Moved(progress));
+                }
+            }
+            let Some(rem) = rq.req_body.spliceable() else { break };
+            let room = PIPE_BYTES.saturating_sub(pipe.pending);
+            if room == 0 || rem == 0 {
+                break;
+            }
+            let max = usize::try_from(rem).unwrap_or(usize::MAX).min(room);
+            match crate::splice::fill(&self.sock, &mut self.io, pipe, max) {
+                Ok(Spliced::Bytes(n)) => {
+                    rq.req_body.spliced(n as u64);
+                    rq.bytes_in += n as u64;
+                    progress = true;
+                }
+                Ok(Spliced::Idle) => break,
+                // A client that vanishes mid-request aborts its exchange.
+                Ok(Spliced::Eof) | Err(_) => {
+                    rq.client_eof = true;
+                    rq.ended_by = EndedBy::Client;
+                    self.drop_upstream(rq, cx);
+                    return Ok(Pump::Divert(Next::Go(Phase::Close)));
+                }
+            }
+        }
+        Ok(Pump::Moved(progress))
+    }
+
+    /// The rest of a long Content-Length or close-delimited response, upstream -> pipe -> client.
+    /// Returns whether bytes moved.
+    fn splice_response(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Result<bool, Fault> {
+        let u = up_conn(&mut cx.ups, up)?;
+        let Some(pipe) = rq.presp.as_mut() else {
+            debug_assert!(false, "splice_response without a pipe");
+            return Err(Fault::Internal("response pipe"));
+        };
+        let mut progress = false;
+        for _ in 0..2 {
+            progress |= crate::splice::drain(&self.sock, &mut self.io, pipe).map_err(|_| Fault::Client)? > 0;
+            let room = PIPE_BYTES.saturating_sub(pipe.pending);
+            if room == 0 || rq.up_end.ended() {
+                break;
+            }
+            let max = rq.resp_body.spliceable().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(room));
+            if max == 0 {
+                break;
+            }
+            match crate::splice::fill(&u.sock, &mut u.io, pipe, max) {
+                Ok(Spliced::Bytes(n)) => {
+                    rq.resp_body.spliced(n as u64);
+                    rq.bytes_out += n as u64;
+                    progress = true;
+                }
+                Ok(Spliced::Idle) => break,
+                Ok(Spliced::Eof) => rq.up_end = UpEnd::Clean,
+                Err(_) => rq.up_end = UpEnd::Cut,
+            }
+        }
+        Ok(progress)
+    }
+
+    // ---- RespBody ---------------------------------------------------------------------------
+
+    pub(super) fn resp_body(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
+        let mut progress = match self.pump_request(rq, cx, up)? {
+            Pump::Moved(moved) => moved,
+            Pump::Divert(next) => return Ok(next),
+        };
+        let u = up_conn(&mut cx.ups, up)?;
+        if let Some(b) = rq.uout.as_mut()
+            && !rq.up_wr_failed
+        {
+            match end_of(u).flush(&mut cx.tls_bufs, b) {
+                Ok(n) => progress |= n > 0,
+                // The response keeps coming in; the rest of the request is dropped.
+                Err(_) => rq.up_wr_failed = true,
+            }
+        }
+        // TLS on either side: records, not bytes, so bodies are copied.
+        let spliceable =
+            self.tls.is_none() && u.tls.is_none() && rq.resp_body.spliceable().is_some_and(|n| n > SPLICE_MIN_BYTES);
+        let drained = rq.uin.as_ref().is_none_or(Buf::is_empty) && self.cout.as_ref().is_none_or(Buf::is_empty);
+        let pending = rq.presp.as_ref().is_some_and(|p| p.pending > 0);
+        if pending || (spliceable && drained) {
+            if rq.presp.is_none() {
+                rq.presp = cx.pipes.take();
+            }
+            if rq.presp.is_some() {
+                progress |= self.splice_response(rq, cx, up)?;
+                return Ok(self.resp_progress(rq, cx, up, progress));
+            }
+        }
+        let u = up_conn(&mut cx.ups, up)?;
+        let uin = cx.bufs.fill_slot(&mut rq.uin);
+        let cout = cx.bufs.fill_slot(&mut self.cout);
+        if !rq.up_end.ended() {
+            match end_of(u).fill(&mut cx.tls_bufs, uin) {
+                Ok(Filled::Data(_)) => progress = true,
+                Ok(Filled::Idle) => {}
+                Ok(Filled::Eof) => rq.up_end = if u.ended_cleanly() { UpEnd::Clean } else { UpEnd::Cut },
+                Err(_) => rq.up_end = UpEnd::Cut,
+            }
+        }
+        let spare = cout.spare();
+        let (used, made) = match &mut rq.resp_body {
+            Body::Length(rem) => {
+                let n = copy_prefix(uin.filled(), spare, *rem);
+                *rem -= n as u64;
+                (n, n)
+            }
+            Body::Raw => {
+                let n = copy_prefix(uin.filled(), spare, u64::MAX);
+                (n, n)
+            }
+            Body::Chunked(dec) => match dec.relay(uin.filled(), spare, rq.rechunk) {
+                Ok(r) => r,
+                Err(_) => {
+                    // Bad framing mid-body: the response head is out; all we can do is cut it.
+                    self.drop_upstream(rq, cx);
+                    return Ok(Next::Go(Phase::Close));
+                }
+            },
+            Body::Done => (0, 0),
+        };
+        uin.consume(used);
+        cout.commit(made);
+        rq.bytes_out += made as u64;
+        progress |= used > 0;
+        progress |= self.flush_client(cx)? > 0;
+        Ok(self.resp_progress(rq, cx, up, progress))
+    }
+
+    /// After a round of response body: finished, cut short, or waiting.
+    fn resp_progress(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, progress: bool) -> Next {
+        let t = cx.cfg.timeouts;
+        if rq.resp_done() {
+            return self.finish_exchange(rq, cx, up);
+        }
+        let pipe_empty = rq.presp.as_ref().is_none_or(|p| p.pending == 0);
+        if rq.up_end.ended() && rq.uin.as_ref().is_none_or(Buf::is_empty) && pipe_empty {
+            // A close-delimited body ends with the upstream's stream, unless that was cut.
+            if matches!(rq.resp_body, Body::Raw) && rq.up_end == UpEnd::Clean {
+                rq.resp_body = Body::Done;
+                rq.resp_reusable = false;
+                return self.finish_exchange(rq, cx, up);
+            }
+            // Cut short: the client sees a body shorter than its framing promised (or, for a
+            // close-delimited one, no close_notify), then a close.
+            rq.ended_by = EndedBy::Upstream;
+            rq.resp_cut = true;
+            self.drop_upstream(rq, cx);
+            rq.close_after = true;
+            return Next::Go(Phase::Respond);
+        }
+        if progress {
+            let client_slow = self.cout.as_ref().is_some_and(|b| !b.is_empty()) || !pipe_empty;
+            self.deadline = cx.arm(if client_slow { t.client_send } else { t.upstream_body });
+            return Next::Again;
+        }
+        Next::Wait
+    }
+
+    /// The response has ended: pool or drop the upstream connection, then the next request or
+    /// the close.
+    fn finish_exchange(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Next {
+        let clean = rq.resp_reusable
+            && rq.req_done()
+            && !rq.up_end.ended()
+            && rq.uin.as_ref().is_none_or(Buf::is_empty)
+            && rq.uout.as_ref().is_none_or(Buf::is_empty);
+        if !rq.req_done() {
+            rq.close_after = true; // the rest of the body cannot be told from a request
+        }
+        let plain = cx.ups.get(up).is_some_and(|u| u.tls.is_none());
+        if rq.is_head && plain {
+            // A HEAD response has no body (RFC 9110 §9.3.2), but an application that answers
+            // HEAD as GET writes one anyway, often in a later segment: pooled, the connection
+            // would hand those bytes to the next request sent on it as its response. A plain
+            // connection is not pooled, and is reset rather than closed, so that a flood of
+            // HEADs leaves no TIME_WAIT ports behind. A TLS one is pooled (SECURITY.md says so):
+            // a handshake per HEAD would be an amplification, and allocates.
+            cx.ups.reset(up);
+            cx.fd_freed = true;
+        } else if clean {
+            let at = cx.arm(cx.cfg.timeouts.upstream_idle);
+            cx.ups.release(up, at);
+        } else {
+            cx.ups.close(up);
+            cx.fd_freed = true;
+        }
+        if let Some(b) = rq.uin.as_mut() {
+            b.clear();
+        }
+        if let Some(b) = rq.uout.as_mut() {
+            b.clear();
+        }
+        cx.pipes.give_slot(&mut rq.preq);
+        cx.pipes.give_slot(&mut rq.presp);
+        self.log_done(rq, cx);
+        if rq.close_after { Next::Go(Phase::Respond) } else { Next::Go(Phase::ReadHead) }
+    }
+}
+
+/// An upstream connection's end, for reads and writes through its TLS if it has one.
+pub(super) fn end_of(u: &mut UpConn) -> End<'_> {
+    End { sock: &u.sock, io: &mut u.io, tls: u.tls.as_deref_mut() }
+}
+
+/// Copies the front of `src` into `dst`: as much as fits, at most `max` bytes. Returns how many.
+fn copy_prefix(src: &[u8], dst: &mut [u8], max: u64) -> usize {
+    let n = usize::try_from(max).unwrap_or(usize::MAX).min(src.len()).min(dst.len());
+    if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+        d.copy_from_slice(s);
+    }
+    n
+}

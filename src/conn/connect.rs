@@ -1,0 +1,196 @@
+//! Finding the upstream connection for a routed request (`Connect`): pick a server round-robin
+//! among those not cooling down, take a pooled connection to it or open one (TCP, then TLS if
+//! the group speaks it), and give up on a server that fails. Also what happens when the
+//! upstream fails before its response head: one retry on a fresh connection where that is safe
+//! (RFC 9110 §9.2.2), else Apex's own 502.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mio::Interest;
+use mio::net::TcpStream;
+
+use crate::tls::Tls;
+use crate::transport::Io;
+use crate::upstream::{UpConn, UpKey};
+
+use super::exchange::{FdReclaim, Retry};
+use super::{ClientKey, Conn, Cx, Exchange, Fault, Next, Phase, Stage, Step, is_fd_exhaustion, up_conn};
+
+impl Conn {
+    pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey, stage: Stage) -> Step {
+        match stage {
+            Stage::Opening(up) => self.opening(rq, cx, up),
+            Stage::Pick => self.pick(rq, cx, key),
+        }
+    }
+
+    /// Waits for a new connection: TCP up, then the TLS handshake (verification included)
+    /// under the same `upstream_connect` deadline. A server that fails either is treated as
+    /// one that refused the connection.
+    fn opening(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
+        let u = up_conn(&mut cx.ups, up)?;
+        if u.connected {
+            return Ok(Next::Go(Phase::Exchange(up)));
+        }
+        let ok = if u.tcp_up {
+            let Some(t) = u.tls.as_deref_mut() else {
+                debug_assert!(false, "tcp_up is set only for a TLS connection");
+                return Err(Fault::Internal("tls slot"));
+            };
+            match t.connect(&u.sock, &mut u.io, &mut cx.tls_bufs) {
+                Ok(true) => Some(true),
+                Ok(false) => return Ok(Next::Wait),
+                Err(e) => {
+                    if let Ok(addr) = u.sock.peer_addr() {
+                        cx.log.error(cx.now, format_args!("warn: upstream {addr}: tls: {e}"));
+                    }
+                    Some(false)
+                }
+            }
+        } else {
+            if !u.io.writable && !u.io.hup {
+                return Ok(Next::Wait);
+            }
+            match u.sock.take_error() {
+                Ok(None) => match u.sock.peer_addr() {
+                    Ok(_) => Some(true),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
+                    Err(_) => Some(false),
+                },
+                _ => Some(false),
+            }
+        };
+        match ok {
+            Some(true) if !u.tcp_up && u.tls.is_some() => {
+                u.tcp_up = true;
+                Ok(Next::Again)
+            }
+            Some(true) => {
+                u.connected = true;
+                let server = u.server;
+                cx.ups.mark_up(server);
+                Ok(Next::Go(Phase::Exchange(up)))
+            }
+            None => {
+                u.io.writable = false;
+                Ok(Next::Wait)
+            }
+            Some(false) => Ok(self.connect_failed(rq, cx, up, false)),
+        }
+    }
+
+    /// Picks a server: a pooled connection to it, else a new one.
+    fn pick(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
+        for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
+            let cfg = rq.snap()?;
+            let cooldown = cfg.groups.get(rq.group as usize).map_or(std::time::Duration::ZERO, |g| g.cooldown);
+            let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now) else {
+                let status = if rq.timed_out { 504 } else { 502 };
+                let close = !rq.req_done();
+                return self.fail(rq, cx, status, close);
+            };
+            rq.tried |= 1u64 << idx;
+            rq.server = server as u32;
+            // A retry goes to a fresh connection: the pooled one just failed us.
+            if rq.retry != Retry::Used
+                && let Some(up) = cx.ups.take_idle(server, key, rq.retry == Retry::Never)
+            {
+                return Ok(Next::Go(Phase::Exchange(up)));
+            }
+            let Some(addr) = cx.ups.addr(server) else { continue };
+            match open(cx, key, server, addr) {
+                Ok(up) => return Ok(Next::Go(Phase::Connect(Stage::Opening(up)))),
+                Err(e) if is_fd_exhaustion(&e) => {
+                    // Not the server's fault: do not mark it down. Out of fds, an active request
+                    // comes before an idle connection (as nginx reuses idle keep-alive
+                    // connections): ask the worker to close one, once, then try again.
+                    if rq.fd == FdReclaim::No {
+                        rq.fd = FdReclaim::Asked;
+                        rq.tried &= !(1u64 << idx);
+                        return Ok(Next::Wait);
+                    }
+                    let close = !rq.req_done();
+                    return self.fail(rq, cx, 502, close);
+                }
+                Err(e) => {
+                    cx.ups.mark_down(server, cx.now + cooldown);
+                    cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect: {e}; skipped for {cooldown:?}"));
+                }
+            }
+        }
+        // Every pass marks a server tried or down, and a group has at most GROUP_SERVERS_CAP.
+        debug_assert!(false, "more picks than servers");
+        Err(Fault::Internal("connect loop"))
+    }
+
+    /// The connect failed (or timed out): close it, cool the server down, and pick the next.
+    pub(super) fn connect_failed(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, timed_out: bool) -> Next {
+        let cooldown = rq
+            .snap
+            .as_deref()
+            .and_then(|c| c.groups.get(rq.group as usize))
+            .map_or(std::time::Duration::ZERO, |g| g.cooldown);
+        cx.ups.mark_down(rq.server as usize, cx.now + cooldown);
+        if let Some(addr) = cx.ups.addr(rq.server as usize) {
+            let what = if timed_out { "timed out" } else { "failed" };
+            cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect {what}; skipped for {cooldown:?}"));
+        }
+        rq.timed_out = timed_out;
+        cx.ups.close(up);
+        cx.fd_freed = true;
+        Next::Go(Phase::Connect(Stage::Pick))
+    }
+
+    /// The upstream connection failed before a response head. A reused connection that failed
+    /// before any response byte may have been closed by the upstream while idle: an idempotent
+    /// request without a body is retried once on a fresh connection (RFC 9110 §9.2.2).
+    pub(super) fn upstream_failed(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
+        let reused = cx.ups.get(up).is_some_and(|u| u.reused);
+        if reused && rq.retry == Retry::Once && !rq.resp_seen {
+            self.drop_upstream(rq, cx);
+            rq.reset_for_retry();
+            if let Some(b) = rq.uout.as_mut() {
+                b.rewind(rq.head_len as usize);
+            }
+            return Ok(Next::Go(Phase::Connect(Stage::Pick)));
+        }
+        let close = !rq.req_done();
+        self.fail(rq, cx, 502, close)
+    }
+
+    /// The upstream sent something Apex will not relay: 502, and the connection is discarded.
+    pub(super) fn upstream_bad(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
+        if let Some(addr) = cx.ups.addr(rq.server as usize) {
+            cx.log.error(cx.now, format_args!("warn: upstream {addr}: malformed or unexpected response; 502"));
+        }
+        let close = !rq.req_done();
+        self.fail(rq, cx, 502, close)
+    }
+}
+
+/// Starts a connection to `addr` for client `owner`, registered for both directions once.
+fn open(cx: &mut Cx, owner: ClientKey, server: usize, addr: SocketAddr) -> io::Result<UpKey> {
+    let tls = match cx.ups.tls(server) {
+        Some(t) => Some(Box::new(Tls::client(Arc::clone(&t.config), t.name.clone())?)),
+        None => None,
+    };
+    let mut sock = TcpStream::connect(addr)?;
+    let _ = sock.set_nodelay(true);
+    let up = cx.ups.vacant_key();
+    cx.registry.register(&mut sock, up.token(), Interest::READABLE | Interest::WRITABLE)?;
+    let inserted = cx.ups.insert(UpConn {
+        sock,
+        io: Io::default(),
+        server,
+        owner: Some(owner),
+        connected: false,
+        tcp_up: false,
+        reused: false,
+        idle_deadline: cx.now,
+        tls,
+    });
+    debug_assert_eq!(inserted, up, "the vacant key is the one inserted");
+    Ok(inserted)
+}

@@ -1,0 +1,302 @@
+//! Heads: the request head read, parsed and routed (`ReadHead`), the head sent upstream written
+//! from the parsed request, the response head parsed and rewritten for the client, and Apex's
+//! own answers (errors, redirects). Parsing and serialising live in `h1/`, without sockets; this
+//! file decides what a parsed head means for the connection.
+
+use std::sync::Arc;
+
+use crate::buf::{Buf, BufPool};
+use crate::h1::chunked::Decoder;
+use crate::h1::head::{host_name, parse_request};
+use crate::h1::response::parse_response;
+use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, write_response};
+use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
+use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
+use crate::log::{Rec, Sink};
+use crate::transport::Filled;
+use crate::upstream::UpKey;
+
+use super::exchange::{Body, Retry};
+use super::{Conn, Cx, Exchange, Fault, Next, Phase, Stage, Step};
+
+impl Conn {
+    // ---- ReadHead -------------------------------------------------------------------------
+
+    pub(super) fn read_head(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
+        let progress = self.flush_client(cx)? > 0;
+        let limits = cx.cfg.limits;
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        // RFC 9112 §2.2: ignore a few empty lines before a request line.
+        for _ in 0..LEADING_CRLF_MAX {
+            if cin.filled().starts_with(b"\r\n") {
+                cin.consume(2);
+            } else {
+                break;
+            }
+        }
+        let mut scan = rq.head_scan as usize;
+        let found = find_head_end(cin.filled(), &mut scan);
+        rq.head_scan = scan as u32; // within a buffer: fits
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => return self.reject(rq, cx, e),
+        };
+        let Some(end) = found else {
+            if !rq.line_ok {
+                match check_request_line(cin.filled()) {
+                    Ok(ok) => rq.line_ok = ok,
+                    Err(e) => return self.reject(rq, cx, e),
+                }
+            }
+            if cin.len() >= limits.head_bytes {
+                return self.reject(rq, cx, H1Error::HeadTooLarge);
+            }
+            let got = self.fill_client(cx);
+            if got.is_err() && self.tls.as_ref().is_some_and(|t| t.failed()) {
+                // A TLS handshake refused with an alert: close gracefully so it is read.
+                return Ok(Next::Go(Phase::Linger));
+            }
+            match got.map_err(|_| Fault::Client)? {
+                Filled::Data(_) => {
+                    if !rq.head_timer {
+                        rq.head_timer = true;
+                        self.deadline = cx.arm(cx.cfg.timeouts.client_head);
+                    }
+                    return Ok(Next::Again);
+                }
+                Filled::Eof => {
+                    // Between requests, a close is the client's way to end; mid-head it aborts
+                    // only the request it cut. Responses to earlier requests still go out.
+                    if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+                        if let Some(b) = self.cin.as_mut() {
+                            b.clear();
+                        }
+                        rq.close_after = true;
+                        return Ok(Next::Go(Phase::Respond));
+                    }
+                    // RFC 8446 §6.1: each side sends close_notify before closing its write
+                    // side; a TLS client's came first, Apex's answers it.
+                    if let Some(t) = self.tls.as_deref_mut().filter(|t| t.closed_cleanly()) {
+                        t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
+                    }
+                    return Ok(Next::Go(Phase::Close));
+                }
+                Filled::Idle => {
+                    cx.bufs.release_if_empty(&mut self.cin);
+                    return Ok(if progress { Next::Again } else { Next::Wait });
+                }
+            }
+        };
+        if end > limits.head_bytes {
+            return self.reject(rq, cx, H1Error::HeadTooLarge);
+        }
+
+        // Parse, route, and write the upstream head, all from the borrowed head bytes.
+        cx.arena.reset();
+        let head = cin.filled().get(..end);
+        debug_assert!(head.is_some(), "find_head_end returns an end within the buffer");
+        let req = match parse_request(head.unwrap_or(&[]), &cx.arena, limits.headers) {
+            Ok(r) => r,
+            Err(e) => {
+                // A syntax error says nothing about the version; answer for what we saw.
+                return self.reject(rq, cx, e);
+            }
+        };
+        rq.start = Some(cx.now);
+        rq.bytes_in = end as u64;
+        if cx.cfg.log.access != Sink::Off && cx.recs.len() < cx.recs.capacity() {
+            let header = |name: &str| {
+                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map_or(&[][..], |h| h.value)
+            };
+            let entry = cx.recs.vacant_entry();
+            let k = entry.key();
+            let rec = entry.insert(Rec::empty());
+            rec.capture(req.method.as_bytes(), req.path.as_bytes(), req.minor, header("referer"), header("user-agent"));
+            rq.rec = u32::try_from(k).ok();
+        }
+        rq.keep_alive = req.keep_alive;
+        rq.client_minor = req.minor;
+        rq.is_head = req.is_head();
+        rq.upgrade = [0; 2];
+        if let Some(u) = req.upgrade {
+            for (slot, p) in rq.upgrade.iter_mut().zip(crate::h1::list_items(u)) {
+                *slot = token_hash(p);
+            }
+        }
+        rq.req_body = match req.framing {
+            Framing::Length(n) => Body::Length(n),
+            Framing::Chunked => Body::Chunked(Decoder::new()),
+            Framing::None | Framing::Close => Body::Done,
+        };
+        rq.retry = if req.idempotent() && matches!(req.framing, Framing::None) { Retry::Once } else { Retry::Never };
+        let has_body = !matches!(req.framing, Framing::None);
+        let expect_continue = req.expect_continue && has_body;
+        if let Framing::Length(n) = req.framing
+            && n > limits.body_bytes
+        {
+            return self.reject(rq, cx, H1Error::BodyTooLarge);
+        }
+        // OPTIONS * (RFC 9112 §3.2.4) is about the server as a whole: route it as "/".
+        let path = if req.path == "*" { b"/" } else { req.path.as_bytes() };
+        if self.redirect {
+            // A plain listener that sends everyone to HTTPS: 308 keeps the method and body
+            // (RFC 9110 §15.4.9). The body is not read: close after, like a 404's.
+            rq.close_after |= has_body || !rq.keep_alive || cx.draining;
+            let to = Location { host: host_name(req.host), port: cx.https_port, target: path };
+            let n = queue_answer(&mut self.cout, &mut cx.bufs, rq, 308, Some(to))?;
+            if let Some(b) = self.cin.as_mut() {
+                b.consume(end);
+            }
+            return self.answered(rq, cx, 308, n);
+        }
+        let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
+        let Some(group) = cx.cfg.route(host_name(req.host), path_only) else {
+            let close = has_body; // the body was not read: it cannot be told from the next request
+            if let Some(b) = self.cin.as_mut() {
+                b.consume(end);
+            }
+            return self.fail(rq, cx, 404, close);
+        };
+        rq.group = group as u32; // config groups are few
+        rq.snap = Some(Arc::clone(&cx.cfg));
+
+        let uout = cx.bufs.fill_slot(&mut rq.uout);
+        uout.clear();
+        let mut w = Out::new(uout.spare());
+        write_request(&req, self.peer.ip(), self.tls.is_some(), &mut w);
+        let Some(n) = w.finish() else {
+            return self.reject(rq, cx, H1Error::HeadTooLarge);
+        };
+        uout.commit(n);
+        rq.head_len = n as u32; // within a buffer
+        if let Some(b) = self.cin.as_mut() {
+            b.consume(end);
+        }
+        // Buffers are held only while they hold bytes: a body or the next request takes one again.
+        cx.bufs.release_if_empty(&mut self.cin);
+        // RFC 9110 §10.1.1: Apex answers 100-continue itself, once it has an upstream to send to
+        // (the Expect header is not forwarded, so the upstream never sends a second one).
+        if expect_continue {
+            let cout = cx.bufs.fill_slot(&mut self.cout);
+            if !cout.put(b"HTTP/1.1 100 Continue\r\n\r\n") {
+                return Err(Fault::Client);
+            }
+        }
+        Ok(Next::Go(Phase::Connect(Stage::Pick)))
+    }
+
+    /// A malformed request: its status, `Connection: close`, and nothing forwarded.
+    fn reject(&mut self, rq: &mut Exchange, cx: &mut Cx, e: H1Error) -> Step {
+        let peer = self.peer;
+        cx.log.error(cx.now, format_args!("info: client {peer}: {} {}", e.status(), e.as_str()));
+        if let Some(b) = self.cin.as_mut() {
+            b.clear();
+        }
+        self.fail(rq, cx, e.status(), true)
+    }
+
+    // ---- The response head ----------------------------------------------------------------
+
+    /// The response head is whole in `uin` up to `end`: check it, write the client's, and go on
+    /// to the body (or the tunnel, after a 101).
+    pub(super) fn response_head(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, end: usize) -> Step {
+        cx.arena.reset();
+        let head = rq.uin.as_ref().and_then(|b| b.filled().get(..end));
+        debug_assert!(head.is_some(), "the head was found in uin");
+        let resp = match parse_response(head.unwrap_or(&[]), &cx.arena, HEADERS_CAP, rq.is_head) {
+            Ok(r) => r,
+            Err(_) => return self.upstream_bad(rq, cx),
+        };
+        if resp.code == 101 {
+            // RFC 9110 §7.8: a server switches only to a protocol the client listed. Anything
+            // else, h2c included, is an upstream switching on its own: refused.
+            let asked = |p: &[u8]| rq.upgrade.contains(&token_hash(p));
+            let ok = resp
+                .upgrade
+                .is_some_and(|u| crate::h1::list_items(u).all(|p| !p.is_empty() && asked(p)) && !u.is_empty());
+            // And only once the request is fully sent, its tail in `uout` included: the
+            // tunnel relays client bytes only, so body bytes still in Apex would be lost and
+            // the client's next bytes taken for them (RFC 9112 §6.3).
+            // Upgrade is HTTP/1.1's (§7.8); HTTP/1.0 has no 1xx (§15.2): a 1.0 "switch" is not one.
+            if rq.upgrade == [0; 2] || !ok || !rq.req_sent() || resp.minor != 1 {
+                return self.upstream_bad(rq, cx); // a switch nobody asked for
+            }
+        } else if resp.code < 200 {
+            // Interim responses: Apex answered 100-continue itself; the rest are dropped.
+            rq.interim += 1;
+            if rq.interim > INTERIM_MAX {
+                return self.upstream_bad(rq, cx);
+            }
+            if let Some(b) = rq.uin.as_mut() {
+                b.consume(end);
+            }
+            rq.resp_scan = 0;
+            return Ok(Next::Again);
+        }
+        let tunnel = resp.code == 101;
+        let (framing, body) = match resp.framing {
+            Framing::None => (Framing::None, Body::Done),
+            Framing::Length(n) => (Framing::Length(n), Body::Length(n)),
+            // RFC 9112 §7.1: HTTP/1.0 has no chunked coding: de-chunk and delimit by close.
+            Framing::Chunked if rq.client_minor == 1 => (Framing::Chunked, Body::Chunked(Decoder::new())),
+            Framing::Chunked => (Framing::Close, Body::Chunked(Decoder::new())),
+            Framing::Close => (Framing::Close, Body::Raw),
+        };
+        rq.rechunk = framing == Framing::Chunked;
+        if framing == Framing::Close {
+            rq.close_after = true;
+        }
+        // A request body still coming in cannot be told from the next request: say close.
+        let keep_alive = rq.keep_alive && !rq.close_after && !tunnel && !cx.draining && rq.req_done();
+        let mode = RespMode { framing, keep_alive, client_minor: rq.client_minor, tunnel };
+        let cout = cx.bufs.fill_slot(&mut self.cout);
+        let mut w = Out::new(cout.spare());
+        write_response(&resp, mode, &mut w);
+        match w.finish() {
+            Some(n) => {
+                cout.commit(n);
+                rq.bytes_out += n as u64;
+                rq.status = resp.code;
+            }
+            None if !cout.is_empty() => {
+                // Earlier bytes first; the head is found again from the start next time.
+                rq.resp_scan = 0;
+                return Ok(Next::Wait);
+            }
+            None => return self.upstream_bad(rq, cx),
+        }
+        rq.resp_reusable = resp.reusable;
+        rq.resp_body = body;
+        if let Some(b) = rq.uin.as_mut() {
+            b.consume(end);
+        }
+        // The head sent upstream is no longer needed for a retry once a response has come.
+        cx.bufs.release_if_empty(&mut rq.uout);
+        if !keep_alive {
+            rq.close_after = true;
+        }
+        if tunnel {
+            return Ok(Next::Go(Phase::Tunnel(up)));
+        }
+        Ok(Next::Go(Phase::RespBody(up)))
+    }
+}
+
+/// Writes Apex's own response (an error, or a redirect) into `cout`. Returns its length.
+pub(super) fn queue_answer(
+    cout: &mut Option<Buf>,
+    bufs: &mut BufPool,
+    rq: &Exchange,
+    status: u16,
+    to: Option<Location<'_>>,
+) -> Result<usize, Fault> {
+    let ka10 = rq.client_minor == 0 && !rq.close_after;
+    let out = bufs.fill_slot(cout);
+    let mut w = Out::new(out.spare());
+    write_answer(status, to, rq.close_after, rq.is_head, ka10, &mut w);
+    // No room: the client has not read earlier responses (or a redirect's target is nearly a
+    // whole buffer long); give up.
+    let n = w.finish().ok_or(Fault::Client)?;
+    out.commit(n);
+    Ok(n)
+}
