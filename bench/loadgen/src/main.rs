@@ -22,11 +22,15 @@
 //!         S seconds (or until stdin closes), then prints how many the server closed.
 //!   get   --addr A --path P                 one download; bytes, seconds, MB/s
 //!   put   --addr A --path P --bytes N       one upload of N zero bytes (Content-Length)
+//!   seq   --addr A --requests N [--warmup W] [--path P] [--body B] [--tls SNI]
+//!         Closed loop on one keep-alive connection, in phases driven by stdin, for counting
+//!         (bench/profile): W requests, {"phase":"warm"}, wait for a line, N requests,
+//!         {"phase":"done"}, wait for stdin to close. --body B: POST with B bytes.
 //!
 //! Cost: one thread, edge-triggered epoll via mio, a timerfd for the schedule (timer slack
 //! lowered to 5 us), one latency sample (u64 ns) per request, sorted once at the end.
 //!
-//! Layout: one module per mode (rate, handshakes, idle, transfer for get/put), plus the shared
+//! Layout: one module per mode (rate, handshakes, idle, transfer for get/put, seq), plus the shared
 //! pieces: http (response reader, read buffer), net (timerfd, plain and TLS sockets), stats.
 
 mod handshakes;
@@ -34,6 +38,7 @@ mod http;
 mod idle;
 mod net;
 mod rate;
+mod seq;
 mod stats;
 mod transfer;
 
@@ -50,7 +55,7 @@ pub(crate) const HEAD_BYTES_MAX: usize = 32 * 1024;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(mode) = args.get(1).cloned() else {
-        eprintln!("usage: loadgen rate|handshakes|idle|get|put --addr HOST:PORT ...");
+        eprintln!("usage: loadgen rate|handshakes|idle|get|put|seq --addr HOST:PORT ...");
         std::process::exit(2);
     };
     let opts = Opts::parse(&args[2..]);
@@ -60,6 +65,7 @@ fn main() {
         "idle" => idle::idle(&opts),
         "get" => transfer::get(&opts),
         "put" => transfer::put(&opts),
+        "seq" => seq::seq(&opts),
         _ => Err(io::Error::other(format!("unknown mode {mode}"))),
     };
     if let Err(e) = res {
