@@ -122,9 +122,9 @@ http_ready() { # http_ready SCHEME PORT [PID]: wait up to 15 s for a 200 on GET 
     done
     return 1
 }
-apex_listening() { # apex_listening PID STDOUT_FILE [PATTERN]: wait up to 10 s for Apex's "listening" line
+apex_listening() { # apex_listening PID STDOUT_FILE [PATTERN] [SECONDS]: wait (10 s) for Apex's "listening" line
     local pat=${3:-^apex: listening on}
-    for _ in $(seq 100); do
+    for _ in $(seq $(( ${4:-10} * 10 ))); do
         grep -q "$pat" "$2" 2>/dev/null && return 0
         kill -0 "$1" 2>/dev/null || return 1
         sleep 0.1
