@@ -19,18 +19,28 @@ use crate::conn::ClientKey;
 use crate::transport::Io;
 
 /// An upstream connection's key in `Upstreams::conns`; its epoll token is `key << 1 | 1`.
-/// A type of its own so that it cannot be mixed up with a client connection's key.
+/// A type of its own so that it cannot be mixed up with a client connection's key. 32 bits, so
+/// that a `Phase` carrying one is 8 bytes (every connection's `Conn` holds a `Phase`): the slab
+/// holds at most one entry per open fd, and a process's fds stay far below 2^32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UpKey(usize);
+pub struct UpKey(u32);
 
 impl UpKey {
+    const fn of(key: usize) -> UpKey {
+        UpKey(key as u32)
+    }
+
+    const fn index(self) -> usize {
+        self.0 as usize
+    }
+
     pub const fn token(self) -> mio::Token {
-        mio::Token(self.0 << 1 | 1)
+        mio::Token(self.index() << 1 | 1)
     }
 
     /// The key of an upstream token (odd tokens).
     pub const fn from_token(t: usize) -> UpKey {
-        UpKey(t >> 1)
+        UpKey::of(t >> 1)
     }
 }
 
@@ -157,25 +167,25 @@ impl Upstreams {
     }
 
     pub fn get(&self, key: UpKey) -> Option<&UpConn> {
-        self.conns.get(key.0)
+        self.conns.get(key.index())
     }
 
     pub fn get_mut(&mut self, key: UpKey) -> Option<&mut UpConn> {
-        self.conns.get_mut(key.0)
+        self.conns.get_mut(key.index())
     }
 
     /// The client connection `key` serves, if it is open and attached.
     pub fn owner(&self, key: UpKey) -> Option<ClientKey> {
-        self.conns.get(key.0).and_then(|c| c.owner)
+        self.conns.get(key.index()).and_then(|c| c.owner)
     }
 
     /// The key the next `insert` will use (its token is registered before the insert).
     pub fn vacant_key(&self) -> UpKey {
-        UpKey(self.conns.vacant_key())
+        UpKey::of(self.conns.vacant_key())
     }
 
     pub fn insert(&mut self, c: UpConn) -> UpKey {
-        UpKey(self.conns.insert(c))
+        UpKey::of(self.conns.insert(c))
     }
 
     /// Returns (index in the group, worker server id). Round-robin over the group's servers
@@ -235,7 +245,7 @@ impl Upstreams {
                 // Readable while idle means EOF, an error, or bytes nobody asked for: unusable.
                 Some(c) if !c.io.readable && !c.io.hup && (!probe || is_quiet(&c.sock)) => {
                     c.owner = Some(owner);
-                    return Some(UpKey(key));
+                    return Some(UpKey::of(key));
                 }
                 Some(_) => {
                     self.conns.try_remove(key);
@@ -247,7 +257,8 @@ impl Upstreams {
     }
 
     /// Returns a connection whose exchange ended cleanly to the pool, or closes it if full.
-    pub fn release(&mut self, UpKey(key): UpKey, deadline: Instant) {
+    pub fn release(&mut self, up: UpKey, deadline: Instant) {
+        let key = up.index();
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -282,7 +293,8 @@ impl Upstreams {
         }
     }
 
-    pub fn close(&mut self, UpKey(key): UpKey) {
+    pub fn close(&mut self, up: UpKey) {
+        let key = up.index();
         if let Some(c) = self.conns.try_remove(key)
             && c.owner.is_none()
             && let Some(s) = self.servers.get_mut(c.server)
@@ -294,7 +306,7 @@ impl Upstreams {
     /// Closes a connection with a reset (SO_LINGER 0): whatever the upstream sends after is
     /// refused, and no TIME_WAIT is left on Apex's side.
     pub fn reset(&mut self, key: UpKey) {
-        if let Some(c) = self.conns.get(key.0) {
+        if let Some(c) = self.conns.get(key.index()) {
             let _ = socket2::SockRef::from(&c.sock).set_linger(Some(std::time::Duration::ZERO));
         }
         self.close(key);

@@ -567,9 +567,11 @@ impl Conn {
                     self.fail(rq, cx, 504, !rq.req_done())? // RFC 9110 §15.6.5
                 }
             }
-            Phase::RespBody(_) | Phase::Tunnel(_) | Phase::Respond | Phase::Linger | Phase::Close => {
+            Phase::RespBody(_) | Phase::Tunnel(_) => {
+                self.drop_upstream(rq, cx);
                 Next::Go(Phase::Close)
             }
+            Phase::Respond | Phase::Linger | Phase::Close => Next::Go(Phase::Close),
         };
         if let Next::Go(p) = next {
             self.enter(rq, p, cx, key);
@@ -597,7 +599,7 @@ mod tests {
     #[test]
     fn idle_connection_fits_budget() {
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 128, "Conn grew to {size} bytes (120 now)");
+        assert!(size <= 128, "Conn grew to {size} bytes; the budget is 128");
     }
 
     /// The table and the diagram agree on the paths a request takes.
