@@ -276,19 +276,15 @@ impl Worker {
             return;
         };
         match c.step(&mut self.cx, ClientKey(key)) {
-            Ok(more) if c.phase != Phase::Close => {
+            Ok(more) if !matches!(c.phase, Phase::Close) => {
                 let starved = c.take_starved();
-                if more && !c.turns_logged {
-                    // Not an error (a long body can use its turns), but a connection that keeps
-                    // doing so is worth seeing: once per connection.
-                    c.turns_logged = true;
-                    let (peer, phase) = (c.peer(), c.phase.name());
-                    let what = format_args!("used its turns in {phase}; stepped again after other work");
-                    log_fault(&mut self.cx, &mut self.faults, peer, "info", what);
-                }
+                let log_turns = more && !c.turns_logged;
                 if (more || starved) && !c.queued {
                     c.queued = true;
                     self.again.push(key);
+                }
+                if log_turns {
+                    self.out_of_turns(key);
                 }
                 if starved {
                     self.reclaim_fd(key);
@@ -299,14 +295,26 @@ impl Worker {
         }
     }
 
+    /// Not an error (a long body can use its turns), but a connection that keeps doing so is
+    /// worth seeing: once per connection.
+    #[cold]
+    fn out_of_turns(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        c.turns_logged = true;
+        let (peer, phase) = (c.peer(), c.phase.name());
+        let what = format_args!("used its turns in {phase}; stepped again after other work");
+        log_fault(&mut self.cx, &mut self.faults, peer, "info", what);
+    }
+
     /// A connection's step failed: says so (rate-limited), then closes it.
+    #[cold]
     fn fault(&mut self, key: usize, f: Fault) {
         if let Some(c) = self.conns.get(key) {
             let (peer, phase) = (c.peer(), c.phase.name());
             let (level, cause) = match f {
                 Fault::Client => ("info", "the client's socket failed"),
                 Fault::Upstream => ("info", "the upstream's socket failed"),
-                Fault::Internal(what) => ("error", what),
+                Fault::Internal(what) => ("error", what.as_str()),
             };
             log_fault(&mut self.cx, &mut self.faults, peer, level, format_args!("closed in {phase}: {cause}"));
         }
@@ -469,7 +477,7 @@ impl Worker {
                 continue;
             };
             match c.on_timeout(&mut self.cx, ClientKey(key)) {
-                Ok(()) if c.phase != Phase::Close => self.drive(key),
+                Ok(()) if !matches!(c.phase, Phase::Close) => self.drive(key),
                 Ok(()) => self.close(key),
                 Err(f) => self.fault(key, f),
             }

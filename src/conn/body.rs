@@ -15,7 +15,7 @@ use crate::transport::{End, Filled};
 use crate::upstream::{UpConn, UpKey};
 
 use super::exchange::{Body, EndedBy, UpEnd};
-use super::{Conn, Cx, Exchange, Fault, Next, Phase, Step, up_conn};
+use super::{Broken, Conn, Cx, Exchange, Fault, Next, Phase, Step, up_conn};
 
 /// What pumping the request body did: moved bytes (or not), or the exchange must change course.
 enum Pump {
@@ -111,8 +111,11 @@ impl Conn {
             }
         }
         let mut progress = false;
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        let uout = cx.bufs.fill_slot(&mut rq.uout);
         if !rq.client_eof {
-            match self.fill_client(cx) {
+            let mut client = End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() };
+            match client.fill(&mut cx.tls_bufs, cin) {
                 Ok(Filled::Data(_)) => progress = true,
                 Ok(Filled::Idle) => {}
                 // The body may already be whole in `cin` (data and FIN in one event): decide
@@ -120,8 +123,6 @@ impl Conn {
                 Ok(Filled::Eof) | Err(_) => rq.client_eof = true,
             }
         }
-        let cin = cx.bufs.fill_slot(&mut self.cin);
-        let uout = cx.bufs.fill_slot(&mut rq.uout);
         let spare = uout.spare();
         let relayed = match &mut rq.req_body {
             Body::Length(rem) => {
@@ -161,7 +162,7 @@ impl Conn {
         let u = up_conn(&mut cx.ups, up)?;
         let Some(pipe) = rq.preq.as_mut() else {
             debug_assert!(false, "splice_request without a pipe");
-            return Err(Fault::Internal("request pipe"));
+            return Err(Fault::Internal(Broken::RequestPipe));
         };
         let mut progress = false;
         for _ in 0..2 {
@@ -204,7 +205,7 @@ impl Conn {
         let u = up_conn(&mut cx.ups, up)?;
         let Some(pipe) = rq.presp.as_mut() else {
             debug_assert!(false, "splice_response without a pipe");
-            return Err(Fault::Internal("response pipe"));
+            return Err(Fault::Internal(Broken::ResponsePipe));
         };
         let mut progress = false;
         for _ in 0..2 {
@@ -343,8 +344,7 @@ impl Conn {
         if !rq.req_done() {
             rq.close_after = true; // the rest of the body cannot be told from a request
         }
-        let plain = cx.ups.get(up).is_some_and(|u| u.tls.is_none());
-        if rq.is_head && plain {
+        if rq.is_head && cx.ups.get(up).is_some_and(|u| u.tls.is_none()) {
             // A HEAD response has no body (RFC 9110 §9.3.2), but an application that answers
             // HEAD as GET writes one anyway, often in a later segment: pooled, the connection
             // would hand those bytes to the next request sent on it as its response. A plain

@@ -16,20 +16,13 @@ use crate::transport::Io;
 use crate::upstream::{UpConn, UpKey};
 
 use super::exchange::{FdReclaim, Retry};
-use super::{ClientKey, Conn, Cx, Exchange, Fault, Next, Phase, Stage, Step, is_fd_exhaustion, up_conn};
+use super::{Broken, ClientKey, Conn, Cx, Exchange, Fault, Next, Phase, Step, is_fd_exhaustion, up_conn};
 
 impl Conn {
-    pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey, stage: Stage) -> Step {
-        match stage {
-            Stage::Opening(up) => self.opening(rq, cx, up),
-            Stage::Pick => self.pick(rq, cx, key),
-        }
-    }
-
     /// Waits for a new connection: TCP up, then the TLS handshake (verification included)
     /// under the same `upstream_connect` deadline. A server that fails either is treated as
     /// one that refused the connection.
-    fn opening(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
+    pub(super) fn opening(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
         let u = up_conn(&mut cx.ups, up)?;
         if u.connected {
             return Ok(Next::Go(Phase::Exchange(up)));
@@ -37,7 +30,7 @@ impl Conn {
         let ok = if u.tcp_up {
             let Some(t) = u.tls.as_deref_mut() else {
                 debug_assert!(false, "tcp_up is set only for a TLS connection");
-                return Err(Fault::Internal("tls slot"));
+                return Err(Fault::Internal(Broken::TlsSlot));
             };
             match t.connect(&u.sock, &mut u.io, &mut cx.tls_bufs) {
                 Ok(true) => Some(true),
@@ -82,7 +75,7 @@ impl Conn {
     }
 
     /// Picks a server: a pooled connection to it, else a new one.
-    fn pick(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
+    pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
             let cfg = rq.snap()?;
             let cooldown = cfg.groups.get(rq.group as usize).map_or(std::time::Duration::ZERO, |g| g.cooldown);
@@ -101,7 +94,7 @@ impl Conn {
             }
             let Some(addr) = cx.ups.addr(server) else { continue };
             match open(cx, key, server, addr) {
-                Ok(up) => return Ok(Next::Go(Phase::Connect(Stage::Opening(up)))),
+                Ok(up) => return Ok(Next::Go(Phase::Opening(up))),
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Not the server's fault: do not mark it down. Out of fds, an active request
                     // comes before an idle connection (as nginx reuses idle keep-alive
@@ -122,7 +115,7 @@ impl Conn {
         }
         // Every pass marks a server tried or down, and a group has at most GROUP_SERVERS_CAP.
         debug_assert!(false, "more picks than servers");
-        Err(Fault::Internal("connect loop"))
+        Err(Fault::Internal(Broken::ConnectLoop))
     }
 
     /// The connect failed (or timed out): close it, cool the server down, and pick the next.
@@ -140,7 +133,7 @@ impl Conn {
         rq.timed_out = timed_out;
         cx.ups.close(up);
         cx.fd_freed = true;
-        Next::Go(Phase::Connect(Stage::Pick))
+        Next::Go(Phase::Connect)
     }
 
     /// The upstream connection failed before a response head. A reused connection that failed
@@ -154,7 +147,7 @@ impl Conn {
             if let Some(b) = rq.uout.as_mut() {
                 b.rewind(rq.head_len as usize);
             }
-            return Ok(Next::Go(Phase::Connect(Stage::Pick)));
+            return Ok(Next::Go(Phase::Connect));
         }
         let close = !rq.req_done();
         self.fail(rq, cx, 502, close)

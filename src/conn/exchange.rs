@@ -286,7 +286,7 @@ impl Exchange {
     /// has one; a miss is a broken invariant.
     pub(super) fn snap(&self) -> Result<&Config, super::Fault> {
         debug_assert!(self.snap.is_some(), "a routed request holds its snapshot");
-        self.snap.as_deref().ok_or(super::Fault::Internal("no snapshot"))
+        self.snap.as_deref().ok_or(super::Fault::Internal(super::Broken::NoSnapshot))
     }
 }
 

@@ -13,11 +13,11 @@ use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, wri
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
 use crate::log::{Rec, Sink};
-use crate::transport::Filled;
+use crate::transport::{End, Filled};
 use crate::upstream::UpKey;
 
 use super::exchange::{Body, Retry};
-use super::{Conn, Cx, Exchange, Fault, Next, Phase, Stage, Step};
+use super::{Conn, Cx, Exchange, Fault, Next, Phase, Step};
 
 impl Conn {
     // ---- ReadHead -------------------------------------------------------------------------
@@ -51,7 +51,8 @@ impl Conn {
             if cin.len() >= limits.head_bytes {
                 return self.reject(rq, cx, H1Error::HeadTooLarge);
             }
-            let got = self.fill_client(cx);
+            let got =
+                End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() }.fill(&mut cx.tls_bufs, cin);
             if got.is_err() && self.tls.as_ref().is_some_and(|t| t.failed()) {
                 // A TLS handshake refused with an alert: close gracefully so it is read.
                 return Ok(Next::Go(Phase::Linger));
@@ -182,7 +183,7 @@ impl Conn {
                 return Err(Fault::Client);
             }
         }
-        Ok(Next::Go(Phase::Connect(Stage::Pick)))
+        Ok(Next::Go(Phase::Connect))
     }
 
     /// A malformed request: its status, `Connection: close`, and nothing forwarded.

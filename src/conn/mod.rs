@@ -3,8 +3,8 @@
 //! ```text
 //!            +------------------------------ (keep-alive) ------------------------------+
 //!            v                                                                          |
-//!  accept -> ReadHead --route--> Connect(Pick) --pooled--------> Exchange(up) --head--> RespBody(up)
-//!            |    |                 |   ^  \--open--> Connect(Opening(up)) --up--^   |     |  |
+//!  accept -> ReadHead --route--> Connect --pooled--------------> Exchange(up) --head--> RespBody(up)
+//!            |    |                 |   ^  \--open--> Opening(up) ---------up--^   |     |  |
 //!            |    |                 |   +----- failed / timed out ------+        |   |     |  |
 //!            |    |                 |   +------------- retry (RFC 9110 §9.2.2) --+   |     |  |
 //!            |    |                 |                           101 --> Tunnel(up) --+--> Close
@@ -113,8 +113,11 @@ impl ClientKey {
 pub enum Phase {
     /// Reading a request head, or idle between requests.
     ReadHead,
-    /// Finding an upstream connection for the routed request.
-    Connect(Stage),
+    /// Finding an upstream connection for the routed request: pick a server, then take a
+    /// pooled connection to it or open one.
+    Connect,
+    /// A new connection to the picked server: TCP connect, then the TLS handshake if any.
+    Opening(UpKey),
     /// The request going out on `up`, its response head coming in.
     Exchange(UpKey),
     /// The response body coming back on `up`; the request body may still be going out.
@@ -129,21 +132,12 @@ pub enum Phase {
     Close,
 }
 
-/// Where `Connect` is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// No connection yet: pick a server, then take a pooled connection to it or open one.
-    Pick,
-    /// A new connection to the picked server: TCP connect, then the TLS handshake if any.
-    Opening(UpKey),
-}
-
 impl Phase {
     /// The phase's name, for logs: what an operator reads, without slab keys.
     pub const fn name(self) -> &'static str {
         match self {
             Phase::ReadHead => "ReadHead",
-            Phase::Connect(_) => "Connect",
+            Phase::Connect | Phase::Opening(_) => "Connect",
             Phase::Exchange(_) => "Exchange",
             Phase::RespBody(_) => "RespBody",
             Phase::Tunnel(_) => "Tunnel",
@@ -156,10 +150,8 @@ impl Phase {
     /// The upstream connection this phase holds.
     pub const fn up(self) -> Option<UpKey> {
         match self {
-            Phase::Connect(Stage::Opening(up)) | Phase::Exchange(up) | Phase::RespBody(up) | Phase::Tunnel(up) => {
-                Some(up)
-            }
-            Phase::ReadHead | Phase::Connect(Stage::Pick) | Phase::Respond | Phase::Linger | Phase::Close => None,
+            Phase::Opening(up) | Phase::Exchange(up) | Phase::RespBody(up) | Phase::Tunnel(up) => Some(up),
+            Phase::ReadHead | Phase::Connect | Phase::Respond | Phase::Linger | Phase::Close => None,
         }
     }
 }
@@ -169,13 +161,14 @@ fn allowed(from: Phase, to: Phase) -> bool {
     use Phase::*;
     match (from, to) {
         (_, Close) => true,
-        (ReadHead, Connect(Stage::Pick) | Respond | Linger) => true,
-        // A failed or timed-out connect goes back to picking; an open one is waited for.
-        (Connect(_), Connect(_) | Respond) => true,
-        (Connect(Stage::Pick), Exchange(_)) => true, // a pooled connection
-        (Connect(Stage::Opening(a)), Exchange(b)) => a == b,
+        (ReadHead, Connect | Respond | Linger) => true,
+        // A new connection, a pooled one, or Apex's own 502/504 when no server is left.
+        (Connect, Connect | Opening(_) | Exchange(_) | Respond) => true,
+        // Up, or failed or timed out: back to picking the next server.
+        (Opening(a), Exchange(b)) => a == b,
+        (Opening(_), Connect) => true,
         (Exchange(a), RespBody(b) | Tunnel(b)) => a == b,
-        (Exchange(_), Connect(Stage::Pick) | Respond) => true, // a retry; Apex's own 502/504
+        (Exchange(_), Connect | Respond) => true, // a retry; Apex's own 502/504
         (RespBody(_), ReadHead | Respond) => true,
         // ReadHead while draining with bytes still queued for the client becomes Respond.
         (Respond, ReadHead | Respond | Linger) => true,
@@ -189,12 +182,43 @@ pub(crate) enum Next {
     Go(Phase),
 }
 
-/// Why a connection is being closed, for the error log and for which status was sent.
+/// Why a connection is being closed, for the error log and for which status was sent. One
+/// byte of payload at most, so that a phase function's `Step` comes back in registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     Client,
     Upstream,
-    Internal(&'static str),
+    Internal(Broken),
+}
+
+/// A broken invariant, by what the code expected and did not find. Each is `debug_assert!`ed
+/// where it is detected; a release build closes the connection and logs the name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// A routed request without the config snapshot it was routed with.
+    NoSnapshot,
+    /// A phase holding an upstream key whose slot is empty.
+    UpstreamSlot,
+    /// A connection whose TCP connect completed for a TLS handshake, without TLS state.
+    TlsSlot,
+    /// A splice without the pipe it was given.
+    RequestPipe,
+    ResponsePipe,
+    /// More server picks than a group has servers.
+    ConnectLoop,
+}
+
+impl Broken {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Broken::NoSnapshot => "no config snapshot",
+            Broken::UpstreamSlot => "upstream slot empty",
+            Broken::TlsSlot => "tls state missing",
+            Broken::RequestPipe => "request pipe missing",
+            Broken::ResponsePipe => "response pipe missing",
+            Broken::ConnectLoop => "connect loop overran",
+        }
+    }
 }
 
 pub struct Conn {
@@ -233,12 +257,22 @@ impl std::fmt::Debug for Conn {
 
 type Step = Result<Next, Fault>;
 
+/// A phase that held `up` is left for one that does not: whoever left it pooled or closed the
+/// connection first. One still attached is a broken invariant; never leak its fd.
+fn leave_upstream(cx: &mut Cx, up: UpKey, key: ClientKey, from: Phase, to: Phase) {
+    if cx.ups.owner(up) == Some(key) {
+        debug_assert!(false, "{from:?} -> {to:?} left {up:?} attached");
+        cx.ups.close(up);
+        cx.fd_freed = true;
+    }
+}
+
 /// The upstream connection a phase holds. The phase owns it, so its slot is there: a miss is a
 /// broken invariant (a debug build stops; a release build closes the client connection).
 fn up_conn(ups: &mut Upstreams, up: UpKey) -> Result<&mut UpConn, Fault> {
     let u = ups.get_mut(up);
     debug_assert!(u.is_some(), "a phase holds {up:?} but its slot is empty");
-    u.ok_or(Fault::Internal("upstream slot"))
+    u.ok_or(Fault::Internal(Broken::UpstreamSlot))
 }
 
 impl Conn {
@@ -281,7 +315,7 @@ impl Conn {
 
     /// Idle between requests, with nothing buffered either way: safe to close when draining.
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::ReadHead
+        matches!(self.phase, Phase::ReadHead)
             && self.cin.as_ref().is_none_or(Buf::is_empty)
             && self.cout.as_ref().is_none_or(Buf::is_empty)
     }
@@ -297,7 +331,7 @@ impl Conn {
 
     /// Keeps the exchange while it holds or means anything; an idle connection gives it back.
     fn park(&mut self, rq: Box<Exchange>, cx: &mut Cx) {
-        if self.phase == Phase::ReadHead && rq.is_pristine() && self.cin.as_ref().is_none_or(Buf::is_empty) {
+        if matches!(self.phase, Phase::ReadHead) && rq.is_pristine() && self.cin.as_ref().is_none_or(Buf::is_empty) {
             cx.exchanges.give(rq);
         } else {
             self.rq = Some(rq);
@@ -308,7 +342,8 @@ impl Conn {
         for _ in 0..STEP_TURNS_MAX {
             let next = match self.phase {
                 Phase::ReadHead => self.read_head(rq, cx)?,
-                Phase::Connect(stage) => self.connect(rq, cx, key, stage)?,
+                Phase::Connect => self.connect(rq, cx, key)?,
+                Phase::Opening(up) => self.opening(rq, cx, up)?,
                 Phase::Exchange(up) => self.exchange(rq, cx, up)?,
                 Phase::RespBody(up) => self.resp_body(rq, cx, up)?,
                 Phase::Tunnel(up) => self.tunnel(rq, cx, up)?,
@@ -326,55 +361,67 @@ impl Conn {
     }
 
     /// The one place the phase changes: checks the transition, then runs the entry actions of
-    /// the phase entered.
+    /// the phase entered and arms its deadline.
+    #[inline(always)]
     fn enter(&mut self, rq: &mut Exchange, to: Phase, cx: &mut Cx, key: ClientKey) {
-        let t = cx.cfg.timeouts;
         let from = self.phase;
-        let to = match to {
-            // Shutting down: no next request, but what is queued for the client goes out.
-            Phase::ReadHead if cx.draining && self.cout.as_ref().is_some_and(|b| !b.is_empty()) => {
-                rq.close_after = true;
-                Phase::Respond
-            }
-            Phase::ReadHead if cx.draining => Phase::Close,
-            to => to,
-        };
+        let to = if matches!(to, Phase::ReadHead) && cx.draining { self.drain_to(rq) } else { to };
         debug_assert!(allowed(from, to), "no transition {from:?} -> {to:?}");
-        if let Some(up) = from.up()
-            && to.up() != Some(up)
-            && cx.ups.owner(up) == Some(key)
+        // A phase entered with a key carries the one it came with (`allowed` checks it); the
+        // others hold none, so whatever `from` held must have been pooled or closed.
+        if let Phase::ReadHead | Phase::Connect | Phase::Respond | Phase::Linger | Phase::Close = to
+            && let Some(up) = from.up()
         {
-            // Whoever leaves a phase pools or closes its connection first; never leak it.
-            debug_assert!(false, "{from:?} -> {to:?} left {up:?} attached");
-            cx.ups.close(up);
-            cx.fd_freed = true;
+            leave_upstream(cx, up, key, from, to);
         }
         match to {
             Phase::ReadHead => {
                 cx.bufs.release_if_empty(&mut self.cin);
                 cx.bufs.release_if_empty(&mut self.cout);
                 rq.clear(cx);
-                let has_bytes = self.cin.as_ref().is_some_and(|b| !b.is_empty());
+            }
+            // Not after a cut response: RFC 8446 §6.1, close_notify says nothing was lost.
+            Phase::Linger => self.client().shut_write(&mut cx.tls_bufs, !rq.resp_cut),
+            _ => {}
+        }
+        let t = &cx.cfg.timeouts;
+        let wait = match to {
+            Phase::ReadHead => {
                 // Pipelined bytes already waiting start the whole-head clock; otherwise idle.
-                self.deadline = cx.arm(if has_bytes { t.client_head } else { t.client_idle });
+                let has_bytes = self.cin.as_ref().is_some_and(|b| !b.is_empty());
                 rq.head_timer = has_bytes;
+                if has_bytes { t.client_head } else { t.client_idle }
             }
             // A deadline of its own, or a stale one from the head could fire while an fd is
             // being reclaimed and blame the server for it.
-            Phase::Connect(_) => self.deadline = cx.arm(t.upstream_connect),
+            Phase::Connect | Phase::Opening(_) => t.upstream_connect,
             Phase::Exchange(_) => {
-                self.deadline = cx.arm(if rq.sent_all() { t.upstream_head } else { t.client_body });
+                if rq.sent_all() {
+                    t.upstream_head
+                } else {
+                    t.client_body
+                }
             }
-            Phase::RespBody(_) | Phase::Tunnel(_) => self.deadline = cx.arm(t.upstream_body),
-            Phase::Respond => self.deadline = cx.arm(t.client_send),
-            Phase::Linger => {
-                // Not after a cut response: RFC 8446 §6.1, close_notify says nothing was lost.
-                self.client().shut_write(&mut cx.tls_bufs, !rq.resp_cut);
-                self.deadline = cx.arm(Duration::from_millis(LINGER_MS));
+            Phase::RespBody(_) | Phase::Tunnel(_) => t.upstream_body,
+            Phase::Respond => t.client_send,
+            Phase::Linger => Duration::from_millis(LINGER_MS),
+            Phase::Close => {
+                self.phase = to;
+                return;
             }
-            Phase::Close => {}
-        }
+        };
+        self.deadline = cx.arm(wait);
         self.phase = to;
+    }
+
+    /// Shutting down: no next request, but what is queued for the client goes out first.
+    fn drain_to(&mut self, rq: &mut Exchange) -> Phase {
+        if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+            rq.close_after = true;
+            Phase::Respond
+        } else {
+            Phase::Close
+        }
     }
 
     /// Called by the worker when the connection is removed.
@@ -553,11 +600,11 @@ impl Conn {
                     Next::Go(Phase::Close)
                 }
             }
-            Phase::Connect(Stage::Opening(up)) => self.connect_failed(rq, cx, up, true),
+            Phase::Opening(up) => self.connect_failed(rq, cx, up, true),
             // Still picking when the deadline fired (waiting for an fd): 504 from the next pick.
-            Phase::Connect(Stage::Pick) => {
+            Phase::Connect => {
                 rq.timed_out = true;
-                Next::Go(Phase::Connect(Stage::Pick))
+                Next::Go(Phase::Connect)
             }
             Phase::Exchange(_) => {
                 let client_slow = !rq.req_done() && !rq.up_wr_failed && rq.uout.as_ref().is_none_or(Buf::is_empty);
@@ -596,6 +643,12 @@ mod tests {
     /// An idle keep-alive connection holds no buffer and no exchange, only its `Conn` in the
     /// slab: the hot-path issue's budget is 0.5 KiB of RSS per idle connection, and the slab
     /// entry is most of it (the rest is the kernel-side epoll entry, not RSS).
+    /// A phase function's result fits two registers (see `Fault`).
+    #[test]
+    fn step_fits_registers() {
+        assert!(std::mem::size_of::<Step>() <= 16, "Step is {} bytes", std::mem::size_of::<Step>());
+    }
+
     #[test]
     fn idle_connection_fits_budget() {
         let size = std::mem::size_of::<Conn>();
@@ -607,13 +660,13 @@ mod tests {
     fn transitions_follow_the_diagram() {
         let (a, b) = (UpKey::from_token(3), UpKey::from_token(5));
         let ok = [
-            (Phase::ReadHead, Phase::Connect(Stage::Pick)),
-            (Phase::Connect(Stage::Pick), Phase::Connect(Stage::Opening(a))),
-            (Phase::Connect(Stage::Opening(a)), Phase::Exchange(a)),
-            (Phase::Connect(Stage::Pick), Phase::Exchange(b)),
+            (Phase::ReadHead, Phase::Connect),
+            (Phase::Connect, Phase::Opening(a)),
+            (Phase::Opening(a), Phase::Exchange(a)),
+            (Phase::Connect, Phase::Exchange(b)),
             (Phase::Exchange(a), Phase::RespBody(a)),
             (Phase::Exchange(a), Phase::Tunnel(a)),
-            (Phase::Exchange(a), Phase::Connect(Stage::Pick)),
+            (Phase::Exchange(a), Phase::Connect),
             (Phase::RespBody(a), Phase::ReadHead),
             (Phase::RespBody(a), Phase::Respond),
             (Phase::Respond, Phase::Linger),
@@ -624,13 +677,13 @@ mod tests {
             assert!(allowed(from, to), "{from:?} -> {to:?} should be allowed");
         }
         let refused = [
-            (Phase::Connect(Stage::Opening(a)), Phase::Exchange(b)), // another connection
+            (Phase::Opening(a), Phase::Exchange(b)), // another connection
             (Phase::Exchange(a), Phase::RespBody(b)),
             (Phase::ReadHead, Phase::Exchange(a)), // an upstream without a connect
             (Phase::ReadHead, Phase::RespBody(a)),
             (Phase::Tunnel(a), Phase::ReadHead), // a tunnel never becomes HTTP again
             (Phase::Tunnel(a), Phase::Respond),
-            (Phase::RespBody(a), Phase::Connect(Stage::Pick)), // no retry once a response began
+            (Phase::RespBody(a), Phase::Connect), // no retry once a response began
             (Phase::Linger, Phase::ReadHead),
             (Phase::Close, Phase::ReadHead),
         ];
