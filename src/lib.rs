@@ -14,5 +14,6 @@ pub mod log;
 pub mod reactor;
 pub mod server;
 pub mod splice;
+pub mod time;
 pub mod tls;
 pub mod upstream;
