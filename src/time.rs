@@ -1,6 +1,6 @@
 //! Civil dates, proleptic Gregorian, in UTC: days since 1970-01-01 to (year, month, day) and
 //! back (H. Hinnant's algorithms). Used by the log clock (`log.rs`) and the certificate-expiry
-//! check (`tls`). Limits: no time zones, no leap seconds (Unix time has none); inputs
+//! check (the tls module). Limits: no time zones, no leap seconds (Unix time has none); inputs
 //! are the system clock's days or a certificate's 2- or 4-digit year, far from where the
 //! arithmetic could overflow. Pure arithmetic, no I/O.
 
