@@ -14,7 +14,7 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 
 use super::record::{CIPHERTEXT_MAX, HEADER, record_need, whole_record};
-use super::{TlsBuf, bad};
+use super::{TlsBuf, bad, broken};
 use crate::io::{Filled, Io, fill, flush};
 
 /// The handshake in progress, as the server (a client of ours) or the client (an upstream).
@@ -159,13 +159,15 @@ pub(super) fn drive<C: HsConn>(
                 // §6.2.3) can never be whole in `rin`: rustls is given what there is and
                 // refuses it with a fatal alert (decode_error), instead of the wait lasting
                 // client_head.
-                let rest = rin.filled().get(*fed..).unwrap_or(&[]);
-                if rest.len() >= HEADER && record_need(rest) - HEADER > CIPHERTEXT_MAX {
+                // `fed` counts bytes of `rin` given to rustls, so it never passes its end.
+                let rest = rin.filled().get(*fed..).ok_or_else(|| broken("fed past rin"))?;
+                let need = record_need(rest);
+                if rest.len() >= HEADER && need - HEADER > CIPHERTEXT_MAX {
                     *fed += rest.len();
                     continue;
                 }
                 send(sock, io, rout, spill)?;
-                rin.reserve(record_need(rin.filled().get(*fed..).unwrap_or(&[])) + *fed);
+                rin.reserve(need + *fed);
                 match fill(sock, io, rin)? {
                     Filled::Data(_) => {}
                     Filled::Idle => return Ok(Hs::Read),
@@ -207,7 +209,8 @@ fn encode_spill<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, spill: &mut
     };
     let start = spill.len();
     spill.resize(start + need, 0);
-    let n = e.encode(spill.get_mut(start..).unwrap_or(&mut [])).map_err(|_| bad("tls encode"))?;
+    let room = spill.get_mut(start..).ok_or_else(|| broken("spill shorter than resized"))?;
+    let n = e.encode(room).map_err(|_| bad("tls encode"))?;
     spill.truncate(start + n);
     Ok(())
 }
@@ -215,6 +218,9 @@ fn encode_spill<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, spill: &mut
 /// The bytes of `rin` rustls has been given (and not discarded).
 fn fed_slice(rin: &mut TlsBuf, fed: usize) -> &mut [u8] {
     let b = rin.filled_mut();
+    // `fed` never passes the filled bytes (see `drive`); release builds clamp (rustls is given
+    // less, never more than there is).
+    debug_assert!(fed <= b.len(), "fed past rin");
     let n = fed.min(b.len());
     b.get_mut(..n).unwrap_or(&mut [])
 }

@@ -47,6 +47,14 @@ fn bad(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// A broken invariant of this module, not something the peer did: a debug build stops here; a
+/// release build ends the connection with this error rather than guess (never a panic, never
+/// a byte counted as moved that was not).
+fn broken(what: &'static str) -> io::Error {
+    debug_assert!(false, "tls invariant broken: {what}");
+    bad(what)
+}
+
 /// One connection's TLS state: a client's (we are the server) or an upstream's (we are the
 /// client).
 pub struct Tls {
@@ -178,15 +186,18 @@ impl Tls {
             let (from, to, end) = self.plain;
             if from < to {
                 let rin = self.rin.as_mut().ok_or_else(|| bad("tls state"))?;
-                let src = rin.filled().get(from as usize..to as usize).unwrap_or(&[]);
+                // `plain` lies within the record at the front of `rin` (set by `open_one`).
+                let src =
+                    rin.filled().get(from as usize..to as usize).ok_or_else(|| broken("plaintext outside rin"))?;
                 let spare = dst.spare();
                 let n = src.len().min(spare.len());
                 if n == 0 {
                     return Ok(Filled::Idle);
                 }
-                if let (Some(d), Some(s)) = (spare.get_mut(..n), src.get(..n)) {
-                    d.copy_from_slice(s);
-                }
+                let (Some(d), Some(s)) = (spare.get_mut(..n), src.get(..n)) else {
+                    return Err(broken("plaintext copy out of bounds"));
+                };
+                d.copy_from_slice(s);
                 dst.commit(n);
                 self.plain.0 += n as u32;
                 if self.plain.0 == to {
@@ -345,13 +356,16 @@ impl Tls {
                 if !rec.reply(out)? {
                     break;
                 }
-                let rest = src.filled().get(sealed..).unwrap_or(&[]);
+                // `sealed` counts bytes of `src` taken below, so it never passes its end; a
+                // slice that fell short would count bytes as sealed that were not.
+                let rest = src.filled().get(sealed..).ok_or_else(|| broken("sealed past the plaintext"))?;
                 let spare = out.spare();
                 let n = rest.len().min(rec.plain_room(spare.len()));
                 if n == 0 {
                     break;
                 }
-                let w = rec.seal(CT_APPDATA, rest.get(..n).unwrap_or(&[]), spare)?;
+                let plain = rest.get(..n).ok_or_else(|| broken("seal past the plaintext"))?;
+                let w = rec.seal(CT_APPDATA, plain, spare)?;
                 out.commit(w);
                 sealed += n;
             }

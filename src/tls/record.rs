@@ -16,7 +16,7 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
-use super::{TlsBuf, bad};
+use super::{TlsBuf, bad, broken};
 use crate::limits::TLS_RECORD_PLAIN_MAX;
 
 pub(super) const HEADER: usize = 5;
@@ -200,9 +200,10 @@ impl Records {
             aad_12 = aad12(self.tx.seq, ct, plain.len());
             &aad_12
         };
-        if let Some(e) = nonce.get(4..) {
-            nonce_out.copy_from_slice(e.get(..explicit).unwrap_or(&[]));
-        }
+        // RFC 5288 §3: the explicit nonce is the nonce's last 8 bytes (`explicit` is 0 or 8, and
+        // `nonce_out` that long). An empty fallback here would panic in `copy_from_slice`.
+        let e = nonce.get(4..4 + explicit).ok_or_else(|| broken("explicit nonce longer than the nonce"))?;
+        nonce_out.copy_from_slice(e);
         let tag = self
             .tx
             .key
@@ -242,13 +243,15 @@ impl Records {
                 let mut n = if explicit > 0 { self.rx.iv } else { self.rx.nonce() };
                 if explicit > 0 {
                     // RFC 5288 §3: salt from the key block, then the record's explicit nonce.
-                    if let (Some(d), Some(s)) = (n.get_mut(4..), body.get(..8)) {
-                        d.copy_from_slice(s);
-                    }
+                    // `body` holds at least `explicit + TAG` bytes (`plain_len` above).
+                    let (Some(d), Some(s)) = (n.get_mut(4..), body.get(..8)) else {
+                        return Err(broken("explicit nonce past the record"));
+                    };
+                    d.copy_from_slice(s);
                 }
                 nonce = n;
                 aad_buf = aad12(self.rx.seq, outer, plain_len);
-                sealed = body.get_mut(explicit..).unwrap_or(&mut []);
+                sealed = body.get_mut(explicit..).ok_or_else(|| broken("explicit nonce past the record"))?;
                 skip = explicit;
             }
         }
