@@ -13,6 +13,7 @@ pub mod log;
 pub mod reactor;
 pub mod server;
 pub mod splice;
+pub mod time;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

@@ -1,11 +1,21 @@
 //! Access and error logs with no lock and no heap allocation per line on the hot path.
 //!
-//! Each worker formats lines into fixed-size chunks it owns. A full chunk, or one older than
-//! `LOG_FLUSH_MS`, goes to the logger thread over a bounded channel and comes back empty over
-//! the worker's own return channel. The logger thread does every blocking write (stdout, a file,
-//! stderr). A worker that has no empty chunk, or finds the channel full, drops the line and counts
-//! it: a full pipe or a slow disk costs log lines, never traffic. Dropped counts are reported on
-//! the error log when logging recovers.
+//! Each worker formats lines into fixed-size chunks it owns (`CHUNKS_PER_WORKER` of them,
+//! allocated at start and recycled). A full chunk, or one older than `LOG_FLUSH_MS`, goes to the
+//! logger thread over the worker's own single-producer single-consumer ring (`rtrb`: two atomic
+//! indices, no lock), and comes back empty over a second ring the other way. The logger thread
+//! does every blocking write (stdout, a file, stderr).
+//!
+//! No lock is reachable from a worker: a worker touches only its two rings and the logger's
+//! `Thread` handle, whose `unpark` (after each shipped chunk) is an atomic swap plus, only if the
+//! logger sleeps, a futex wake (std's futex parker on Linux; no mutex). The logger sleeps in
+//! `park_timeout` when it finds nothing to write. The main thread's control messages (a sink
+//! change on reload or SIGUSR1, stop) use a std channel to the logger, off the worker path.
+//!
+//! A worker that has no empty chunk, or finds its ring full, drops the line and counts it: a full
+//! pipe or a slow disk costs log lines, never traffic. Dropped counts are reported on the error
+//! log when logging recovers. Ordering: chunks are written in the order each worker shipped them;
+//! a sink change first writes what was shipped before it arrived to the old sink.
 //!
 //! Lines never contain raw client bytes: everything taken from a request is escaped (`\xHH` in
 //! the combined format, `\u00HH` in JSON) and truncated.
@@ -14,11 +24,14 @@ use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rtrb::{Consumer, Producer, PushError, RingBuffer};
+
 use crate::h1::write::Out;
+use crate::time::civil_from_days;
 
 pub const CHUNK_BYTES: usize = 64 * 1024;
 pub const CHUNKS_PER_WORKER: usize = 8;
@@ -40,97 +53,163 @@ pub enum Format {
 struct Chunk {
     data: Box<[u8; CHUNK_BYTES]>,
     len: usize,
-    worker: usize,
 }
 
-enum Msg {
+/// A chunk of lines, worker -> logger.
+enum Shipped {
     Access(Chunk),
     Error(Chunk),
+}
+
+/// main thread -> logger.
+enum Ctl {
     /// Reopen the access file (SIGUSR1, logrotate), or switch sink (reload).
     Sink(Sink),
     Stop,
 }
 
+/// The logger's ends of one worker's rings.
+struct Lane {
+    full: Consumer<Shipped>,
+    empty: Producer<Chunk>,
+}
+
 /// The main thread's handle on the logger thread.
 pub struct Logger {
-    tx: SyncSender<Msg>,
+    ctl: Sender<Ctl>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Logger {
     /// Starts the logger thread; returns it and one `WorkerLog` per worker.
     pub fn start(sink: Sink, workers: usize) -> std::io::Result<(Logger, Vec<WorkerLog>)> {
-        let (tx, rx) = sync_channel::<Msg>(workers * CHUNKS_PER_WORKER + 4);
-        let mut backs = Vec::with_capacity(workers);
-        let mut logs = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (btx, brx) = sync_channel::<Chunk>(CHUNKS_PER_WORKER);
+        let mut lanes = Vec::with_capacity(workers);
+        let mut ends = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            // Each ring holds every chunk the worker owns, so neither can be full in practice.
+            let (ship, full) = RingBuffer::<Shipped>::new(CHUNKS_PER_WORKER);
+            let (mut empty, back) = RingBuffer::<Chunk>::new(CHUNKS_PER_WORKER);
             for _ in 0..CHUNKS_PER_WORKER {
-                let _ = btx.try_send(Chunk { data: Box::new([0u8; CHUNK_BYTES]), len: 0, worker: w });
+                let _ = empty.push(Chunk { data: Box::new([0u8; CHUNK_BYTES]), len: 0 });
             }
-            backs.push(btx);
-            logs.push(WorkerLog {
-                tx: tx.clone(),
-                back: brx,
+            lanes.push(Lane { full, empty });
+            ends.push((ship, back));
+        }
+        let (ctl, ctl_rx) = channel::<Ctl>();
+        let out = open(&sink);
+        let handle = std::thread::Builder::new().name("apex-log".into()).spawn(move || run(lanes, ctl_rx, out))?;
+        let logger = handle.thread().clone();
+        let logs = ends
+            .into_iter()
+            .map(|(ship, back)| WorkerLog {
+                ship,
+                back,
+                logger: logger.clone(),
                 access: None,
                 error: None,
                 since: None,
                 dropped: 0,
                 dropped_reported: 0,
                 clock: Clock::default(),
-            });
-        }
-        let mut out = open(&sink);
-        let handle = std::thread::Builder::new().name("apex-log".into()).spawn(move || {
-            let mut stderr = std::io::stderr();
-            while let Ok(msg) = rx.recv() {
-                match msg {
-                    Msg::Access(mut c) => {
-                        if let Some(o) = out.as_mut() {
-                            let _ = o.write_all(c.data.get(..c.len).unwrap_or(&[]));
-                        }
-                        c.len = 0;
-                        if let Some(b) = backs.get(c.worker) {
-                            let _ = b.try_send(c);
-                        }
-                    }
-                    Msg::Error(mut c) => {
-                        let _ = stderr.write_all(c.data.get(..c.len).unwrap_or(&[]));
-                        c.len = 0;
-                        if let Some(b) = backs.get(c.worker) {
-                            let _ = b.try_send(c);
-                        }
-                    }
-                    Msg::Sink(s) => {
-                        if let Some(o) = out.as_mut() {
-                            let _ = o.flush();
-                        }
-                        out = open(&s);
-                    }
-                    Msg::Stop => break,
-                }
-            }
-            if let Some(o) = out.as_mut() {
-                let _ = o.flush();
-            }
-        })?;
-        Ok((Logger { tx, handle: Some(handle) }, logs))
+            })
+            .collect();
+        Ok((Logger { ctl, handle: Some(handle) }, logs))
     }
 
     pub fn set_sink(&self, sink: Sink) {
-        let _ = self.tx.send(Msg::Sink(sink));
+        let _ = self.ctl.send(Ctl::Sink(sink));
+        self.wake();
     }
 
     /// Writes what the workers have shipped, then stops the thread.
     pub fn stop(mut self) {
-        let _ = self.tx.send(Msg::Stop);
+        let _ = self.ctl.send(Ctl::Stop);
+        self.wake();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
     }
+
+    fn wake(&self) {
+        if let Some(h) = &self.handle {
+            h.thread().unpark();
+        }
+    }
 }
 
-fn open(sink: &Sink) -> Option<Box<dyn std::io::Write + Send>> {
+type Output = Option<Box<dyn std::io::Write + Send>>;
+
+/// The logger thread: writes what the workers ship, sleeps when there is nothing.
+fn run(mut lanes: Vec<Lane>, ctl: Receiver<Ctl>, mut out: Output) {
+    let mut stderr = std::io::stderr();
+    loop {
+        let mut busy = drain(&mut lanes, &mut out, &mut stderr);
+        loop {
+            match ctl.try_recv() {
+                Ok(Ctl::Sink(s)) => {
+                    // What was shipped before the change goes to the old sink.
+                    drain(&mut lanes, &mut out, &mut stderr);
+                    if let Some(o) = out.as_mut() {
+                        let _ = o.flush();
+                    }
+                    out = open(&s);
+                    busy = true;
+                }
+                Ok(Ctl::Stop) => return finish(&mut lanes, &mut out, &mut stderr),
+                // The main thread dropped its handle without `stop`: go on while any worker
+                // can still ship (as a channel would while a sender lives).
+                Err(TryRecvError::Disconnected) if lanes.iter().all(|l| l.full.is_abandoned()) => {
+                    return finish(&mut lanes, &mut out, &mut stderr);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if !busy {
+            // Woken by `unpark` as soon as a worker ships or the main thread sends; the
+            // timeout only bounds how long an abandoned logger lingers.
+            std::thread::park_timeout(Duration::from_millis(LOG_FLUSH_MS));
+        }
+    }
+}
+
+/// Writes every chunk shipped so far and hands each back to its worker. Returns whether there
+/// was any.
+fn drain(lanes: &mut [Lane], out: &mut Output, stderr: &mut std::io::Stderr) -> bool {
+    let mut any = false;
+    for lane in lanes.iter_mut() {
+        // At most one round of the worker's chunks, so a busy worker cannot keep the logger
+        // from the others and from the main thread's messages.
+        for _ in 0..CHUNKS_PER_WORKER {
+            let Ok(shipped) = lane.full.pop() else { break };
+            any = true;
+            let mut c = match shipped {
+                Shipped::Access(c) => {
+                    if let Some(o) = out.as_mut() {
+                        let _ = o.write_all(c.data.get(..c.len).unwrap_or(&[]));
+                    }
+                    c
+                }
+                Shipped::Error(c) => {
+                    let _ = stderr.write_all(c.data.get(..c.len).unwrap_or(&[]));
+                    c
+                }
+            };
+            c.len = 0;
+            // The ring holds all of the worker's chunks, so there is room.
+            let _ = lane.empty.push(c);
+        }
+    }
+    any
+}
+
+fn finish(lanes: &mut [Lane], out: &mut Output, stderr: &mut std::io::Stderr) {
+    drain(lanes, out, stderr);
+    if let Some(o) = out.as_mut() {
+        let _ = o.flush();
+    }
+}
+
+fn open(sink: &Sink) -> Output {
     match sink {
         Sink::Off => None,
         Sink::Stdout => Some(Box::new(std::io::stdout())),
@@ -172,20 +251,6 @@ impl Clock {
     }
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// What one access-log line says.
 pub struct Entry<'a> {
     pub client: std::net::SocketAddr,
@@ -205,8 +270,12 @@ pub struct Entry<'a> {
 
 /// One worker's end of the logs.
 pub struct WorkerLog {
-    tx: SyncSender<Msg>,
-    back: Receiver<Chunk>,
+    /// Full chunks to the logger.
+    ship: Producer<Shipped>,
+    /// Empty chunks back from it.
+    back: Consumer<Chunk>,
+    /// Woken after each shipped chunk.
+    logger: Thread,
     access: Option<Chunk>,
     error: Option<Chunk>,
     /// When the oldest unshipped line was written.
@@ -244,9 +313,9 @@ impl WorkerLog {
         for _ in 0..2 {
             let slot = if access { &mut self.access } else { &mut self.error };
             if slot.is_none() {
-                match self.back.try_recv() {
+                match self.back.pop() {
                     Ok(c) => *slot = Some(c),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    Err(_) => break,
                 }
             }
             let Some(c) = slot.as_mut() else { break };
@@ -268,12 +337,11 @@ impl WorkerLog {
     fn ship(&mut self, access: bool) {
         let slot = if access { &mut self.access } else { &mut self.error };
         let Some(c) = slot.take() else { return };
-        let msg = if access { Msg::Access(c) } else { Msg::Error(c) };
-        match self.tx.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => {
+        let shipped = if access { Shipped::Access(c) } else { Shipped::Error(c) };
+        match self.ship.push(shipped) {
+            Ok(()) => self.logger.unpark(),
+            Err(PushError::Full(Shipped::Access(mut c) | Shipped::Error(mut c))) => {
                 // Keep the chunk: its lines are lost, the chunk is not.
-                let (Msg::Access(mut c) | Msg::Error(mut c)) = m else { return };
                 c.len = 0;
                 self.dropped += 1;
                 *slot = Some(c);
@@ -446,13 +514,6 @@ impl Rec {
 mod tests {
     use super::*;
 
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_418), (2025, 11, 26));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
-
     fn entry<'a>(target: &'a [u8]) -> Entry<'a> {
         Entry {
             client: "127.0.0.1:5000".parse().unwrap(),
@@ -468,6 +529,36 @@ mod tests {
             agent: b"curl/8",
             ended_by: "-",
         }
+    }
+
+    /// A shipped chunk is written promptly (the worker wakes the logger), chunks cross the
+    /// rings in order and come back for reuse, and `stop` writes what was shipped.
+    #[test]
+    fn lines_reach_the_sink_promptly_and_on_stop() {
+        let path = std::env::temp_dir().join(format!("apex-log-unit-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let (logger, mut logs) = Logger::start(Sink::File(path.clone()), 2).unwrap();
+        let t0 = Instant::now();
+        logs[0].access(t0, Format::Combined, &entry(b"/first"));
+        assert!(logs[0].tick(t0 + Duration::from_millis(LOG_FLUSH_MS)).is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&path).unwrap_or_default().contains("/first") {
+            assert!(Instant::now() < deadline, "a shipped chunk was not written within 5 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // More lines than one chunk holds, fewer than all of a worker's chunks: none dropped,
+        // whatever the logger's pace.
+        let lines = 2 * CHUNK_BYTES / 150;
+        for _ in 0..lines {
+            logs[1].access(t0, Format::Json, &entry(b"/many"));
+        }
+        logs[1].flush();
+        assert_eq!((logs[0].dropped, logs[1].dropped), (0, 0));
+        logger.stop();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text.lines().filter(|l| l.contains("/many")).count(), lines);
+        assert_eq!(text.lines().count(), lines + 1);
     }
 
     #[test]

@@ -137,9 +137,13 @@ impl Decoder {
                 if n == 0 {
                     return Ok((i, o));
                 }
-                if let (Some(src), Some(dst)) = (input.get(i..i + n), out.get_mut(o..o + n)) {
-                    dst.copy_from_slice(src);
-                }
+                // `i` and `o` never pass their slices' ends, so both ranges exist. Were one
+                // missing, nothing was copied: an error, not `n` bytes counted as relayed.
+                let (Some(src), Some(dst)) = (input.get(i..i + n), out.get_mut(o..o + n)) else {
+                    debug_assert!(false, "chunk data range outside input or output");
+                    return Err(ChunkError);
+                };
+                dst.copy_from_slice(src);
                 i += n;
                 o += n;
                 self.remaining -= n as u64;
@@ -157,6 +161,8 @@ impl Decoder {
     }
 
     fn stage(&mut self, bytes: &[u8]) {
+        // Callers stage at most a size line (16 hex digits + CRLF) or the last chunk.
+        debug_assert!(bytes.len() <= STAGE_BYTES, "staged framing longer than the stage");
         let n = bytes.len().min(self.stage.len());
         if let (Some(dst), Some(src)) = (self.stage.get_mut(..n), bytes.get(..n)) {
             dst.copy_from_slice(src);
@@ -476,6 +482,31 @@ mod tests {
         let (used, made) = d.relay(b"\r\n0\r\n\r\n", &mut out, true).unwrap();
         assert_eq!((used, &out[..made]), (7, &b"\r\n0\r\n\r\n"[..]));
         assert!(d.is_done());
+    }
+
+    /// What `relay` reports as produced is exactly what it wrote, byte for byte, and it never
+    /// writes past that: for every output size, the bytes after `produced` are untouched, and
+    /// consumed + produced add up to the whole message however it is cut.
+    #[test]
+    fn relay_counts_only_bytes_it_moved() {
+        let input = b"a\r\n0123456789\r\n3\r\nxyz\r\n0\r\n\r\n";
+        for rechunk in [true, false] {
+            let want = all_splits(input, rechunk).unwrap().0;
+            for cap in 1..=want.len() + 1 {
+                let mut d = Decoder::new();
+                let (mut used, mut got) = (0, Vec::new());
+                while !d.is_done() {
+                    let mut out = vec![0xEEu8; cap];
+                    let (c, p) = d.relay(&input[used..], &mut out, rechunk).unwrap();
+                    assert!(c <= input.len() - used && p <= cap, "cap {cap}: ({c}, {p})");
+                    assert!(out[p..].iter().all(|&b| b == 0xEE), "cap {cap}: wrote past {p}");
+                    assert!(c > 0 || p > 0, "cap {cap}: no progress");
+                    used += c;
+                    got.extend_from_slice(&out[..p]);
+                }
+                assert_eq!((used, &got), (input.len(), &want), "cap {cap} rechunk {rechunk}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! Certificates and rustls configurations: `[[tls.cert]]` entries loaded and checked (files,
+//! key match, names covered, not expired) into the server config with its SNI resolver; the
+//! client config for TLS upstreams; the process's session-ticket key rotator.
+//!
+//! Runs at start and on reload, never on a worker's hot path: it may allocate, and its errors
+//! are `String`s naming the file. Limits: the expiry check reads only the leaf's notAfter (a
+//! minimal DER walker, `der`); webpki does the real chain and name checks.
+
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+
+/// One `[[tls.cert]]`: a chain, its key, and the SNI names it serves.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    pub chain: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub names: Vec<String>,
+}
+
+/// Picks a certificate by SNI: exact names, then one-label wildcards (`*.example.com`), then the
+/// first certificate, unless `strict` (then an unknown or absent name fails the handshake).
+#[derive(Debug)]
+struct Sni {
+    /// Lowercase names; a wildcard is stored as its suffix with the dot (`.example.com`).
+    exact: Vec<(Box<str>, usize)>,
+    wild: Vec<(Box<str>, usize)>,
+    keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+    strict: bool,
+}
+
+impl rustls::server::ResolvesServerCert for Sni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let found = hello.server_name().and_then(|n| {
+            let exact = self.exact.iter().find(|(e, _)| e.eq_ignore_ascii_case(n));
+            let wild = || {
+                let dot = n.find('.')?;
+                let suffix = n.get(dot..)?;
+                self.wild.iter().find(|(w, _)| w.eq_ignore_ascii_case(suffix))
+            };
+            exact.or_else(wild).map(|&(_, i)| i)
+        });
+        let i = match found {
+            Some(i) => i,
+            None if self.strict => return None,
+            None => 0,
+        };
+        self.keys.get(i).cloned()
+    }
+}
+
+/// Loads every certificate and key and builds the rustls server config. An error names the
+/// entry (its index in `certs`) and the file.
+pub fn server_config(certs: &[CertSpec], strict_sni: bool) -> Result<Arc<ServerConfig>, (usize, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut sni = Sni { exact: Vec::new(), wild: Vec::new(), keys: Vec::new(), strict: strict_sni };
+    for (i, c) in certs.iter().enumerate() {
+        let chain_name = c.chain.display();
+        let key_name = c.key.display();
+        std::fs::metadata(&c.chain).map_err(|e| (i, format!("chain {chain_name}: {e}")))?;
+        std::fs::metadata(&c.key).map_err(|e| (i, format!("key {key_name}: {e}")))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.chain)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| (i, format!("chain {chain_name}: not a PEM certificate chain ({e})")))?;
+        let Some(leaf) = chain.first() else {
+            return Err((i, format!("chain {chain_name}: no certificate in it")));
+        };
+        if let Some(end) = not_after(leaf)
+            && end < now_utc()
+        {
+            return Err((i, format!("chain {chain_name}: the certificate expired on {}", show_time(end))));
+        }
+        let key = PrivateKeyDer::from_pem_file(&c.key)
+            .map_err(|e| (i, format!("key {key_name}: not a PEM private key ({e})")))?;
+        let ck = rustls::sign::CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            let why = match e {
+                rustls::Error::InconsistentKeys(_) => "does not match the certificate".to_string(),
+                e => format!("unusable ({e})"),
+            };
+            (i, format!("key {key_name} {why} in {chain_name}"))
+        })?;
+        let ck = Arc::new(ck);
+        for n in &c.names {
+            let lower = n.to_ascii_lowercase();
+            // webpki checks the name against the certificate; a wildcard is checked with a
+            // name it must cover.
+            let probe = match lower.strip_prefix("*.") {
+                Some(rest) => format!("apex-wildcard-probe.{rest}"),
+                None => lower.clone(),
+            };
+            let mut check = rustls::server::ResolvesServerCertUsingSni::new();
+            if check.add(&probe, rustls::sign::CertifiedKey::clone(&ck)).is_err() {
+                return Err((i, format!("chain {chain_name}: the certificate does not cover the name {n:?}")));
+            }
+            match lower.strip_prefix('*') {
+                Some(suffix) => sni.wild.push((suffix.into(), sni.keys.len())),
+                None => sni.exact.push((lower.into(), sni.keys.len())),
+            }
+        }
+        sni.keys.push(ck);
+    }
+    if sni.keys.is_empty() {
+        return Err((0, "tls: give at least one [[tls.cert]]".into()));
+    }
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| (0, format!("tls: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(sni));
+    // RFC 7301: HTTP/1.x only (http/1.0 for clients that offer only it, as curl --http1.0
+    // does); a client offering only other protocols (h2) is refused.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    // The record layer after the handshake is ours (see the module comment).
+    cfg.enable_secret_extraction = true;
+    cfg.ticketer = ticketer().map_err(|e| (0, format!("tls: session tickets: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
+/// A group's TLS to its servers, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsSpec {
+    /// SNI and the name the certificate must match; None: the server's IP address, no SNI.
+    pub server_name: Option<String>,
+    /// Roots to trust instead of the system's.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// How to speak TLS to one upstream server.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+impl UpstreamTls {
+    pub fn new(config: Arc<rustls::ClientConfig>, spec: &UpstreamTlsSpec, addr: std::net::SocketAddr) -> Self {
+        use rustls::pki_types::{DnsName, ServerName};
+        // Checked when the config was read; an IP address is the fallback either way.
+        let name = match spec.server_name.as_deref().map(|n| DnsName::try_from(n.to_string())) {
+            Some(Ok(n)) => ServerName::DnsName(n),
+            _ => ServerName::IpAddress(addr.ip().into()),
+        };
+        UpstreamTls { config, name }
+    }
+}
+
+/// The system's roots: Debian/Ubuntu, then RHEL/Fedora, then Alpine/BSD locations.
+const SYSTEM_ROOTS: [&str; 3] =
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// A TLS client config for upstreams: TLS 1.2 and 1.3, ALPN http/1.1, the chain and name
+/// verified by webpki against `ca` (a PEM bundle) or the system's roots.
+pub fn client_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let path = match ca {
+        Some(p) => p.to_path_buf(),
+        None => SYSTEM_ROOTS
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .ok_or_else(|| format!("tls: no system roots (looked for {}); give tls_ca", SYSTEM_ROOTS.join(", ")))?,
+    };
+    let shown = path.display();
+    std::fs::metadata(&path).map_err(|e| format!("tls_ca {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("tls_ca {shown}: not PEM certificates ({e})"))?;
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("tls_ca {shown}: no usable certificate in it"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.enable_secret_extraction = true;
+    Ok(Arc::new(cfg))
+}
+
+/// One ticket key rotator for the process: tickets issued before a reload still resume after
+/// it, and every worker can open every ticket.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    static TICKETER: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>> = std::sync::OnceLock::new();
+    if let Some(t) = TICKETER.get() {
+        return Ok(Arc::clone(t));
+    }
+    let t = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::clone(TICKETER.get_or_init(|| t)))
+}
+
+/// Seconds since the Unix epoch, now.
+fn now_utc() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn show_time(t: i64) -> String {
+    let days = t.div_euclid(86_400);
+    let (y, m, d) = crate::time::civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// One DER element at the front of `b`: (tag, contents, rest).
+fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&l0, mut b) = b.split_first()?;
+    let len = if l0 < 0x80 {
+        usize::from(l0)
+    } else {
+        let n = usize::from(l0 & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (lb, rest) = b.split_at_checked(n)?;
+        b = rest;
+        lb.iter().fold(0usize, |a, &x| (a << 8) | usize::from(x))
+    };
+    let (body, rest) = b.split_at_checked(len)?;
+    Some((tag, body, rest))
+}
+
+/// The certificate's notAfter (RFC 5280 §4.1.2.5), in seconds since the epoch.
+fn not_after(cert: &[u8]) -> Option<i64> {
+    let (_, c, _) = der(cert)?; // Certificate
+    let (_, tbs, _) = der(c)?; // TBSCertificate
+    let (tag, _, mut rest) = der(tbs)?;
+    if tag == 0xa0 {
+        rest = der(rest)?.2; // [0] version, then the serial number
+    }
+    let rest = der(rest)?.2; // signature algorithm
+    let rest = der(rest)?.2; // issuer
+    let (_, validity, _) = der(rest)?;
+    let (_, _, after) = der(validity)?; // notBefore
+    let (tag, t, _) = der(after)?;
+    let digits = |s: &[u8]| -> Option<i64> {
+        s.iter().try_fold(0i64, |a, &c| c.is_ascii_digit().then(|| a * 10 + i64::from(c - b'0')))
+    };
+    // UTCTime YYMMDDHHMMSSZ (years 1950-2049) or GeneralizedTime YYYYMMDDHHMMSSZ.
+    let (y, rest) = match tag {
+        0x17 => {
+            let yy = digits(t.get(..2)?)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, t.get(2..)?)
+        }
+        0x18 => (digits(t.get(..4)?)?, t.get(4..)?),
+        _ => return None,
+    };
+    let f = |i: usize| digits(rest.get(i..i + 2)?);
+    let days = crate::time::days_from_civil(y, f(0)?, f(2)?);
+    Some(days * 86_400 + f(4)? * 3600 + f(6)? * 60 + f(8)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_dates_show() {
+        assert_eq!(show_time(1_798_761_600), "2027-01-01");
+    }
+
+    #[test]
+    fn der_reader_refuses_truncation() {
+        assert!(der(&[0x30, 0x05, 1, 2]).is_none());
+        assert!(der(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
+        assert_eq!(der(&[0x02, 0x01, 7, 9]), Some((0x02, &[7u8][..], &[9u8][..])));
+        assert!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x00]).is_none());
+    }
+}
