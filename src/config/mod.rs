@@ -1,0 +1,364 @@
+//! Configuration: one TOML file, parsed with serde into `Raw*` types, then validated into an
+//! immutable `Config` snapshot that workers read through `ArcSwap` (one `load` per batch of events: a
+//! request routed in a batch keeps that snapshot until it ends, reload or not).
+//! `build.rs` holds the `Raw*` types and the validation; this file the snapshot and its API.
+//! Every error names the file and line. Validation is all or nothing: a `Config` that exists
+//! is one Apex can serve with; nothing in it is checked again on the hot path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod build;
+
+pub use build::parse_duration;
+use build::{RawConfig, build};
+
+#[derive(Debug)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; 0 in the file means one per core, resolved here.
+    pub workers: usize,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub log: LogConfig,
+    /// Most specific first: exact hosts, then wildcards by suffix length, then `*`.
+    pub sites: Vec<Site>,
+    pub groups: Vec<Group>,
+    /// Every distinct upstream address; groups refer to these by index, so passive health and
+    /// pools belong to an address, whichever groups share it.
+    pub servers: Vec<SocketAddr>,
+    /// Per server (same index as `servers`): how to speak TLS to it, if the groups that list it
+    /// ask for TLS (they must agree).
+    pub server_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
+    /// TLS listeners and their certificates (`[tls]`), if any.
+    pub tls: Option<TlsListen>,
+}
+
+#[derive(Debug)]
+pub struct TlsListen {
+    pub listen: Vec<SocketAddr>,
+    /// Plain listeners (from `listen`) whose requests all get a 308 to HTTPS.
+    pub redirect_http: Vec<SocketAddr>,
+    pub strict_sni: bool,
+    /// Paths as given, made absolute against the config file's directory.
+    pub certs: Vec<crate::tls::CertSpec>,
+    /// Built once per load: the certificates are read when the config is, so a bad one is an
+    /// error at start or on reload, never on a handshake.
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub client_head: Duration,
+    pub client_idle: Duration,
+    pub client_body: Duration,
+    pub client_send: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_head: Duration,
+    pub upstream_body: Duration,
+    pub upstream_idle: Duration,
+    /// SIGTERM: how long in-flight requests may take to finish before Apex exits anyway.
+    pub shutdown: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub head_bytes: usize,
+    pub headers: usize,
+    pub body_bytes: u64,
+    pub connections: usize,
+    pub upstream_idle_per_server: usize,
+    /// SO_SNDBUF for client sockets; 0 leaves the kernel's autotuning (up to tcp_wmem's max).
+    pub client_send_buffer: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub access: crate::log::Sink,
+    pub format: crate::log::Format,
+}
+
+#[derive(Debug)]
+pub struct Site {
+    pub host: HostPattern,
+    /// Longest path first.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Lower-case host name.
+    Exact(Box<[u8]>),
+    /// Lower-case suffix with its leading dot: `*.example.com` -> `.example.com`.
+    Suffix(Box<[u8]>),
+    Any,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub path: Box<[u8]>,
+    pub group: usize,
+}
+
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub servers: Vec<usize>,
+    pub cooldown: Duration,
+    /// TLS to these servers (`tls = true`), as written.
+    pub tls: Option<crate::tls::UpstreamTlsSpec>,
+}
+
+impl HostPattern {
+    fn matches(&self, host: &[u8]) -> bool {
+        match self {
+            HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len()
+                    && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+            }
+            HostPattern::Any => true,
+        }
+    }
+}
+
+impl Config {
+    /// The upstream group for a request: most specific host, then longest path prefix within
+    /// that host's routes (as nginx picks a server block, then a location). `host` has no port.
+    pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
+        let site = self.sites.iter().find(|s| s.host.matches(host))?;
+        site.routes.iter().find(|r| path.starts_with(&r.path)).map(|r| r.group)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            msg: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, msg: String| ConfigError {
+            file: file.to_string(),
+            line: span.map_or(0, |s| line_of(text, s.start)),
+            msg,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        build(raw, base).map_err(|(span, msg)| err(span, msg))
+    }
+}
+
+impl Config {
+    /// The configuration as Apex will run it, every default filled in, as TOML that parses
+    /// back to the same config (`apex --check` prints it).
+    pub fn effective(&self) -> String {
+        use std::fmt::Write as _;
+        let d = |d: Duration| {
+            let ms = d.as_millis();
+            if ms.is_multiple_of(1000) { format!("\"{}s\"", ms / 1000) } else { format!("\"{ms}ms\"") }
+        };
+        let q = |s: &str| format!("{s:?}");
+        let mut o = String::new();
+        let listen: Vec<String> = self.listen.iter().map(|a| q(&a.to_string())).collect();
+        let _ = writeln!(o, "listen = [{}]", listen.join(", "));
+        let _ = writeln!(o, "workers = {}\n\n[timeouts]", self.workers);
+        let t = &self.timeouts;
+        for (k, v) in [
+            ("client_head", t.client_head),
+            ("client_idle", t.client_idle),
+            ("client_body", t.client_body),
+            ("client_send", t.client_send),
+            ("upstream_connect", t.upstream_connect),
+            ("upstream_head", t.upstream_head),
+            ("upstream_body", t.upstream_body),
+            ("upstream_idle", t.upstream_idle),
+            ("shutdown", t.shutdown),
+        ] {
+            let _ = writeln!(o, "{k} = {}", d(v));
+        }
+        let l = &self.limits;
+        let _ = writeln!(
+            o,
+            "\n[limits]\nhead_bytes = {}\nheaders = {}\nbody_bytes = {}\nconnections = {}\nupstream_idle_per_server = {}\nclient_send_buffer = {}",
+            l.head_bytes, l.headers, l.body_bytes, l.connections, l.upstream_idle_per_server, l.client_send_buffer
+        );
+        let access = match &self.log.access {
+            crate::log::Sink::Off => "off".to_string(),
+            crate::log::Sink::Stdout => "stdout".to_string(),
+            crate::log::Sink::File(p) => p.display().to_string(),
+        };
+        let format = match self.log.format {
+            crate::log::Format::Combined => "combined",
+            crate::log::Format::Json => "json",
+        };
+        let _ = writeln!(o, "\n[log]\naccess = {}\nformat = {}", q(&access), q(format));
+        for site in &self.sites {
+            let host = match &site.host {
+                HostPattern::Exact(h) => String::from_utf8_lossy(h).into_owned(),
+                HostPattern::Suffix(s) => format!("*{}", String::from_utf8_lossy(s)),
+                HostPattern::Any => "*".to_string(),
+            };
+            for r in &site.routes {
+                let group = self.groups.get(r.group).map_or("", |g| g.name.as_str());
+                let _ = writeln!(
+                    o,
+                    "\n[[route]]\nhost = {}\npath = {}\nupstream = {}",
+                    q(&host),
+                    q(&String::from_utf8_lossy(&r.path)),
+                    q(group)
+                );
+            }
+        }
+        for g in &self.groups {
+            let servers: Vec<String> =
+                g.servers.iter().filter_map(|&i| self.servers.get(i)).map(|a| q(&a.to_string())).collect();
+            let _ = writeln!(
+                o,
+                "\n[upstream.{}]\nservers = [{}]\ncooldown = {}",
+                q(&g.name),
+                servers.join(", "),
+                d(g.cooldown)
+            );
+            if let Some(t) = &g.tls {
+                let _ = writeln!(o, "tls = true");
+                if let Some(n) = &t.server_name {
+                    let _ = writeln!(o, "tls_name = {}", q(n));
+                }
+                if let Some(c) = &t.ca {
+                    let _ = writeln!(o, "tls_ca = {}", q(&c.display().to_string()));
+                }
+            }
+        }
+        if let Some(t) = &self.tls {
+            let listen: Vec<String> = t.listen.iter().map(|a| q(&a.to_string())).collect();
+            let redirect: Vec<String> = t.redirect_http.iter().map(|a| q(&a.to_string())).collect();
+            let _ = writeln!(
+                o,
+                "\n[tls]\nlisten = [{}]\nredirect_http = [{}]\nstrict_sni = {}",
+                listen.join(", "),
+                redirect.join(", "),
+                t.strict_sni
+            );
+            for c in &t.certs {
+                let names: Vec<String> = c.names.iter().map(|n| q(n)).collect();
+                let _ = writeln!(
+                    o,
+                    "\n[[tls.cert]]\nchain = {}\nkey = {}\nnames = [{}]",
+                    q(&c.chain.display().to_string()),
+                    q(&c.key.display().to_string()),
+                    names.join(", ")
+                );
+            }
+        }
+        o
+    }
+}
+
+/// A config problem, shown as `FILE:LINE: problem` (line 0: the file as a whole).
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.msg)
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes().get(..offset).map_or(1, |b| b.iter().filter(|&&c| c == b'\n').count() + 1)
+}
+#[cfg(test)]
+mod tests {
+    use super::build::*;
+    use super::*;
+
+    const BASE: &str =
+        "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../apex.toml");
+        let c = Config::parse(text, "apex.toml").unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.timeouts.upstream_idle, Duration::from_secs(4));
+        assert_eq!(c.route(b"anything", b"/x"), Some(0));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        assert!(err(&format!("{BASE}bogus = 1\n")).starts_with("t.toml:6: "), "{}", err(&format!("{BASE}bogus = 1\n")));
+        assert!(err("listen = [\"nope\"]\n").starts_with("t.toml:1: listen: bad address"));
+        let e = err(&format!("{BASE}[timeouts]\nclient_head = \"0s\"\n"));
+        assert!(e.starts_with("t.toml:7: client_head: a zero timeout"), "{e}");
+        let e = err(&format!("{BASE}[[route]]\nupstream = \"app\"\n"));
+        assert!(e.starts_with("t.toml:7: duplicate route"), "{e}");
+        let e = err(&format!("{BASE}[[route]]\npath = \"/x\"\nupstream = \"nope\"\n"));
+        assert!(e.starts_with("t.toml:8: route to unknown upstream group"), "{e}");
+        let e = err("listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = []\n");
+        assert!(e.starts_with("t.toml:5: upstream \"app\": empty group"), "{e}");
+        let e = err("listen = [\"127.0.0.1:0\"\n");
+        assert!(e.starts_with("t.toml:"), "{e}");
+    }
+
+    #[test]
+    fn routing_specificity() {
+        let text = "listen = [\"127.0.0.1:0\"]\n\
+            [[route]]\nupstream = \"any\"\n\
+            [[route]]\nhost = \"*.example.com\"\nupstream = \"wild\"\n\
+            [[route]]\nhost = \"*.api.example.com\"\nupstream = \"wild2\"\n\
+            [[route]]\nhost = \"Example.com\"\nupstream = \"exact\"\n\
+            [[route]]\nhost = \"example.com\"\npath = \"/api\"\nupstream = \"api\"\n\
+            [upstream.any]\nservers = [\"127.0.0.1:1\"]\n[upstream.wild]\nservers = [\"127.0.0.1:2\"]\n\
+            [upstream.wild2]\nservers = [\"127.0.0.1:3\"]\n[upstream.exact]\nservers = [\"127.0.0.1:4\"]\n\
+            [upstream.api]\nservers = [\"127.0.0.1:4\"]\n";
+        let c = Config::parse(text, "t").unwrap();
+        let name = |h: &[u8], p: &[u8]| c.route(h, p).map(|g| c.groups[g].name.as_str());
+        assert_eq!(name(b"other", b"/"), Some("any"));
+        assert_eq!(name(b"a.example.com", b"/"), Some("wild"));
+        assert_eq!(name(b"x.api.example.com", b"/"), Some("wild2"));
+        assert_eq!(name(b"EXAMPLE.COM", b"/x"), Some("exact"));
+        assert_eq!(name(b"example.com", b"/api/v1"), Some("api"));
+        assert_eq!(c.servers.len(), 4, "shared addresses are one server");
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let c = Config::parse(include_str!("../../apex.toml"), "apex.toml").unwrap();
+        let text = c.effective();
+        let again = Config::parse(&text, "effective").unwrap();
+        assert_eq!(again.effective(), text);
+        assert!(text.contains("client_head = \"10s\"\n"), "{text}");
+        assert!(text.contains("[upstream.\"app\"]\nservers = [\"127.0.0.1:9000\"]"), "{text}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("5 s"), None);
+        assert_eq!(parse_size(&toml::Value::String("16KiB".into())), Some(16384));
+        assert_eq!(parse_size(&toml::Value::Integer(-1)), None);
+    }
+}
