@@ -364,7 +364,7 @@ fn check(o: &Outcome) {
     let total = o.requests;
     assert!(total >= 10_000, "only {total} requests measured");
     assert!(o.logged >= total, "access log has {} lines for {total}+ requests", o.logged);
-    // A connection that answered a HEAD is reset, not pooled (conn.rs finish_exchange): each
+    // A connection that answered a HEAD is reset, not pooled (conn/body.rs, finish_exchange): each
     // HEAD may cost one; every other exchange reuses pooled connections.
     let (accepts, heads) = (o.upstream_accepts, o.upstream_heads);
     assert!(heads > 0, "the mix has HEADs");
