@@ -360,12 +360,7 @@ impl Conn {
             cx.ups.close(up);
             cx.fd_freed = true;
         }
-        if let Some(b) = rq.uin.as_mut() {
-            b.clear();
-        }
-        if let Some(b) = rq.uout.as_mut() {
-            b.clear();
-        }
+        rq.drop_up_bytes();
         cx.pipes.give_slot(&mut rq.preq);
         cx.pipes.give_slot(&mut rq.presp);
         self.log_done(rq, cx);

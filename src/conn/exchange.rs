@@ -249,6 +249,17 @@ impl Exchange {
         *self = Exchange::new();
     }
 
+    /// Forgets what was buffered for or from the upstream (its connection is gone or pooled);
+    /// the buffers stay, empty, until the exchange ends.
+    pub(super) fn drop_up_bytes(&mut self) {
+        if let Some(b) = self.uin.as_mut() {
+            b.clear();
+        }
+        if let Some(b) = self.uout.as_mut() {
+            b.clear();
+        }
+    }
+
     /// A retry on a fresh connection: what was learnt about the failed one does not carry over
     /// (a write that failed on it must not stop the head going out again on the new one).
     pub(super) fn reset_for_retry(&mut self) {

@@ -456,12 +456,7 @@ impl Conn {
             cx.ups.close(up);
             cx.fd_freed = true;
         }
-        if let Some(b) = rq.uin.as_mut() {
-            b.clear();
-        }
-        if let Some(b) = rq.uout.as_mut() {
-            b.clear();
-        }
+        rq.drop_up_bytes();
     }
 
     /// Queues Apex's own response and moves to `Respond`. Anything from the upstream is dropped.

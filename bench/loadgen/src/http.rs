@@ -44,6 +44,21 @@ impl Resp {
         Resp { body: Body::Head, status: 0, close: false, body_bytes: 0 }
     }
 
+    /// Steps through what `rb` holds: true once the response has ended (its bytes consumed),
+    /// false when it needs more bytes.
+    pub(crate) fn advance(&mut self, rb: &mut RBuf) -> io::Result<bool> {
+        loop {
+            match self.step(rb.data())? {
+                Step::Need => return Ok(false),
+                Step::More(k) => rb.consume(k),
+                Step::Done(k) => {
+                    rb.consume(k);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
     pub(crate) fn step(&mut self, b: &[u8]) -> io::Result<Step> {
         match self.body {
             Body::Head => {

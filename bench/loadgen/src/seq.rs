@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Opts;
-use crate::http::{RBuf, Resp, Step};
+use crate::http::{RBuf, Resp};
 use crate::net::Tls;
 use crate::stats::now_ns;
 
@@ -25,15 +25,8 @@ use crate::stats::now_ns;
 fn round_trip<S: Read + Write>(s: &mut S, req: &[u8], rb: &mut RBuf, resp: &mut Resp) -> io::Result<u16> {
     s.write_all(req)?;
     loop {
-        loop {
-            match resp.step(rb.data())? {
-                Step::Need => break,
-                Step::More(k) => rb.consume(k),
-                Step::Done(k) => {
-                    rb.consume(k);
-                    return Ok(resp.status);
-                }
-            }
+        if resp.advance(rb)? {
+            return Ok(resp.status);
         }
         let sp = rb.spare();
         if sp.is_empty() {

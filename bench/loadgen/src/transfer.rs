@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use crate::Opts;
-use crate::http::{Body, RBuf, Resp, Step, request_bytes};
+use crate::http::{Body, RBuf, Resp, request_bytes};
 use crate::stats::now_ns;
 
 pub(crate) fn parse_blocking_response(s: &mut std::net::TcpStream, buf: &mut [u8]) -> io::Result<(u16, u64)> {
@@ -20,15 +20,8 @@ pub(crate) fn parse_blocking_response(s: &mut std::net::TcpStream, buf: &mut [u8
             return Err(io::Error::other("connection closed before the response ended"));
         }
         rb.end += n;
-        loop {
-            match resp.step(rb.data())? {
-                Step::Need => break,
-                Step::More(k) => rb.consume(k),
-                Step::Done(k) => {
-                    rb.consume(k);
-                    return Ok((resp.status, resp.body_bytes));
-                }
-            }
+        if resp.advance(&mut rb)? {
+            return Ok((resp.status, resp.body_bytes));
         }
     }
 }
