@@ -1,6 +1,8 @@
-//! Response head: parse and framing decision, then re-serialisation for the client.
+//! Response head: parse and framing decision, then re-serialisation for the client; and the
+//! head parsed straight from the buffer (`parse_response_in`) is the one `find_head_end` and
+//! `parse_response` find, to the byte.
 #![no_main]
-use apex::h1::response::parse_response;
+use apex::h1::response::{parse_response, parse_response_in};
 use apex::h1::write::{write_response, Out, RespMode};
 use apex::h1::{find_head_end, Framing};
 use libfuzzer_sys::fuzz_target;
@@ -8,9 +10,22 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, data)) = data.split_first() else { return };
     let mut scanned = 0;
-    let Ok(Some(end)) = find_head_end(data, &mut scanned) else { return };
     let arena = bumpalo::Bump::new();
-    let Ok(resp) = parse_response(&data[..end], &arena, 64, flags & 1 == 1) else { return };
+    let direct = parse_response_in(data, &arena, 64, flags & 1 == 1);
+    let slow = match find_head_end(data, &mut scanned) {
+        Ok(Some(end)) => parse_response(&data[..end], &arena, 64, flags & 1 == 1).ok().map(|r| (r, end)),
+        _ => None,
+    };
+    match (&direct, &slow) {
+        (Ok(Some((a, n))), Some((b, end))) => {
+            assert_eq!(n, end, "the same head");
+            assert_eq!((a.code, a.framing, a.reusable), (b.code, b.framing, b.reusable));
+        }
+        (Ok(Some((_, n))), None) => panic!("parsed straight from the buffer only: {:?}", &data[..*n]),
+        (_, Some(_)) => assert!(matches!(data.first(), Some(b'\r' | b'\n')), "parsed by the scan only"),
+        _ => {}
+    }
+    let Some((resp, _)) = slow else { return };
     if flags & 1 == 1 || resp.code < 200 || resp.code == 204 || resp.code == 304 {
         assert_eq!(resp.framing, Framing::None);
     }

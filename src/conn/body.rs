@@ -8,7 +8,6 @@
 //! Content-Length body or of the current chunk's data.
 
 use crate::buf::Buf;
-use crate::h1::find_head_end;
 use crate::limits::{PIPE_BYTES, SPLICE_MIN_BYTES};
 use crate::splice::Spliced;
 use crate::transport::{End, Filled};
@@ -32,7 +31,6 @@ impl Conn {
             Pump::Moved(moved) => progress |= moved,
             Pump::Divert(next) => return Ok(next),
         }
-        let t = cx.cfg.timeouts;
         let u = up_conn(&mut cx.ups, up)?;
         // Send what we have upstream.
         let sent = match rq.uout.as_mut() {
@@ -63,24 +61,7 @@ impl Conn {
                 rq.up_end = if end.is_err() || !u.ended_cleanly() { UpEnd::Cut } else { UpEnd::Clean };
             }
         }
-        let mut scan = rq.resp_scan as usize;
-        let found = find_head_end(uin.filled(), &mut scan);
-        rq.resp_scan = scan as u32;
-        let found = match found {
-            Ok(f) => f,
-            Err(_) => return self.upstream_bad(rq, cx),
-        };
-        let Some(end) = found else {
-            if uin.spare_len() == 0 || rq.up_end.ended() {
-                return self.upstream_bad(rq, cx); // a head larger than a buffer, or cut short
-            }
-            if progress {
-                self.deadline = cx.arm(if rq.sent_all() { t.upstream_head } else { t.client_body });
-                return Ok(Next::Again);
-            }
-            return Ok(Next::Wait);
-        };
-        self.response_head(rq, cx, up, end)
+        self.response_head(rq, cx, up, progress)
     }
 
     /// Moves request body bytes from the client to `uout`, reading the client as needed.

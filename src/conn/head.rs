@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use crate::buf::{Buf, BufPool};
 use crate::h1::chunked::Decoder;
-use crate::h1::head::{host_name, parse_request};
-use crate::h1::response::parse_response;
+use crate::h1::head::{host_name, parse_request, parse_request_in};
+use crate::h1::response::{parse_response, parse_response_in};
 use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, write_response};
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
@@ -34,75 +34,40 @@ impl Conn {
                 break;
             }
         }
-        let mut scan = rq.head_scan as usize;
-        let found = find_head_end(cin.filled(), &mut scan);
-        rq.head_scan = scan as u32; // within a buffer: fits
-        let found = match found {
-            Ok(f) => f,
+        // A whole head in one read, the common case, is parsed straight from the buffer; the
+        // resumable scan takes over for a head that arrives in pieces (a scan started, or none
+        // found whole), and has the final say on one that starts with an empty line.
+        cx.arena.reset();
+        let fresh = if rq.head_scan == 0 { parse_request_in(cin.filled(), &cx.arena, limits.headers) } else { Ok(None) };
+        let (req, end) = match fresh {
+            Ok(Some(whole)) => whole,
             Err(e) => return self.reject(rq, cx, e),
-        };
-        let Some(end) = found else {
-            if !rq.line_ok {
-                match check_request_line(cin.filled()) {
-                    Ok(ok) => rq.line_ok = ok,
+            Ok(None) => {
+                let mut scan = rq.head_scan as usize;
+                let found = find_head_end(cin.filled(), &mut scan);
+                // Within a buffer: fits. It stays 0 only while the buffer is empty or starts
+                // with a CR, where `parse_request_in` gives up at its first byte: the fast path
+                // costs a whole parse at most once per head.
+                rq.head_scan = scan as u32;
+                let found = match found {
+                    Ok(f) => f,
                     Err(e) => return self.reject(rq, cx, e),
-                }
-            }
-            if cin.len() >= limits.head_bytes {
-                return self.reject(rq, cx, H1Error::HeadTooLarge);
-            }
-            let got =
-                End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() }.fill(&mut cx.tls_bufs, cin);
-            if got.is_err() && self.tls.as_ref().is_some_and(|t| t.failed()) {
-                // A TLS handshake refused with an alert: close gracefully so it is read.
-                return Ok(Next::Go(Phase::Linger));
-            }
-            match got.map_err(|_| Fault::Client)? {
-                Filled::Data(_) => {
-                    if !rq.head_timer {
-                        rq.head_timer = true;
-                        self.deadline = cx.arm(cx.cfg.timeouts.client_head);
-                    }
-                    return Ok(Next::Again);
-                }
-                Filled::Eof => {
-                    // Between requests, a close is the client's way to end; mid-head it aborts
-                    // only the request it cut. Responses to earlier requests still go out.
-                    if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
-                        if let Some(b) = self.cin.as_mut() {
-                            b.clear();
-                        }
-                        rq.close_after = true;
-                        return Ok(Next::Go(Phase::Respond));
-                    }
-                    // RFC 8446 §6.1: each side sends close_notify before closing its write
-                    // side; a TLS client's came first, Apex's answers it.
-                    if let Some(t) = self.tls.as_deref_mut().filter(|t| t.closed_cleanly()) {
-                        t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
-                    }
-                    return Ok(Next::Go(Phase::Close));
-                }
-                Filled::Idle => {
-                    cx.bufs.release_if_empty(&mut self.cin);
-                    return Ok(if progress { Next::Again } else { Next::Wait });
+                };
+                let Some(end) = found else {
+                    return self.await_head(rq, cx, progress);
+                };
+                let head = self.cin.as_ref().and_then(|b| b.filled().get(..end));
+                debug_assert!(head.is_some(), "find_head_end returns an end within the buffer");
+                match parse_request(head.unwrap_or(&[]), &cx.arena, limits.headers) {
+                    Ok(r) => (r, end),
+                    // A syntax error says nothing about the version; answer for what we saw.
+                    Err(e) => return self.reject(rq, cx, e),
                 }
             }
         };
         if end > limits.head_bytes {
             return self.reject(rq, cx, H1Error::HeadTooLarge);
         }
-
-        // Parse, route, and write the upstream head, all from the borrowed head bytes.
-        cx.arena.reset();
-        let head = cin.filled().get(..end);
-        debug_assert!(head.is_some(), "find_head_end returns an end within the buffer");
-        let req = match parse_request(head.unwrap_or(&[]), &cx.arena, limits.headers) {
-            Ok(r) => r,
-            Err(e) => {
-                // A syntax error says nothing about the version; answer for what we saw.
-                return self.reject(rq, cx, e);
-            }
-        };
         rq.start = Some(cx.now);
         rq.bytes_in = end as u64;
         if cx.cfg.log.access != Sink::Off && cx.recs.len() < cx.recs.capacity() {
@@ -186,6 +151,57 @@ impl Conn {
         Ok(Next::Go(Phase::Connect))
     }
 
+    /// No whole head yet: check the request line early, enforce the size limit, and read more.
+    fn await_head(&mut self, rq: &mut Exchange, cx: &mut Cx, progress: bool) -> Step {
+        let limits = cx.cfg.limits;
+        let cin = cx.bufs.fill_slot(&mut self.cin);
+        if !rq.line_ok {
+            match check_request_line(cin.filled()) {
+                Ok(ok) => rq.line_ok = ok,
+                Err(e) => return self.reject(rq, cx, e),
+            }
+        }
+        if cin.len() >= limits.head_bytes {
+            return self.reject(rq, cx, H1Error::HeadTooLarge);
+        }
+        let got =
+            End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() }.fill(&mut cx.tls_bufs, cin);
+        if got.is_err() && self.tls.as_ref().is_some_and(|t| t.failed()) {
+            // A TLS handshake refused with an alert: close gracefully so it is read.
+            return Ok(Next::Go(Phase::Linger));
+        }
+        match got.map_err(|_| Fault::Client)? {
+            Filled::Data(_) => {
+                if !rq.head_timer {
+                    rq.head_timer = true;
+                    self.deadline = cx.arm(cx.cfg.timeouts.client_head);
+                }
+                Ok(Next::Again)
+            }
+            Filled::Eof => {
+                // Between requests, a close is the client's way to end; mid-head it aborts
+                // only the request it cut. Responses to earlier requests still go out.
+                if self.cout.as_ref().is_some_and(|b| !b.is_empty()) {
+                    if let Some(b) = self.cin.as_mut() {
+                        b.clear();
+                    }
+                    rq.close_after = true;
+                    return Ok(Next::Go(Phase::Respond));
+                }
+                // RFC 8446 §6.1: each side sends close_notify before closing its write
+                // side; a TLS client's came first, Apex's answers it.
+                if let Some(t) = self.tls.as_deref_mut().filter(|t| t.closed_cleanly()) {
+                    t.close_notify(&self.sock, &mut self.io, &mut cx.tls_bufs);
+                }
+                Ok(Next::Go(Phase::Close))
+            }
+            Filled::Idle => {
+                cx.bufs.release_if_empty(&mut self.cin);
+                Ok(if progress { Next::Again } else { Next::Wait })
+            }
+        }
+    }
+
     /// A malformed request: its status, `Connection: close`, and nothing forwarded.
     fn reject(&mut self, rq: &mut Exchange, cx: &mut Cx, e: H1Error) -> Step {
         let peer = self.peer;
@@ -198,15 +214,31 @@ impl Conn {
 
     // ---- The response head ----------------------------------------------------------------
 
-    /// The response head is whole in `uin` up to `end`: check it, write the client's, and go on
-    /// to the body (or the tunnel, after a 101).
-    pub(super) fn response_head(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, end: usize) -> Step {
+    /// Finds the response head in `uin` (parsed straight from the buffer when it came whole,
+    /// as in `read_head`), checks it, writes the client's, and goes on to the body (or the
+    /// tunnel, after a 101). Without a whole head yet, waits for more.
+    pub(super) fn response_head(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, progress: bool) -> Step {
         cx.arena.reset();
-        let head = rq.uin.as_ref().and_then(|b| b.filled().get(..end));
-        debug_assert!(head.is_some(), "the head was found in uin");
-        let resp = match parse_response(head.unwrap_or(&[]), &cx.arena, HEADERS_CAP, rq.is_head) {
-            Ok(r) => r,
+        let buf = rq.uin.as_ref().map_or(&[][..], Buf::filled);
+        let fresh =
+            if rq.resp_scan == 0 { parse_response_in(buf, &cx.arena, HEADERS_CAP, rq.is_head) } else { Ok(None) };
+        let (resp, end) = match fresh {
+            Ok(Some(whole)) => whole,
             Err(_) => return self.upstream_bad(rq, cx),
+            Ok(None) => {
+                let mut scan = rq.resp_scan as usize;
+                let found = find_head_end(buf, &mut scan);
+                rq.resp_scan = scan as u32; // within a buffer: fits; see read_head for when it stays 0
+                let end = match found {
+                    Ok(Some(end)) => end,
+                    Ok(None) => return self.await_response(rq, cx, progress),
+                    Err(_) => return self.upstream_bad(rq, cx),
+                };
+                match parse_response(buf.get(..end).unwrap_or(&[]), &cx.arena, HEADERS_CAP, rq.is_head) {
+                    Ok(r) => (r, end),
+                    Err(_) => return self.upstream_bad(rq, cx),
+                }
+            }
         };
         if resp.code == 101 {
             // RFC 9110 §7.8: a server switches only to a protocol the client listed. Anything
@@ -280,6 +312,20 @@ impl Conn {
             return Ok(Next::Go(Phase::Tunnel(up)));
         }
         Ok(Next::Go(Phase::RespBody(up)))
+    }
+
+    /// No whole response head yet: a head larger than a buffer, or one cut short, is the
+    /// upstream's fault; otherwise wait for more, the deadline re-armed on progress.
+    fn await_response(&mut self, rq: &mut Exchange, cx: &mut Cx, progress: bool) -> Step {
+        if rq.uin.as_ref().is_none_or(|b| b.spare_len() == 0) || rq.up_end.ended() {
+            return self.upstream_bad(rq, cx);
+        }
+        if progress {
+            let t = cx.cfg.timeouts;
+            self.deadline = cx.arm(if rq.sent_all() { t.upstream_head } else { t.client_body });
+            return Ok(Next::Again);
+        }
+        Ok(Next::Wait)
     }
 }
 

@@ -38,17 +38,38 @@ impl Request<'_> {
     }
 }
 
-/// Parses one complete head (`head` ends with CRLFCRLF, as found by `find_head_end`).
+/// Parses one complete head: `head` is exactly the head, ending in its blank line.
 pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) -> Result<Request<'a>, H1Error> {
+    match parse_request_in(head, arena, headers_max)? {
+        // The head must be exactly the bytes given: never a prefix of them (a head found at the
+        // wrong place must not pass with trailing bytes ignored).
+        Some((req, n)) if n == head.len() => Ok(req),
+        _ => Err(H1Error::Syntax("incomplete head")),
+    }
+}
+
+/// Parses the head at the start of `buf`, which may hold more (a body, the next request):
+/// `Some((request, head length))`, or None while no whole head is there yet, or when the buffer
+/// starts with an empty line (`super::starts_a_head`: `find_head_end` decides on those).
+pub fn parse_request_in<'a>(
+    buf: &'a [u8],
+    arena: &'a Bump,
+    headers_max: usize,
+) -> Result<Option<(Request<'a>, usize)>, H1Error> {
+    if !super::starts_a_head(buf) {
+        return Ok(None);
+    }
     let slots = super::header_slots(arena, headers_max)?;
     let mut req = httparse::Request::new(&mut []);
     let status = httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, head, slots)
+        .parse_request_with_uninit_headers(&mut req, buf, slots)
         .map_err(H1Error::from_httparse)?;
-    // The head must be exactly the bytes given: never a prefix of them (a head found at the
-    // wrong place must not pass with trailing bytes ignored).
-    if !matches!(status, httparse::Status::Complete(n) if n == head.len()) {
-        return Err(H1Error::Syntax("incomplete head"));
+    let httparse::Status::Complete(len) = status else {
+        return Ok(None);
+    };
+    let head = buf.get(..len).unwrap_or(&[]);
+    if !super::lines_end_in_crlf(head, req.headers) {
+        return Err(H1Error::BadLineEnding);
     }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(H1Error::Syntax("incomplete request line"));
@@ -166,7 +187,7 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
         minor == 1 && upgrade_token && !u.is_empty() && !list_items(u).any(|p| p.eq_ignore_ascii_case(b"h2c"))
     });
 
-    Ok(Request {
+    let req = Request {
         method,
         path,
         minor,
@@ -177,7 +198,8 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
         upgrade,
         headers,
         connection_names: names.into_bump_slice(),
-    })
+    };
+    Ok(Some((req, len)))
 }
 
 /// A field Apex frames the message by or writes itself, spelled with `_` for some `-`.

@@ -149,6 +149,31 @@ pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H
     Ok(None)
 }
 
+/// Whether every line of a head that httparse parsed whole ends in CRLF. httparse also takes a
+/// bare LF for a line end; Apex does not (RFC 9112 §2.2: a lone LF is a classic smuggling
+/// desync). httparse refuses a CR that is not followed by LF, and no LF can sit inside a start
+/// line, a field name or a field value, so every LF of the head is just before a field name or
+/// is one of the last two bytes' lines: checking the byte before each of those is enough, and
+/// costs a few loads instead of a second scan of the head.
+/// `head` must start with the start line (httparse skips leading empty lines; callers leave
+/// those to `find_head_end`).
+pub(crate) fn lines_end_in_crlf(head: &[u8], headers: &[httparse::Header<'_>]) -> bool {
+    let crlf_at = |lf: Option<usize>| {
+        lf.is_some_and(|lf| head.get(lf) == Some(&b'\n') && lf.checked_sub(1).and_then(|cr| head.get(cr)) == Some(&b'\r'))
+    };
+    let base = head.as_ptr() as usize;
+    headers.iter().all(|h| crlf_at((h.name.as_ptr() as usize).checked_sub(base).and_then(|at| at.checked_sub(1))))
+        && crlf_at(head.len().checked_sub(1))
+        && crlf_at(head.len().checked_sub(3))
+}
+
+/// A head found at the start of a buffer: httparse parses it straight from the bytes read, and
+/// says where it ends, so the common case (a whole head in one read) costs one pass. Anything
+/// else (a head still arriving, leading empty lines) is for `find_head_end`'s resumable scan.
+pub(crate) fn starts_a_head(buf: &[u8]) -> bool {
+    !matches!(buf.first(), None | Some(b'\r' | b'\n'))
+}
+
 /// Checks a request line as soon as its CRLF has arrived, before the rest of the head: an
 /// HTTP/0.9 request (`GET /` with no version) or a line of garbage is refused at once rather
 /// than waited on until the head timeout. Returns Ok(true) when a complete line was checked.
@@ -462,7 +487,8 @@ mod tests {
     }
 
     /// A head with a bare CR or LF anywhere, however balanced by other CRs and LFs, is never
-    /// accepted by `find_head_end` and the parsers together, whether it arrives whole or in two
+    /// accepted: not parsed straight from the buffer (`parse_*_in`, `lines_end_in_crlf`), and
+    /// not by `find_head_end` and the parsers together, whether it arrives whole or in two
     /// reads.
     #[test]
     fn bare_cr_and_lf_refused_by_head_end_and_parser() {
@@ -476,7 +502,7 @@ mod tests {
             (b"GET /a HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n", true),
             (b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 0\r\n\r\n", false),
         ];
-        let mut tried = 0;
+        let (mut tried, mut tried_whole) = (0, 0);
         for (head, is_request) in heads {
             let mut cases = Vec::new();
             for i in 0..head.len() {
@@ -490,6 +516,16 @@ mod tests {
                 }
             }
             for case in cases {
+                // Parsed straight from the buffer, as a head that came whole in one read is.
+                let whole = if is_request {
+                    head::parse_request_in(&case, &arena, 32).ok().flatten().map(|(_, n)| n)
+                } else {
+                    response::parse_response_in(&case, &arena, 32, false).ok().flatten().map(|(_, n)| n)
+                };
+                if let Some(n) = whole {
+                    assert!(!bare(&case[..n]), "accepted whole {:?}", String::from_utf8_lossy(&case[..n]));
+                    tried_whole += 1;
+                }
                 for split in [case.len(), case.len() / 2] {
                     let mut scanned = 0;
                     let found = match find_head_end(&case[..split], &mut scanned) {
@@ -510,6 +546,7 @@ mod tests {
         }
         // Mutations after a head's end leave a clean head for the parser.
         assert!(tried > 20, "only {tried} heads got as far as the parser");
+        assert!(tried_whole > 20, "only {tried_whole} heads parsed whole");
     }
 
     #[test]

@@ -22,21 +22,43 @@ pub struct Response<'a> {
     pub connection_names: &'a [&'a [u8]],
 }
 
+/// Parses one complete head: `head` is exactly the head, ending in its blank line.
 pub fn parse_response<'a>(
     head: &'a [u8],
     arena: &'a Bump,
     headers_max: usize,
     req_is_head: bool,
 ) -> Result<Response<'a>, H1Error> {
+    match parse_response_in(head, arena, headers_max, req_is_head)? {
+        // The head must be exactly the bytes given: never a prefix of them (a head found at the
+        // wrong place must not pass with trailing bytes ignored).
+        Some((resp, n)) if n == head.len() => Ok(resp),
+        _ => Err(H1Error::Syntax("incomplete head")),
+    }
+}
+
+/// Parses the head at the start of `buf`, which may hold more (the body): `Some((response, head
+/// length))`, or None while no whole head is there yet, or when the buffer starts with an empty
+/// line (`super::starts_a_head`: `find_head_end` decides on those).
+pub fn parse_response_in<'a>(
+    buf: &'a [u8],
+    arena: &'a Bump,
+    headers_max: usize,
+    req_is_head: bool,
+) -> Result<Option<(Response<'a>, usize)>, H1Error> {
+    if !super::starts_a_head(buf) {
+        return Ok(None);
+    }
     let slots = super::header_slots(arena, headers_max)?;
     let mut resp = httparse::Response::new(&mut []);
     let status = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, head, slots)
+        .parse_response_with_uninit_headers(&mut resp, buf, slots)
         .map_err(H1Error::from_httparse)?;
-    // The head must be exactly the bytes given: never a prefix of them (a head found at the
-    // wrong place must not pass with trailing bytes ignored).
-    if !matches!(status, httparse::Status::Complete(n) if n == head.len()) {
-        return Err(H1Error::Syntax("incomplete head"));
+    let httparse::Status::Complete(len) = status else {
+        return Ok(None);
+    };
+    if !super::lines_end_in_crlf(buf.get(..len).unwrap_or(&[]), resp.headers) {
+        return Err(H1Error::BadLineEnding);
     }
     let (Some(code), Some(minor)) = (resp.code, resp.version) else {
         return Err(H1Error::Syntax("incomplete status line"));
@@ -87,7 +109,7 @@ pub fn parse_response<'a>(
         }
     };
     let reusable = minor == 1 && !close && framing != Framing::Close;
-    Ok(Response {
+    let resp = Response {
         code,
         reason,
         minor,
@@ -97,7 +119,8 @@ pub fn parse_response<'a>(
         upgrade,
         headers,
         connection_names: names.into_bump_slice(),
-    })
+    };
+    Ok(Some((resp, len)))
 }
 
 #[cfg(test)]
