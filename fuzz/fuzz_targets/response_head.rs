@@ -43,6 +43,19 @@ fuzz_target!(|data: &[u8]| {
     let arena2 = bumpalo::Bump::new();
     let again = parse_response(&buf[..n], &arena2, 128, flags & 1 == 1).expect("re-serialised response parses");
     assert_eq!(again.code, resp.code);
+    // Apex's head is in Apex's form: written again from itself, it is the same bytes (field
+    // lines copied as they came are only those already in that form).
+    let mut buf2 = vec![0u8; 64 * 1024];
+    let mut out2 = Out::new(&mut buf2);
+    write_response(&again, mode, &mut out2);
+    let n2 = out2.finish().expect("fits as before");
+    assert_eq!(&buf2[..n2], &buf[..n], "written twice, the same head");
+    // And that form is `name: value` CRLF for every field line (RFC 9110 §5.5: no OWS kept).
+    let mut lines = buf[..n].split(|&b| b == b'\n').skip(1);
+    for h in again.headers {
+        let line = lines.next().expect("a line per field");
+        assert_eq!(line, [h.name.as_bytes(), b": ", h.value, b"\r"].concat(), "a field line in Apex's form");
+    }
     if framing != Framing::None {
         assert_eq!(again.framing, framing, "the client sees the framing Apex chose");
     }

@@ -23,6 +23,11 @@ pub struct Request<'a> {
     /// The Upgrade value, when the client asked for a protocol switch Apex will tunnel.
     pub upgrade: Option<&'a [u8]>,
     pub headers: &'a [httparse::Header<'a>],
+    /// What `Field::of` made of each header, in the same order: classified once, here.
+    pub fields: &'a [Field],
+    /// The head as it came, from the request line to its blank line: field lines that pass
+    /// unchanged are copied from it in runs (`write::write_request`).
+    pub raw: &'a [u8],
     /// Header names listed in Connection: hop-by-hop for this message (RFC 9110 §7.6.1).
     pub connection_names: &'a [&'a [u8]],
 }
@@ -94,16 +99,18 @@ pub fn parse_request_in<'a>(
     // RFC 9110 §5.5: no control bytes in a value. httparse refuses them (its HEADER_VALUE_MAP is
     // exactly VCHAR, obs-text, SP and HTAB; h1::tests::field_values_checked_by_httparse holds it to
     // that), so values are not scanned a second time here.
-    for h in headers {
+    let kinds = arena.try_alloc_slice_fill_copy(headers.len(), Field::Other).map_err(|_| H1Error::TooManyHeaders)?;
+    for (h, kind) in headers.iter().zip(kinds.iter_mut()) {
         let name = h.name.as_bytes();
+        let field = Field::of(name);
+        *kind = field;
         // `Transfer_Encoding`, `Content_Length`, `Host`, `X_Forwarded_Proto` with underscores are
         // different fields to us, but the same to backends that map `_` to `-` (CGI, WSGI, PHP):
         // a framing field, or one Apex sets, in disguise is refused (nginx drops underscored
-        // names by default for the same reason).
-        if name.contains(&b'_') && is_ours_in_disguise(name) {
+        // names by default for the same reason). Such a name is as long as the real one.
+        if field == Field::Other && name.len() >= DISGUISE_MIN_LEN && is_ours_in_disguise(name) {
             return Err(H1Error::Syntax("underscore in a framing or forwarding header name"));
         }
-        let field = Field::of(name);
         if fields.take(field, h.value, &mut names)? {
             continue;
         }
@@ -134,7 +141,7 @@ pub fn parse_request_in<'a>(
             return Err(H1Error::ConflictingLength);
         }
         check_transfer_encoding(
-            headers.iter().filter(|h| Field::of(h.name.as_bytes()) == Field::TransferEncoding).map(|h| h.value),
+            headers.iter().zip(kinds.iter()).filter(|(_, k)| **k == Field::TransferEncoding).map(|(h, _)| h.value),
         )?;
         Framing::Chunked
     } else {
@@ -197,23 +204,22 @@ pub fn parse_request_in<'a>(
         expect_continue,
         upgrade,
         headers,
+        fields: kinds,
+        raw: head,
         connection_names: names.into_bump_slice(),
     };
     Ok(Some((req, len)))
 }
 
+/// Fields Apex frames the message by or writes itself that have a `-` to disguise as `_`.
+const DISGUISABLE: [&[u8]; 5] =
+    [b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"];
+/// The shortest of them: a shorter name is none of them.
+const DISGUISE_MIN_LEN: usize = 14;
+
 /// A field Apex frames the message by or writes itself, spelled with `_` for some `-`.
 fn is_ours_in_disguise(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 7] = [
-        b"content-length",
-        b"transfer-encoding",
-        b"host",
-        b"connection",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-    ];
-    NAMES.iter().any(|n| {
+    DISGUISABLE.iter().any(|n| {
         n.len() == name.len()
             && n.iter().zip(name).all(|(&a, &b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
     })
@@ -306,6 +312,17 @@ pub(crate) fn named_in(names: &[&[u8]], name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disguise_min_len_is_the_shortest_disguisable_name() {
+        assert_eq!(DISGUISABLE.iter().map(|n| n.len()).min(), Some(DISGUISE_MIN_LEN));
+        assert!(DISGUISABLE.iter().all(|n| n.contains(&b'-')));
+        for n in DISGUISABLE {
+            let disguised: Vec<u8> = n.iter().map(|&b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }).collect();
+            let head = [&b"GET / HTTP/1.1\r\nHost: a\r\n"[..], &disguised, b": 1\r\n\r\n"].concat();
+            assert!(parse_request(&head, &Bump::new(), 32).is_err(), "{:?}", String::from_utf8_lossy(&disguised));
+        }
+    }
 
     fn parse(head: &[u8]) -> Result<Framing, H1Error> {
         let arena = Bump::new();

@@ -19,6 +19,11 @@ pub struct Response<'a> {
     pub reusable: bool,
     pub upgrade: Option<&'a [u8]>,
     pub headers: &'a [httparse::Header<'a>],
+    /// What `Field::of` made of each header, in the same order: classified once, here.
+    pub fields: &'a [Field],
+    /// The head as it came, from the status line to its blank line: field lines that pass
+    /// unchanged are copied from it in runs (`write::write_response`).
+    pub raw: &'a [u8],
     pub connection_names: &'a [&'a [u8]],
 }
 
@@ -57,7 +62,8 @@ pub fn parse_response_in<'a>(
     let httparse::Status::Complete(len) = status else {
         return Ok(None);
     };
-    if !super::lines_end_in_crlf(buf.get(..len).unwrap_or(&[]), resp.headers) {
+    let head = buf.get(..len).unwrap_or(&[]);
+    if !super::lines_end_in_crlf(head, resp.headers) {
         return Err(H1Error::BadLineEnding);
     }
     let (Some(code), Some(minor)) = (resp.code, resp.version) else {
@@ -76,8 +82,10 @@ pub fn parse_response_in<'a>(
     // exactly VCHAR, obs-text, SP and HTAB; h1::tests::field_values_checked_by_httparse holds it to
     // that), so values are not scanned a second time here. RFC 9112 §6.3 item 5: an invalid or
     // repeated Content-Length in a response is a 502.
-    for h in headers {
-        fields.take(Field::of(h.name.as_bytes()), h.value, &mut names)?;
+    let kinds = arena.try_alloc_slice_fill_copy(headers.len(), Field::Other).map_err(|_| H1Error::TooManyHeaders)?;
+    for (h, kind) in headers.iter().zip(kinds.iter_mut()) {
+        *kind = Field::of(h.name.as_bytes());
+        fields.take(*kind, h.value, &mut names)?;
     }
     // A response's keep-alive and upgrade options change nothing: it is reusable unless "close"
     // (RFC 9112 §9.3), and a 101 is recognised by its status.
@@ -93,7 +101,7 @@ pub fn parse_response_in<'a>(
         // Apex relays only the chunked coding; anything else would have to pass through as
         // close-delimited with a coding the client may not know.
         check_transfer_encoding(
-            headers.iter().filter(|h| Field::of(h.name.as_bytes()) == Field::TransferEncoding).map(|h| h.value),
+            headers.iter().zip(kinds.iter()).filter(|(_, k)| **k == Field::TransferEncoding).map(|(h, _)| h.value),
         )?;
     }
     // RFC 9112 §6.3 items 1-7, in order.
@@ -118,6 +126,8 @@ pub fn parse_response_in<'a>(
         reusable,
         upgrade,
         headers,
+        fields: kinds,
+        raw: head,
         connection_names: names.into_bump_slice(),
     };
     Ok(Some((resp, len)))

@@ -1,6 +1,10 @@
-//! Serialising heads. Apex never forwards a client's or an upstream's raw head: it writes a
-//! canonical one from the parsed message, so the next hop sees one unambiguous message whatever
-//! oddity arrived. All writes go into a caller's fixed buffer; nothing allocates.
+//! Serialising heads. Apex never forwards a client's or an upstream's head as it came: it
+//! writes the start line, the framing fields and the forwarding fields from the parsed message,
+//! and drops every hop-by-hop field, so the next hop sees one unambiguous message whatever
+//! oddity arrived. The other field lines pass byte for byte, copied in runs from the head they
+//! came in: the parser has checked each of them (a token, a colon, a value of VCHAR, obs-text,
+//! SP and HTAB, a CRLF: RFC 9112 §5), and a run of them is exactly the lines it holds.
+//! All writes go into a caller's fixed buffer; nothing allocates.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -89,6 +93,11 @@ impl<'b> Out<'b> {
         }
     }
 
+    /// Makes the message fail as a whole, as an overflow does.
+    pub fn fail(&mut self) {
+        self.overflow = true;
+    }
+
     /// Bytes written, or None if the message did not fit.
     pub fn finish(self) -> Option<usize> {
         if self.overflow { None } else { Some(self.len) }
@@ -111,27 +120,20 @@ pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, out: &mut Ou
     out.put(b" HTTP/1.1\r\nHost: ");
     out.put(req.host);
     out.put(b"\r\n");
-    for h in req.headers {
-        let name = h.name.as_bytes();
-        let field = Field::of(name);
-        // Written below from the parsed request instead (Host, X-Forwarded-*), or answered by
-        // Apex itself (Expect, RFC 9110 §10.1.1).
-        let rewritten = matches!(
-            field,
-            Field::Host | Field::Expect | Field::XForwardedFor | Field::XForwardedProto | Field::XForwardedHost
-        );
-        if rewritten || field.hop_by_hop() || named_in(req.connection_names, name) {
-            continue;
-        }
-        out.put(name);
-        out.put(b": ");
-        out.put(h.value);
-        out.put(b"\r\n");
-    }
+    let names = req.connection_names;
+    // Written below from the parsed request instead (Host, X-Forwarded-*), or answered by Apex
+    // itself (Expect, RFC 9110 §10.1.1).
+    let rewritten = |f: Field| {
+        matches!(f, Field::Host | Field::Expect | Field::XForwardedFor | Field::XForwardedProto | Field::XForwardedHost)
+    };
+    copy_kept_lines(req.raw, req.headers, req.fields, out, |h, f| {
+        rewritten(f) || f.hop_by_hop() || (!names.is_empty() && named_in(names, h.name.as_bytes()))
+    });
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
     // append the client's address.
     out.put(b"X-Forwarded-For: ");
-    for h in req.headers.iter().filter(|h| Field::of(h.name.as_bytes()) == Field::XForwardedFor) {
+    let xff = req.headers.iter().zip(req.fields).filter(|(_, f)| **f == Field::XForwardedFor);
+    for (h, _) in xff {
         let v = super::trim_ows(h.value);
         if !v.is_empty() {
             out.put(v);
@@ -174,16 +176,10 @@ pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
     out.put(b" ");
     out.put(resp.reason.as_bytes());
     out.put(b"\r\n");
-    for h in resp.headers {
-        let name = h.name.as_bytes();
-        if Field::of(name).hop_by_hop() || named_in(resp.connection_names, name) {
-            continue;
-        }
-        out.put(name);
-        out.put(b": ");
-        out.put(h.value);
-        out.put(b"\r\n");
-    }
+    let names = resp.connection_names;
+    copy_kept_lines(resp.raw, resp.headers, resp.fields, out, |h, f| {
+        f.hop_by_hop() || (!names.is_empty() && named_in(names, h.name.as_bytes()))
+    });
     match mode.framing {
         Framing::Length(n) => out.content_length(n),
         Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
@@ -205,6 +201,55 @@ pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
         out.put(b"Connection: keep-alive\r\n");
     }
     out.put(b"\r\n");
+}
+
+/// Writes the field lines that `dropped` keeps. A line already in the form Apex would write
+/// (`name: value` CRLF, one SP, no trailing whitespace: RFC 9110 §5.5 leaves OWS out of the
+/// value) is copied from `raw` (a whole head), a run of neighbouring ones in one copy; any other
+/// is written from its name and value. `headers` and `fields` are the parser's, in order.
+fn copy_kept_lines(
+    raw: &[u8],
+    headers: &[httparse::Header<'_>],
+    fields: &[Field],
+    out: &mut Out,
+    dropped: impl Fn(&httparse::Header<'_>, Field) -> bool,
+) {
+    let base = raw.as_ptr() as usize;
+    let at = |p: &[u8]| (p.as_ptr() as usize).wrapping_sub(base);
+    let copy = |out: &mut Out, from: usize, to: usize| match raw.get(from..to) {
+        Some(lines) => out.put(lines),
+        None => out.fail(), // not lines of this head: never, as the parser gives them
+    };
+    let mut run: Option<usize> = None;
+    for (h, &f) in headers.iter().zip(fields) {
+        let name = h.name.as_bytes();
+        let start = at(name);
+        if dropped(h, f) {
+            if let Some(from) = run.take() {
+                copy(out, from, start);
+            }
+            continue;
+        }
+        let value_at = at(h.value);
+        let canonical = !h.value.is_empty()
+            && value_at == start + name.len() + 2
+            && raw.get(value_at - 1) == Some(&b' ')
+            && raw.get(value_at + h.value.len()) == Some(&b'\r');
+        if canonical {
+            run.get_or_insert(start);
+            continue;
+        }
+        if let Some(from) = run.take() {
+            copy(out, from, start);
+        }
+        out.put(name);
+        out.put(b": ");
+        out.put(h.value);
+        out.put(b"\r\n");
+    }
+    if let Some(from) = run {
+        copy(out, from, raw.len().saturating_sub(2));
+    }
 }
 
 pub const fn reason(status: u16) -> &'static str {
@@ -331,6 +376,33 @@ mod tests {
                 assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), ip.to_string());
             }
         }
+    }
+
+    /// Kept field lines go out in order, whatever sits between them: dropped lines at the start,
+    /// in the middle and at the end, and one named in Connection; those not in Apex's form
+    /// (no SP after the colon, trailing OWS) are written in it.
+    #[test]
+    fn response_lines_kept_in_runs() {
+        let head = b"HTTP/1.1 200 OK\r\nConnection: x-hop, keep-alive\r\nServer:s\r\nDate: d  \r\n\
+                     Keep-Alive: 5\r\nX-Hop: 1\r\nETag: \"e\"\r\nContent-Length: 2\r\nVary: *\r\nTE: x\r\n\r\n";
+        let arena = Bump::new();
+        let resp = crate::h1::response::parse_response(head, &arena, 32, false).unwrap();
+        let mut buf = [0u8; 512];
+        let mut out = Out::new(&mut buf);
+        let mode = RespMode { framing: resp.framing, keep_alive: true, client_minor: 1, tunnel: false };
+        write_response(&resp, mode, &mut out);
+        let n = out.finish().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nETag: \"e\"\r\nVary: *\r\nContent-Length: 2\r\n\r\n"
+        );
+        // Nothing dropped: the field lines are one copy, the whole block.
+        let plain = b"HTTP/1.1 204 No Content\r\nA: 1\r\nB: 2\r\n\r\n";
+        let resp = crate::h1::response::parse_response(plain, &arena, 32, false).unwrap();
+        let mut out = Out::new(&mut buf);
+        write_response(&resp, RespMode { framing: resp.framing, ..mode }, &mut out);
+        let n = out.finish().unwrap();
+        assert_eq!(&buf[..n], &plain[..]);
     }
 
     #[test]
