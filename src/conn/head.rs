@@ -34,6 +34,9 @@ impl Conn {
                 break;
             }
         }
+        if cin.is_empty() {
+            return self.await_head(rq, cx, progress); // between requests: nothing to look at
+        }
         // A whole head in one read, the common case, is parsed straight from the buffer; the
         // resumable scan takes over for a head that arrives in pieces (a scan started, or none
         // found whole), and has the final say on one that starts with an empty line.
@@ -155,7 +158,7 @@ impl Conn {
     fn await_head(&mut self, rq: &mut Exchange, cx: &mut Cx, progress: bool) -> Step {
         let limits = cx.cfg.limits;
         let cin = cx.bufs.fill_slot(&mut self.cin);
-        if !rq.line_ok {
+        if !rq.line_ok && !cin.is_empty() {
             match check_request_line(cin.filled()) {
                 Ok(ok) => rq.line_ok = ok,
                 Err(e) => return self.reject(rq, cx, e),
