@@ -75,9 +75,13 @@ pub fn run(path: &Path) -> ExitCode {
     let mut workers = Vec::new();
     let mut wakers = Vec::new();
     let cap = fd_cap(nofile, shared.load().workers);
-    if cap < shared.load().limits.connections {
+    let limits = shared.load().limits;
+    // `connections = 0` (the default) is sized from the limit in silence; only a number the
+    // operator wrote and the limit cannot carry is worth a warning.
+    if cap < limits.connections && !limits.connections_auto {
         eprintln!(
-            "apex: warn: the open-file limit ({nofile}) allows {cap} client connections per worker, fewer than limits.connections; raise `ulimit -n` (LimitNOFILE) to reach it"
+            "apex: warn: the open-file limit ({nofile}) allows {cap} client connections per worker, fewer than limits.connections = {}; raise `ulimit -n` (LimitNOFILE) to reach it, or set connections = 0 to size it from the limit",
+            limits.connections
         );
     }
     for (i, (ls, log)) in listeners.into_iter().zip(logs).enumerate() {
@@ -195,7 +199,10 @@ fn raise_fd_limit() -> u64 {
 /// fds kept back for listeners, epoll, wakers, the logger, and a few pipes.
 const FD_RESERVE: u64 = 24;
 
-/// Client connections per worker that the open-file limit can carry, one fd each. A request
+/// Client connections per worker that the open-file limit can carry, one fd each:
+/// `(limit - 24) / workers`, 24 being `FD_RESERVE`; with `ulimit -n 1024` and 2 workers,
+/// (1024 - 24) / 2 = 500. README.md's "File descriptors" says the same, and a test checks
+/// both examples against this function. A request
 /// that then finds no fd for its upstream connection makes the worker close an idle pooled
 /// upstream connection or an idle keep-alive client (as nginx reuses idle connections), so
 /// established clients keep being served; only when every connection is busy does it get 502.
@@ -232,4 +239,46 @@ fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>)
     drop(current);
     retired.push(shared.swap(Arc::new(new)));
     eprintln!("apex: reloaded {}", path.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every worked example `(A - B) / C = D` in `text`, as numbers.
+    fn examples(text: &str) -> Vec<[u64; 4]> {
+        let mut out = Vec::new();
+        for (i, _) in text.match_indices('(') {
+            let rest = text.get(i + 1..).unwrap_or("");
+            let nums: Vec<u64> = rest
+                .split(|c: char| !c.is_ascii_digit() && c != ',')
+                .filter(|w| !w.is_empty())
+                .take(4)
+                .map(|w| w.replace(',', "").parse().unwrap_or(0))
+                .collect();
+            let shape: String =
+                rest.chars().filter(|c| !c.is_ascii_digit() && *c != ',' && *c != ' ').take(4).collect();
+            if nums.len() == 4 && shape == "-)/=" {
+                out.push([nums[0], nums[1], nums[2], nums[3]]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fd_formula_in_docs_is_the_code() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("### File descriptors").nth(1).unwrap().split("\n### ").next().unwrap();
+        assert!(section.contains(&format!("(limit - {FD_RESERVE}) / workers")), "{section}");
+        let here = include_str!("server.rs");
+        let doc = here.split("fn fd_cap").next().unwrap().rsplit("FD_RESERVE: u64").next().unwrap();
+        for (name, text) in [("README.md", section), ("fd_cap's doc", doc)] {
+            let ex = examples(text);
+            assert!(!ex.is_empty(), "{name} has no worked example (A - B) / C = D");
+            for [limit, reserve, workers, cap] in ex {
+                assert_eq!(reserve, FD_RESERVE, "{name}");
+                assert_eq!(fd_cap(limit, workers as usize) as u64, cap, "{name}: ({limit} - {reserve}) / {workers}");
+            }
+        }
+    }
 }
