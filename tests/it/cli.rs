@@ -288,3 +288,21 @@ fn readme_setup_tests_first_then_runs() {
     assert!(after.contains("foreground"), "{after}");
     assert!(readme.contains("cargo install --path ."));
 }
+
+/// apex(1) documents every option `--help` lists, and the units run the binary the Debian
+/// package installs, with the config it installs.
+#[test]
+fn man_page_and_units_match_the_binary() {
+    let man = include_str!("../../packaging/apex.1");
+    let (_, help, _) = run_apex(&["--help"]);
+    for word in help.split_whitespace().filter(|w| w.starts_with("--")) {
+        let roff = word.replace('-', "\\-");
+        assert!(man.contains(&roff), "apex.1 does not document {word}");
+    }
+    let unit = include_str!("../../packaging/apex.service");
+    assert!(unit.contains("ExecStart=/usr/bin/apex /etc/apex/apex.toml\n"), "{unit}");
+    assert!(unit.contains("Type=notify\n") && unit.contains("NotifyAccess=all\n"), "{unit}");
+    let cargo = include_str!("../../Cargo.toml");
+    assert!(cargo.contains(r#"["target/release/apex", "usr/bin/", "755"]"#));
+    assert!(cargo.contains(r#"["apex.toml", "etc/apex/apex.toml", "644"]"#));
+}
