@@ -615,7 +615,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
 }
 
 /// `Type=notify`: READY=1 when serving, RELOADING=1 with MONOTONIC_USEC on SIGHUP and READY=1
-/// after, STOPPING=1 on the drain.
+/// after, MAINPID= the new process after an upgrade, STOPPING=1 on the drain.
 #[test]
 fn systemd_hears_ready_reloading_and_stopping() {
     let up = Upstream::ok("A");
@@ -639,13 +639,21 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let usec = reloading.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").unwrap_or_else(|| panic!("{reloading:?}"));
     assert!(usec.parse::<u64>().unwrap() > 0, "{reloading:?}");
     assert_eq!(recv(), "READY=1");
-    kill(run.child.id(), "TERM");
-    assert_eq!(recv(), "STOPPING=1");
+    // An upgrade names the new main process (which says READY=1 itself too, in either order).
+    kill(run.child.id(), "USR2");
+    let mut two = [recv(), recv()];
+    two.sort();
+    let new_pid = run.serving_pid();
+    assert_ne!(new_pid, run.child.id());
+    assert_eq!(two, [format!("MAINPID={new_pid}\nREADY=1"), "READY=1".to_string()]);
     let end = Instant::now() + Duration::from_secs(10);
     while run.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < end, "apex did not exit after SIGTERM");
+        assert!(Instant::now() < end, "the old process did not drain and exit after the upgrade");
         thread::sleep(ms(10));
     }
+    kill(new_pid, "TERM");
+    assert_eq!(recv(), "STOPPING=1");
+    assert!(wait_until(Duration::from_secs(10), || !run.runs_here(new_pid)), "apex did not exit after SIGTERM");
 }
 
 /// Socket activation: a listening socket at fd 3 with LISTEN_FDS=1 and LISTEN_PID set (bash
