@@ -712,3 +712,29 @@ fn a_second_apex_on_a_served_address_fails_naming_the_pid() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("address in use by pid {}", std::process::id())), "{err}");
 }
+
+/// A new binary that starts but never says it is ready is stopped after the readiness timeout
+/// (15 s), and the old process goes on serving.
+#[test]
+fn an_upgrade_never_ready_is_stopped_and_the_old_process_serves() {
+    let up = Upstream::ok("A");
+    let bins = TempDir::new("bin");
+    let bin = bins.path().join("apex");
+    std::fs::copy(APEX, &bin).unwrap();
+    let run = Run::start(&conf(up.addr), &bin);
+    let pid = run.child.id();
+    let new = bins.path().join("apex.new");
+    // Holds its stdin (the readiness socket) open and says nothing.
+    std::fs::write(&new, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    kill(pid, "USR2");
+    run.wait_stderr("apex: upgrade failed", 1);
+    let err = run.stderr();
+    assert!(
+        err.contains("not ready within 15000 ms; stopped it") && err.contains(&format!("pid {pid} still serving")),
+        "{err}"
+    );
+    assert_eq!(run.pids(), vec![pid]);
+    assert_eq!(Client::connect(run.addr).request(&get("t", "/")).body_str(), "A");
+}
