@@ -561,9 +561,9 @@ fn five_binary_upgrades_under_load_lose_nothing() {
     assert_eq!(c.request(&get("t", "/")).status, 200);
 }
 
-/// A new config that does not load, then a new binary that dies before it is ready: each
-/// upgrade fails with a line saying why, the old process keeps serving, the load sees nothing.
-/// A good upgrade after them still works.
+/// A new config that does not load, a new binary that dies before it is ready, a config with
+/// fewer workers than sockets: each upgrade fails with a line saying why, the old process keeps
+/// serving, the load sees nothing. A good upgrade after them still works.
 #[test]
 fn a_failed_upgrade_leaves_the_old_process_serving() {
     let up = Upstream::ok("A");
@@ -596,6 +596,14 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
 
     std::fs::copy(APEX, &new).unwrap();
     std::fs::rename(&new, &bin).unwrap();
+    // Fewer workers than sockets handed over would strand the connections queued on the rest.
+    assert!(good.contains("workers = 2\n"));
+    std::fs::write(&run.conf, good.replace("workers = 2\n", "workers = 1\n")).unwrap();
+    kill(pid, "USR2");
+    run.wait_stderr("apex: upgrade failed", 3);
+    assert!(run.stderr().contains("given 2 listening sockets but workers = 1"), "{}", run.stderr());
+    std::fs::write(&run.conf, &good).unwrap();
+
     kill(pid, "USR2");
     run.wait_stderr("apex: upgraded: pid", 1);
     thread::sleep(ms(100));
