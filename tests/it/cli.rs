@@ -229,9 +229,12 @@ impl Limited {
             .spawn()
             .unwrap();
         let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(out.lines().next().and_then(Result::ok).unwrap_or_default());
+        });
         let mut me = Limited { child, err };
-        // Bounded: the line comes at once, or stdout closes when apex exits.
-        let first = out.lines().next().and_then(Result::ok).unwrap_or_default();
+        let first = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_default();
         assert!(first.starts_with("apex: listening on "), "stdout: {first:?}; stderr:\n{}", me.stderr());
         assert_eq!(me.child.try_wait().unwrap(), None);
         me
