@@ -142,6 +142,10 @@ pub fn run(path: &Path) -> ExitCode {
             }
         }
     }
+    // Before the listening lines, which whoever started us may be waiting for.
+    if inherited > 0 {
+        eprintln!("apex: serving on {inherited} inherited listening sockets (pid {})", std::process::id());
+    }
     {
         let mut out = std::io::stdout().lock();
         let plain = shared.load().listen.len();
@@ -149,9 +153,6 @@ pub fn run(path: &Path) -> ExitCode {
             let _ = writeln!(out, "apex: listening on {a}{}", if i >= plain { " tls" } else { "" });
         }
         let _ = out.flush();
-    }
-    if inherited > 0 {
-        eprintln!("apex: serving on {inherited} inherited listening sockets (pid {})", std::process::id());
     }
     crate::upgrade::announce_ready();
     notify.send("READY=1");
@@ -271,10 +272,10 @@ const FD_RESERVE: u64 = 24;
 /// Client connections per worker that the open-file limit can carry, one fd each:
 /// `(limit - 24) / workers`, 24 being `FD_RESERVE`; with `ulimit -n 1024` and 2 workers,
 /// (1024 - 24) / 2 = 500. README.md's "File descriptors" says the same, and a test checks
-/// both examples against this function. A request
-/// that then finds no fd for its upstream connection makes the worker close an idle pooled
-/// upstream connection or an idle keep-alive client (as nginx reuses idle connections), so
-/// established clients keep being served; only when every connection is busy does it get 502.
+/// both examples against this function. A request that then finds no fd for its upstream
+/// connection makes the worker close an idle pooled upstream connection or an idle keep-alive
+/// client (as nginx reuses idle connections), so established clients keep being served; only
+/// when every connection is busy does it get 502.
 /// Past the cap the kernel queues new connections until one closes.
 fn fd_cap(nofile: u64, workers: usize) -> usize {
     let budget = nofile.saturating_sub(FD_RESERVE) / (workers.max(1) as u64);
