@@ -83,3 +83,7 @@ pub const TLS_SESSIONS_PER_WORKER: usize = 4096;
 /// TLS record buffers each worker allocates at start when TLS is configured (two per TLS
 /// connection with bytes in flight; more are allocated once if a peak needs them).
 pub const TLS_BUFS_PREALLOC: usize = 32;
+
+/// A binary upgrade's new process must say it is ready within this long, or it is stopped and
+/// the old one keeps serving (it loads the config, certificates included, and starts workers).
+pub const UPGRADE_READY_MS: u64 = 15_000;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: apex CONFIG.toml        run the proxy
        apex --check CONFIG.toml validate a config and exit
-       apex --version | --help";
+       apex --version | --help
+signals: HUP reloads the config, TERM drains and exits, USR2 upgrades the binary
+         without dropping connections, USR1 reopens the access log; see apex(1)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

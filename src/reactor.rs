@@ -75,6 +75,12 @@ pub struct Worker {
     cx: Cx,
     shared: Arc<ArcSwap<Config>>,
     accept_paused: bool,
+    /// Set by a binary upgrade before `drain`: the drain then keeps idle keep-alive connections
+    /// (see `start_drain`).
+    handover: Option<Arc<AtomicBool>>,
+    /// This drain closes idle keep-alive connections (a shutdown), or leaves them to their next
+    /// request or their `client_idle` (a handover).
+    close_idle: bool,
     /// Client connections the open-file limit allows this worker (see `fd_cap`).
     fd_cap: usize,
     /// Connections that ran out of turns with work left; stepped again after this batch.
@@ -139,6 +145,8 @@ impl Worker {
             },
             shared,
             accept_paused: false,
+            handover: None,
+            close_idle: true,
             fd_cap: usize::MAX,
             again: Vec::with_capacity(cap),
             again_now: Vec::with_capacity(cap),
@@ -151,6 +159,12 @@ impl Worker {
     /// every accepted client can also get its upstream connection (see `server::fd_cap`).
     pub fn set_fd_cap(&mut self, cap: usize) {
         self.fd_cap = cap.max(1);
+    }
+
+    /// A flag the main thread sets before `drain` when another process has taken over the
+    /// listeners (a binary upgrade).
+    pub fn set_handover(&mut self, flag: Arc<AtomicBool>) {
+        self.handover = Some(flag);
     }
 
     /// Lets another thread interrupt this worker's `poll`.
@@ -175,10 +189,19 @@ impl Worker {
 
     /// Stop accepting (closing the listeners, so new connections are refused), close idle
     /// keep-alive connections; the rest close after their current exchange.
+    ///
+    /// After a handover (binary upgrade) the listeners live on in the new process, so closing
+    /// ours refuses nothing. Idle keep-alive connections are then not closed at once: a client
+    /// may have its next request on the wire, and a close would reset it. Each is answered once
+    /// more, with `Connection: close`, or closed by its own `client_idle` (or `shutdown`).
     fn start_drain(&mut self) {
         self.cx.draining = true;
+        self.close_idle = !self.handover.as_ref().is_some_and(|h| h.load(Ordering::SeqCst));
         for mut l in self.listeners.drain(..) {
             let _ = self.cx.registry.deregister(&mut l);
+        }
+        if !self.close_idle {
+            return;
         }
         self.expired.clear();
         for (key, c) in self.conns.iter() {
@@ -486,7 +509,7 @@ impl Worker {
             next = next.min(t);
         }
         self.cx.next_sweep = self.cx.next_sweep.min(next).max(now + Duration::from_millis(SWEEP_MIN_MS));
-        if self.cx.draining {
+        if self.cx.draining && self.close_idle {
             // Connections that went idle since: nothing more will come on them.
             for (key, c) in self.conns.iter() {
                 if c.is_idle() && self.expired.len() < self.expired.capacity() {
@@ -516,36 +539,7 @@ fn log_fault(cx: &mut Cx, throttle: &mut Throttle, peer: SocketAddr, level: &str
 
 /// Binds every listen address once per worker with SO_REUSEPORT, so each worker has its own
 /// accept queue. Port 0 is resolved by the first bind and reused by the others.
-/// Returns the bound addresses and, per worker, its listeners.
+/// Returns the bound addresses and, per worker, its listeners (see `listen::bind_all`).
 pub fn bind_all(cfg: &Config) -> io::Result<(Vec<SocketAddr>, Vec<Vec<std::net::TcpListener>>)> {
-    // Plain listeners first, then TLS ones: a worker tells them apart by index.
-    let mut addrs: Vec<SocketAddr> = cfg.listen.clone();
-    addrs.extend(cfg.tls.iter().flat_map(|t| t.listen.iter().copied()));
-    let mut per_worker = Vec::with_capacity(cfg.workers);
-    for w in 0..cfg.workers {
-        let mut ls = Vec::with_capacity(addrs.len());
-        for addr in &mut addrs {
-            let l = bind_one(*addr).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            if w == 0 {
-                *addr = l.local_addr()?;
-            }
-            ls.push(l);
-        }
-        per_worker.push(ls);
-    }
-    Ok((addrs, per_worker))
-}
-
-fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
+    crate::listen::bind_all(cfg, &mut crate::listen::Inherited::none())
 }

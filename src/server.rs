@@ -10,6 +10,14 @@
 //!   idle keep-alive connections, answer in-flight requests with `Connection: close`, and exit
 //!   when done; the process exits 0, or after `timeouts.shutdown` anyway. A second one exits now.
 //! - SIGQUIT: exit now.
+//! - SIGUSR2: binary upgrade (`upgrade.rs`): start the binary at our path with our arguments and
+//!   listening sockets; once it is ready, drain as for SIGTERM but leave idle keep-alive
+//!   connections to their next request (answered `Connection: close`) or their `client_idle`.
+//!   If it fails, nothing changes.
+//!
+//! Listening sockets may come from systemd (socket activation) or from the old process of an
+//! upgrade, both through `LISTEN_FDS` (`listen.rs`). With `NOTIFY_SOCKET` set, systemd hears
+//! READY, RELOADING, STOPPING and, after an upgrade, the new MAINPID (`notify.rs`).
 
 use std::io::Write;
 use std::path::Path;
@@ -20,13 +28,24 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::config::Config;
-use crate::reactor::{Worker, bind_all};
+use crate::listen::{Inherited, bind_all};
+use crate::notify::Notifier;
+use crate::reactor::Worker;
 
 pub fn run(path: &Path) -> ExitCode {
+    // First, while no other thread runs: `listenfd` clears the variables it reads.
+    let mut given = match Inherited::from_env() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("apex: inherited sockets: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let notify = Notifier::from_env();
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -37,7 +56,7 @@ pub fn run(path: &Path) -> ExitCode {
     let nofile = raise_fd_limit();
     // Signals first, so one that arrives during start-up is not lost to its default action.
     let (tx, rx) = mpsc::channel();
-    match Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1]) {
+    match Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2]) {
         Ok(mut signals) => {
             let spawned = std::thread::Builder::new().name("apex-signals".into()).spawn(move || {
                 for sig in signals.forever() {
@@ -56,7 +75,8 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let (addrs, listeners) = match bind_all(&cfg) {
+    let inherited = given.len();
+    let (addrs, listeners) = match bind_all(&cfg, &mut given) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("apex: {e}");
@@ -70,14 +90,35 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Our own copies of every listener, in worker order, to hand to a new binary (SIGUSR2).
+    let plain = cfg.listen.len();
+    let mut handover: Vec<std::net::TcpListener> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for ls in &listeners {
+        for (j, l) in ls.iter().enumerate() {
+            match l.try_clone() {
+                Ok(c) => handover.push(c),
+                Err(e) => {
+                    eprintln!("apex: cannot keep a listener for upgrades: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            names.push(if j < plain { "http" } else { "https" });
+        }
+    }
     let shared = Arc::new(ArcSwap::from_pointee(cfg));
     let drain = Arc::new(AtomicBool::new(false));
+    let handed_over = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     let mut wakers = Vec::new();
     let cap = fd_cap(nofile, shared.load().workers);
-    if cap < shared.load().limits.connections {
+    let limits = shared.load().limits;
+    // `connections = 0` (the default) is sized from the limit in silence; only a number the
+    // operator wrote and the limit cannot carry is worth a warning.
+    if cap < limits.connections && !limits.connections_auto {
         eprintln!(
-            "apex: warn: the open-file limit ({nofile}) allows {cap} client connections per worker, fewer than limits.connections; raise `ulimit -n` (LimitNOFILE) to reach it"
+            "apex: warn: the open-file limit ({nofile}) allows {cap} client connections per worker, fewer than limits.connections = {}; raise `ulimit -n` (LimitNOFILE) to reach it, or set connections = 0 to size it from the limit",
+            limits.connections
         );
     }
     for (i, (ls, log)) in listeners.into_iter().zip(logs).enumerate() {
@@ -89,6 +130,7 @@ pub fn run(path: &Path) -> ExitCode {
             }
         };
         w.set_fd_cap(cap);
+        w.set_handover(Arc::clone(&handed_over));
         wakers.push(w.waker());
         let drain = Arc::clone(&drain);
         let spawned = std::thread::Builder::new().name(format!("apex-w{i}")).spawn(move || w.run(&drain));
@@ -100,6 +142,10 @@ pub fn run(path: &Path) -> ExitCode {
             }
         }
     }
+    // Before the listening lines, which whoever started us may be waiting for.
+    if inherited > 0 {
+        eprintln!("apex: serving on {inherited} inherited listening sockets (pid {})", std::process::id());
+    }
     {
         let mut out = std::io::stdout().lock();
         let plain = shared.load().listen.len();
@@ -108,12 +154,15 @@ pub fn run(path: &Path) -> ExitCode {
         }
         let _ = out.flush();
     }
+    crate::upgrade::announce_ready();
+    notify.send("READY=1");
 
     let mut retired: Vec<Arc<Config>> = Vec::new();
     let mut drain_deadline: Option<Instant> = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(SIGHUP) => {
+                notify.reloading();
                 let sink = shared.load().log.access.clone();
                 reload(path, &shared, &mut retired);
                 let new_sink = shared.load().log.access.clone();
@@ -121,6 +170,26 @@ pub fn run(path: &Path) -> ExitCode {
                     logger.set_sink(new_sink);
                 }
                 wake(&wakers);
+                notify.send("READY=1");
+            }
+            Ok(SIGUSR2) if drain_deadline.is_some() => {
+                eprintln!("apex: upgrade refused: this process is draining");
+            }
+            Ok(SIGUSR2) => {
+                let me = std::process::id();
+                eprintln!("apex: upgrade: starting the new binary (pid {me} serves meanwhile)");
+                match crate::upgrade::start(&handover, &names) {
+                    Ok(pid) => {
+                        eprintln!("apex: upgraded: pid {pid} serves now; pid {me} drains");
+                        notify.send(&format!("MAINPID={pid}\nREADY=1"));
+                        handover.clear();
+                        handed_over.store(true, Ordering::SeqCst);
+                        drain.store(true, Ordering::SeqCst);
+                        wake(&wakers);
+                        drain_deadline = Some(Instant::now() + shared.load().timeouts.shutdown);
+                    }
+                    Err(why) => eprintln!("apex: upgrade failed: {why}; pid {me} still serving"),
+                }
             }
             // logrotate: reopen the access log file.
             Ok(SIGUSR1) => logger.set_sink(shared.load().log.access.clone()),
@@ -129,6 +198,9 @@ pub fn run(path: &Path) -> ExitCode {
                     eprintln!("apex: second signal: exiting now");
                     std::process::exit(1);
                 }
+                notify.send("STOPPING=1");
+                // The workers' listeners close now; ours must not keep the sockets open.
+                handover.clear();
                 let grace = shared.load().timeouts.shutdown;
                 eprintln!(
                     "apex: draining: no new connections; exiting when in-flight requests end (at most {grace:?})"
@@ -164,6 +236,8 @@ pub fn run(path: &Path) -> ExitCode {
         }
         if drain_deadline.is_none() && workers.iter().any(|h| h.is_finished()) {
             eprintln!("apex: a worker stopped unexpectedly; draining the others");
+            notify.send("STOPPING=1");
+            handover.clear();
             drain.store(true, Ordering::SeqCst);
             drain_deadline = Some(Instant::now() + shared.load().timeouts.shutdown);
         }
@@ -195,10 +269,13 @@ fn raise_fd_limit() -> u64 {
 /// fds kept back for listeners, epoll, wakers, the logger, and a few pipes.
 const FD_RESERVE: u64 = 24;
 
-/// Client connections per worker that the open-file limit can carry, one fd each. A request
-/// that then finds no fd for its upstream connection makes the worker close an idle pooled
-/// upstream connection or an idle keep-alive client (as nginx reuses idle connections), so
-/// established clients keep being served; only when every connection is busy does it get 502.
+/// Client connections per worker that the open-file limit can carry, one fd each:
+/// `(limit - 24) / workers`, 24 being `FD_RESERVE`; with `ulimit -n 1024` and 2 workers,
+/// (1024 - 24) / 2 = 500. README.md's "File descriptors" says the same, and a test checks
+/// both examples against this function. A request that then finds no fd for its upstream
+/// connection makes the worker close an idle pooled upstream connection or an idle keep-alive
+/// client (as nginx reuses idle connections), so established clients keep being served; only
+/// when every connection is busy does it get 502.
 /// Past the cap the kernel queues new connections until one closes.
 fn fd_cap(nofile: u64, workers: usize) -> usize {
     let budget = nofile.saturating_sub(FD_RESERVE) / (workers.max(1) as u64);
@@ -232,4 +309,46 @@ fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>)
     drop(current);
     retired.push(shared.swap(Arc::new(new)));
     eprintln!("apex: reloaded {}", path.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every worked example `(A - B) / C = D` in `text`, as numbers.
+    fn examples(text: &str) -> Vec<[u64; 4]> {
+        let mut out = Vec::new();
+        for (i, _) in text.match_indices('(') {
+            let rest = text.get(i + 1..).unwrap_or("");
+            let nums: Vec<u64> = rest
+                .split(|c: char| !c.is_ascii_digit() && c != ',')
+                .filter(|w| !w.is_empty())
+                .take(4)
+                .map(|w| w.replace(',', "").parse().unwrap_or(0))
+                .collect();
+            let shape: String =
+                rest.chars().filter(|c| !c.is_ascii_digit() && *c != ',' && *c != ' ').take(4).collect();
+            if nums.len() == 4 && shape == "-)/=" {
+                out.push([nums[0], nums[1], nums[2], nums[3]]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fd_formula_in_docs_is_the_code() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("### File descriptors").nth(1).unwrap().split("\n### ").next().unwrap();
+        assert!(section.contains(&format!("(limit - {FD_RESERVE}) / workers")), "{section}");
+        let here = include_str!("server.rs");
+        let doc = here.split("fn fd_cap").next().unwrap().rsplit("FD_RESERVE: u64").next().unwrap();
+        for (name, text) in [("README.md", section), ("fd_cap's doc", doc)] {
+            let ex = examples(text);
+            assert!(!ex.is_empty(), "{name} has no worked example (A - B) / C = D");
+            for [limit, reserve, workers, cap] in ex {
+                assert_eq!(reserve, FD_RESERVE, "{name}");
+                assert_eq!(fd_cap(limit, workers as usize) as u64, cap, "{name}: ({limit} - {reserve}) / {workers}");
+            }
+        }
+    }
 }

@@ -50,15 +50,15 @@ struct RawCert {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
-    client_head: Option<Spanned<String>>,
-    client_idle: Option<Spanned<String>>,
-    client_body: Option<Spanned<String>>,
-    client_send: Option<Spanned<String>>,
-    upstream_connect: Option<Spanned<String>>,
-    upstream_head: Option<Spanned<String>>,
-    upstream_body: Option<Spanned<String>>,
-    upstream_idle: Option<Spanned<String>>,
-    shutdown: Option<Spanned<String>>,
+    client_head: Option<Spanned<toml::Value>>,
+    client_idle: Option<Spanned<toml::Value>>,
+    client_body: Option<Spanned<toml::Value>>,
+    client_send: Option<Spanned<toml::Value>>,
+    upstream_connect: Option<Spanned<toml::Value>>,
+    upstream_head: Option<Spanned<toml::Value>>,
+    upstream_body: Option<Spanned<toml::Value>>,
+    upstream_idle: Option<Spanned<toml::Value>>,
+    shutdown: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,7 +91,7 @@ struct RawRoute {
 #[serde(deny_unknown_fields)]
 struct RawGroup {
     servers: Spanned<Vec<Spanned<String>>>,
-    cooldown: Option<Spanned<String>>,
+    cooldown: Option<Spanned<toml::Value>>,
     tls: Option<bool>,
     tls_name: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
@@ -249,12 +249,36 @@ pub(super) fn parse_size(v: &toml::Value) -> Option<u64> {
     }
 }
 
-fn duration(v: &Option<Spanned<String>>, name: &str, default_ms: u64, zero_ok: bool) -> Result<Duration, BuildError> {
+/// A duration as written: a string with a unit (`"250ms"`, `"10s"`, `"2m"`, `"1h"`), or an
+/// integer, read as seconds (`60` is `"60s"`), as people write it without thinking twice.
+pub(super) fn duration_value(v: &toml::Value) -> Option<Duration> {
+    match v {
+        toml::Value::String(s) => parse_duration(s),
+        toml::Value::Integer(n) => u64::try_from(*n).ok()?.checked_mul(1_000).map(Duration::from_millis),
+        _ => None,
+    }
+}
+
+fn duration(
+    v: &Option<Spanned<toml::Value>>,
+    name: &str,
+    default_ms: u64,
+    zero_ok: bool,
+) -> Result<Duration, BuildError> {
     let Some(v) = v else {
         return Ok(Duration::from_millis(default_ms));
     };
-    let d = parse_duration(v.get_ref()).ok_or_else(|| {
-        (at(v), format!("{name}: bad duration {:?} (use e.g. \"250ms\", \"10s\", \"2m\")", v.get_ref()))
+    let d = duration_value(v.get_ref()).ok_or_else(|| {
+        let shown = match v.get_ref() {
+            toml::Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        (
+            at(v),
+            format!(
+                "{name}: bad duration {shown} (write seconds as an integer, 60, or a string with a unit: \"250ms\", \"10s\", \"2m\", \"1h\")"
+            ),
+        )
     })?;
     if d.is_zero() && !zero_ok {
         return Err((at(v), format!("{name}: a zero timeout would fire at once; give a positive duration")));
@@ -345,6 +369,8 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
     };
 
     let l = &raw.limits;
+    // 0 (the default): as many as the open-file limit allows, at most CONNECTIONS_AUTO_MAX.
+    let connections = int_in(&l.connections, "connections", 0, 0, 1_000_000)?;
     let limits = Limits {
         head_bytes: size_in(
             &l.head_bytes,
@@ -355,7 +381,8 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         )? as usize,
         headers: int_in(&l.headers, "headers", 100, 1, HEADERS_CAP)?,
         body_bytes: size_in(&l.body_bytes, "body_bytes", 1 << 30, 0, u64::MAX)?,
-        connections: int_in(&l.connections, "connections", 10_000, 1, 1_000_000)?,
+        connections: if connections == 0 { CONNECTIONS_AUTO_MAX } else { connections },
+        connections_auto: connections == 0,
         upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 1024, 0, 100_000)?,
         client_send_buffer: size_in(&l.client_send_buffer, "client_send_buffer", 0, 0, 64 << 20)? as usize,
     };

@@ -16,6 +16,10 @@ use std::time::Duration;
 mod build;
 
 pub use build::parse_duration;
+
+/// `limits.connections = 0` (the default): this many per worker, or fewer if the open-file
+/// limit allows fewer.
+pub const CONNECTIONS_AUTO_MAX: usize = 10_000;
 use build::{RawConfig, build};
 
 #[derive(Debug)]
@@ -71,7 +75,11 @@ pub struct Limits {
     pub head_bytes: usize,
     pub headers: usize,
     pub body_bytes: u64,
+    /// Client connections per worker. With `connections_auto` (0 or unset in the file) this is
+    /// `CONNECTIONS_AUTO_MAX`, and the open-file limit lowers it at start without a warning; an
+    /// explicit value the limit cannot carry gets a warning (`server::fd_cap`).
     pub connections: usize,
+    pub connections_auto: bool,
     pub upstream_idle_per_server: usize,
     /// SO_SNDBUF for client sockets; 0 leaves the kernel's autotuning (up to tcp_wmem's max).
     pub client_send_buffer: usize,
@@ -189,7 +197,12 @@ impl Config {
         let _ = writeln!(
             o,
             "\n[limits]\nhead_bytes = {}\nheaders = {}\nbody_bytes = {}\nconnections = {}\nupstream_idle_per_server = {}\nclient_send_buffer = {}",
-            l.head_bytes, l.headers, l.body_bytes, l.connections, l.upstream_idle_per_server, l.client_send_buffer
+            l.head_bytes,
+            l.headers,
+            l.body_bytes,
+            if l.connections_auto { 0 } else { l.connections },
+            l.upstream_idle_per_server,
+            l.client_send_buffer
         );
         let access = match &self.log.access {
             crate::log::Sink::Off => "off".to_string(),

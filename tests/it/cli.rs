@@ -190,3 +190,122 @@ fn bad_config_zero_timeout() {
 fn bad_config_toml_syntax_error() {
     check_bad(&variant(&[(8, "host = *")], &[]), 8..=8, &[]);
 }
+
+#[test]
+fn durations_accept_integer_seconds() {
+    let dir = TempDir::new("intdur");
+    let toml = variant(&[(5, "client_head = 60"), (14, "cooldown = 0")], &[]);
+    let file = dir.write("good.toml", &toml);
+    let (code, out, err) = run_apex(&["--check", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "stderr:\n{err}\nconfig:\n{toml}");
+    assert!(out.contains("client_head = \"60s\"\n"), "{out}");
+}
+
+#[test]
+fn bad_config_duration_of_the_wrong_type_says_how_to_write_it() {
+    for bad in ["client_head = 1.5", "client_head = -3", "client_head = true"] {
+        check_bad(&variant(&[(5, bad)], &[]), 5..=5, &["\"10s\""]);
+    }
+}
+
+/// `apex FILE` started by `sh` with `ulimit -n LIMIT` (soft and hard); killed on drop.
+struct Limited {
+    child: std::process::Child,
+    err: std::path::PathBuf,
+}
+
+impl Limited {
+    fn start(limit: u32, conf: &std::path::Path, dir: &TempDir) -> Limited {
+        use std::io::BufRead;
+        let err = dir.path().join("stderr");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} || exit 99; exec \"$0\" \"$1\""))
+            .arg(APEX)
+            .arg(conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(out.lines().next().and_then(Result::ok).unwrap_or_default());
+        });
+        let mut me = Limited { child, err };
+        let first = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_default();
+        assert!(first.starts_with("apex: listening on "), "stdout: {first:?}; stderr:\n{}", me.stderr());
+        assert_eq!(me.child.try_wait().unwrap(), None);
+        me
+    }
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shipped apex.toml (on port 0) starts without a warning where `ulimit -n` is 1024: its
+/// `connections = 0` is sized from the limit. A number the limit cannot carry still warns.
+#[test]
+fn shipped_config_starts_quietly_with_ulimit_1024() {
+    let shipped = include_str!("../../apex.toml");
+    assert!(shipped.contains("listen = [\"127.0.0.1:8080\"]"));
+    let text = shipped.replace("listen = [\"127.0.0.1:8080\"]", "listen = [\"127.0.0.1:0\"]");
+    let dir = TempDir::new("ulimit");
+    let file = dir.write("apex.toml", &text);
+    let apex = Limited::start(1024, &file, &dir);
+    // A warning, if any, is printed before the listening line.
+    let err = apex.stderr();
+    assert!(!err.contains("warn"), "the shipped config warned:\n{err}");
+    drop(apex);
+
+    let explicit = text.replace("connections = 0 ", "connections = 10000 ");
+    assert_ne!(explicit, text);
+    let file = dir.write("explicit.toml", &explicit.replace("workers = 0", "workers = 2"));
+    let apex = Limited::start(1024, &file, &dir);
+    let err = apex.stderr();
+    assert!(
+        err.contains("warn: the open-file limit (1024) allows 500 client connections per worker"),
+        "an explicit connections = 10000 on 2 workers needs a warning:\n{err}"
+    );
+}
+
+/// README's set-up is two commands, the tests first, then the run command, said to stay in the
+/// foreground.
+#[test]
+fn readme_setup_tests_first_then_runs() {
+    let readme = include_str!("../../README.md");
+    let setup = readme.split("## Set-up").nth(1).unwrap();
+    let block = setup.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let cmds: Vec<&str> =
+        block.lines().map(|l| l.split('#').next().unwrap().trim()).filter(|l| !l.is_empty()).collect();
+    assert_eq!(cmds, ["cargo test --release", "cargo run --release -- apex.toml"], "{block}");
+    let after = setup.split("```").nth(2).unwrap();
+    assert!(after.contains("foreground"), "{after}");
+    assert!(readme.contains("cargo install --path ."));
+}
+
+/// apex(1) documents every option `--help` lists, and the units run the binary the Debian
+/// package installs, with the config it installs.
+#[test]
+fn man_page_and_units_match_the_binary() {
+    let man = include_str!("../../packaging/apex.1");
+    let (_, help, _) = run_apex(&["--help"]);
+    for word in help.split_whitespace().filter(|w| w.starts_with("--")) {
+        let roff = word.replace('-', "\\-");
+        assert!(man.contains(&roff), "apex.1 does not document {word}");
+    }
+    let unit = include_str!("../../packaging/apex.service");
+    assert!(unit.contains("ExecStart=/usr/bin/apex /etc/apex/apex.toml\n"), "{unit}");
+    assert!(unit.contains("Type=notify\n") && unit.contains("NotifyAccess=all\n"), "{unit}");
+    let cargo = include_str!("../../Cargo.toml");
+    assert!(cargo.contains(r#"["target/release/apex", "usr/bin/", "755"]"#));
+    assert!(cargo.contains(r#"["apex.toml", "etc/apex/apex.toml", "644"]"#));
+}

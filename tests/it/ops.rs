@@ -64,8 +64,9 @@ fn fifty_reloads_under_load_lose_nothing() {
             }
         }));
     }
-    // Periods: (config, signalled at, the next reload confirmed at).
-    let mut periods: Vec<(&str, Instant)> = vec![("A", Instant::now())];
+    // Periods: (config, signalled at, confirmed at: Apex said "reloaded").
+    let start = Instant::now();
+    let mut periods: Vec<(&str, Instant, Instant)> = vec![("A", start, start)];
     let mut ok_reloads = 0;
     let mut failed_reloads = 0;
     thread::sleep(ms(100));
@@ -83,7 +84,7 @@ fn fifty_reloads_under_load_lose_nothing() {
         apex.signal("HUP");
         ok_reloads += 1;
         apex.wait_stderr("apex: reloaded", ok_reloads);
-        periods.push((name, at));
+        periods.push((name, at, Instant::now()));
         thread::sleep(ms(20));
     }
     thread::sleep(ms(100));
@@ -96,14 +97,15 @@ fn fifty_reloads_under_load_lose_nothing() {
     let seen = seen.lock().unwrap();
     assert!(seen.len() > 200, "only {} requests completed under load", seen.len());
     // Each response came from the upstream of a snapshot that was current while it ran: some
-    // period of that config overlaps [sent, done]. A period ends when the next reload has been
-    // confirmed (the swap happens between the signal and the confirmation).
-    let confirmed_end = |k: usize| periods.get(k + 1).map(|p| p.1 + ms(50)).unwrap_or_else(Instant::now);
+    // period of that config overlaps [sent, done]. A period starts at its signal and ends when
+    // the next reload has been confirmed (the swap happens between the signal and the
+    // confirmation; a fixed delay after the signal was not enough on a loaded machine).
+    let confirmed_end = |k: usize| periods.get(k + 1).map(|p| p.2).unwrap_or_else(Instant::now);
     for s in seen.iter() {
         let ok = periods
             .iter()
             .enumerate()
-            .any(|(k, (name, start))| *name == s.body && *start <= s.done && s.sent <= confirmed_end(k));
+            .any(|(k, (name, start, _))| *name == s.body && *start <= s.done && s.sent <= confirmed_end(k));
         assert!(ok, "a response from {} outside any period of its config", s.body);
     }
     let from_b = seen.iter().filter(|s| s.body == "B").count();
@@ -341,4 +343,406 @@ fn pipelined_responses_to_a_slow_reader_arrive_whole() {
     let last = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nab\r\n\r\ncdefgh";
     assert_eq!(got.len(), 8 * (first.len() + 16_330) + last.len(), "every response, nothing more or less");
     assert!(got.ends_with(last));
+}
+
+// ---------------------------------------------------------------- upgrade, systemd, second Apex
+
+/// An apex started by `cmd` (the binary itself, or a shell that execs it), with stdout read for
+/// `apex: listening on`. Killed on drop, together with every process an upgrade started from it
+/// (the PIDs its stderr names) that still runs this config.
+struct Run {
+    child: std::process::Child,
+    conf: std::path::PathBuf,
+    err: std::path::PathBuf,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Run {
+    fn start(toml: &str, bin: &std::path::Path) -> Run {
+        Self::start_with(toml, |conf| {
+            let mut c = std::process::Command::new(bin);
+            c.arg(conf);
+            c
+        })
+    }
+
+    /// `make` gets the config file's path and returns the command to run.
+    fn start_with(toml: &str, make: impl FnOnce(&std::path::Path) -> std::process::Command) -> Run {
+        use std::io::BufRead;
+        let dir = TempDir::new("ops");
+        let conf = dir.write("apex.toml", toml);
+        let err = dir.path().join("stderr");
+        let mut child = make(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Drains stdout (the access log too) for as long as any process of the run holds it.
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("apex: listening on ") {
+                    let _ = tx.send(a.trim().parse::<SocketAddr>().ok());
+                }
+            }
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        let mut run = Run { child, conf, err, addr: "0.0.0.0:0".parse().unwrap(), _dir: dir };
+        match got {
+            Ok(Some(a)) => run.addr = a,
+            _ => panic!("apex did not say where it listens; stderr:\n{}", run.stderr()),
+        }
+        run
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until stderr holds `needle` `n` times.
+    fn wait_stderr(&self, needle: &str, n: usize) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while self.stderr().matches(needle).count() < n {
+            assert!(Instant::now() < end, "stderr never had {n} x {needle:?}:\n{}", self.stderr());
+            thread::sleep(ms(5));
+        }
+    }
+
+    /// The first process, then each one an upgrade said serves now.
+    fn pids(&self) -> Vec<u32> {
+        let mut v = vec![self.child.id()];
+        for l in self.stderr().lines() {
+            if let Some(rest) = l.strip_prefix("apex: upgraded: pid ") {
+                v.push(rest.split(' ').next().unwrap().parse().unwrap());
+            }
+        }
+        v
+    }
+
+    fn serving_pid(&self) -> u32 {
+        *self.pids().last().unwrap()
+    }
+
+    /// Whether `pid` is alive (not a zombie) and runs this run's config.
+    fn runs_here(&self, pid: u32) -> bool {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+        !zombie && contains(&cmdline, self.conf.as_os_str().as_encoded_bytes())
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            if pid != self.child.id() && self.runs_here(pid) {
+                let _ = std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kill(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(ok.success(), "kill -{sig} {pid}");
+}
+
+/// What a load run saw: requests answered 200, and everything else.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    errors: Vec<String>,
+}
+
+/// Six clients until `stop`: three keep-alive (reconnecting after `Connection: close`, as a
+/// client must), three with a new connection per request.
+fn load(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Mutex<Tally>>) -> Vec<thread::JoinHandle<()>> {
+    (0..6)
+        .map(|k| {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            thread::spawn(move || {
+                let keep_alive = k % 2 == 0;
+                let mut c: Option<Client> = None;
+                while !stop.load(SeqCst) {
+                    let client = c.get_or_insert_with(|| Client::connect(addr));
+                    let req: &[u8] = if keep_alive {
+                        b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n"
+                    } else {
+                        b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                    };
+                    let r = client
+                        .try_send(req)
+                        .map_err(|e| format!("send: {e}"))
+                        .and_then(|()| client.try_read_response(false).map_err(|e| format!("read: {e}")));
+                    match r {
+                        Ok(r) if r.status == 200 => {
+                            tally.lock().unwrap().ok += 1;
+                            if !keep_alive || r.has_token("connection", "close") {
+                                c = None;
+                            }
+                        }
+                        Ok(r) => {
+                            tally.lock().unwrap().errors.push(format!("status {}", r.status));
+                            c = None;
+                        }
+                        Err(e) => {
+                            tally.lock().unwrap().errors.push(e);
+                            c = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The binary is replaced on disk (a new file renamed over it, as a package manager does) and
+/// upgraded with SIGUSR2, five times in a row, under load: nothing is lost, and each new
+/// process takes over from the last.
+#[test]
+fn five_binary_upgrades_under_load_lose_nothing() {
+    let up = Upstream::ok("A");
+    let bins = TempDir::new("bin");
+    let bin = bins.path().join("apex");
+    std::fs::copy(APEX, &bin).unwrap();
+    let run = Run::start(&conf(up.addr), &bin);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let load = load(run.addr, stop.clone(), tally.clone());
+    thread::sleep(ms(200));
+    for i in 1..=5 {
+        let new = bins.path().join("apex.new");
+        std::fs::copy(APEX, &new).unwrap();
+        std::fs::rename(&new, &bin).unwrap();
+        let old = run.serving_pid();
+        let before = tally.lock().unwrap().ok;
+        kill(old, "USR2");
+        run.wait_stderr("apex: upgraded: pid", i);
+        let new_pid = run.serving_pid();
+        assert_ne!(new_pid, old);
+        assert!(run.runs_here(new_pid), "{}", run.stderr());
+        // Load goes on through the new process before the next upgrade.
+        let end = Instant::now() + Duration::from_secs(10);
+        while tally.lock().unwrap().ok < before + 1000 && Instant::now() < end {
+            thread::sleep(ms(10));
+        }
+    }
+    thread::sleep(ms(200));
+    stop.store(true, SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    eprintln!("five upgrades under load: {} requests answered, {} errors", t.ok, t.errors.len());
+    assert!(
+        t.errors.is_empty(),
+        "{} failed requests, first: {:?}\nstderr:\n{}",
+        t.errors.len(),
+        t.errors.first(),
+        run.stderr()
+    );
+    assert!(t.ok > 1000, "only {} requests completed under load", t.ok);
+    // The old processes drain and exit; the last one serves alone.
+    let pids = run.pids();
+    assert_eq!(pids.len(), 6);
+    let (last, old) = pids.split_last().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || old.iter().all(|p| !run.runs_here(*p))),
+        "an old process still runs"
+    );
+    assert!(run.runs_here(*last));
+    let mut c = Client::connect(run.addr);
+    assert_eq!(c.request(&get("t", "/")).status, 200);
+}
+
+/// A new config that does not load, a new binary that dies before it is ready, a config with
+/// fewer workers than sockets: each upgrade fails with a line saying why, the old process keeps
+/// serving, the load sees nothing. A good upgrade after them still works.
+#[test]
+fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let up = Upstream::ok("A");
+    let bins = TempDir::new("bin");
+    let bin = bins.path().join("apex");
+    std::fs::copy(APEX, &bin).unwrap();
+    let run = Run::start(&conf(up.addr), &bin);
+    let pid = run.child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let load = load(run.addr, stop.clone(), tally.clone());
+    thread::sleep(ms(100));
+
+    let good = std::fs::read_to_string(&run.conf).unwrap();
+    std::fs::write(&run.conf, format!("{good}\nbroken = [\n")).unwrap();
+    kill(pid, "USR2");
+    run.wait_stderr("apex: upgrade failed", 1);
+    assert!(run.stderr().contains(&format!("pid {pid} still serving")), "{}", run.stderr());
+    std::fs::write(&run.conf, &good).unwrap();
+
+    let new = bins.path().join("apex.new");
+    std::fs::write(&new, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    kill(pid, "USR2");
+    run.wait_stderr("apex: upgrade failed", 2);
+    assert!(run.stderr().contains("exit status: 3"), "{}", run.stderr());
+    thread::sleep(ms(100));
+    assert_eq!(run.pids(), vec![pid], "{}", run.stderr());
+
+    std::fs::copy(APEX, &new).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    // Fewer workers than sockets handed over would strand the connections queued on the rest.
+    assert!(good.contains("workers = 2\n"));
+    std::fs::write(&run.conf, good.replace("workers = 2\n", "workers = 1\n")).unwrap();
+    kill(pid, "USR2");
+    run.wait_stderr("apex: upgrade failed", 3);
+    assert!(run.stderr().contains("given 2 listening sockets but workers = 1"), "{}", run.stderr());
+    std::fs::write(&run.conf, &good).unwrap();
+
+    kill(pid, "USR2");
+    run.wait_stderr("apex: upgraded: pid", 1);
+    thread::sleep(ms(100));
+    stop.store(true, SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    let t = tally.lock().unwrap();
+    assert!(
+        t.errors.is_empty(),
+        "{} failed requests, first: {:?}\nstderr:\n{}",
+        t.errors.len(),
+        t.errors.first(),
+        run.stderr()
+    );
+    assert!(t.ok > 100, "only {} requests completed", t.ok);
+}
+
+/// `Type=notify`: READY=1 when serving, RELOADING=1 with MONOTONIC_USEC on SIGHUP and READY=1
+/// after, MAINPID= the new process after an upgrade, STOPPING=1 on the drain.
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let up = Upstream::ok("A");
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut run = Run::start_with(&conf(up.addr), |conf| {
+        let mut c = std::process::Command::new(APEX);
+        c.arg(conf).env("NOTIFY_SOCKET", &path);
+        c
+    });
+    assert_eq!(recv(), "READY=1");
+    kill(run.child.id(), "HUP");
+    let reloading = recv();
+    let usec = reloading.strip_prefix("RELOADING=1\nMONOTONIC_USEC=").unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(usec.parse::<u64>().unwrap() > 0, "{reloading:?}");
+    assert_eq!(recv(), "READY=1");
+    // An upgrade names the new main process (which says READY=1 itself too, in either order).
+    kill(run.child.id(), "USR2");
+    let mut two = [recv(), recv()];
+    two.sort();
+    let new_pid = run.serving_pid();
+    assert_ne!(new_pid, run.child.id());
+    assert_eq!(two, [format!("MAINPID={new_pid}\nREADY=1"), "READY=1".to_string()]);
+    let end = Instant::now() + Duration::from_secs(10);
+    while run.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "the old process did not drain and exit after the upgrade");
+        thread::sleep(ms(10));
+    }
+    kill(new_pid, "TERM");
+    assert_eq!(recv(), "STOPPING=1");
+    assert!(wait_until(Duration::from_secs(10), || !run.runs_here(new_pid)), "apex did not exit after SIGTERM");
+}
+
+/// Socket activation: a listening socket at fd 3 with LISTEN_FDS=1 and LISTEN_PID set (bash
+/// moves it there and execs Apex, so `$$` is Apex's PID). Apex serves on it, binds nothing.
+#[test]
+fn socket_activation_serves_on_the_socket_it_was_given() {
+    use std::os::fd::AsRawFd;
+    let up = Upstream::ok("A");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let text = conf(up.addr).replace("listen = [\"127.0.0.1:0\"]", &format!("listen = [\"{addr}\"]"));
+    assert!(text.contains(&addr.to_string()));
+    // Inheritable for the moment of the spawn only.
+    rustix::io::fcntl_setfd(&l, rustix::io::FdFlags::empty()).unwrap();
+    let fd = l.as_raw_fd();
+    let run = Run::start_with(&text, |conf| {
+        let mut c = std::process::Command::new("bash");
+        c.arg("-c")
+            .arg("exec 3<&\"$1\"- && LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" \"$2\"")
+            .arg(APEX)
+            .arg(fd.to_string())
+            .arg(conf);
+        c
+    });
+    rustix::io::fcntl_setfd(&l, rustix::io::FdFlags::CLOEXEC).unwrap();
+    drop(l);
+    assert_eq!(run.addr, addr);
+    assert!(run.stderr().contains("serving on 1 inherited"), "{}", run.stderr());
+    for _ in 0..10 {
+        let mut c = Client::connect(addr);
+        assert_eq!(c.request(&get("t", "/")).body_str(), "A");
+    }
+}
+
+/// A second Apex on an address the first one serves fails at start, saying the address is in
+/// use and by which PID, instead of joining its SO_REUSEPORT group. The same for any process.
+#[test]
+fn a_second_apex_on_a_served_address_fails_naming_the_pid() {
+    let up = Upstream::ok("A");
+    let first = Apex::start_toml(&conf(up.addr));
+    let dir = TempDir::new("second");
+    let text = conf(up.addr).replace("127.0.0.1:0", &first.addr.to_string());
+    let file = dir.write("second.toml", &text);
+    let (code, _out, err) = run_apex(&[file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {}: address in use by pid {} (apex)", first.addr, first.pid())),
+        "{err}"
+    );
+    assert_eq!(first.client().request(&get("t", "/")).status, 200);
+
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = conf(up.addr).replace("127.0.0.1:0", &other.local_addr().unwrap().to_string());
+    let file = dir.write("third.toml", &text);
+    let (code, _out, err) = run_apex(&[file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("address in use by pid {}", std::process::id())), "{err}");
+}
+
+/// A new binary that starts but never says it is ready is stopped after the readiness timeout
+/// (15 s), and the old process goes on serving.
+#[test]
+fn an_upgrade_never_ready_is_stopped_and_the_old_process_serves() {
+    let up = Upstream::ok("A");
+    let bins = TempDir::new("bin");
+    let bin = bins.path().join("apex");
+    std::fs::copy(APEX, &bin).unwrap();
+    let run = Run::start(&conf(up.addr), &bin);
+    let pid = run.child.id();
+    let new = bins.path().join("apex.new");
+    // Holds its stdin (the readiness socket) open and says nothing.
+    std::fs::write(&new, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, &bin).unwrap();
+    kill(pid, "USR2");
+    run.wait_stderr("apex: upgrade failed", 1);
+    let err = run.stderr();
+    assert!(
+        err.contains("not ready within 15000 ms; stopped it") && err.contains(&format!("pid {pid} still serving")),
+        "{err}"
+    );
+    assert_eq!(run.pids(), vec![pid]);
+    assert_eq!(Client::connect(run.addr).request(&get("t", "/")).body_str(), "A");
 }
