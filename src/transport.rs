@@ -48,14 +48,20 @@ pub enum Filled {
 
 /// One read into `buf`'s spare room, if the socket is readable and there is room.
 pub fn fill<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>) -> io::Result<Filled> {
+    fill_max(sock, io, buf, usize::MAX)
+}
+
+/// One read of at most `max` bytes into `buf`'s spare room (a reader that must not take bytes
+/// past a boundary it knows). A full read of `max` leaves the socket marked readable.
+pub fn fill_max<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>, max: usize) -> io::Result<Filled> {
     if !io.readable {
         return Ok(Filled::Idle);
     }
     let spare = buf.spare();
-    if spare.is_empty() {
+    let want = spare.len().min(max);
+    let Some(spare) = spare.get_mut(..want).filter(|s| !s.is_empty()) else {
         return Ok(Filled::Idle);
-    }
-    let want = spare.len();
+    };
     loop {
         match (&*sock).read(spare) {
             Ok(0) => return Ok(Filled::Eof),

@@ -26,7 +26,7 @@ use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 
 use crate::buf::{Buf, BufPool};
-use crate::limits::TLS_BUF_BYTES;
+use crate::limits::{TLS_BUF_BYTES, TLS_HS_BUF_BYTES};
 use crate::transport::{Filled, Io, fill};
 
 mod certs;
@@ -41,7 +41,23 @@ use record::{
 };
 
 pub type TlsBuf = Buf<TLS_BUF_BYTES>;
-pub type TlsBufPool = BufPool<TLS_BUF_BYTES>;
+type HsBuf = Buf<TLS_HS_BUF_BYTES>;
+
+/// A worker's TLS buffers: record buffers (two per TLS connection with bytes in flight), and
+/// handshake buffers, lent only to a handshake whose incoming flight is larger than a record
+/// buffer and given back as soon as its message is whole. Both are reused, never freed, so a
+/// steady state allocates nothing.
+pub struct TlsBufPool {
+    rec: BufPool<TLS_BUF_BYTES>,
+    hs: BufPool<TLS_HS_BUF_BYTES>,
+}
+
+impl TlsBufPool {
+    /// `prealloc` record buffers now; handshake buffers when first needed.
+    pub fn new(prealloc: usize) -> Self {
+        TlsBufPool { rec: BufPool::new(prealloc), hs: BufPool::new(0) }
+    }
+}
 
 fn bad(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
@@ -62,6 +78,8 @@ pub struct Tls {
     rec: Option<Records>,
     /// Bytes from the socket, not yet opened.
     rin: Option<TlsBuf>,
+    /// During the handshake, instead of `rin`: an incoming flight larger than a record buffer.
+    hs_in: Option<HsBuf>,
     /// Records (handshake or sealed data) not yet written to the socket.
     rout: Option<TlsBuf>,
     /// Plaintext of the opened record at the front of `rin` not yet handed out:
@@ -83,6 +101,8 @@ pub struct Tls {
     broken: bool,
     /// Our close_notify is sealed: nothing may follow it.
     notified: bool,
+    /// The handshake has sent a protected record: the peer reads no plaintext alert from us.
+    protected: bool,
 }
 
 impl Tls {
@@ -101,6 +121,7 @@ impl Tls {
             hs: Some(hs),
             rec: None,
             rin: None,
+            hs_in: None,
             rout: None,
             plain: (0, 0, 0),
             spill: Vec::new(),
@@ -111,6 +132,7 @@ impl Tls {
             failed: false,
             broken: false,
             notified: false,
+            protected: false,
         }
     }
 
@@ -129,13 +151,16 @@ impl Tls {
     /// yet opened. A pooled connection holding any would hand them to the next exchange as
     /// its response.
     pub fn has_unread(&self) -> bool {
-        self.plain.0 < self.plain.1 || self.rin.as_ref().is_some_and(|b| !b.is_empty())
+        self.plain.0 < self.plain.1
+            || self.rin.as_ref().is_some_and(|b| !b.is_empty())
+            || self.hs_in.as_ref().is_some_and(|b| !b.is_empty())
     }
 
     /// Gives both record buffers back (the connection is closing).
     pub fn release_all(&mut self, pool: &mut TlsBufPool) {
-        pool.release(&mut self.rin);
-        pool.release(&mut self.rout);
+        pool.rec.release(&mut self.rin);
+        pool.rec.release(&mut self.rout);
+        pool.hs.release(&mut self.hs_in);
     }
 
     /// Puts decrypted bytes into `dst`, reading the socket as needed; drives the handshake first.
@@ -148,7 +173,8 @@ impl Tls {
     ) -> io::Result<Filled> {
         if self.failed {
             // Lingering after an alert: read and drop.
-            let rin = pool.fill_slot(&mut self.rin);
+            pool.hs.release(&mut self.hs_in);
+            let rin = pool.rec.fill_slot(&mut self.rin);
             rin.clear();
             let r = fill(sock, io, rin);
             rin.clear();
@@ -218,12 +244,12 @@ impl Tls {
             if self.open_one(sock, io, pool)? {
                 continue;
             }
-            let rin = pool.fill_slot(&mut self.rin);
+            let rin = pool.rec.fill_slot(&mut self.rin);
             rin.reserve(record_need(rin.filled()));
             match fill(sock, io, rin)? {
                 Filled::Data(_) => {}
                 Filled::Idle => {
-                    pool.release_if_empty(&mut self.rin);
+                    pool.rec.release_if_empty(&mut self.rin);
                     return Ok(Filled::Idle);
                 }
                 // A TCP close without close_notify: HTTP framing decides whether that truncated
@@ -258,7 +284,7 @@ impl Tls {
         if rin.len() < need {
             return Ok(false);
         }
-        let rout = pool.fill_slot(&mut self.rout);
+        let rout = pool.rec.fill_slot(&mut self.rout);
         let whole = rin.filled_mut().get_mut(..need).ok_or_else(|| bad("tls state"))?;
         let opened = rec.open(whole)?;
         rec.reply(rout)?; // if there is no room now, `write` sends it before any data
@@ -278,45 +304,120 @@ impl Tls {
     /// Drives the handshake as far as the bytes at hand allow. Returns false when it waits for
     /// the socket.
     fn handshake(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<bool> {
-        let rin = pool.fill_slot(&mut self.rin);
-        let rout = pool.fill_slot(&mut self.rout);
-        let step = match self.hs.as_mut() {
-            None => return Ok(true),
-            Some(Handshake::Server(hs)) => {
-                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, &mut self.failed)
-            }
-            Some(Handshake::Client(hs)) => {
-                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, &mut self.failed)
-            }
-        };
-        match step? {
-            Hs::Eof => {
-                self.eof = true;
-                Ok(true)
-            }
-            Hs::Done => {
-                let (secrets, kernel) = match self.hs.take() {
-                    Some(Handshake::Server(hs)) => {
-                        hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
-                    }
-                    Some(Handshake::Client(hs)) => {
-                        hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
-                    }
-                    None => return Ok(true),
+        // Twice at most: once more in a handshake buffer, if the flight outgrew `rin`.
+        for _ in 0..2 {
+            let Some(hs) = self.hs.as_mut() else { return Ok(true) };
+            let rout = pool.rec.fill_slot(&mut self.rout);
+            let (spill, fed, failed, protected) =
+                (&mut self.spill, &mut self.fed, &mut self.failed, &mut self.protected);
+            let step = match (hs, self.hs_in.as_mut()) {
+                (Handshake::Server(hs), Some(big)) => drive(hs, sock, io, big, rout, spill, fed, failed, protected),
+                (Handshake::Client(hs), Some(big)) => drive(hs, sock, io, big, rout, spill, fed, failed, protected),
+                (Handshake::Server(hs), None) => {
+                    let rin = pool.rec.fill_slot(&mut self.rin);
+                    drive(hs, sock, io, rin, rout, spill, fed, failed, protected)
                 }
-                .map_err(|_| bad("tls secrets"))?;
-                self.rec = Some(Records::new(kernel, secrets)?);
-                self.flush(sock, io, pool)?;
-                pool.release_if_empty(&mut self.rin);
-                Ok(true)
+                (Handshake::Client(hs), None) => {
+                    let rin = pool.rec.fill_slot(&mut self.rin);
+                    drive(hs, sock, io, rin, rout, spill, fed, failed, protected)
+                }
+            };
+            let step = step?;
+            if !matches!(step, Hs::Grow) {
+                self.shrink(pool, matches!(step, Hs::Done))?;
             }
-            _ => {
-                // Waiting: an empty buffer goes back (a client that sends nothing holds none).
-                pool.release_if_empty(&mut self.rin);
-                pool.release_if_empty(&mut self.rout);
-                Ok(false)
+            return match step {
+                Hs::Grow if self.hs_in.is_none() => {
+                    self.grow(pool)?;
+                    continue;
+                }
+                // A flight past the handshake bound: rustls would wait for the rest forever.
+                // decode_error, as rustls answers a message past its own bound (0xffff).
+                Hs::Grow => Err(self.refuse(ALERT_DECODE_ERROR, "handshake flight too large", sock, io, pool)),
+                Hs::Refuse(alert, what) => Err(self.refuse(alert, what, sock, io, pool)),
+                Hs::Eof => {
+                    self.eof = true;
+                    Ok(true)
+                }
+                Hs::Done => {
+                    let (secrets, kernel) = match self.hs.take() {
+                        Some(Handshake::Server(hs)) => {
+                            hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
+                        }
+                        Some(Handshake::Client(hs)) => {
+                            hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
+                        }
+                        None => return Ok(true),
+                    }
+                    .map_err(|_| bad("tls secrets"))?;
+                    self.rec = Some(Records::new(kernel, secrets)?);
+                    self.flush(sock, io, pool)?;
+                    pool.rec.release_if_empty(&mut self.rin);
+                    Ok(true)
+                }
+                _ => {
+                    // Waiting: an empty buffer goes back (a client that sends nothing holds none).
+                    pool.rec.release_if_empty(&mut self.rin);
+                    pool.hs.release_if_empty(&mut self.hs_in);
+                    pool.rec.release_if_empty(&mut self.rout);
+                    Ok(false)
+                }
+            };
+        }
+        Err(broken("handshake buffer grown twice"))
+    }
+
+    /// Moves the handshake's input into a handshake buffer (`rin`'s bytes, in order: what
+    /// rustls has been given keeps its offsets).
+    fn grow(&mut self, pool: &mut TlsBufPool) -> io::Result<()> {
+        let big = pool.hs.fill_slot(&mut self.hs_in);
+        if let Some(small) = self.rin.as_ref()
+            && !big.put(small.filled())
+        {
+            return Err(broken("record buffer larger than a handshake buffer"));
+        }
+        pool.rec.release(&mut self.rin);
+        Ok(())
+    }
+
+    /// Gives a handshake buffer back once rustls holds nothing in it (`fed` is 0: no message is
+    /// half read) and what is left fits a record buffer, which it always does at the
+    /// handshake's end (`done`): a handshake buffer is never read past the record awaited.
+    fn shrink(&mut self, pool: &mut TlsBufPool, done: bool) -> io::Result<()> {
+        let Some(big) = self.hs_in.as_ref() else { return Ok(()) };
+        if !done && (self.fed > 0 || big.len() > TLS_BUF_BYTES) {
+            return Ok(());
+        }
+        if !big.is_empty() {
+            let small = pool.rec.fill_slot(&mut self.rin);
+            if !small.is_empty() || !small.put(big.filled()) {
+                return Err(broken("handshake leftover does not fit a record buffer"));
             }
         }
+        pool.hs.release(&mut self.hs_in);
+        Ok(())
+    }
+
+    /// Refuses the handshake with a fatal alert of ours (rustls has none for it), in plaintext
+    /// (RFC 8446 §5.1: legacy_record_version 0x0303), after what rustls queued; only while the
+    /// peer still reads plaintext (`protected`), else the close alone says it. What the peer
+    /// still sends is then discarded (`failed`). Returns the error that ends the handshake.
+    fn refuse(
+        &mut self,
+        alert: u8,
+        what: &'static str,
+        sock: &TcpStream,
+        io: &mut Io,
+        pool: &mut TlsBufPool,
+    ) -> io::Error {
+        pool.hs.release(&mut self.hs_in);
+        if !self.protected {
+            let out = pool.rec.fill_slot(&mut self.rout);
+            if out.put(&[CT_ALERT, 3, 3, 0, 2, 2, alert]) {
+                self.failed = send(sock, io, out, &mut self.spill).unwrap_or(false);
+            }
+        }
+        bad(what)
     }
 
     /// Seals plaintext from the front of `src` and writes records to the socket. Bytes leave
@@ -346,10 +447,10 @@ impl Tls {
             // client of ours, `connect` for an upstream).
             let Some(rec) = self.rec.as_mut() else { return Ok(consumed) };
             if src.is_empty() || !io.writable {
-                pool.release_if_empty(&mut self.rout);
+                pool.rec.release_if_empty(&mut self.rout);
                 return Ok(consumed);
             }
-            let out = pool.fill_slot(&mut self.rout);
+            let out = pool.rec.fill_slot(&mut self.rout);
             let mut sealed = 0;
             loop {
                 // A KeyUpdate owed (asked for, or our key's record limit) goes before any data.
@@ -397,7 +498,7 @@ impl Tls {
         if self.notified || self.broken {
             return;
         }
-        let out = pool.fill_slot(&mut self.rout);
+        let out = pool.rec.fill_slot(&mut self.rout);
         if rec.reply(out).unwrap_or(false)
             && rec.plain_room(out.spare_len()) >= 2
             && let Ok(n) = rec.seal(CT_ALERT, &alert, out.spare())
@@ -414,9 +515,9 @@ impl Tls {
         let done = match self.rout.as_mut() {
             Some(out) => send(sock, io, out, &mut self.spill)?,
             None if self.spill.is_empty() => true,
-            None => send(sock, io, pool.fill_slot(&mut self.rout), &mut self.spill)?,
+            None => send(sock, io, pool.rec.fill_slot(&mut self.rout), &mut self.spill)?,
         };
-        pool.release_if_empty(&mut self.rout);
+        pool.rec.release_if_empty(&mut self.rout);
         Ok(done)
     }
 }

