@@ -17,7 +17,8 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 
 use super::record::{
-    ALERT_DECODE_ERROR, CIPHERTEXT_MAX, CT_APPDATA, CT_CHANGE_CIPHER_SPEC, HEADER, record_need, whole_record,
+    ALERT_DECODE_ERROR, ALERT_PROTOCOL_VERSION, CIPHERTEXT_MAX, CT_APPDATA, CT_CHANGE_CIPHER_SPEC, CT_HEARTBEAT,
+    HEADER, record_need, whole_record,
 };
 use super::{TlsBuf, bad, broken};
 use crate::buf::Buf;
@@ -177,7 +178,18 @@ pub(super) fn drive<C: HsConn, const N: usize>(
                 // `fed` counts bytes of `rin` given to rustls, so it never passes its end.
                 let rest = rin.filled().get(*fed..).ok_or_else(|| broken("fed past rin"))?;
                 let need = record_need(rest);
-                if rest.len() >= HEADER && need - HEADER > CIPHERTEXT_MAX {
+                // Nor can first bytes that are no TLS record at all: an SSLv2-format
+                // ClientHello is refused by us (protocol_version: RFC 8446 Appendix D.5 says
+                // not to accept one); anything else rustls refuses at its header (decode_error:
+                // an unknown content type, a version not 3.x, as plain HTTP to this port has),
+                // so it is given what there is. Until an SSLv2 header is all here, it is
+                // waited for, so that it gets its own alert.
+                let v2 = *fed == 0 && rest.first().is_some_and(|&b| b & 0x80 != 0);
+                if v2 && sslv2_hello(rest) {
+                    return Ok(Hs::Refuse(ALERT_PROTOCOL_VERSION, "SSLv2-format ClientHello"));
+                }
+                let oversized = rest.len() >= HEADER && need - HEADER > CIPHERTEXT_MAX;
+                if (oversized || header_refused(rest)) && (!v2 || rest.len() >= SSLV2_HEADER) {
                     *fed += rest.len();
                     continue;
                 }
@@ -222,6 +234,26 @@ pub(super) fn send(sock: &TcpStream, io: &mut Io, rout: &mut TlsBuf, spill: &mut
         *spill = Vec::new(); // the handshake's spill is given back
     }
     Ok(rout.is_empty() && spill.is_empty())
+}
+
+/// Bytes an SSLv2-format CLIENT-HELLO shows before it can be told apart (`sslv2_hello`).
+const SSLV2_HEADER: usize = 4;
+
+/// RFC 5246 Appendix E.2: an SSLv2-format CLIENT-HELLO starts with a two-byte length whose top
+/// bit is set (no TLS content type has it), then msg_type 1 and the version's major byte, 3.
+fn sslv2_hello(b: &[u8]) -> bool {
+    matches!(b, &[len, _, 1, 3, ..] if len & 0x80 != 0)
+}
+
+/// A record header rustls refuses as soon as it has read that much of it (its
+/// `read_opaque_message_header`): a content type it does not know (RFC 8446 §5: 20 to 24), or
+/// a version whose major byte is not 3.
+fn header_refused(b: &[u8]) -> bool {
+    match b {
+        [typ, ..] if !(CT_CHANGE_CIPHER_SPEC..=CT_HEARTBEAT).contains(typ) => true,
+        [_, major, _, ..] => *major != 3,
+        _ => false,
+    }
 }
 
 /// Commits `n` bytes rustls encoded at the end of `rout`. Returns whether they hold a protected

@@ -28,6 +28,8 @@ pub(super) const CT_CHANGE_CIPHER_SPEC: u8 = 20;
 pub(super) const CT_ALERT: u8 = 21;
 const CT_HANDSHAKE: u8 = 22;
 pub(super) const CT_APPDATA: u8 = 23;
+/// RFC 6520's heartbeat, the highest content type rustls knows.
+pub(super) const CT_HEARTBEAT: u8 = 24;
 const HS_KEY_UPDATE: u8 = 24;
 const HS_NEW_SESSION_TICKET: u8 = 4;
 /// Records we seal with one key: AES-GCM's limit is 2^24.5 (RFC 8446 §5.5); this stays well
@@ -406,6 +408,7 @@ pub(super) const ALERT_BAD_RECORD_MAC: u8 = 20;
 pub(super) const ALERT_RECORD_OVERFLOW: u8 = 22;
 pub(super) const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 pub(super) const ALERT_DECODE_ERROR: u8 = 50;
+pub(super) const ALERT_PROTOCOL_VERSION: u8 = 70;
 
 /// What the peer sent that ends the connection after the handshake, and the fatal alert that
 /// tells it so (RFC 8446 §5.2, §6.2): sent before the close, not a bare close.

@@ -176,4 +176,35 @@ fn client_hello_past_the_handshake_bound_gets_an_alert_at_once() {
     assert_eq!(t.request(&get("a.test", "/after")).status, 200);
 }
 
+/// An SSLv2-format ClientHello (RFC 5246 Appendix E.2; RFC 8446 Appendix D.5: not to be
+/// accepted) is refused at once with protocol_version; plain HTTP sent to the TLS port gets
+/// rustls's decode_error at once. The bug: their first bytes were read as a record header
+/// (lengths 0x0303 and 0x202f), and the connection waited for client_head with no alert.
+#[test]
+fn sslv2_hello_and_plain_http_on_the_tls_port_get_an_alert_at_once() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    // msg_length 0x2e, CLIENT-HELLO, version 3.3, 21 bytes of cipher specs, no session id,
+    // a 16-byte challenge.
+    let mut v2 = vec![0x80, 0x2e, 0x01, 0x03, 0x03, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10];
+    for spec in [0x00c02fu32, 0x00c030, 0x00009c, 0x00009d, 0x00002f, 0x000035, 0x0000ff] {
+        v2.extend_from_slice(&spec.to_be_bytes()[1..]);
+    }
+    v2.extend_from_slice(&[7u8; 16]);
+    assert_eq!(v2.len(), 2 + 0x2e);
+    for (what, bytes, desc) in [
+        ("an SSLv2-format ClientHello", v2, PROTOCOL_VERSION),
+        ("plain HTTP", get("a.test", "/plain-on-tls"), DECODE_ERROR),
+    ] {
+        let mut s = connect(tls_addr(&apex), None);
+        s.write_all(&bytes).unwrap();
+        let (got, closed) = raw_until_close(&mut s);
+        assert_plain_alert(what, &got, closed, desc);
+    }
+    assert!(up.requests().is_empty(), "{:#?}", up.requests());
+    let mut t = tls(tls_addr(&apex), &pki, Hello::to("a.test"));
+    assert_eq!(t.request(&get("a.test", "/after")).status, 200);
+}
+
 // ---------------------------------------------------------------- after the handshake
