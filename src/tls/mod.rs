@@ -36,8 +36,8 @@ mod record;
 pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, server_config};
 use handshake::{Handshake, Hs, drive, send};
 use record::{
-    ALERT_DECODE_ERROR, ALERT_RECORD_OVERFLOW, CIPHERTEXT_MAX, CT_ALERT, CT_APPDATA, Fatal, HEADER, Kernel, Opened,
-    Records, Version, fatal, record_need,
+    ALERT_BAD_RECORD_MAC, ALERT_DECODE_ERROR, ALERT_RECORD_OVERFLOW, ALERT_UNEXPECTED_MESSAGE, CIPHERTEXT_MAX,
+    CT_ALERT, CT_APPDATA, Fatal, HEADER, Kernel, Opened, Records, Version, fatal, record_need,
 };
 
 pub type TlsBuf = Buf<TLS_BUF_BYTES>;
@@ -271,15 +271,24 @@ impl Tls {
             return Ok(false);
         }
         let need = record_need(rin.filled());
+        // The type first (a ChangeCipherSpec record is shorter than any protected one):
+        // RFC 8446 §5, "If a TLS implementation receives an unexpected record type, it MUST
+        // terminate the connection with an unexpected_message alert".
+        if !rec.expects(rin.filled().first().copied().unwrap_or(0)) {
+            return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected record type"));
+        }
         // RFC 8446 §5.2: at most 2^14 + 256 bytes in TLS 1.3 (RFC 5246 §6.2.3: 2^14 + 2048 in
-        // 1.2), else record_overflow; and never shorter than its tag (and explicit nonce),
-        // which also rules out a zero length that would never be consumed.
+        // 1.2), else record_overflow.
         let max = if rec.version == Version::Tls13 { (1 << 14) + 256 } else { CIPHERTEXT_MAX };
         if need - HEADER > max {
             return Err(fatal(ALERT_RECORD_OVERFLOW, "record too long"));
         }
-        if need - HEADER < rec.min_len() {
-            return Err(fatal(ALERT_DECODE_ERROR, "record too short"));
+        // Shorter than its tag (and explicit nonce), a record cannot be decrypted: RFC 8446
+        // §5.2 "If the decryption fails, the receiver MUST terminate the connection with a
+        // bad_record_mac alert" (RFC 5246 §6.2.3.3 alike; rustls answers so). This also rules
+        // out a zero length that would never be consumed.
+        if need - HEADER < rec.sealed_min() {
+            return Err(fatal(ALERT_BAD_RECORD_MAC, "record shorter than its tag"));
         }
         if rin.len() < need {
             return Ok(false);

@@ -157,13 +157,22 @@ impl Records {
         })
     }
 
-    /// The shortest valid protected record body: the tag, the explicit nonce (1.2 GCM), and
-    /// the content type byte (1.3).
-    pub(super) fn min_len(&self) -> usize {
-        TAG + match self.version {
-            Version::Tls12Gcm => 8,
-            Version::Tls12Chacha => 0,
-            Version::Tls13 => 1,
+    /// The shortest record body that can be opened at all: the tag, and the explicit nonce
+    /// (TLS 1.2 GCM). (A TLS 1.3 record also needs its content type byte, which only opening
+    /// it shows: a record of the tag alone is opened, then refused as having no type.)
+    pub(super) fn sealed_min(&self) -> usize {
+        TAG + if self.version == Version::Tls12Gcm { 8 } else { 0 }
+    }
+
+    /// Whether a record of this outer content type may come after the handshake: TLS 1.3
+    /// protects every record as application_data (RFC 8446 §5.2; a change_cipher_spec after
+    /// the peer's Finished "MUST be treated as an unexpected record type", §5); TLS 1.2 has
+    /// alerts, handshake messages (renegotiation) and data (RFC 5246 §6.2.1), its one
+    /// ChangeCipherSpec came before the Finished (§7.1).
+    pub(super) fn expects(&self, outer: u8) -> bool {
+        match self.version {
+            Version::Tls13 => outer == CT_APPDATA,
+            Version::Tls12Gcm | Version::Tls12Chacha => matches!(outer, CT_ALERT | CT_HANDSHAKE | CT_APPDATA),
         }
     }
 
@@ -241,8 +250,11 @@ impl Records {
             }
             Version::Tls12Gcm | Version::Tls12Chacha => {
                 let explicit = if self.version == Version::Tls12Gcm { 8 } else { 0 };
-                let plain_len =
-                    body.len().checked_sub(explicit + TAG).ok_or_else(|| fatal(ALERT_DECODE_ERROR, "short record"))?;
+                // `open_one` checked the length (`sealed_min`).
+                let plain_len = body
+                    .len()
+                    .checked_sub(explicit + TAG)
+                    .ok_or_else(|| fatal(ALERT_BAD_RECORD_MAC, "record shorter than its tag"))?;
                 let mut n = if explicit > 0 { self.rx.iv } else { self.rx.nonce() };
                 if explicit > 0 {
                     // RFC 5288 §3: salt from the key block, then the record's explicit nonce.

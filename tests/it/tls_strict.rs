@@ -208,3 +208,39 @@ fn sslv2_hello_and_plain_http_on_the_tls_port_get_an_alert_at_once() {
 }
 
 // ---------------------------------------------------------------- after the handshake
+
+/// RFC 8446 §5: "If a TLS implementation receives an unexpected record type, it MUST terminate
+/// the connection with an unexpected_message alert", and a change_cipher_spec record after the
+/// peer's Finished is one. It got decode_error: its length (1) was checked before its type.
+/// TLS 1.2 alike (RFC 5246 §7.1: the one ChangeCipherSpec comes before the Finished).
+#[test]
+fn change_cipher_spec_after_the_finished_gets_unexpected_message() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    for (v, name) in versions() {
+        let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
+        s.send(&[vec![20, 3, 3, 0, 1, 1]]);
+        let (recs, closed) = s.read_records(Duration::from_secs(5), |_| false);
+        assert_sealed_alert(&format!("{name:?}: a ChangeCipherSpec"), &recs, closed, UNEXPECTED_MESSAGE);
+    }
+}
+
+/// A protected record shorter than its tag cannot be decrypted: bad_record_mac (RFC 8446 §5.2;
+/// RFC 5246 §6.2.3.3, as rustls answers), not decode_error. Both versions.
+#[test]
+fn a_record_shorter_than_its_tag_gets_bad_record_mac() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    for (v, name) in versions() {
+        for len in [0u8, 10] {
+            let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
+            let mut rec = vec![CT_APPDATA, 3, 3, 0, len];
+            rec.extend(std::iter::repeat_n(0u8, len.into()));
+            s.send(&[rec]);
+            let (recs, closed) = s.read_records(Duration::from_secs(5), |_| false);
+            assert_sealed_alert(&format!("{name:?}: a {len}-byte record"), &recs, closed, BAD_RECORD_MAC);
+        }
+    }
+}
