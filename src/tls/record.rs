@@ -304,14 +304,22 @@ impl Records {
                 Ok(Opened::Data { from, to: from + len })
             }
             CT_ALERT => {
-                // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0); anything else ends it.
-                // In 1.3 the level "can safely be ignored" (RFC 8446 §6): (2, 0) is one too.
-                let close = match plain.get(..len) {
-                    Some(&[1, 0]) => true,
-                    Some(&[_, 0]) => self.version == Version::Tls13,
-                    _ => false,
+                // RFC 8446 §5.1: an alert record holds exactly one alert (level, description).
+                // §5.4: an empty one "MUST" get unexpected_message (RFC 5246 §6.2.1 forbids
+                // them too); one of another length cannot be decoded (§6: decode_error).
+                let alert = plain.get(..len).unwrap_or_default();
+                let &[level, desc] = alert else {
+                    return Err(if alert.is_empty() {
+                        fatal(ALERT_UNEXPECTED_MESSAGE, "empty alert record")
+                    } else {
+                        fatal(ALERT_DECODE_ERROR, "malformed alert record")
+                    });
                 };
-                if close { Ok(Opened::Closed) } else { Err(bad("alert from the client")) }
+                // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0). In 1.3 the level
+                // "can safely be ignored" (RFC 8446 §6): (2, 0) is one too. Any other alert
+                // ends the connection, with no alert of ours after it (§6.2).
+                let close = desc == 0 && (level == 1 || self.version == Version::Tls13);
+                if close { Ok(Opened::Closed) } else { Err(bad("alert from the peer")) }
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
                 // RFC 8446 §5.1: handshake records are never empty.

@@ -244,3 +244,22 @@ fn a_record_shorter_than_its_tag_gets_bad_record_mac() {
         }
     }
 }
+
+/// An alert record must hold exactly one alert (RFC 8446 §5.1; §5.4: an empty one is
+/// unexpected_message; §6: one of the wrong length is decode_error). Both got a bare close.
+/// Both versions.
+#[test]
+fn an_empty_or_malformed_alert_gets_a_fatal_alert() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    for (v, name) in versions() {
+        for (alert, desc) in [(&[][..], UNEXPECTED_MESSAGE), (&[1][..], DECODE_ERROR), (&[1, 0, 0][..], DECODE_ERROR)] {
+            let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
+            let rec = s.record(CT_ALERT, alert, 0);
+            s.send(&[rec]);
+            let (recs, closed) = s.read_records(Duration::from_secs(5), |_| false);
+            assert_sealed_alert(&format!("{name:?}: alert record {alert:?}"), &recs, closed, desc);
+        }
+    }
+}
