@@ -80,6 +80,9 @@ pub struct Tls {
     rin: Option<TlsBuf>,
     /// During the handshake, instead of `rin`: an incoming flight larger than a record buffer.
     hs_in: Option<HsBuf>,
+    /// After the handshake: the start of a handshake message split over records (KeyUpdate,
+    /// NewSessionTicket), until the rest comes (`Records::handshake_msgs`).
+    hs_part: Option<TlsBuf>,
     /// Records (handshake or sealed data) not yet written to the socket.
     rout: Option<TlsBuf>,
     /// Plaintext of the opened record at the front of `rin` not yet handed out:
@@ -122,6 +125,7 @@ impl Tls {
             rec: None,
             rin: None,
             hs_in: None,
+            hs_part: None,
             rout: None,
             plain: (0, 0, 0),
             spill: Vec::new(),
@@ -161,6 +165,7 @@ impl Tls {
         pool.rec.release(&mut self.rin);
         pool.rec.release(&mut self.rout);
         pool.hs.release(&mut self.hs_in);
+        pool.rec.release(&mut self.hs_part);
     }
 
     /// Puts decrypted bytes into `dst`, reading the socket as needed; drives the handshake first.
@@ -296,10 +301,18 @@ impl Tls {
         let rout = pool.rec.fill_slot(&mut self.rout);
         let whole = rin.filled_mut().get_mut(..need).ok_or_else(|| bad("tls state"))?;
         let opened = rec.open(whole)?;
+        if let Opened::Handshake { from, to } = opened {
+            let msgs = rin.filled().get(from..to).ok_or_else(|| broken("handshake messages outside the record"))?;
+            rec.handshake_msgs(msgs, &mut self.hs_part, pool)?;
+        } else if self.hs_part.is_some() {
+            // RFC 8446 §5.1: "if a handshake message is split over two or more records, there
+            // MUST NOT be any other records between them".
+            return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "record inside a split handshake message"));
+        }
         rec.reply(rout)?; // if there is no room now, `write` sends it before any data
         match opened {
             Opened::Data { from, to } if from < to => self.plain = (from as u32, to as u32, need as u32),
-            Opened::Data { .. } | Opened::Nothing => rin.consume(need),
+            Opened::Data { .. } | Opened::Handshake { .. } => rin.consume(need),
             Opened::Closed => {
                 rin.consume(need);
                 self.eof = true;

@@ -5,8 +5,9 @@
 //!
 //! Invariants: a sequence number never wraps (the connection ends first); a key seals at most
 //! `RECORDS_PER_KEY_MAX` records; a KeyUpdate we owe goes out before any further data record;
-//! nothing here allocates. Limits: a handshake message split over records is refused, as are
-//! TLS 1.2 renegotiation and more than `IDLE_RECORDS_IN_A_ROW_MAX` records without data.
+//! nothing here allocates (a handshake message split over records waits in a pooled record
+//! buffer). Limits: such a message is at most `POST_HANDSHAKE_MSG_MAX` bytes; TLS 1.2
+//! renegotiation is refused, as are more than `IDLE_RECORDS_IN_A_ROW_MAX` records without data.
 
 use std::io;
 
@@ -16,8 +17,8 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
-use super::{TlsBuf, bad, broken};
-use crate::limits::TLS_RECORD_PLAIN_MAX;
+use super::{TlsBuf, TlsBufPool, bad, broken};
+use crate::limits::{TLS_BUF_BYTES, TLS_RECORD_PLAIN_MAX};
 
 pub(super) const HEADER: usize = 5;
 const TAG: usize = 16;
@@ -32,6 +33,12 @@ pub(super) const CT_APPDATA: u8 = 23;
 pub(super) const CT_HEARTBEAT: u8 = 24;
 const HS_KEY_UPDATE: u8 = 24;
 const HS_NEW_SESSION_TICKET: u8 = 4;
+/// A handshake message's header: type, then a 24-bit length (RFC 8446 §4).
+const HS_HEADER: usize = 4;
+/// The longest handshake message taken after the handshake, split over records: what a record
+/// buffer holds (rustls allows 64 KiB; a KeyUpdate is 5 bytes, and the tickets of common
+/// servers are a few hundred bytes).
+const POST_HANDSHAKE_MSG_MAX: usize = TLS_BUF_BYTES;
 /// Records we seal with one key: AES-GCM's limit is 2^24.5 (RFC 8446 §5.5); this stays well
 /// under it for every suite. TLS 1.3 then moves to a new key (our own KeyUpdate); TLS 1.2 has
 /// none, so the connection closes (after 2^23 records, at least 128 GiB). What the peer seals
@@ -133,8 +140,8 @@ pub(super) enum Opened {
     Data { from: usize, to: usize },
     /// close_notify.
     Closed,
-    /// A record that carried nothing for the application (a handled KeyUpdate).
-    Nothing,
+    /// Handshake messages at `from..to` of the record, for `handshake_msgs`.
+    Handshake { from: usize, to: usize },
 }
 
 impl Records {
@@ -323,12 +330,11 @@ impl Records {
             }
             CT_HANDSHAKE if self.version == Version::Tls13 => {
                 // RFC 8446 §5.1: handshake records are never empty.
-                let msgs = plain
-                    .get(..len)
-                    .filter(|m| !m.is_empty())
-                    .ok_or_else(|| fatal(ALERT_UNEXPECTED_MESSAGE, "empty handshake record"))?;
+                if len == 0 {
+                    return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "empty handshake record"));
+                }
                 self.count_idle_record()?;
-                self.post_handshake(msgs).map(|()| Opened::Nothing)
+                Ok(Opened::Handshake { from, to: from + len })
             }
             // TLS 1.2 renegotiation and anything else: refused by closing.
             _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected record")),
@@ -344,24 +350,86 @@ impl Records {
         Ok(())
     }
 
-    /// TLS 1.3 handshake messages after the handshake, whole within their record (a message
-    /// split over records is refused). RFC 8446 §4.6.1: a server's NewSessionTicket (kept by
-    /// rustls for resumption); §4.6.3: a KeyUpdate, which must end its record (§5.1).
-    fn post_handshake(&mut self, mut msgs: &[u8]) -> io::Result<()> {
+    /// The handshake messages of one record after the handshake (`Opened::Handshake`). RFC
+    /// 8446 §5.1: a message may be split over records, with no other record between the
+    /// pieces (the caller checks that): one begun in earlier records is completed first from
+    /// `part`, each whole one is handled, and one cut at this record's end is kept in `part`
+    /// (a record buffer lent by `pool`, given back once the message is whole) for the next.
+    /// Its header is checked as soon as it is here, so a message that may not come, or that
+    /// could not fit, is refused before its body is waited for.
+    pub(super) fn handshake_msgs(
+        &mut self,
+        mut msgs: &[u8],
+        part: &mut Option<TlsBuf>,
+        pool: &mut TlsBufPool,
+    ) -> io::Result<()> {
+        while let Some(buf) = part.as_mut() {
+            let want = self.msg_bytes(buf.filled())?;
+            if buf.len() < want {
+                let (piece, rest) = msgs.split_at_checked((want - buf.len()).min(msgs.len())).unwrap_or((msgs, &[]));
+                if piece.is_empty() {
+                    return Ok(()); // the rest comes in the next record
+                }
+                if !buf.put(piece) {
+                    return Err(broken("handshake message past its buffer")); // `msg_bytes` bounds it
+                }
+                msgs = rest;
+                continue; // the header may just have come whole: `want` again
+            }
+            let whole = buf.filled().get(..want).ok_or_else(|| broken("handshake message shorter than its header"))?;
+            let (&typ, body) = whole.split_first().ok_or_else(|| broken("handshake message without a type"))?;
+            self.handshake_msg(typ, body.get(HS_HEADER - 1..).unwrap_or_default(), msgs.is_empty())?;
+            pool.rec.release(part);
+        }
         while let &[typ, a, b, c, ref rest @ ..] = msgs {
             let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-            let (body, after) =
-                rest.split_at_checked(len).ok_or_else(|| fatal(ALERT_UNEXPECTED_MESSAGE, "split handshake message"))?;
-            match (typ, &mut self.kernel) {
-                (HS_KEY_UPDATE, _) if after.is_empty() => return self.key_update(body),
-                (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
-                    k.handle_new_session_ticket(body).map_err(|_| fatal(ALERT_DECODE_ERROR, "bad session ticket"))?
-                }
-                _ => return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message")),
-            }
+            let Some((body, after)) = rest.split_at_checked(len) else { break };
+            self.handshake_msg(typ, body, after.is_empty())?;
             msgs = after;
         }
-        if msgs.is_empty() { Ok(()) } else { Err(fatal(ALERT_UNEXPECTED_MESSAGE, "split handshake message")) }
+        if !msgs.is_empty() {
+            self.msg_bytes(msgs)?;
+            let buf = pool.rec.fill_slot(part);
+            if !buf.put(msgs) {
+                return Err(broken("a record's plaintext past a record buffer"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The length of the post-handshake message whose first bytes are `head` (header and
+    /// body), once its header is here; before, the header's length. A message that may not
+    /// come after the handshake is refused at its type (unexpected_message, RFC 8446 §4.6),
+    /// one longer than a record buffer (`POST_HANDSHAKE_MSG_MAX`) at its length (decode_error,
+    /// as rustls refuses a message past its own bound).
+    fn msg_bytes(&self, head: &[u8]) -> io::Result<usize> {
+        let &[typ, a, b, c, ..] = head else { return Ok(HS_HEADER) };
+        let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+        let allowed = match (typ, &self.kernel) {
+            (HS_KEY_UPDATE, _) => true,
+            (HS_NEW_SESSION_TICKET, Kernel::Client(_)) => true,
+            _ => false,
+        };
+        if !allowed {
+            return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message"));
+        }
+        if HS_HEADER + len > POST_HANDSHAKE_MSG_MAX {
+            return Err(fatal(ALERT_DECODE_ERROR, "post-handshake message too long"));
+        }
+        Ok(HS_HEADER + len)
+    }
+
+    /// One whole post-handshake message: RFC 8446 §4.6.1, a server's NewSessionTicket (kept by
+    /// rustls for resumption); §4.6.3, a KeyUpdate, which must end its record (§5.1: no message
+    /// may span a key change).
+    fn handshake_msg(&mut self, typ: u8, body: &[u8], ends_record: bool) -> io::Result<()> {
+        match (typ, &mut self.kernel) {
+            (HS_KEY_UPDATE, _) if ends_record => self.key_update(body),
+            (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
+                k.handle_new_session_ticket(body).map_err(|_| fatal(ALERT_DECODE_ERROR, "bad session ticket"))
+            }
+            _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message")),
+        }
     }
 
     /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the peer asks for it, ours

@@ -263,3 +263,31 @@ fn an_empty_or_malformed_alert_gets_a_fatal_alert() {
         }
     }
 }
+
+/// RFC 8446 §5.1: handshake messages may be split over records (with no other record between
+/// the pieces). A KeyUpdate split in two and in four records is reassembled and honoured: the
+/// request sealed with the client's next key is answered. It got unexpected_message.
+#[test]
+fn tls13_key_update_split_over_records_is_reassembled() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    let key_update = [24u8, 0, 0, 1, 0]; // update_not_requested: Apex's key stays
+    for cuts in [&[2usize][..], &[1, 3, 4]] {
+        let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
+        let mut recs = vec![];
+        let mut from = 0;
+        for &to in cuts.iter().chain([&key_update.len()]) {
+            recs.push(s.record(CT_HANDSHAKE, &key_update[from..to], 0));
+            from = to;
+        }
+        s.next_send_key();
+        let path = format!("/after-split-key-update/{}", cuts.len() + 1);
+        recs.push(s.record(CT_APPDATA, &get("a.test", &path), 0));
+        s.send(&recs);
+        let (got, _) = s.read_records(Duration::from_secs(5), |r| {
+            has_response(r, &path) || r.last().is_some_and(|x| x.0 != CT_APPDATA)
+        });
+        assert!(has_response(&got, &path), "a KeyUpdate in {} records: Apex's records {got:?}", cuts.len() + 1);
+    }
+}
