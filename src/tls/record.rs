@@ -7,7 +7,8 @@
 //! `RECORDS_PER_KEY_MAX` records; a KeyUpdate we owe goes out before any further data record;
 //! nothing here allocates (a handshake message split over records waits in a pooled record
 //! buffer). Limits: such a message is at most `POST_HANDSHAKE_MSG_MAX` bytes; TLS 1.2
-//! renegotiation is refused, as are more than `IDLE_RECORDS_IN_A_ROW_MAX` records without data.
+//! renegotiation is declined with a warning; more than `IDLE_RECORDS_IN_A_ROW_MAX` records
+//! without data end the connection.
 
 use std::io;
 
@@ -33,6 +34,9 @@ pub(super) const CT_APPDATA: u8 = 23;
 pub(super) const CT_HEARTBEAT: u8 = 24;
 const HS_KEY_UPDATE: u8 = 24;
 const HS_NEW_SESSION_TICKET: u8 = 4;
+/// TLS 1.2 renegotiation (RFC 5246 §7.4.1): a server's HelloRequest, a client's ClientHello.
+const HS_HELLO_REQUEST: u8 = 0;
+const HS_CLIENT_HELLO: u8 = 1;
 /// A handshake message's header: type, then a 24-bit length (RFC 8446 §4).
 const HS_HEADER: usize = 4;
 /// The longest handshake message taken after the handshake, split over records: what a record
@@ -133,6 +137,9 @@ pub(super) struct Records {
     reply_pending: bool,
     /// Records received since the last application data (`IDLE_RECORDS_IN_A_ROW_MAX`).
     idle_records: u8,
+    /// TLS 1.2: a renegotiation was asked for; our no_renegotiation warning goes out before
+    /// our next data record (`reply`).
+    decline_pending: bool,
 }
 
 pub(super) enum Opened {
@@ -161,6 +168,7 @@ impl Records {
             kernel,
             reply_pending: false,
             idle_records: 0,
+            decline_pending: false,
         })
     }
 
@@ -328,15 +336,14 @@ impl Records {
                 let close = desc == 0 && (level == 1 || self.version == Version::Tls13);
                 if close { Ok(Opened::Closed) } else { Err(bad("alert from the peer")) }
             }
-            CT_HANDSHAKE if self.version == Version::Tls13 => {
-                // RFC 8446 §5.1: handshake records are never empty.
+            CT_HANDSHAKE => {
+                // RFC 8446 §5.1 (RFC 5246 §6.2.1): handshake records are never empty.
                 if len == 0 {
                     return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "empty handshake record"));
                 }
                 self.count_idle_record()?;
                 Ok(Opened::Handshake { from, to: from + len })
             }
-            // TLS 1.2 renegotiation and anything else: refused by closing.
             _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected record")),
         }
     }
@@ -405,9 +412,12 @@ impl Records {
     fn msg_bytes(&self, head: &[u8]) -> io::Result<usize> {
         let &[typ, a, b, c, ..] = head else { return Ok(HS_HEADER) };
         let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+        let tls13 = self.version == Version::Tls13;
         let allowed = match (typ, &self.kernel) {
-            (HS_KEY_UPDATE, _) => true,
-            (HS_NEW_SESSION_TICKET, Kernel::Client(_)) => true,
+            (HS_KEY_UPDATE, _) | (HS_NEW_SESSION_TICKET, Kernel::Client(_)) => tls13,
+            // TLS 1.2 renegotiation, declined (`handshake_msg`): a client's ClientHello, a
+            // server's HelloRequest.
+            (HS_CLIENT_HELLO, Kernel::Server(_)) | (HS_HELLO_REQUEST, Kernel::Client(_)) => !tls13,
             _ => false,
         };
         if !allowed {
@@ -422,11 +432,19 @@ impl Records {
     /// One whole post-handshake message: RFC 8446 §4.6.1, a server's NewSessionTicket (kept by
     /// rustls for resumption); §4.6.3, a KeyUpdate, which must end its record (§5.1: no message
     /// may span a key change).
+    /// TLS 1.2: a renegotiation asked for (a ClientHello to us as the server, a HelloRequest
+    /// to us as a client) is declined with a no_renegotiation warning and the connection goes
+    /// on (RFC 5246 §7.2.2, as rustls does); the message itself is dropped.
     fn handshake_msg(&mut self, typ: u8, body: &[u8], ends_record: bool) -> io::Result<()> {
+        let tls13 = self.version == Version::Tls13;
         match (typ, &mut self.kernel) {
-            (HS_KEY_UPDATE, _) if ends_record => self.key_update(body),
-            (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
+            (HS_KEY_UPDATE, _) if tls13 && ends_record => self.key_update(body),
+            (HS_NEW_SESSION_TICKET, Kernel::Client(k)) if tls13 => {
                 k.handle_new_session_ticket(body).map_err(|_| fatal(ALERT_DECODE_ERROR, "bad session ticket"))
+            }
+            (HS_CLIENT_HELLO, Kernel::Server(_)) | (HS_HELLO_REQUEST, Kernel::Client(_)) if !tls13 => {
+                self.decline_pending = true;
+                Ok(())
             }
             _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message")),
         }
@@ -449,7 +467,17 @@ impl Records {
 
     /// Seals the KeyUpdate we owe, under the old key, then moves the send key on. Returns
     /// false if `out` has no room for it yet (then no data record may be sealed either).
+    /// A no_renegotiation warning owed (TLS 1.2) goes first, likewise.
     pub(super) fn reply(&mut self, out: &mut TlsBuf) -> io::Result<bool> {
+        if self.decline_pending {
+            // RFC 5246 §7.2.2: no_renegotiation "is always a warning".
+            if self.plain_room(out.spare_len()) < 2 {
+                return Ok(false);
+            }
+            let n = self.seal(CT_ALERT, &[1, ALERT_NO_RENEGOTIATION], out.spare())?;
+            out.commit(n);
+            self.decline_pending = false;
+        }
         if !self.reply_pending {
             return Ok(true);
         }
@@ -497,6 +525,7 @@ pub(super) const ALERT_RECORD_OVERFLOW: u8 = 22;
 pub(super) const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 pub(super) const ALERT_DECODE_ERROR: u8 = 50;
 pub(super) const ALERT_PROTOCOL_VERSION: u8 = 70;
+pub(super) const ALERT_NO_RENEGOTIATION: u8 = 100;
 
 /// What the peer sent that ends the connection after the handshake, and the fatal alert that
 /// tells it so (RFC 8446 §5.2, §6.2): sent before the close, not a bare close.

@@ -291,3 +291,24 @@ fn tls13_key_update_split_over_records_is_reassembled() {
         assert!(has_response(&got, &path), "a KeyUpdate in {} records: Apex's records {got:?}", cuts.len() + 1);
     }
 }
+
+/// TLS 1.2 renegotiation asked for by the client (a ClientHello after the handshake) is
+/// declined with a no_renegotiation warning and the connection goes on, as rustls does
+/// (RFC 5246 §7.2.2). It got a fatal unexpected_message.
+#[test]
+fn tls12_renegotiation_gets_a_no_renegotiation_warning_and_the_connection_goes_on() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS12, "/before");
+    let mut hello = vec![1u8, 0, 0, 36, 3, 3];
+    hello.extend_from_slice(&[9u8; 32]);
+    hello.extend_from_slice(&[0, 0]);
+    let recs = vec![s.record(CT_HANDSHAKE, &hello, 0), s.record(CT_APPDATA, &get("a.test", "/after-renegotiation"), 0)];
+    s.send(&recs);
+    let (got, _) = s.read_records(Duration::from_secs(5), |r| {
+        has_response(r, "/after-renegotiation") || r.last().is_some_and(|x| x.0 != CT_APPDATA && x.0 != CT_ALERT)
+    });
+    assert_eq!(got.first(), Some(&(CT_ALERT, vec![1, NO_RENEGOTIATION])), "Apex's records {got:?}");
+    assert!(has_response(&got, "/after-renegotiation"), "Apex's records {got:?}");
+}
