@@ -97,7 +97,9 @@ pub struct Tls {
     eof: bool,
     /// The peer's close_notify came (else an end of stream is a bare TCP close).
     notified_by_peer: bool,
-    /// The handshake failed and an alert went out: what the client still sends is discarded.
+    /// A fatal alert of ours went out (the handshake was refused, or a record after it; as
+    /// the server only): what the client still sends is discarded while the connection
+    /// lingers.
     failed: bool,
     /// A record failed (bad tag, bad length, ...): RFC 8446 §5.2, the connection is over, and
     /// nothing more is sent on it.
@@ -140,8 +142,8 @@ impl Tls {
         }
     }
 
-    /// The handshake failed and the client was told why: close gracefully (linger) so the
-    /// alert is read, not lost to a reset.
+    /// A fatal alert told the client why the connection ends: close gracefully (linger) so
+    /// the alert is read, not lost to a reset. From then on `read` only discards.
     pub fn failed(&self) -> bool {
         self.failed
     }
@@ -199,10 +201,12 @@ impl Tls {
     }
 
     /// Sends the fatal alert for what the peer sent after the handshake, if it calls for one
-    /// (RFC 8446 §6.2): the last record Apex seals on this connection.
+    /// (RFC 8446 §6.2): the last record Apex seals on this connection. As the server, once it
+    /// is out, the connection lingers (`failed`), as after an HTTP error.
     fn alert(&mut self, e: &io::Error, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
         if let Some(f) = e.get_ref().and_then(|x| x.downcast_ref::<Fatal>()) {
-            self.send_alert([2, f.alert], sock, io, pool);
+            let out = self.send_alert([2, f.alert], sock, io, pool);
+            self.failed = out && self.rec.as_ref().is_some_and(Records::is_server);
         }
     }
 
@@ -510,15 +514,16 @@ impl Tls {
     /// RFC 8446 §6.1: close_notify before our side closes, so the peer can tell a complete
     /// close-delimited body or tunnel from a truncated one. Best effort: sent if there is room.
     pub fn close_notify(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
-        self.send_alert([1, 0], sock, io, pool);
+        let _ = self.send_alert([1, 0], sock, io, pool);
     }
 
     /// Seals `alert` (level, description) as the last record Apex sends on this connection,
-    /// after any KeyUpdate it owes, and writes what is queued.
-    fn send_alert(&mut self, alert: [u8; 2], sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
-        let Some(rec) = self.rec.as_mut() else { return };
+    /// after any KeyUpdate it owes, and writes what is queued. Returns whether it is sealed and
+    /// all of it written.
+    fn send_alert(&mut self, alert: [u8; 2], sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> bool {
+        let Some(rec) = self.rec.as_mut() else { return false };
         if self.notified || self.broken {
-            return;
+            return false;
         }
         let out = pool.rec.fill_slot(&mut self.rout);
         if rec.reply(out).unwrap_or(false)
@@ -528,7 +533,8 @@ impl Tls {
             out.commit(n);
             self.notified = true;
         }
-        let _ = self.flush(sock, io, pool);
+        let sent = self.flush(sock, io, pool).unwrap_or(false);
+        self.notified && sent
     }
 
     /// Writes records already sealed (handshake, a KeyUpdate reply, an alert), in order.

@@ -172,6 +172,11 @@ impl Records {
         })
     }
 
+    /// We are the server (the peer is a client of ours).
+    pub(super) fn is_server(&self) -> bool {
+        matches!(self.kernel, Kernel::Server(_))
+    }
+
     /// The shortest record body that can be opened at all: the tag, and the explicit nonce
     /// (TLS 1.2 GCM). (A TLS 1.3 record also needs its content type byte, which only opening
     /// it shows: a record of the tag alone is opened, then refused as having no type.)

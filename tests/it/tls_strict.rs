@@ -312,3 +312,30 @@ fn tls12_renegotiation_gets_a_no_renegotiation_warning_and_the_connection_goes_o
     assert_eq!(got.first(), Some(&(CT_ALERT, vec![1, NO_RENEGOTIATION])), "Apex's records {got:?}");
     assert!(has_response(&got, "/after-renegotiation"), "Apex's records {got:?}");
 }
+
+/// After a fatal alert Apex closes as after an HTTP error (nginx's lingering close): its write
+/// side is shut and what the client still sends is read and dropped for a while, so the client
+/// is not reset while sending. The bug: the connection closed at once with the client's bytes
+/// unread, the kernel answered them with a reset, and the client's writes failed.
+#[test]
+fn a_client_still_sending_after_a_fatal_alert_is_not_reset() {
+    let up = Upstream::echo_path();
+    let pki = Pki::new();
+    let apex = patient_apex(&up, &pki);
+    for (v, name) in versions() {
+        let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
+        s.send(&[vec![CT_APPDATA, 3, 3, 0, 32], vec![0; 32]]); // fails its tag
+        let (recs, _) = s.read_records(Duration::from_secs(5), |r| !r.is_empty());
+        assert_eq!(recs.last(), Some(&(CT_ALERT, vec![2, BAD_RECORD_MAC])), "{name:?}: {recs:?}");
+        thread::sleep(ms(50)); // the alert's connection is past its close (or lingering)
+        let junk = vec![0x17u8; 4096];
+        for i in 0..20 {
+            if let Err(e) = s.sock.write_all(&junk) {
+                panic!("{name:?}: write {i} after the alert failed: {e}");
+            }
+            thread::sleep(ms(5));
+        }
+        let _ = s.sock.shutdown(std::net::Shutdown::Write);
+        assert!(s.closed_within(Duration::from_secs(5)), "{name:?}: not closed after the client closed");
+    }
+}
