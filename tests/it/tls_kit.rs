@@ -647,13 +647,20 @@ impl Sealer {
         assert_eq!(r.status, 200, "{}", r.head_str());
         let (conn, sock) = t.s.into_parts();
         let v13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
-        let secrets = conn.dangerous_extract_secrets().unwrap();
+        let mut s = Sealer::from_secrets(sock, v13, conn.dangerous_extract_secrets().unwrap());
+        s.secret = log.0.lock().unwrap().clone();
+        assert!(!v13 || !s.secret.is_empty(), "no client traffic secret logged");
+        s
+    }
+
+    /// Takes over `sock` after a handshake either side completed (`secrets` extracted from
+    /// it): seals with the tx secrets, opens with the rx ones. No KeyUpdate (`next_send_key`).
+    pub fn from_secrets(sock: TcpStream, v13: bool, secrets: rustls::ExtractedSecrets) -> Sealer {
         let (seq, tx) = secrets.tx;
         let (rx_seq, rx) = secrets.rx;
         let (key, iv, explicit_nonce, key_len) = suite_key(&tx, v13);
         let (rx_key, rx_iv, _, _) = suite_key(&rx, v13);
-        let secret = log.0.lock().unwrap().clone();
-        assert!(!v13 || !secret.is_empty(), "no client traffic secret logged");
+        let secret = vec![];
         Sealer { sock, v13, explicit_nonce, key, iv, seq, rx_key, rx_iv, rx_seq, rx_buf: vec![], secret, key_len }
     }
 

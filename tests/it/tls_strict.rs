@@ -339,3 +339,71 @@ fn a_client_still_sending_after_a_fatal_alert_is_not_reset() {
         assert!(s.closed_within(Duration::from_secs(5)), "{name:?}: not closed after the client closed");
     }
 }
+
+/// The application data in Apex's (or, to an origin, in its client's) records.
+fn appdata(recs: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    recs.iter().filter(|(ct, _)| *ct == CT_APPDATA).flat_map(|(_, p)| p.clone()).collect()
+}
+
+/// A TLS 1.3 origin may split a NewSessionTicket over records (RFC 8446 §5.1): Apex, its
+/// client, joins the pieces, hands the ticket to rustls, and passes on the response that
+/// follows. It refused the first piece (unexpected_message) and the client got a 502. The
+/// origin is rustls for the handshake, then `Sealer` with the server's secrets.
+#[test]
+fn tls13_session_ticket_split_over_records_by_an_upstream_is_reassembled() {
+    let pki = Pki::new();
+    let leaf = sign_leaf(&pki.root.dir, "up", &["up.test"], &new_key(), &pki.root.issuer, &[], |_| {});
+    let mut cfg =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(leaf.ders.clone(), leaf.private_key())
+            .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.enable_secret_extraction = true;
+    cfg.send_tls13_tickets = 0; // the origin sends its own, split
+    let cfg = std::sync::Arc::new(cfg);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let origin = thread::spawn(move || -> Result<String, String> {
+        let (mut sock, _) = listener.accept().map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut conn = rustls::ServerConnection::new(cfg).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).map_err(|e| format!("handshake: {e}"))?;
+        }
+        // The request, if it came with the client's Finished, is rustls's already.
+        let mut req = vec![];
+        let _ = conn.reader().read_to_end(&mut req);
+        let secrets = conn.dangerous_extract_secrets().map_err(|e| format!("secrets: {e}"))?;
+        let mut s = Sealer::from_secrets(sock, true, secrets);
+        // lifetime 3600 s, age_add 0, a 1-byte nonce, a 16-byte ticket, no extensions.
+        let mut body = vec![0, 0, 0x0e, 0x10, 0, 0, 0, 0, 1, 0, 0, 16];
+        body.extend_from_slice(&[7u8; 16]);
+        body.extend_from_slice(&[0, 0]);
+        let mut ticket = vec![4u8, 0, 0, body.len() as u8];
+        ticket.extend(body);
+        let recs = vec![s.record(CT_HANDSHAKE, &ticket[..7], 0), s.record(CT_HANDSHAKE, &ticket[7..], 0)];
+        s.send(&recs);
+        if !contains(&req, b"\r\n\r\n") {
+            let (got, _) = s.read_records(Duration::from_secs(5), |r| contains(&appdata(r), b"\r\n\r\n"));
+            req.extend(appdata(&got));
+        }
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nafter a split ticket";
+        let rec = s.record(CT_APPDATA, resp, 0);
+        s.send(&[rec]);
+        let _ = s.closed_within(Duration::from_secs(3));
+        Ok(String::from_utf8_lossy(&req).into_owned())
+    });
+    let group = format!(
+        "\n[upstream.up]\nservers = [\"{addr}\"]\ntls = true\ntls_name = \"up.test\"\ntls_ca = \"{}\"\n",
+        pki.root.ca.display()
+    );
+    let apex = Apex::start(&Config::new().route("*", "/", "up").append(&group));
+    let r = apex.client().request(&get("h", "/split-ticket"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "after a split ticket"), "{}", r.head_str());
+    drop(apex);
+    let req = origin.join().unwrap().unwrap_or_else(|e| panic!("the origin: {e}"));
+    assert!(req.starts_with("GET /split-ticket "), "{req:?}");
+}
