@@ -407,3 +407,56 @@ fn tls13_session_ticket_split_over_records_by_an_upstream_is_reassembled() {
     let req = origin.join().unwrap().unwrap_or_else(|e| panic!("the origin: {e}"));
     assert!(req.starts_with("GET /split-ticket "), "{req:?}");
 }
+
+/// An upstream's flight larger than a record buffer (a 30 KB certificate) takes the same
+/// handshake buffer as a large ClientHello: the request goes through, TLS 1.2 and 1.3. The
+/// certificate's records did not fit together, and the connect waited for upstream_connect.
+#[test]
+fn an_upstream_flight_larger_than_a_record_buffer_completes_the_handshake() {
+    let pki = Pki::new();
+    let mut names = vec!["up.test".to_string()];
+    names.extend((0..700).map(|i| format!("host{i:05}.example-long-domain-name.test")));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let big = sign_leaf(&pki.root.dir, "big", &names, &new_key(), &pki.root.issuer, &[], |_| {});
+    assert!(big.ders[0].len() > TLS_BUF_BYTES + 8192, "the certificate is only {} bytes", big.ders[0].len());
+    for (v, want) in versions() {
+        let mut cfg =
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[v])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(big.ders.clone(), big.private_key())
+                .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let cfg = std::sync::Arc::new(cfg);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let origin = thread::spawn(move || -> Result<(), String> {
+            let (sock, _) = listener.accept().map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut s = rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), sock);
+            let mut req = vec![];
+            let mut tmp = [0u8; 4096];
+            while !contains(&req, b"\r\n\r\n") {
+                let n = s.read(&mut tmp).map_err(|e| format!("reading the request: {e}"))?;
+                if n == 0 {
+                    return Err(format!("closed after {:?}", String::from_utf8_lossy(&req)));
+                }
+                req.extend_from_slice(&tmp[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nbig chain").map_err(|e| e.to_string())?;
+            s.flush().map_err(|e| e.to_string())?;
+            let _ = s.read(&mut tmp);
+            Ok(())
+        });
+        let group = format!(
+            "\n[upstream.up]\nservers = [\"{addr}\"]\ntls = true\ntls_name = \"up.test\"\ntls_ca = \"{}\"\n",
+            pki.root.ca.display()
+        );
+        let apex = Apex::start(&Config::new().route("*", "/", "up").timeout("upstream_connect", "30s").append(&group));
+        let r = apex.client().request(&get("h", "/big-upstream-chain"));
+        assert_eq!((r.status, r.body_str().as_str()), (200, "big chain"), "{want:?}: {}", r.head_str());
+        drop(apex);
+        origin.join().unwrap().unwrap_or_else(|e| panic!("{want:?}: the origin: {e}"));
+    }
+}
