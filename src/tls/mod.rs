@@ -438,8 +438,16 @@ impl Tls {
     ) -> io::Error {
         pool.hs.release(&mut self.hs_in);
         if !self.protected {
+            let record = [CT_ALERT, 3, 3, 0, 2, 2, alert];
             let out = pool.rec.fill_slot(&mut self.rout);
-            if out.put(&[CT_ALERT, 3, 3, 0, 2, 2, alert]) {
+            // After every record rustls encoded: those in `spill` come after `rout`'s.
+            let queued = if self.spill.is_empty() {
+                out.put(&record)
+            } else {
+                self.spill.extend_from_slice(&record);
+                true
+            };
+            if queued {
                 self.failed = send(sock, io, out, &mut self.spill).unwrap_or(false);
             }
         }
