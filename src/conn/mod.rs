@@ -325,15 +325,17 @@ impl Conn {
     pub fn step(&mut self, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
         let mut rq = self.rq.take().unwrap_or_else(|| cx.exchanges.take());
         let mut r = self.run(&mut rq, cx, key);
-        if r == Err(Fault::Client) && self.tls_alerted() {
-            self.linger_after_alert(&mut rq, cx, key);
-            r = self.run(&mut rq, cx, key);
+        if let Err(Fault::Client) = r
+            && self.tls_alerted()
+        {
+            r = self.linger_after_alert(&mut rq, cx, key);
         }
         self.park(rq, cx);
         r
     }
 
     /// Our TLS sent the client a fatal alert, and the connection is not closing yet.
+    #[cold]
     fn tls_alerted(&self) -> bool {
         !matches!(self.phase, Phase::Linger | Phase::Close) && self.tls.as_ref().is_some_and(|t| t.failed())
     }
@@ -343,10 +345,12 @@ impl Conn {
     /// client still sends read and dropped for `LINGER_MS`), so a client still sending gets
     /// the alert rather than a reset (RFC 8446 §6.2 only asks that the connection close).
     #[cold]
-    fn linger_after_alert(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) {
+    #[inline(never)]
+    fn linger_after_alert(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
         self.drop_upstream(rq, cx);
         rq.close_after = true;
         self.enter(rq, Phase::Linger, cx, key);
+        self.run(rq, cx, key)
     }
 
     /// Keeps the exchange while it holds or means anything; an idle connection gives it back.
