@@ -3,7 +3,9 @@
 //! client_head with no alert; after the handshake, a KeyUpdate split over records, an empty or
 //! malformed alert, a ChangeCipherSpec, a record shorter than its tag and a TLS 1.2
 //! renegotiation got the wrong alert or none; and a fatal alert was followed by a close that a
-//! client still sending turned into a reset. Each test here was seen failing before its fix.
+//! client still sending turned into a reset. As a client of a TLS upstream, a flight larger
+//! than a record buffer stalled and a NewSessionTicket split over records was refused. Each
+//! test here was seen failing before its fix.
 //! Records no TLS library sends are sealed with `Sealer` (tls_kit), and what Apex answers is
 //! opened with the connection's keys, so the alert it names is checked.
 //!
