@@ -74,8 +74,18 @@ const _: () = assert!(TRAILER_BYTES_MAX < u16::MAX as usize);
 /// largest size RFC 5246 §6.2.3 allows (5 + 2^14 + 2048 bytes) fits.
 pub const TLS_BUF_BYTES: usize = 18 * 1024 + 512;
 
+/// A handshake buffer: a flight whose message is spread over more records than one record
+/// buffer holds (a ClientHello past 18.5 KiB: post-quantum key shares, many PSK identities; a
+/// long certificate chain from an upstream) borrows one of these until the message is whole,
+/// then gives it back. rustls bounds a handshake message at 64 KiB (0xffff) and so does
+/// nginx's OpenSSL; that much in records of 2^14 bytes, with room for the headers of up to
+/// 200 records, fits. More is refused with a fatal alert at once.
+pub const TLS_HS_BUF_BYTES: usize = 64 * 1024 + 1024;
+
 /// Plaintext per record Apex seals: RFC 8446 §5.1's maximum, 2^14.
 pub const TLS_RECORD_PLAIN_MAX: usize = 1 << 14;
+
+const _: () = assert!(TLS_HS_BUF_BYTES > TLS_BUF_BYTES && TLS_HS_BUF_BYTES <= u32::MAX as usize);
 
 /// TLS sessions each worker remembers for resumption by session ID (tickets need no memory).
 pub const TLS_SESSIONS_PER_WORKER: usize = 4096;

@@ -81,6 +81,38 @@ pub fn fill<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>) -> 
     }
 }
 
+/// One read of at most `max` bytes into `buf`'s spare room (a reader that must not take bytes
+/// past a boundary it knows). A full read of `max` leaves the socket marked readable. `fill`
+/// without the bound, kept apart from it: `fill` is on every request's path.
+pub fn fill_max<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>, max: usize) -> io::Result<Filled> {
+    if !io.readable {
+        return Ok(Filled::Idle);
+    }
+    let spare = buf.spare();
+    let want = spare.len().min(max);
+    let Some(spare) = spare.get_mut(..want).filter(|s| !s.is_empty()) else {
+        return Ok(Filled::Idle);
+    };
+    loop {
+        match (&*sock).read(spare) {
+            Ok(0) => return Ok(Filled::Eof),
+            Ok(n) => {
+                if n < want && !io.hup {
+                    io.readable = false;
+                }
+                buf.commit(n);
+                return Ok(Filled::Data(n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.readable = false;
+                return Ok(Filled::Idle);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// One write of `buf`'s bytes, if the socket is writable. Returns bytes written.
 pub fn flush<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>) -> io::Result<usize> {
     if !io.writable || buf.is_empty() {

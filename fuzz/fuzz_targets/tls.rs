@@ -10,6 +10,13 @@
 //!   forged bytes go out, every record Apex sends decrypts and parses for the client (our record
 //!   layer is right for every length and split), and the upstream only ever sees bytes that came
 //!   in through TLS (a forged record is never taken as data).
+//! - sealed (mode bit 3 set, after a handshake): instead of forged bytes, the client takes its
+//!   keys from rustls and seals records of its own making: each `[type][n][n bytes]` of the
+//!   rest becomes one record of that content type (20-24, or the byte itself past 250) holding
+//!   those bytes, as no TLS library sends them (empty or malformed alerts, handshake messages
+//!   split over records, KeyUpdates, renegotiation, ChangeCipherSpec). This reaches what only
+//!   a decrypted record shows. Checked: Apex answers only with well-framed TLS records, and
+//!   the upstream sees no more requests than the heads sent as data, through rustls or sealed.
 #![no_main]
 use std::cell::RefCell;
 use std::io::{ErrorKind, Read, Write};
@@ -79,6 +86,7 @@ fn harness() -> Harness {
                 .with_no_client_auth();
             c.alpn_protocols = vec![b"http/1.1".to_vec()];
             c.resumption = rustls::client::Resumption::disabled(); // every run does a full handshake
+            c.enable_secret_extraction = true; // the sealed mode
             Arc::new(c)
         })
         .collect();
@@ -149,7 +157,111 @@ fn raw(h: &mut Harness, data: &[u8]) {
     assert!(ups.iter().all(|(_, g)| g.is_empty()), "bytes reached the upstream without a handshake");
 }
 
-fn after_handshake(h: &mut Harness, kind: usize, plain: &[u8], forged: &[u8]) {
+/// The client's send direction, taken from rustls after the handshake (the sealed mode).
+struct Sealer {
+    v13: bool,
+    explicit_nonce: bool,
+    key: ring::aead::LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl Sealer {
+    fn take(tls: rustls::ClientConnection) -> Option<Sealer> {
+        use rustls::ConnectionTrafficSecrets as S;
+        let v13 = tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        let (seq, s) = tls.dangerous_extract_secrets().ok()?.tx;
+        let (alg, key, iv, explicit_nonce) = match &s {
+            S::Aes128Gcm { key, iv } => (&ring::aead::AES_128_GCM, key, iv, !v13),
+            S::Aes256Gcm { key, iv } => (&ring::aead::AES_256_GCM, key, iv, !v13),
+            S::Chacha20Poly1305 { key, iv } => (&ring::aead::CHACHA20_POLY1305, key, iv, false),
+            _ => return None,
+        };
+        let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key.as_ref()).ok()?);
+        Some(Sealer { v13, explicit_nonce, key, iv: iv.as_ref().try_into().ok()?, seq })
+    }
+
+    /// One record of content type `ct` holding `plain` (RFC 8446 §5.2; RFC 5288, RFC 7905).
+    fn record(&mut self, ct: u8, plain: &[u8]) -> Vec<u8> {
+        let mut nonce = self.iv;
+        for (b, s) in nonce.iter_mut().skip(4).zip(self.seq.to_be_bytes()) {
+            *b ^= s;
+        }
+        let mut data = plain.to_vec();
+        if self.v13 {
+            data.push(ct);
+        }
+        let explicit = if self.explicit_nonce { 8 } else { 0 };
+        let len = explicit + data.len() + 16;
+        let head = [if self.v13 { 23 } else { ct }, 3, 3, (len >> 8) as u8, len as u8];
+        let aad = if self.v13 {
+            head.to_vec()
+        } else {
+            let mut a = self.seq.to_be_bytes().to_vec();
+            a.extend_from_slice(&[ct, 3, 3, (plain.len() >> 8) as u8, plain.len() as u8]);
+            a
+        };
+        let n = ring::aead::Nonce::assume_unique_for_key(nonce);
+        self.key.seal_in_place_append_tag(n, ring::aead::Aad::from(&aad), &mut data).unwrap();
+        self.seq += 1;
+        let mut rec = head.to_vec();
+        rec.extend_from_slice(&nonce[4..4 + explicit]);
+        rec.extend_from_slice(&data);
+        rec
+    }
+}
+
+/// The sealed mode's records from `spec` (see the module), and the application data in them.
+fn sealed_records(s: &mut Sealer, mut spec: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (mut wire, mut data) = (Vec::new(), Vec::new());
+    while let [sel, n, rest @ ..] = spec {
+        let ct = if *sel > 250 { *sel } else { [20, 21, 22, 23, 24][usize::from(*sel) % 5] };
+        let (plain, after) = rest.split_at(usize::from(*n).min(rest.len()));
+        if ct == 23 {
+            data.extend_from_slice(plain);
+        }
+        wire.extend(s.record(ct, plain));
+        spec = after;
+    }
+    (wire, data)
+}
+
+/// Writes `wire` to Apex and turns the worker until it closes or goes idle; returns what Apex
+/// sent (raw).
+fn exchange_raw(h: &mut Harness, sock: &mut TcpStream, ups: &mut Vec<(TcpStream, Vec<u8>)>, wire: &[u8]) -> Vec<u8> {
+    let mut to_send = wire;
+    let mut got = Vec::new();
+    let mut idle = 0;
+    for _ in 0..200 {
+        let mut progress = false;
+        if !to_send.is_empty() {
+            match sock.write(to_send) {
+                Ok(n) => {
+                    to_send = &to_send[n..];
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => to_send = &[],
+            }
+        }
+        h.worker.turn_within(&mut h.events, Duration::from_millis(1)).unwrap();
+        progress |= serve_upstream(h, ups);
+        let (p, closed) = drain(sock, &mut got);
+        progress |= p;
+        if closed {
+            break;
+        }
+        idle = if progress { 0 } else { idle + 1 };
+        if idle > 6 && to_send.is_empty() {
+            break;
+        }
+    }
+    got
+}
+
+fn after_handshake(h: &mut Harness, kind: usize, sealed: bool, plain: &[u8], forged: &[u8]) {
+    let spec = if sealed { forged } else { &[][..] };
+    let forged = if sealed { &[][..] } else { forged };
     let cfg = Arc::clone(&h.clients[kind % h.clients.len()]);
     let mut tls = rustls::ClientConnection::new(cfg, "fuzz.test".try_into().unwrap()).unwrap();
     let mut sock = TcpStream::connect(h.addr).unwrap();
@@ -218,10 +330,23 @@ fn after_handshake(h: &mut Harness, kind: usize, plain: &[u8], forged: &[u8]) {
             break;
         }
     }
+    // The sealed mode: records of the client's own making, after rustls's.
+    let mut sealed_data = Vec::new();
+    if sealed
+        && !closed
+        && plain_left.is_empty()
+        && let Some(mut s) = Sealer::take(tls)
+    {
+        let (wire, data) = sealed_records(&mut s, spec);
+        sealed_data = data;
+        // Alerts and answers, sealed with keys this client no longer follows: framing only.
+        check_records(&exchange_raw(h, &mut sock, &mut ups, &wire));
+    }
     // What Apex answered is well-formed HTTP (its own errors or the upstream's canned answer),
     // and the upstream got canonical requests, no more than the heads sent through TLS: forged
     // records never become data.
-    let heads = plain.windows(4).filter(|w| w == b"\r\n\r\n").count();
+    let heads = plain.windows(4).filter(|w| w == b"\r\n\r\n").count()
+        + sealed_data.windows(4).filter(|w| w == b"\r\n\r\n").count();
     let forwarded: usize = ups.iter().map(|(_, g)| check_stream(g, true, false)).sum();
     assert!(forwarded <= heads, "upstream saw {forwarded} requests for {heads} heads sent through TLS");
     let sent_head = plain.windows(5).any(|w| w == b"HEAD ");
@@ -240,7 +365,7 @@ fuzz_target!(|data: &[u8]| {
             let Some((&split, data)) = data.split_first() else { return };
             let k = (split as usize * data.len()) / 255;
             let (plain, forged) = data.split_at(k.min(data.len()));
-            after_handshake(h, usize::from(mode >> 1), plain, forged);
+            after_handshake(h, usize::from(mode >> 1), mode & 8 != 0, plain, forged);
         }
     });
 });

@@ -324,9 +324,33 @@ impl Conn {
     /// its turn budget ran out with work left (the worker steps it again after other work).
     pub fn step(&mut self, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
         let mut rq = self.rq.take().unwrap_or_else(|| cx.exchanges.take());
-        let r = self.run(&mut rq, cx, key);
+        let mut r = self.run(&mut rq, cx, key);
+        if let Err(Fault::Client) = r
+            && self.tls_alerted()
+        {
+            r = self.linger_after_alert(&mut rq, cx, key);
+        }
         self.park(rq, cx);
         r
+    }
+
+    /// Our TLS sent the client a fatal alert, and the connection is not closing yet.
+    #[cold]
+    fn tls_alerted(&self) -> bool {
+        !matches!(self.phase, Phase::Linger | Phase::Close) && self.tls.as_ref().is_some_and(|t| t.failed())
+    }
+
+    /// After a fatal TLS alert, from any phase: the exchange ends (its upstream connection
+    /// closed) and the connection lingers as after an HTTP error (the write side shut, what the
+    /// client still sends read and dropped for `LINGER_MS`), so a client still sending gets
+    /// the alert rather than a reset (RFC 8446 §6.2 only asks that the connection close).
+    #[cold]
+    #[inline(never)]
+    fn linger_after_alert(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
+        self.drop_upstream(rq, cx);
+        rq.close_after = true;
+        self.enter(rq, Phase::Linger, cx, key);
+        self.run(rq, cx, key)
     }
 
     /// Keeps the exchange while it holds or means anything; an idle connection gives it back.
@@ -366,7 +390,11 @@ impl Conn {
     fn enter(&mut self, rq: &mut Exchange, to: Phase, cx: &mut Cx, key: ClientKey) {
         let from = self.phase;
         let to = if matches!(to, Phase::ReadHead) && cx.draining { self.drain_to(rq) } else { to };
-        debug_assert!(allowed(from, to), "no transition {from:?} -> {to:?}");
+        // Besides the table: a lingering close from anywhere after a fatal TLS alert.
+        debug_assert!(
+            allowed(from, to) || (to == Phase::Linger && self.tls_alerted()),
+            "no transition {from:?} -> {to:?}"
+        );
         // A phase entered with a key carries the one it came with (`allowed` checks it); the
         // others hold none, so whatever `from` held must have been pooled or closed.
         if let Phase::ReadHead | Phase::Connect | Phase::Respond | Phase::Linger | Phase::Close = to

@@ -4,7 +4,10 @@
 //! Invariants: rustls never sees a byte past the handshake's last record (what follows is the
 //! record layer's); records leave in the order rustls encoded them (`rout`, then `spill`).
 //! Limits: `spill` is the one allocation, only for a flight larger than a buffer (a long
-//! certificate chain), and it is given back once written.
+//! certificate chain), and it is given back once written. A flight coming in that is larger
+//! than a record buffer asks for a handshake buffer (`Hs::Grow`, `TLS_HS_BUF_BYTES`); in one,
+//! no byte past the record rustls waits for is read, so what is left when its message is done
+//! fits a record buffer again.
 
 use std::io;
 
@@ -13,9 +16,14 @@ use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 
-use super::record::{CIPHERTEXT_MAX, HEADER, record_need, whole_record};
+use super::record::{
+    ALERT_DECODE_ERROR, ALERT_PROTOCOL_VERSION, CIPHERTEXT_MAX, CT_APPDATA, CT_CHANGE_CIPHER_SPEC, CT_HEARTBEAT,
+    HEADER, record_need, whole_record,
+};
 use super::{TlsBuf, bad, broken};
-use crate::transport::{Filled, Io, fill, flush};
+use crate::buf::Buf;
+use crate::limits::TLS_BUF_BYTES;
+use crate::transport::{Filled, Io, fill_max, flush};
 
 /// The handshake in progress, as the server (a client of ours) or the client (an upstream).
 pub(super) enum Handshake {
@@ -55,17 +63,19 @@ impl HsConn for UnbufferedClientConnection {
 /// one record at a time and stops at the handshake's end, so it never holds application data
 /// (early data is off): whatever follows the handshake is the record layer's.
 /// On failure, the alert rustls queued is written and `failed` says whether it left.
+/// `protected`: a record rustls encoded is protected (the peer no longer reads plaintext).
 // Disjoint borrows of one Tls's fields (and the socket's), which a struct would only rename.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn drive<C: HsConn>(
+pub(super) fn drive<C: HsConn, const N: usize>(
     hs: &mut C,
     sock: &TcpStream,
     io: &mut Io,
-    rin: &mut TlsBuf,
+    rin: &mut Buf<N>,
     rout: &mut TlsBuf,
     spill: &mut Vec<u8>,
     fed: &mut usize,
     failed: &mut bool,
+    protected: &mut bool,
 ) -> io::Result<Hs> {
     loop {
         let st = hs.process(fed_slice(rin, *fed));
@@ -97,6 +107,11 @@ pub(super) fn drive<C: HsConn>(
                     rout.commit(n);
                     encoded = true;
                 }
+                // rustls sends no alert for a message claiming more than its bound (0xffff):
+                // ours says it, with the alert rustls gives other undecodable input.
+                if !encoded && e == rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge) {
+                    return Ok(Hs::Refuse(ALERT_DECODE_ERROR, "handshake message too large"));
+                }
                 *failed = encoded && send(sock, io, rout, spill).unwrap_or(false);
                 // rustls's reason (a certificate not valid for the name, no shared
                 // protocol, ...) is what an operator needs in the log.
@@ -108,22 +123,23 @@ pub(super) fn drive<C: HsConn>(
                 // rustls has handed this record over: it must be kept now. Into `rout` if it
                 // fits (after writing what is there), else into `spill` (a flight larger
                 // than a buffer: a long certificate chain), which keeps the order.
-                if spill.is_empty() {
+                let encoded = if spill.is_empty() {
                     match e.encode(rout.spare()) {
-                        Ok(n) => rout.commit(n),
+                        Ok(n) => commit(rout, n),
                         Err(EncodeError::InsufficientSize(need)) => {
                             send(sock, io, rout, spill)?;
                             rout.reserve(need.required_size);
                             match e.encode(rout.spare()) {
-                                Ok(n) => rout.commit(n),
+                                Ok(n) => commit(rout, n),
                                 Err(_) => encode_spill(&mut e, spill)?,
                             }
                         }
                         Err(_) => return Err(bad("tls encode")),
                     }
                 } else {
-                    encode_spill(&mut e, spill)?;
-                }
+                    encode_spill(&mut e, spill)?
+                };
+                *protected |= encoded;
                 Hs::Go
             }
             ConnectionState::TransmitTlsData(t) => {
@@ -162,19 +178,39 @@ pub(super) fn drive<C: HsConn>(
                 // `fed` counts bytes of `rin` given to rustls, so it never passes its end.
                 let rest = rin.filled().get(*fed..).ok_or_else(|| broken("fed past rin"))?;
                 let need = record_need(rest);
-                if rest.len() >= HEADER && need - HEADER > CIPHERTEXT_MAX {
+                // Nor can first bytes that are no TLS record at all: an SSLv2-format
+                // ClientHello is refused by us (protocol_version: RFC 8446 Appendix D.5 says
+                // not to accept one); anything else rustls refuses at its header (decode_error:
+                // an unknown content type, a version not 3.x, as plain HTTP to this port has),
+                // so it is given what there is. Until an SSLv2 header is all here, it is
+                // waited for, so that it gets its own alert.
+                let v2 = *fed == 0 && rest.first().is_some_and(|&b| b & 0x80 != 0);
+                if v2 && sslv2_hello(rest) {
+                    return Ok(Hs::Refuse(ALERT_PROTOCOL_VERSION, "SSLv2-format ClientHello"));
+                }
+                let oversized = rest.len() >= HEADER && need - HEADER > CIPHERTEXT_MAX;
+                if (oversized || header_refused(rest)) && (!v2 || rest.len() >= SSLV2_HEADER) {
                     *fed += rest.len();
                     continue;
                 }
+                // A message spread over records stays in `rin` until it is whole (rustls joins
+                // its pieces in place and discards them together): when this one cannot take
+                // the record awaited, the caller lends a handshake buffer, or refuses.
+                let end = *fed + need;
+                if end > N {
+                    return Ok(Hs::Grow);
+                }
                 send(sock, io, rout, spill)?;
-                rin.reserve(need + *fed);
-                match fill(sock, io, rin)? {
+                rin.reserve(end);
+                // In a handshake buffer, nothing past that record is read (see the module).
+                let max = if N > TLS_BUF_BYTES { end.saturating_sub(rin.len()) } else { usize::MAX };
+                match fill_max(sock, io, rin, max)? {
                     Filled::Data(_) => {}
                     Filled::Idle => return Ok(Hs::Read),
                     Filled::Eof => return Err(bad("peer closed during the handshake")),
                 }
             }
-            Hs::Eof => return Ok(next),
+            Hs::Eof | Hs::Grow | Hs::Refuse(..) => return Ok(next),
             Hs::Done => return Ok(Hs::Done),
         }
     }
@@ -200,11 +236,40 @@ pub(super) fn send(sock: &TcpStream, io: &mut Io, rout: &mut TlsBuf, spill: &mut
     Ok(rout.is_empty() && spill.is_empty())
 }
 
+/// Bytes an SSLv2-format CLIENT-HELLO shows before it can be told apart (`sslv2_hello`).
+const SSLV2_HEADER: usize = 4;
+
+/// RFC 5246 Appendix E.2: an SSLv2-format CLIENT-HELLO starts with a two-byte length whose top
+/// bit is set (no TLS content type has it), then msg_type 1 and the version's major byte, 3.
+fn sslv2_hello(b: &[u8]) -> bool {
+    matches!(b, &[len, _, 1, 3, ..] if len & 0x80 != 0)
+}
+
+/// A record header rustls refuses as soon as it has read that much of it (its
+/// `read_opaque_message_header`): a content type it does not know (RFC 8446 §5: 20 to 24), or
+/// a version whose major byte is not 3.
+fn header_refused(b: &[u8]) -> bool {
+    match b {
+        [typ, ..] if !(CT_CHANGE_CIPHER_SPEC..=CT_HEARTBEAT).contains(typ) => true,
+        [_, major, _, ..] => *major != 3,
+        _ => false,
+    }
+}
+
+/// Commits `n` bytes rustls encoded at the end of `rout`. Returns whether they hold a protected
+/// record (`protected`).
+fn commit(rout: &mut TlsBuf, n: usize) -> bool {
+    rout.commit(n);
+    let start = rout.len().saturating_sub(n);
+    rout.filled().get(start..).is_some_and(protected)
+}
+
 /// Encodes a handshake record that does not fit in `rout` into `spill`, after what is there.
-fn encode_spill<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, spill: &mut Vec<u8>) -> io::Result<()> {
+/// Returns whether it is protected (`protected`).
+fn encode_spill<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, spill: &mut Vec<u8>) -> io::Result<bool> {
     let need = match e.encode(&mut []) {
         Err(EncodeError::InsufficientSize(s)) => s.required_size,
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(false),
         Err(_) => return Err(bad("tls encode")),
     };
     let start = spill.len();
@@ -212,11 +277,25 @@ fn encode_spill<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, spill: &mut
     let room = spill.get_mut(start..).ok_or_else(|| broken("spill shorter than resized"))?;
     let n = e.encode(room).map_err(|_| bad("tls encode"))?;
     spill.truncate(start + n);
-    Ok(())
+    Ok(spill.get(start..).is_some_and(protected))
+}
+
+/// Whether any of these whole records, as rustls encoded them, is protected: once a
+/// ChangeCipherSpec (TLS 1.2: what follows it is encrypted) or an application_data record
+/// (TLS 1.3's outer type for every encrypted record, RFC 8446 §5.2) has gone out, the peer
+/// reads no plaintext alert from us.
+fn protected(mut recs: &[u8]) -> bool {
+    while let Some(n) = whole_record(recs) {
+        if matches!(recs.first(), Some(&(CT_CHANGE_CIPHER_SPEC | CT_APPDATA))) {
+            return true;
+        }
+        recs = recs.get(n..).unwrap_or(&[]);
+    }
+    false
 }
 
 /// The bytes of `rin` rustls has been given (and not discarded).
-fn fed_slice(rin: &mut TlsBuf, fed: usize) -> &mut [u8] {
+fn fed_slice<const N: usize>(rin: &mut Buf<N>, fed: usize) -> &mut [u8] {
     let b = rin.filled_mut();
     // `fed` never passes the filled bytes (see `drive`); release builds clamp (rustls is given
     // less, never more than there is).
@@ -226,7 +305,7 @@ fn fed_slice(rin: &mut TlsBuf, fed: usize) -> &mut [u8] {
 }
 
 /// Applies rustls's discard to `rin` and to what it has been given.
-fn consume_fed(rin: &mut TlsBuf, fed: &mut usize, discard: usize) {
+fn consume_fed<const N: usize>(rin: &mut Buf<N>, fed: &mut usize, discard: usize) {
     rin.consume(discard);
     *fed = fed.saturating_sub(discard);
 }
@@ -238,4 +317,8 @@ pub(super) enum Hs {
     Read,
     Eof,
     Done,
+    /// The record awaited does not fit in this input buffer beside the message rustls holds.
+    Grow,
+    /// The handshake is refused with this fatal alert, which rustls has not sent.
+    Refuse(u8, &'static str),
 }

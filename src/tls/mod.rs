@@ -26,7 +26,7 @@ use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 
 use crate::buf::{Buf, BufPool};
-use crate::limits::TLS_BUF_BYTES;
+use crate::limits::{TLS_BUF_BYTES, TLS_HS_BUF_BYTES};
 use crate::transport::{Filled, Io, fill};
 
 mod certs;
@@ -36,12 +36,28 @@ mod record;
 pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, server_config};
 use handshake::{Handshake, Hs, drive, send};
 use record::{
-    ALERT_DECODE_ERROR, ALERT_RECORD_OVERFLOW, CIPHERTEXT_MAX, CT_ALERT, CT_APPDATA, Fatal, HEADER, Kernel, Opened,
-    Records, Version, fatal, record_need,
+    ALERT_BAD_RECORD_MAC, ALERT_DECODE_ERROR, ALERT_RECORD_OVERFLOW, ALERT_UNEXPECTED_MESSAGE, CIPHERTEXT_MAX,
+    CT_ALERT, CT_APPDATA, Fatal, HEADER, Kernel, Opened, Records, Version, fatal, record_need,
 };
 
 pub type TlsBuf = Buf<TLS_BUF_BYTES>;
-pub type TlsBufPool = BufPool<TLS_BUF_BYTES>;
+type HsBuf = Buf<TLS_HS_BUF_BYTES>;
+
+/// A worker's TLS buffers: record buffers (two per TLS connection with bytes in flight), and
+/// handshake buffers, lent only to a handshake whose incoming flight is larger than a record
+/// buffer and given back as soon as its message is whole. Both are reused, never freed, so a
+/// steady state allocates nothing.
+pub struct TlsBufPool {
+    rec: BufPool<TLS_BUF_BYTES>,
+    hs: BufPool<TLS_HS_BUF_BYTES>,
+}
+
+impl TlsBufPool {
+    /// `prealloc` record buffers now; handshake buffers when first needed.
+    pub fn new(prealloc: usize) -> Self {
+        TlsBufPool { rec: BufPool::new(prealloc), hs: BufPool::new(0) }
+    }
+}
 
 fn bad(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
@@ -62,6 +78,11 @@ pub struct Tls {
     rec: Option<Records>,
     /// Bytes from the socket, not yet opened.
     rin: Option<TlsBuf>,
+    /// During the handshake, instead of `rin`: an incoming flight larger than a record buffer.
+    hs_in: Option<HsBuf>,
+    /// After the handshake: the start of a handshake message split over records (KeyUpdate,
+    /// NewSessionTicket), until the rest comes (`Records::handshake_msgs`).
+    hs_part: Option<TlsBuf>,
     /// Records (handshake or sealed data) not yet written to the socket.
     rout: Option<TlsBuf>,
     /// Plaintext of the opened record at the front of `rin` not yet handed out:
@@ -76,13 +97,17 @@ pub struct Tls {
     eof: bool,
     /// The peer's close_notify came (else an end of stream is a bare TCP close).
     notified_by_peer: bool,
-    /// The handshake failed and an alert went out: what the client still sends is discarded.
+    /// A fatal alert of ours went out (the handshake was refused, or a record after it; as
+    /// the server only): what the client still sends is discarded while the connection
+    /// lingers.
     failed: bool,
     /// A record failed (bad tag, bad length, ...): RFC 8446 §5.2, the connection is over, and
     /// nothing more is sent on it.
     broken: bool,
     /// Our close_notify is sealed: nothing may follow it.
     notified: bool,
+    /// The handshake has sent a protected record: the peer reads no plaintext alert from us.
+    protected: bool,
 }
 
 impl Tls {
@@ -101,6 +126,8 @@ impl Tls {
             hs: Some(hs),
             rec: None,
             rin: None,
+            hs_in: None,
+            hs_part: None,
             rout: None,
             plain: (0, 0, 0),
             spill: Vec::new(),
@@ -111,11 +138,12 @@ impl Tls {
             failed: false,
             broken: false,
             notified: false,
+            protected: false,
         }
     }
 
-    /// The handshake failed and the client was told why: close gracefully (linger) so the
-    /// alert is read, not lost to a reset.
+    /// A fatal alert told the client why the connection ends: close gracefully (linger) so
+    /// the alert is read, not lost to a reset. From then on `read` only discards.
     pub fn failed(&self) -> bool {
         self.failed
     }
@@ -129,13 +157,17 @@ impl Tls {
     /// yet opened. A pooled connection holding any would hand them to the next exchange as
     /// its response.
     pub fn has_unread(&self) -> bool {
-        self.plain.0 < self.plain.1 || self.rin.as_ref().is_some_and(|b| !b.is_empty())
+        self.plain.0 < self.plain.1
+            || self.rin.as_ref().is_some_and(|b| !b.is_empty())
+            || self.hs_in.as_ref().is_some_and(|b| !b.is_empty())
     }
 
     /// Gives both record buffers back (the connection is closing).
     pub fn release_all(&mut self, pool: &mut TlsBufPool) {
-        pool.release(&mut self.rin);
-        pool.release(&mut self.rout);
+        pool.rec.release(&mut self.rin);
+        pool.rec.release(&mut self.rout);
+        pool.hs.release(&mut self.hs_in);
+        pool.rec.release(&mut self.hs_part);
     }
 
     /// Puts decrypted bytes into `dst`, reading the socket as needed; drives the handshake first.
@@ -148,7 +180,8 @@ impl Tls {
     ) -> io::Result<Filled> {
         if self.failed {
             // Lingering after an alert: read and drop.
-            let rin = pool.fill_slot(&mut self.rin);
+            pool.hs.release(&mut self.hs_in);
+            let rin = pool.rec.fill_slot(&mut self.rin);
             rin.clear();
             let r = fill(sock, io, rin);
             rin.clear();
@@ -168,10 +201,12 @@ impl Tls {
     }
 
     /// Sends the fatal alert for what the peer sent after the handshake, if it calls for one
-    /// (RFC 8446 §6.2): the last record Apex seals on this connection.
+    /// (RFC 8446 §6.2): the last record Apex seals on this connection. As the server, once it
+    /// is out, the connection lingers (`failed`), as after an HTTP error.
     fn alert(&mut self, e: &io::Error, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
         if let Some(f) = e.get_ref().and_then(|x| x.downcast_ref::<Fatal>()) {
-            self.send_alert([2, f.alert], sock, io, pool);
+            let out = self.send_alert([2, f.alert], sock, io, pool);
+            self.failed = out && self.rec.as_ref().is_some_and(Records::is_server);
         }
     }
 
@@ -218,12 +253,12 @@ impl Tls {
             if self.open_one(sock, io, pool)? {
                 continue;
             }
-            let rin = pool.fill_slot(&mut self.rin);
+            let rin = pool.rec.fill_slot(&mut self.rin);
             rin.reserve(record_need(rin.filled()));
             match fill(sock, io, rin)? {
                 Filled::Data(_) => {}
                 Filled::Idle => {
-                    pool.release_if_empty(&mut self.rin);
+                    pool.rec.release_if_empty(&mut self.rin);
                     return Ok(Filled::Idle);
                 }
                 // A TCP close without close_notify: HTTP framing decides whether that truncated
@@ -245,26 +280,43 @@ impl Tls {
             return Ok(false);
         }
         let need = record_need(rin.filled());
+        // The type first (a ChangeCipherSpec record is shorter than any protected one):
+        // RFC 8446 §5, "If a TLS implementation receives an unexpected record type, it MUST
+        // terminate the connection with an unexpected_message alert".
+        if !rec.expects(rin.filled().first().copied().unwrap_or(0)) {
+            return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected record type"));
+        }
         // RFC 8446 §5.2: at most 2^14 + 256 bytes in TLS 1.3 (RFC 5246 §6.2.3: 2^14 + 2048 in
-        // 1.2), else record_overflow; and never shorter than its tag (and explicit nonce),
-        // which also rules out a zero length that would never be consumed.
+        // 1.2), else record_overflow.
         let max = if rec.version == Version::Tls13 { (1 << 14) + 256 } else { CIPHERTEXT_MAX };
         if need - HEADER > max {
             return Err(fatal(ALERT_RECORD_OVERFLOW, "record too long"));
         }
-        if need - HEADER < rec.min_len() {
-            return Err(fatal(ALERT_DECODE_ERROR, "record too short"));
+        // Shorter than its tag (and explicit nonce), a record cannot be decrypted: RFC 8446
+        // §5.2 "If the decryption fails, the receiver MUST terminate the connection with a
+        // bad_record_mac alert" (RFC 5246 §6.2.3.3 alike; rustls answers so). This also rules
+        // out a zero length that would never be consumed.
+        if need - HEADER < rec.sealed_min() {
+            return Err(fatal(ALERT_BAD_RECORD_MAC, "record shorter than its tag"));
         }
         if rin.len() < need {
             return Ok(false);
         }
-        let rout = pool.fill_slot(&mut self.rout);
+        let rout = pool.rec.fill_slot(&mut self.rout);
         let whole = rin.filled_mut().get_mut(..need).ok_or_else(|| bad("tls state"))?;
         let opened = rec.open(whole)?;
+        if let Opened::Handshake { from, to } = opened {
+            let msgs = rin.filled().get(from..to).ok_or_else(|| broken("handshake messages outside the record"))?;
+            rec.handshake_msgs(msgs, &mut self.hs_part, pool)?;
+        } else if self.hs_part.is_some() {
+            // RFC 8446 §5.1: "if a handshake message is split over two or more records, there
+            // MUST NOT be any other records between them".
+            return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "record inside a split handshake message"));
+        }
         rec.reply(rout)?; // if there is no room now, `write` sends it before any data
         match opened {
             Opened::Data { from, to } if from < to => self.plain = (from as u32, to as u32, need as u32),
-            Opened::Data { .. } | Opened::Nothing => rin.consume(need),
+            Opened::Data { .. } | Opened::Handshake { .. } => rin.consume(need),
             Opened::Closed => {
                 rin.consume(need);
                 self.eof = true;
@@ -278,45 +330,128 @@ impl Tls {
     /// Drives the handshake as far as the bytes at hand allow. Returns false when it waits for
     /// the socket.
     fn handshake(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> io::Result<bool> {
-        let rin = pool.fill_slot(&mut self.rin);
-        let rout = pool.fill_slot(&mut self.rout);
-        let step = match self.hs.as_mut() {
-            None => return Ok(true),
-            Some(Handshake::Server(hs)) => {
-                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, &mut self.failed)
-            }
-            Some(Handshake::Client(hs)) => {
-                drive(hs, sock, io, rin, rout, &mut self.spill, &mut self.fed, &mut self.failed)
-            }
-        };
-        match step? {
-            Hs::Eof => {
-                self.eof = true;
-                Ok(true)
-            }
-            Hs::Done => {
-                let (secrets, kernel) = match self.hs.take() {
-                    Some(Handshake::Server(hs)) => {
-                        hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
-                    }
-                    Some(Handshake::Client(hs)) => {
-                        hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
-                    }
-                    None => return Ok(true),
+        // Twice at most: once more in a handshake buffer, if the flight outgrew `rin`.
+        for _ in 0..2 {
+            let Some(hs) = self.hs.as_mut() else { return Ok(true) };
+            let rout = pool.rec.fill_slot(&mut self.rout);
+            let (spill, fed, failed, protected) =
+                (&mut self.spill, &mut self.fed, &mut self.failed, &mut self.protected);
+            let step = match (hs, self.hs_in.as_mut()) {
+                (Handshake::Server(hs), Some(big)) => drive(hs, sock, io, big, rout, spill, fed, failed, protected),
+                (Handshake::Client(hs), Some(big)) => drive(hs, sock, io, big, rout, spill, fed, failed, protected),
+                (Handshake::Server(hs), None) => {
+                    let rin = pool.rec.fill_slot(&mut self.rin);
+                    drive(hs, sock, io, rin, rout, spill, fed, failed, protected)
                 }
-                .map_err(|_| bad("tls secrets"))?;
-                self.rec = Some(Records::new(kernel, secrets)?);
-                self.flush(sock, io, pool)?;
-                pool.release_if_empty(&mut self.rin);
-                Ok(true)
+                (Handshake::Client(hs), None) => {
+                    let rin = pool.rec.fill_slot(&mut self.rin);
+                    drive(hs, sock, io, rin, rout, spill, fed, failed, protected)
+                }
+            };
+            let step = step?;
+            if !matches!(step, Hs::Grow) {
+                self.shrink(pool, matches!(step, Hs::Done))?;
             }
-            _ => {
-                // Waiting: an empty buffer goes back (a client that sends nothing holds none).
-                pool.release_if_empty(&mut self.rin);
-                pool.release_if_empty(&mut self.rout);
-                Ok(false)
+            return match step {
+                Hs::Grow if self.hs_in.is_none() => {
+                    self.grow(pool)?;
+                    continue;
+                }
+                // A flight past the handshake bound: rustls would wait for the rest forever.
+                // decode_error, as rustls answers a message past its own bound (0xffff).
+                Hs::Grow => Err(self.refuse(ALERT_DECODE_ERROR, "handshake flight too large", sock, io, pool)),
+                Hs::Refuse(alert, what) => Err(self.refuse(alert, what, sock, io, pool)),
+                Hs::Eof => {
+                    self.eof = true;
+                    Ok(true)
+                }
+                Hs::Done => {
+                    let (secrets, kernel) = match self.hs.take() {
+                        Some(Handshake::Server(hs)) => {
+                            hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
+                        }
+                        Some(Handshake::Client(hs)) => {
+                            hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
+                        }
+                        None => return Ok(true),
+                    }
+                    .map_err(|_| bad("tls secrets"))?;
+                    self.rec = Some(Records::new(kernel, secrets)?);
+                    self.flush(sock, io, pool)?;
+                    pool.rec.release_if_empty(&mut self.rin);
+                    Ok(true)
+                }
+                _ => {
+                    // Waiting: an empty buffer goes back (a client that sends nothing holds none).
+                    pool.rec.release_if_empty(&mut self.rin);
+                    pool.hs.release_if_empty(&mut self.hs_in);
+                    pool.rec.release_if_empty(&mut self.rout);
+                    Ok(false)
+                }
+            };
+        }
+        Err(broken("handshake buffer grown twice"))
+    }
+
+    /// Moves the handshake's input into a handshake buffer (`rin`'s bytes, in order: what
+    /// rustls has been given keeps its offsets).
+    fn grow(&mut self, pool: &mut TlsBufPool) -> io::Result<()> {
+        let big = pool.hs.fill_slot(&mut self.hs_in);
+        if let Some(small) = self.rin.as_ref()
+            && !big.put(small.filled())
+        {
+            return Err(broken("record buffer larger than a handshake buffer"));
+        }
+        pool.rec.release(&mut self.rin);
+        Ok(())
+    }
+
+    /// Gives a handshake buffer back once rustls holds nothing in it (`fed` is 0: no message is
+    /// half read) and what is left fits a record buffer, which it always does at the
+    /// handshake's end (`done`): a handshake buffer is never read past the record awaited.
+    fn shrink(&mut self, pool: &mut TlsBufPool, done: bool) -> io::Result<()> {
+        let Some(big) = self.hs_in.as_ref() else { return Ok(()) };
+        if !done && (self.fed > 0 || big.len() > TLS_BUF_BYTES) {
+            return Ok(());
+        }
+        if !big.is_empty() {
+            let small = pool.rec.fill_slot(&mut self.rin);
+            if !small.is_empty() || !small.put(big.filled()) {
+                return Err(broken("handshake leftover does not fit a record buffer"));
             }
         }
+        pool.hs.release(&mut self.hs_in);
+        Ok(())
+    }
+
+    /// Refuses the handshake with a fatal alert of ours (rustls has none for it), in plaintext
+    /// (RFC 8446 §5.1: legacy_record_version 0x0303), after what rustls queued; only while the
+    /// peer still reads plaintext (`protected`), else the close alone says it. What the peer
+    /// still sends is then discarded (`failed`). Returns the error that ends the handshake.
+    fn refuse(
+        &mut self,
+        alert: u8,
+        what: &'static str,
+        sock: &TcpStream,
+        io: &mut Io,
+        pool: &mut TlsBufPool,
+    ) -> io::Error {
+        pool.hs.release(&mut self.hs_in);
+        if !self.protected {
+            let record = [CT_ALERT, 3, 3, 0, 2, 2, alert];
+            let out = pool.rec.fill_slot(&mut self.rout);
+            // After every record rustls encoded: those in `spill` come after `rout`'s.
+            let queued = if self.spill.is_empty() {
+                out.put(&record)
+            } else {
+                self.spill.extend_from_slice(&record);
+                true
+            };
+            if queued {
+                self.failed = send(sock, io, out, &mut self.spill).unwrap_or(false);
+            }
+        }
+        bad(what)
     }
 
     /// Seals plaintext from the front of `src` and writes records to the socket. Bytes leave
@@ -346,10 +481,10 @@ impl Tls {
             // client of ours, `connect` for an upstream).
             let Some(rec) = self.rec.as_mut() else { return Ok(consumed) };
             if src.is_empty() || !io.writable {
-                pool.release_if_empty(&mut self.rout);
+                pool.rec.release_if_empty(&mut self.rout);
                 return Ok(consumed);
             }
-            let out = pool.fill_slot(&mut self.rout);
+            let out = pool.rec.fill_slot(&mut self.rout);
             let mut sealed = 0;
             loop {
                 // A KeyUpdate owed (asked for, or our key's record limit) goes before any data.
@@ -387,17 +522,18 @@ impl Tls {
     /// RFC 8446 §6.1: close_notify before our side closes, so the peer can tell a complete
     /// close-delimited body or tunnel from a truncated one. Best effort: sent if there is room.
     pub fn close_notify(&mut self, sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
-        self.send_alert([1, 0], sock, io, pool);
+        let _ = self.send_alert([1, 0], sock, io, pool);
     }
 
     /// Seals `alert` (level, description) as the last record Apex sends on this connection,
-    /// after any KeyUpdate it owes, and writes what is queued.
-    fn send_alert(&mut self, alert: [u8; 2], sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) {
-        let Some(rec) = self.rec.as_mut() else { return };
+    /// after any KeyUpdate it owes, and writes what is queued. Returns whether it is sealed and
+    /// all of it written.
+    fn send_alert(&mut self, alert: [u8; 2], sock: &TcpStream, io: &mut Io, pool: &mut TlsBufPool) -> bool {
+        let Some(rec) = self.rec.as_mut() else { return false };
         if self.notified || self.broken {
-            return;
+            return false;
         }
-        let out = pool.fill_slot(&mut self.rout);
+        let out = pool.rec.fill_slot(&mut self.rout);
         if rec.reply(out).unwrap_or(false)
             && rec.plain_room(out.spare_len()) >= 2
             && let Ok(n) = rec.seal(CT_ALERT, &alert, out.spare())
@@ -405,7 +541,8 @@ impl Tls {
             out.commit(n);
             self.notified = true;
         }
-        let _ = self.flush(sock, io, pool);
+        let sent = self.flush(sock, io, pool).unwrap_or(false);
+        self.notified && sent
     }
 
     /// Writes records already sealed (handshake, a KeyUpdate reply, an alert), in order.
@@ -414,9 +551,9 @@ impl Tls {
         let done = match self.rout.as_mut() {
             Some(out) => send(sock, io, out, &mut self.spill)?,
             None if self.spill.is_empty() => true,
-            None => send(sock, io, pool.fill_slot(&mut self.rout), &mut self.spill)?,
+            None => send(sock, io, pool.rec.fill_slot(&mut self.rout), &mut self.spill)?,
         };
-        pool.release_if_empty(&mut self.rout);
+        pool.rec.release_if_empty(&mut self.rout);
         Ok(done)
     }
 }

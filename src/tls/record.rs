@@ -5,8 +5,10 @@
 //!
 //! Invariants: a sequence number never wraps (the connection ends first); a key seals at most
 //! `RECORDS_PER_KEY_MAX` records; a KeyUpdate we owe goes out before any further data record;
-//! nothing here allocates. Limits: a handshake message split over records is refused, as are
-//! TLS 1.2 renegotiation and more than `IDLE_RECORDS_IN_A_ROW_MAX` records without data.
+//! nothing here allocates (a handshake message split over records waits in a pooled record
+//! buffer). Limits: such a message is at most `POST_HANDSHAKE_MSG_MAX` bytes; TLS 1.2
+//! renegotiation is declined with a warning; more than `IDLE_RECORDS_IN_A_ROW_MAX` records
+//! without data end the connection.
 
 use std::io;
 
@@ -16,19 +18,31 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
-use super::{TlsBuf, bad, broken};
-use crate::limits::TLS_RECORD_PLAIN_MAX;
+use super::{TlsBuf, TlsBufPool, bad, broken};
+use crate::limits::{TLS_BUF_BYTES, TLS_RECORD_PLAIN_MAX};
 
 pub(super) const HEADER: usize = 5;
 const TAG: usize = 16;
 /// RFC 8446 §5.2: a TLSCiphertext fragment is at most 2^14 + 256 bytes; RFC 5246 §6.2.3 allows
 /// 2^14 + 2048 in TLS 1.2.
 pub(super) const CIPHERTEXT_MAX: usize = (1 << 14) + 2048;
+pub(super) const CT_CHANGE_CIPHER_SPEC: u8 = 20;
 pub(super) const CT_ALERT: u8 = 21;
 const CT_HANDSHAKE: u8 = 22;
 pub(super) const CT_APPDATA: u8 = 23;
+/// RFC 6520's heartbeat, the highest content type rustls knows.
+pub(super) const CT_HEARTBEAT: u8 = 24;
 const HS_KEY_UPDATE: u8 = 24;
 const HS_NEW_SESSION_TICKET: u8 = 4;
+/// TLS 1.2 renegotiation (RFC 5246 §7.4.1): a server's HelloRequest, a client's ClientHello.
+const HS_HELLO_REQUEST: u8 = 0;
+const HS_CLIENT_HELLO: u8 = 1;
+/// A handshake message's header: type, then a 24-bit length (RFC 8446 §4).
+const HS_HEADER: usize = 4;
+/// The longest handshake message taken after the handshake, split over records: what a record
+/// buffer holds (rustls allows 64 KiB; a KeyUpdate is 5 bytes, and the tickets of common
+/// servers are a few hundred bytes).
+const POST_HANDSHAKE_MSG_MAX: usize = TLS_BUF_BYTES;
 /// Records we seal with one key: AES-GCM's limit is 2^24.5 (RFC 8446 §5.5); this stays well
 /// under it for every suite. TLS 1.3 then moves to a new key (our own KeyUpdate); TLS 1.2 has
 /// none, so the connection closes (after 2^23 records, at least 128 GiB). What the peer seals
@@ -123,6 +137,9 @@ pub(super) struct Records {
     reply_pending: bool,
     /// Records received since the last application data (`IDLE_RECORDS_IN_A_ROW_MAX`).
     idle_records: u8,
+    /// TLS 1.2: a renegotiation was asked for; our no_renegotiation warning goes out before
+    /// our next data record (`reply`).
+    decline_pending: bool,
 }
 
 pub(super) enum Opened {
@@ -130,8 +147,8 @@ pub(super) enum Opened {
     Data { from: usize, to: usize },
     /// close_notify.
     Closed,
-    /// A record that carried nothing for the application (a handled KeyUpdate).
-    Nothing,
+    /// Handshake messages at `from..to` of the record, for `handshake_msgs`.
+    Handshake { from: usize, to: usize },
 }
 
 impl Records {
@@ -151,16 +168,31 @@ impl Records {
             kernel,
             reply_pending: false,
             idle_records: 0,
+            decline_pending: false,
         })
     }
 
-    /// The shortest valid protected record body: the tag, the explicit nonce (1.2 GCM), and
-    /// the content type byte (1.3).
-    pub(super) fn min_len(&self) -> usize {
-        TAG + match self.version {
-            Version::Tls12Gcm => 8,
-            Version::Tls12Chacha => 0,
-            Version::Tls13 => 1,
+    /// We are the server (the peer is a client of ours).
+    pub(super) fn is_server(&self) -> bool {
+        matches!(self.kernel, Kernel::Server(_))
+    }
+
+    /// The shortest record body that can be opened at all: the tag, and the explicit nonce
+    /// (TLS 1.2 GCM). (A TLS 1.3 record also needs its content type byte, which only opening
+    /// it shows: a record of the tag alone is opened, then refused as having no type.)
+    pub(super) fn sealed_min(&self) -> usize {
+        TAG + if self.version == Version::Tls12Gcm { 8 } else { 0 }
+    }
+
+    /// Whether a record of this outer content type may come after the handshake: TLS 1.3
+    /// protects every record as application_data (RFC 8446 §5.2; a change_cipher_spec after
+    /// the peer's Finished "MUST be treated as an unexpected record type", §5); TLS 1.2 has
+    /// alerts, handshake messages (renegotiation) and data (RFC 5246 §6.2.1), its one
+    /// ChangeCipherSpec came before the Finished (§7.1).
+    pub(super) fn expects(&self, outer: u8) -> bool {
+        match self.version {
+            Version::Tls13 => outer == CT_APPDATA,
+            Version::Tls12Gcm | Version::Tls12Chacha => matches!(outer, CT_ALERT | CT_HANDSHAKE | CT_APPDATA),
         }
     }
 
@@ -238,8 +270,11 @@ impl Records {
             }
             Version::Tls12Gcm | Version::Tls12Chacha => {
                 let explicit = if self.version == Version::Tls12Gcm { 8 } else { 0 };
-                let plain_len =
-                    body.len().checked_sub(explicit + TAG).ok_or_else(|| fatal(ALERT_DECODE_ERROR, "short record"))?;
+                // `open_one` checked the length (`sealed_min`).
+                let plain_len = body
+                    .len()
+                    .checked_sub(explicit + TAG)
+                    .ok_or_else(|| fatal(ALERT_BAD_RECORD_MAC, "record shorter than its tag"))?;
                 let mut n = if explicit > 0 { self.rx.iv } else { self.rx.nonce() };
                 if explicit > 0 {
                     // RFC 5288 §3: salt from the key block, then the record's explicit nonce.
@@ -289,25 +324,31 @@ impl Records {
                 Ok(Opened::Data { from, to: from + len })
             }
             CT_ALERT => {
-                // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0); anything else ends it.
-                // In 1.3 the level "can safely be ignored" (RFC 8446 §6): (2, 0) is one too.
-                let close = match plain.get(..len) {
-                    Some(&[1, 0]) => true,
-                    Some(&[_, 0]) => self.version == Version::Tls13,
-                    _ => false,
+                // RFC 8446 §5.1: an alert record holds exactly one alert (level, description).
+                // §5.4: an empty one "MUST" get unexpected_message (RFC 5246 §6.2.1 forbids
+                // them too); one of another length cannot be decoded (§6: decode_error).
+                let alert = plain.get(..len).unwrap_or_default();
+                let &[level, desc] = alert else {
+                    return Err(if alert.is_empty() {
+                        fatal(ALERT_UNEXPECTED_MESSAGE, "empty alert record")
+                    } else {
+                        fatal(ALERT_DECODE_ERROR, "malformed alert record")
+                    });
                 };
-                if close { Ok(Opened::Closed) } else { Err(bad("alert from the client")) }
+                // RFC 8446 §6.1 / RFC 5246 §7.2.1: close_notify is (1, 0). In 1.3 the level
+                // "can safely be ignored" (RFC 8446 §6): (2, 0) is one too. Any other alert
+                // ends the connection, with no alert of ours after it (§6.2).
+                let close = desc == 0 && (level == 1 || self.version == Version::Tls13);
+                if close { Ok(Opened::Closed) } else { Err(bad("alert from the peer")) }
             }
-            CT_HANDSHAKE if self.version == Version::Tls13 => {
-                // RFC 8446 §5.1: handshake records are never empty.
-                let msgs = plain
-                    .get(..len)
-                    .filter(|m| !m.is_empty())
-                    .ok_or_else(|| fatal(ALERT_UNEXPECTED_MESSAGE, "empty handshake record"))?;
+            CT_HANDSHAKE => {
+                // RFC 8446 §5.1 (RFC 5246 §6.2.1): handshake records are never empty.
+                if len == 0 {
+                    return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "empty handshake record"));
+                }
                 self.count_idle_record()?;
-                self.post_handshake(msgs).map(|()| Opened::Nothing)
+                Ok(Opened::Handshake { from, to: from + len })
             }
-            // TLS 1.2 renegotiation and anything else: refused by closing.
             _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected record")),
         }
     }
@@ -321,24 +362,97 @@ impl Records {
         Ok(())
     }
 
-    /// TLS 1.3 handshake messages after the handshake, whole within their record (a message
-    /// split over records is refused). RFC 8446 §4.6.1: a server's NewSessionTicket (kept by
-    /// rustls for resumption); §4.6.3: a KeyUpdate, which must end its record (§5.1).
-    fn post_handshake(&mut self, mut msgs: &[u8]) -> io::Result<()> {
+    /// The handshake messages of one record after the handshake (`Opened::Handshake`). RFC
+    /// 8446 §5.1: a message may be split over records, with no other record between the
+    /// pieces (the caller checks that): one begun in earlier records is completed first from
+    /// `part`, each whole one is handled, and one cut at this record's end is kept in `part`
+    /// (a record buffer lent by `pool`, given back once the message is whole) for the next.
+    /// Its header is checked as soon as it is here, so a message that may not come, or that
+    /// could not fit, is refused before its body is waited for.
+    pub(super) fn handshake_msgs(
+        &mut self,
+        mut msgs: &[u8],
+        part: &mut Option<TlsBuf>,
+        pool: &mut TlsBufPool,
+    ) -> io::Result<()> {
+        while let Some(buf) = part.as_mut() {
+            let want = self.msg_bytes(buf.filled())?;
+            if buf.len() < want {
+                let (piece, rest) = msgs.split_at_checked((want - buf.len()).min(msgs.len())).unwrap_or((msgs, &[]));
+                if piece.is_empty() {
+                    return Ok(()); // the rest comes in the next record
+                }
+                if !buf.put(piece) {
+                    return Err(broken("handshake message past its buffer")); // `msg_bytes` bounds it
+                }
+                msgs = rest;
+                continue; // the header may just have come whole: `want` again
+            }
+            let whole = buf.filled().get(..want).ok_or_else(|| broken("handshake message shorter than its header"))?;
+            let (&typ, body) = whole.split_first().ok_or_else(|| broken("handshake message without a type"))?;
+            self.handshake_msg(typ, body.get(HS_HEADER - 1..).unwrap_or_default(), msgs.is_empty())?;
+            pool.rec.release(part);
+        }
         while let &[typ, a, b, c, ref rest @ ..] = msgs {
             let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-            let (body, after) =
-                rest.split_at_checked(len).ok_or_else(|| fatal(ALERT_UNEXPECTED_MESSAGE, "split handshake message"))?;
-            match (typ, &mut self.kernel) {
-                (HS_KEY_UPDATE, _) if after.is_empty() => return self.key_update(body),
-                (HS_NEW_SESSION_TICKET, Kernel::Client(k)) => {
-                    k.handle_new_session_ticket(body).map_err(|_| fatal(ALERT_DECODE_ERROR, "bad session ticket"))?
-                }
-                _ => return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message")),
-            }
+            let Some((body, after)) = rest.split_at_checked(len) else { break };
+            self.handshake_msg(typ, body, after.is_empty())?;
             msgs = after;
         }
-        if msgs.is_empty() { Ok(()) } else { Err(fatal(ALERT_UNEXPECTED_MESSAGE, "split handshake message")) }
+        if !msgs.is_empty() {
+            self.msg_bytes(msgs)?;
+            let buf = pool.rec.fill_slot(part);
+            if !buf.put(msgs) {
+                return Err(broken("a record's plaintext past a record buffer"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The length of the post-handshake message whose first bytes are `head` (header and
+    /// body), once its header is here; before, the header's length. A message that may not
+    /// come after the handshake is refused at its type (unexpected_message, RFC 8446 §4.6),
+    /// one longer than a record buffer (`POST_HANDSHAKE_MSG_MAX`) at its length (decode_error,
+    /// as rustls refuses a message past its own bound).
+    fn msg_bytes(&self, head: &[u8]) -> io::Result<usize> {
+        let &[typ, a, b, c, ..] = head else { return Ok(HS_HEADER) };
+        let len = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+        let tls13 = self.version == Version::Tls13;
+        let allowed = match (typ, &self.kernel) {
+            (HS_KEY_UPDATE, _) | (HS_NEW_SESSION_TICKET, Kernel::Client(_)) => tls13,
+            // TLS 1.2 renegotiation, declined (`handshake_msg`): a client's ClientHello, a
+            // server's HelloRequest.
+            (HS_CLIENT_HELLO, Kernel::Server(_)) | (HS_HELLO_REQUEST, Kernel::Client(_)) => !tls13,
+            _ => false,
+        };
+        if !allowed {
+            return Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message"));
+        }
+        if HS_HEADER + len > POST_HANDSHAKE_MSG_MAX {
+            return Err(fatal(ALERT_DECODE_ERROR, "post-handshake message too long"));
+        }
+        Ok(HS_HEADER + len)
+    }
+
+    /// One whole post-handshake message: RFC 8446 §4.6.1, a server's NewSessionTicket (kept by
+    /// rustls for resumption); §4.6.3, a KeyUpdate, which must end its record (§5.1: no message
+    /// may span a key change).
+    /// TLS 1.2: a renegotiation asked for (a ClientHello to us as the server, a HelloRequest
+    /// to us as a client) is declined with a no_renegotiation warning and the connection goes
+    /// on (RFC 5246 §7.2.2, as rustls does); the message itself is dropped.
+    fn handshake_msg(&mut self, typ: u8, body: &[u8], ends_record: bool) -> io::Result<()> {
+        let tls13 = self.version == Version::Tls13;
+        match (typ, &mut self.kernel) {
+            (HS_KEY_UPDATE, _) if tls13 && ends_record => self.key_update(body),
+            (HS_NEW_SESSION_TICKET, Kernel::Client(k)) if tls13 => {
+                k.handle_new_session_ticket(body).map_err(|_| fatal(ALERT_DECODE_ERROR, "bad session ticket"))
+            }
+            (HS_CLIENT_HELLO, Kernel::Server(_)) | (HS_HELLO_REQUEST, Kernel::Client(_)) if !tls13 => {
+                self.decline_pending = true;
+                Ok(())
+            }
+            _ => Err(fatal(ALERT_UNEXPECTED_MESSAGE, "unexpected post-handshake message")),
+        }
     }
 
     /// RFC 8446 §4.6.3: a KeyUpdate. The receive key moves on; if the peer asks for it, ours
@@ -358,7 +472,17 @@ impl Records {
 
     /// Seals the KeyUpdate we owe, under the old key, then moves the send key on. Returns
     /// false if `out` has no room for it yet (then no data record may be sealed either).
+    /// A no_renegotiation warning owed (TLS 1.2) goes first, likewise.
     pub(super) fn reply(&mut self, out: &mut TlsBuf) -> io::Result<bool> {
+        if self.decline_pending {
+            // RFC 5246 §7.2.2: no_renegotiation "is always a warning".
+            if self.plain_room(out.spare_len()) < 2 {
+                return Ok(false);
+            }
+            let n = self.seal(CT_ALERT, &[1, ALERT_NO_RENEGOTIATION], out.spare())?;
+            out.commit(n);
+            self.decline_pending = false;
+        }
         if !self.reply_pending {
             return Ok(true);
         }
@@ -405,6 +529,8 @@ pub(super) const ALERT_BAD_RECORD_MAC: u8 = 20;
 pub(super) const ALERT_RECORD_OVERFLOW: u8 = 22;
 pub(super) const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 pub(super) const ALERT_DECODE_ERROR: u8 = 50;
+pub(super) const ALERT_PROTOCOL_VERSION: u8 = 70;
+pub(super) const ALERT_NO_RENEGOTIATION: u8 = 100;
 
 /// What the peer sent that ends the connection after the handshake, and the fatal alert that
 /// tells it so (RFC 8446 §5.2, §6.2): sent before the close, not a bare close.

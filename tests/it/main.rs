@@ -30,5 +30,6 @@ mod timeouts;
 mod tls;
 mod tls_edges;
 mod tls_kit;
+mod tls_strict;
 mod tls_upstream;
 mod upgrade;

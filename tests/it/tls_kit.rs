@@ -582,6 +582,51 @@ pub struct Sealer {
     key: ring::aead::LessSafeKey,
     iv: [u8; 12],
     seq: u64,
+    /// Apex's direction: its records are opened with these (`read_records`).
+    rx_key: ring::aead::LessSafeKey,
+    rx_iv: [u8; 12],
+    rx_seq: u64,
+    /// Raw bytes from Apex not yet opened.
+    rx_buf: Vec<u8>,
+    /// TLS 1.3: the client's application traffic secret (from the key log), for KeyUpdates;
+    /// SHA-384 suites use a 48-byte secret, the others 32.
+    secret: Vec<u8>,
+    key_len: usize,
+}
+
+/// Keeps CLIENT_TRAFFIC_SECRET_0 (RFC 8446 §7.1), which rustls does not hand out otherwise.
+#[derive(Debug, Default)]
+struct ClientSecret(std::sync::Mutex<Vec<u8>>);
+
+impl rustls::KeyLog for ClientSecret {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        if label == "CLIENT_TRAFFIC_SECRET_0" {
+            *self.0.lock().unwrap() = secret.to_vec();
+        }
+    }
+    fn will_log(&self, label: &str) -> bool {
+        label == "CLIENT_TRAFFIC_SECRET_0"
+    }
+}
+
+/// A length for ring's HKDF output.
+struct OutLen(usize);
+
+impl ring::hkdf::KeyType for OutLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// RFC 8446 §7.1: HKDF-Expand-Label(secret, label, "", len).
+fn expand_label(secret: &[u8], label: &str, len: usize) -> Vec<u8> {
+    let alg = if secret.len() == 48 { ring::hkdf::HKDF_SHA384 } else { ring::hkdf::HKDF_SHA256 };
+    let full = format!("tls13 {label}");
+    let info = [&(len as u16).to_be_bytes()[..], &[full.len() as u8], full.as_bytes(), &[0u8]].concat();
+    let prk = ring::hkdf::Prk::new_less_safe(alg, secret);
+    let mut out = vec![0u8; len];
+    prk.expand(&[&info], OutLen(len)).unwrap().fill(&mut out).unwrap();
+    out
 }
 
 impl Sealer {
@@ -594,21 +639,122 @@ impl Sealer {
     ) -> Sealer {
         let mut cfg = ClientConfig::clone(&client_config(pki, Hello::to("a.test").v(v)));
         cfg.enable_secret_extraction = true;
+        let log = Arc::new(ClientSecret::default());
+        cfg.key_log = log.clone();
         let conn = ClientConnection::new(Arc::new(cfg), ServerName::try_from("a.test").unwrap()).unwrap();
         let mut t = tls_over(connect(addr, None), conn).unwrap();
         let r = t.request(&get("a.test", path));
         assert_eq!(r.status, 200, "{}", r.head_str());
         let (conn, sock) = t.s.into_parts();
         let v13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
-        let (seq, secrets) = conn.dangerous_extract_secrets().unwrap().tx;
-        let (alg, key, iv, explicit_nonce) = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&ring::aead::AES_128_GCM, key, iv, !v13),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&ring::aead::AES_256_GCM, key, iv, !v13),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&ring::aead::CHACHA20_POLY1305, key, iv, false),
-            _ => panic!("unexpected cipher suite"),
+        let mut s = Sealer::from_secrets(sock, v13, conn.dangerous_extract_secrets().unwrap());
+        s.secret = log.0.lock().unwrap().clone();
+        assert!(!v13 || !s.secret.is_empty(), "no client traffic secret logged");
+        s
+    }
+
+    /// Takes over `sock` after a handshake either side completed (`secrets` extracted from
+    /// it): seals with the tx secrets, opens with the rx ones. No KeyUpdate (`next_send_key`).
+    pub fn from_secrets(sock: TcpStream, v13: bool, secrets: rustls::ExtractedSecrets) -> Sealer {
+        let (seq, tx) = secrets.tx;
+        let (rx_seq, rx) = secrets.rx;
+        let (key, iv, explicit_nonce, key_len) = suite_key(&tx, v13);
+        let (rx_key, rx_iv, _, _) = suite_key(&rx, v13);
+        let secret = vec![];
+        Sealer { sock, v13, explicit_nonce, key, iv, seq, rx_key, rx_iv, rx_seq, rx_buf: vec![], secret, key_len }
+    }
+
+    /// TLS 1.3: after sealing a KeyUpdate, the client's send key moves on (RFC 8446 §4.6.3,
+    /// §7.2): records sealed after this call use the next generation's key.
+    pub fn next_send_key(&mut self) {
+        assert!(self.v13);
+        self.secret = expand_label(&self.secret, "traffic upd", self.secret.len());
+        let key = expand_label(&self.secret, "key", self.key_len);
+        let alg = if self.key_len == 16 {
+            &ring::aead::AES_128_GCM
+        } else if self.secret.len() == 48 {
+            &ring::aead::AES_256_GCM
+        } else {
+            // SHA-256 with a 32-byte key: ChaCha20-Poly1305 (AES-256 comes with SHA-384).
+            &ring::aead::CHACHA20_POLY1305
         };
-        let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key.as_ref()).unwrap());
-        Sealer { sock, v13, explicit_nonce, key, iv: iv.as_ref().try_into().unwrap(), seq }
+        self.key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, &key).unwrap());
+        self.iv = expand_label(&self.secret, "iv", 12).try_into().unwrap();
+        self.seq = 0;
+    }
+
+    /// Reads and opens Apex's records until `done` says so, the connection ends or `d` passes:
+    /// each record as (content type, plaintext), and whether the connection ended. A record
+    /// that does not open ends the list as (0, []).
+    pub fn read_records(&mut self, d: Duration, done: impl Fn(&[(u8, Vec<u8>)]) -> bool) -> (Vec<(u8, Vec<u8>)>, bool) {
+        let deadline = Instant::now() + d;
+        let mut out = vec![];
+        let mut tmp = vec![0u8; 1 << 16];
+        loop {
+            while self.rx_buf.len() >= 5 {
+                let len = usize::from(u16::from_be_bytes([self.rx_buf[3], self.rx_buf[4]]));
+                if self.rx_buf.len() < 5 + len {
+                    break;
+                }
+                let rec: Vec<u8> = self.rx_buf.drain(..5 + len).collect();
+                match self.open(&rec) {
+                    Some(r) => out.push(r),
+                    None => {
+                        out.push((0, vec![]));
+                        return (out, false);
+                    }
+                }
+            }
+            if done(&out) {
+                return (out, false);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (out, false);
+            }
+            self.sock.set_read_timeout(Some(left.max(ms(1)))).unwrap();
+            match self.sock.read(&mut tmp) {
+                Ok(0) => return (out, true),
+                Ok(n) => self.rx_buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return (out, true),
+            }
+        }
+    }
+
+    /// Opens one whole record from Apex: (content type, plaintext).
+    fn open(&mut self, rec: &[u8]) -> Option<(u8, Vec<u8>)> {
+        let (head, body) = rec.split_at(5);
+        let explicit = if self.explicit_nonce { 8 } else { 0 };
+        let mut nonce = self.rx_iv;
+        if explicit > 0 {
+            nonce[4..].copy_from_slice(body.get(..8)?);
+        } else {
+            for (b, s) in nonce.iter_mut().skip(4).zip(self.rx_seq.to_be_bytes()) {
+                *b ^= s;
+            }
+        }
+        let mut data = body.get(explicit..)?.to_vec();
+        let aad = if self.v13 {
+            head.to_vec()
+        } else {
+            let plain = data.len().checked_sub(16)?;
+            let mut a = self.rx_seq.to_be_bytes().to_vec();
+            a.extend_from_slice(&[head[0], 3, 3, (plain >> 8) as u8, plain as u8]);
+            a
+        };
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+        let plain = self.rx_key.open_in_place(nonce, ring::aead::Aad::from(&aad), &mut data).ok()?.to_vec();
+        self.rx_seq += 1;
+        if !self.v13 {
+            return Some((head[0], plain));
+        }
+        let i = plain.iter().rposition(|&b| b != 0)?;
+        Some((plain[i], plain[..i].to_vec()))
     }
 
     /// One record of content type `ct` holding `plain` (and, in TLS 1.3, `pad` zero bytes of
@@ -651,6 +797,19 @@ impl Sealer {
     pub fn closed_within(&mut self, d: Duration) -> bool {
         closed_within(&mut self.sock, d)
     }
+}
+
+/// One direction's key and IV as ring takes them, whether TLS 1.2 GCM's explicit nonce is in
+/// use, and the key's length.
+fn suite_key(s: &ConnectionTrafficSecrets, v13: bool) -> (ring::aead::LessSafeKey, [u8; 12], bool, usize) {
+    let (alg, key, iv, explicit_nonce) = match s {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&ring::aead::AES_128_GCM, key, iv, !v13),
+        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&ring::aead::AES_256_GCM, key, iv, !v13),
+        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&ring::aead::CHACHA20_POLY1305, key, iv, false),
+        _ => panic!("unexpected cipher suite"),
+    };
+    let k = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key.as_ref()).unwrap());
+    (k, iv.as_ref().try_into().unwrap(), explicit_nonce, key.as_ref().len())
 }
 
 /// Reads a raw socket (TLS records, not decrypted) until the peer closes it or `d` passes;
