@@ -57,28 +57,11 @@ pub fn fill<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>) -> 
     if spare.is_empty() {
         return Ok(Filled::Idle);
     }
-    let want = spare.len();
-    loop {
-        // rustix's raw syscall, not std's read: glibc's recv wraps every call in the
-        // cancellation-point bookkeeping (__pthread_enable/disable_asynccancel), ~50
-        // instructions a call that a worker thread, never cancelled, does not need.
-        match rustix::net::recv(sock, &mut *spare, RecvFlags::empty()).map(|(n, _)| n) {
-            Ok(0) => return Ok(Filled::Eof),
-            Ok(n) => {
-                if n < want && !io.hup {
-                    io.readable = false;
-                }
-                buf.commit(n);
-                return Ok(Filled::Data(n));
-            }
-            Err(Errno::AGAIN) => {
-                io.readable = false;
-                return Ok(Filled::Idle);
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let got = recv_once(sock, io, spare)?;
+    if let Filled::Data(n) = got {
+        buf.commit(n);
     }
+    Ok(got)
 }
 
 /// One read of at most `max` bytes into `buf`'s spare room (a reader that must not take bytes
@@ -93,22 +76,35 @@ pub fn fill_max<const N: usize>(sock: &TcpStream, io: &mut Io, buf: &mut Buf<N>,
     let Some(spare) = spare.get_mut(..want).filter(|s| !s.is_empty()) else {
         return Ok(Filled::Idle);
     };
+    let got = recv_once(sock, io, spare)?;
+    if let Filled::Data(n) = got {
+        buf.commit(n);
+    }
+    Ok(got)
+}
+
+/// One recv into `spare`; a short read (or EAGAIN) clears `readable`. rustix's raw syscall, not
+/// std's read: glibc's recv wraps every call in the cancellation-point bookkeeping
+/// (__pthread_enable/disable_asynccancel), ~50 instructions a call that a worker thread, never
+/// cancelled, does not need.
+#[inline(always)]
+fn recv_once(sock: &TcpStream, io: &mut Io, spare: &mut [u8]) -> io::Result<Filled> {
+    let want = spare.len();
     loop {
-        match (&*sock).read(spare) {
+        match rustix::net::recv(sock, &mut *spare, RecvFlags::empty()).map(|(n, _)| n) {
             Ok(0) => return Ok(Filled::Eof),
             Ok(n) => {
                 if n < want && !io.hup {
                     io.readable = false;
                 }
-                buf.commit(n);
                 return Ok(Filled::Data(n));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(Errno::AGAIN) => {
                 io.readable = false;
                 return Ok(Filled::Idle);
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
