@@ -51,6 +51,8 @@ fuzz_target!(|data: &[u8]| {
     let n2 = out2.finish().expect("fits as before");
     assert_eq!(&buf2[..n2], &buf[..n], "written twice, the same head");
     // And that form is `name: value` CRLF for every field line (RFC 9110 §5.5: no OWS kept).
+    let status = format!("HTTP/1.1 {} {}\r", resp.code, resp.reason);
+    assert_eq!(buf[..n].split(|&b| b == b'\n').next(), Some(status.as_bytes()), "the status line in Apex's form");
     let mut lines = buf[..n].split(|&b| b == b'\n').skip(1);
     for h in again.headers {
         let line = lines.next().expect("a line per field");

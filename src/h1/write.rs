@@ -126,7 +126,7 @@ pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, out: &mut Ou
     let rewritten = |f: Field| {
         matches!(f, Field::Host | Field::Expect | Field::XForwardedFor | Field::XForwardedProto | Field::XForwardedHost)
     };
-    copy_kept_lines(req.raw, req.headers, req.fields, out, |h, f| {
+    copy_kept_lines(req.raw, req.headers, req.fields, None, out, |h, f| {
         rewritten(f) || f.hop_by_hop() || (!names.is_empty() && named_in(names, h.name.as_bytes()))
     });
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
@@ -171,13 +171,28 @@ pub struct RespMode {
 }
 
 pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
-    out.put(b"HTTP/1.1 ");
-    out.put_u64(u64::from(resp.code));
-    out.put(b" ");
-    out.put(resp.reason.as_bytes());
-    out.put(b"\r\n");
+    // RFC 9110 §2.5: Apex sends its own version. An HTTP/1.1 status line already in the form
+    // written here ("HTTP/1.1 ", the code, SP, the reason, CRLF) starts the first copied run.
+    let raw = resp.raw;
+    let reason = resp.reason.as_bytes();
+    let reason_at = (reason.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
+    let status_as_written = resp.minor == 1
+        && raw.starts_with(b"HTTP/1.1 ")
+        && raw.get(12) == Some(&b' ')
+        && reason_at == 13
+        && raw.get(13 + reason.len()..15 + reason.len()) == Some(&b"\r\n"[..]);
+    let first = if status_as_written {
+        Some(0)
+    } else {
+        out.put(b"HTTP/1.1 ");
+        out.put_u64(u64::from(resp.code));
+        out.put(b" ");
+        out.put(reason);
+        out.put(b"\r\n");
+        None
+    };
     let names = resp.connection_names;
-    copy_kept_lines(resp.raw, resp.headers, resp.fields, out, |h, f| {
+    copy_kept_lines(raw, resp.headers, resp.fields, first, out, |h, f| {
         f.hop_by_hop() || (!names.is_empty() && named_in(names, h.name.as_bytes()))
     });
     match mode.framing {
@@ -206,11 +221,13 @@ pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
 /// Writes the field lines that `dropped` keeps. A line already in the form Apex would write
 /// (`name: value` CRLF, one SP, no trailing whitespace: RFC 9110 §5.5 leaves OWS out of the
 /// value) is copied from `raw` (a whole head), a run of neighbouring ones in one copy; any other
-/// is written from its name and value. `headers` and `fields` are the parser's, in order.
+/// is written from its name and value. `headers` and `fields` are the parser's, in order;
+/// `run` is where an open run starts (the start line, when it is copied too).
 fn copy_kept_lines(
     raw: &[u8],
     headers: &[httparse::Header<'_>],
     fields: &[Field],
+    mut run: Option<usize>,
     out: &mut Out,
     dropped: impl Fn(&httparse::Header<'_>, Field) -> bool,
 ) {
@@ -220,7 +237,6 @@ fn copy_kept_lines(
         Some(lines) => out.put(lines),
         None => out.fail(), // not lines of this head: never, as the parser gives them
     };
-    let mut run: Option<usize> = None;
     for (h, &f) in headers.iter().zip(fields) {
         let name = h.name.as_bytes();
         let start = at(name);
@@ -396,6 +412,20 @@ mod tests {
             std::str::from_utf8(&buf[..n]).unwrap(),
             "HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nETag: \"e\"\r\nVary: *\r\nContent-Length: 2\r\n\r\n"
         );
+        // Status lines: copied when already in Apex's form, written otherwise.
+        for (line, want) in [
+            (&b"HTTP/1.0 200 OK"[..], "HTTP/1.1 200 OK"),
+            (b"HTTP/1.1 200", "HTTP/1.1 200 "),
+            (b"HTTP/1.1 200 ", "HTTP/1.1 200 "),
+            (b"HTTP/1.1 404 Not  Found", "HTTP/1.1 404 Not  Found"),
+        ] {
+            let head = [line, b"\r\nContent-Length: 0\r\n\r\n"].concat();
+            let resp = crate::h1::response::parse_response(&head, &arena, 32, false).unwrap();
+            let mut out = Out::new(&mut buf);
+            write_response(&resp, RespMode { framing: resp.framing, ..mode }, &mut out);
+            let n = out.finish().unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), format!("{want}\r\nContent-Length: 0\r\n\r\n"), "{line:?}");
+        }
         // Nothing dropped: the field lines are one copy, the whole block.
         let plain = b"HTTP/1.1 204 No Content\r\nA: 1\r\nB: 2\r\n\r\n";
         let resp = crate::h1::response::parse_response(plain, &arena, 32, false).unwrap();
