@@ -147,3 +147,40 @@ fn upstream_answering_early_then_resetting_still_delivers_its_response() {
     assert!(closed);
     writer.join().unwrap();
 }
+
+/// #14: a connection that fails is logged once, with the phase it was in and the cause (never
+/// dropped silently), and a burst of such lines is held to the worker's rate (10 a second),
+/// the next line saying how many were held back.
+#[test]
+fn a_failed_connection_is_logged_with_its_phase_and_cause_rate_limited() {
+    let up = Upstream::start(|mut c| {
+        if c.read_request().is_some() {
+            let _ = c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n");
+            let chunk = [b'y'; 65536];
+            while c.write(&chunk).is_ok() {}
+        }
+    });
+    let apex = Apex::start(&Config::to(up.addr).workers(1));
+    let resets = 25;
+    for _ in 0..resets {
+        let mut c = apex.client();
+        c.send(&get("h", "/"));
+        assert_eq!(c.read_head_response().status, 200); // the body is streaming: RespBody
+        // Reset, not closed: Apex's next write fails at once.
+        socket2::SockRef::from(&c.s).set_linger(Some(Duration::ZERO)).unwrap();
+    }
+    let line = "closed in RespBody: the client's socket failed";
+    apex.wait_stderr(line, 10);
+    std::thread::sleep(Duration::from_millis(1200)); // the throttle's window passes
+    // One more, after the window: it carries the count of those held back.
+    let mut c = apex.client();
+    c.send(&get("h", "/"));
+    assert_eq!(c.read_head_response().status, 200);
+    socket2::SockRef::from(&c.s).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(c);
+    apex.wait_stderr("more such lines held back)", 1);
+    let err = apex.stderr();
+    let logged = err.lines().filter(|l| l.contains(line)).count();
+    assert!(logged <= 11, "{logged} lines for {} failures: not rate-limited\n{err}", resets + 1);
+    assert!(err.lines().any(|l| l.contains("apex: info: client 127.0.0.1:") && l.contains(line)), "{err}");
+}
