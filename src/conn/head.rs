@@ -41,7 +41,8 @@ impl Conn {
         // resumable scan takes over for a head that arrives in pieces (a scan started, or none
         // found whole), and has the final say on one that starts with an empty line.
         cx.arena.reset();
-        let fresh = if rq.head_scan == 0 { parse_request_in(cin.filled(), &cx.arena, limits.headers) } else { Ok(None) };
+        let fresh =
+            if rq.head_scan == 0 { parse_request_in(cin.filled(), &cx.arena, limits.headers) } else { Ok(None) };
         let (req, end) = match fresh {
             Ok(Some(whole)) => whole,
             Err(e) => return self.reject(rq, cx, e),
@@ -167,8 +168,7 @@ impl Conn {
         if cin.len() >= limits.head_bytes {
             return self.reject(rq, cx, H1Error::HeadTooLarge);
         }
-        let got =
-            End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() }.fill(&mut cx.tls_bufs, cin);
+        let got = End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() }.fill(&mut cx.tls_bufs, cin);
         if got.is_err() && self.tls.as_ref().is_some_and(|t| t.failed()) {
             // A TLS handshake refused with an alert: close gracefully so it is read.
             return Ok(Next::Go(Phase::Linger));

@@ -159,7 +159,9 @@ pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H
 /// those to `find_head_end`).
 pub(crate) fn lines_end_in_crlf(head: &[u8], headers: &[httparse::Header<'_>]) -> bool {
     let crlf_at = |lf: Option<usize>| {
-        lf.is_some_and(|lf| head.get(lf) == Some(&b'\n') && lf.checked_sub(1).and_then(|cr| head.get(cr)) == Some(&b'\r'))
+        lf.is_some_and(|lf| {
+            head.get(lf) == Some(&b'\n') && lf.checked_sub(1).and_then(|cr| head.get(cr)) == Some(&b'\r')
+        })
     };
     let base = head.as_ptr() as usize;
     headers.iter().all(|h| crlf_at((h.name.as_ptr() as usize).checked_sub(base).and_then(|at| at.checked_sub(1))))

@@ -424,7 +424,11 @@ mod tests {
             let mut out = Out::new(&mut buf);
             write_response(&resp, RespMode { framing: resp.framing, ..mode }, &mut out);
             let n = out.finish().unwrap();
-            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), format!("{want}\r\nContent-Length: 0\r\n\r\n"), "{line:?}");
+            assert_eq!(
+                std::str::from_utf8(&buf[..n]).unwrap(),
+                format!("{want}\r\nContent-Length: 0\r\n\r\n"),
+                "{line:?}"
+            );
         }
         // Nothing dropped: the field lines are one copy, the whole block.
         let plain = b"HTTP/1.1 204 No Content\r\nA: 1\r\nB: 2\r\n\r\n";
