@@ -184,3 +184,23 @@ fn a_failed_connection_is_logged_with_its_phase_and_cause_rate_limited() {
     assert!(logged <= 11, "{logged} lines for {} failures: not rate-limited\n{err}", resets + 1);
     assert!(err.lines().any(|l| l.contains("apex: info: client 127.0.0.1:") && l.contains(line)), "{err}");
 }
+
+/// #14: a connection that uses up its turns with work left (here 300 pipelined requests that
+/// Apex answers itself, 404, with no upstream to wait on) is said once, its phase named, and
+/// is then served to the end after other connections' work.
+#[test]
+fn a_connection_out_of_turns_is_logged_once_and_finished() {
+    let apex = Apex::start(&Config::new().route("only.example", "/", "app").group("app", &[dead_addr()]).workers(1));
+    let mut c = apex.client();
+    let n = 300;
+    c.send(&get("other.example", "/").repeat(n));
+    for i in 0..n {
+        assert_eq!(c.read_response().status, 404, "response {i}");
+    }
+    apex.wait_stderr("used its turns in", 1);
+    let err = apex.stderr();
+    assert_eq!(err.matches("used its turns in").count(), 1, "logged once per connection\n{err}");
+    assert!(err.contains("apex: info: client 127.0.0.1:"), "{err}");
+    let phase = err.split("used its turns in ").nth(1).and_then(|r| r.split(';').next()).unwrap_or("");
+    assert!(["ReadHead", "Respond"].contains(&phase), "the phase it was in, named: {phase:?}\n{err}");
+}
