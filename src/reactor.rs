@@ -73,9 +73,6 @@ pub struct Worker {
     tls: Option<(Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>)>,
     conns: Slab<Conn>,
     cx: Cx,
-    /// The published config, read through arc-swap's `Cache`: while nothing was published,
-    /// a batch's check is one atomic load and a compare (a full `load` was ~37 instructions).
-    shared: arc_swap::Cache<Arc<ArcSwap<Config>>, Arc<Config>>,
     accept_paused: bool,
     /// Set by a binary upgrade before `drain`: the drain then keeps idle keep-alive connections
     /// (see `start_drain`).
@@ -130,6 +127,7 @@ impl Worker {
             cx: Cx {
                 now,
                 cfg,
+                published: arc_swap::Cache::new(shared),
                 draining: false,
                 registry,
                 bufs: BufPool::new(64),
@@ -145,7 +143,6 @@ impl Worker {
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
                 fd_freed: false,
             },
-            shared: arc_swap::Cache::new(shared),
             accept_paused: false,
             handover: None,
             close_idle: true,
@@ -234,14 +231,8 @@ impl Worker {
             Err(e) => return Err(e),
         }
         self.cx.now = Instant::now();
-        // One snapshot per batch: cheap, and a reload is seen by the next batch.
-        let current = self.shared.load();
-        if !Arc::ptr_eq(current, &self.cx.cfg) {
-            // A reload. The old snapshot stays alive in the thread that installed the new one
-            // (and in requests still running on it), so this never frees a config here.
-            self.cx.cfg = Arc::clone(current);
-            self.cx.ups.sync(&self.cx.cfg);
-        }
+        // One snapshot per batch (and again per request head: `Cx::refresh`).
+        self.cx.refresh();
 
         for ev in events.iter() {
             let t = ev.token().0;

@@ -175,6 +175,9 @@ impl Conn {
         }
         match got.map_err(|_| Fault::Client)? {
             Filled::Data(_) => {
+                // Bytes read after a reload completed are parsed and routed by the new config,
+                // even in a batch that began before the swap.
+                cx.refresh();
                 if !rq.head_timer {
                     rq.head_timer = true;
                     self.deadline = cx.arm(cx.cfg.timeouts.client_head);
