@@ -8,6 +8,7 @@ pub mod buf;
 pub mod config;
 pub mod conn;
 pub mod h1;
+pub mod health;
 pub mod limits;
 pub mod listen;
 pub mod log;

@@ -142,6 +142,11 @@ pub fn run(path: &Path) -> ExitCode {
             }
         }
     }
+    // Active health checks (health.rs): one thread for the process, idle while no group asks.
+    if let Err(e) = crate::health::spawn_checker(Arc::clone(&shared)) {
+        eprintln!("apex: cannot start the health checker: {e}");
+        return ExitCode::FAILURE;
+    }
     // Before the listening lines, which whoever started us may be waiting for.
     if inherited > 0 {
         eprintln!("apex: serving on {inherited} inherited listening sockets (pid {})", std::process::id());
@@ -290,7 +295,7 @@ fn wake(wakers: &[Arc<mio::Waker>]) {
 
 /// SIGHUP: all or nothing.
 fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>) {
-    let new = match Config::load(path) {
+    let mut new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apex: reload failed: {e}; still serving the previous config");
@@ -306,6 +311,7 @@ fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>)
         );
         return;
     }
+    new.keep_health(&current);
     drop(current);
     retired.push(shared.swap(Arc::new(new)));
     eprintln!("apex: reloaded {}", path.display());

@@ -1,5 +1,6 @@
-//! Upstream connections and the per-worker keep-alive pool. Each worker owns its pool, its
-//! round-robin cursors and its passive-health marks: nothing here is shared between threads.
+//! Upstream connections and the per-worker keep-alive pool. Each worker owns its pool and its
+//! round-robin cursors; only each server's `Health` is shared, through the config snapshot
+//! (see health.rs).
 //!
 //! An upstream connection lives in its own slab for its whole life and is registered with epoll
 //! once; attaching it to a client connection only sets `owner`. Idle pooled connections stay
@@ -14,8 +15,9 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{AllDown, Config};
 use crate::conn::ClientKey;
+use crate::health::Health;
 use crate::transport::Io;
 
 /// An upstream connection's key in `Upstreams::conns`; its epoll token is `key << 1 | 1`.
@@ -82,8 +84,8 @@ pub struct ServerState {
     pub addr: SocketAddr,
     /// Idle connection keys, most recently used last.
     pub idle: Vec<usize>,
-    /// Skipped until this instant after a failure (passive health).
-    pub down_until: Option<Instant>,
+    /// Shared by every worker (from the current config).
+    pub health: Arc<Health>,
     /// In the current config. A removed server's connections close once idle.
     pub live: bool,
     /// How to speak TLS to it (from the current config), if at all.
@@ -99,6 +101,8 @@ pub struct Upstreams {
     /// Per group of the current config: the next server to try.
     rr: Vec<usize>,
     idle_cap: usize,
+    /// `Health` counts milliseconds from here (the same instant in every worker).
+    epoch: Instant,
 }
 
 impl Upstreams {
@@ -110,6 +114,7 @@ impl Upstreams {
             map_for: 0,
             rr: Vec::new(),
             idle_cap: 0,
+            epoch: crate::health::epoch(),
         };
         u.sync(cfg);
         u
@@ -130,7 +135,7 @@ impl Upstreams {
                     self.servers.push(ServerState {
                         addr: *addr,
                         idle: Vec::with_capacity(self.idle_cap),
-                        down_until: None,
+                        health: Arc::default(),
                         live: true,
                         tls: None,
                     });
@@ -140,6 +145,9 @@ impl Upstreams {
             if let Some(s) = self.servers.get_mut(id) {
                 s.live = true;
                 s.tls = cfg.server_tls.get(i).cloned().flatten();
+                if let Some(h) = cfg.health.get(i) {
+                    s.health = Arc::clone(h);
+                }
             }
             self.map.push(id);
         }
@@ -189,10 +197,13 @@ impl Upstreams {
     }
 
     /// Returns (index in the group, worker server id). Round-robin over the group's servers
-    /// that this request has not tried and that are not cooling down.
+    /// that this request has not tried and that are in by every worker's view (`Health::claim`).
+    /// With none left and `all_down = "try"`, the untried one whose cooldown ends soonest.
     pub fn pick(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
         let n = g.servers.len();
+        let claim =
+            |h: &Health| h.is_up() || h.claim(crate::health::ms(self.epoch, now), g.cooldown.as_millis() as u64);
         let start = self.rr.get(group).copied().unwrap_or(0);
         for k in 0..n {
             let i = (start + k) % n;
@@ -201,7 +212,7 @@ impl Upstreams {
                 continue;
             }
             let Some(id) = self.id_of(cfg, index) else { continue };
-            if self.servers.get(id).and_then(|s| s.down_until).is_some_and(|t| t > now) {
+            if !self.servers.get(id).is_some_and(|s| claim(&s.health)) {
                 continue;
             }
             if let Some(r) = self.rr.get_mut(group) {
@@ -209,7 +220,13 @@ impl Upstreams {
             }
             return Some((i, id));
         }
-        None
+        if g.all_down != AllDown::Try {
+            return None;
+        }
+        (0..n)
+            .filter(|&i| tried & (1u64 << i) == 0)
+            .filter_map(|i| Some((i, self.id_of(cfg, *g.servers.get(i)?)?)))
+            .min_by_key(|&(_, id)| self.servers.get(id).map_or(u64::MAX, |s| s.health.down_until()))
     }
 
     /// How to speak TLS to server `id`, if at all.
@@ -221,15 +238,16 @@ impl Upstreams {
         self.servers.get(id).map(|s| s.addr)
     }
 
-    pub fn mark_down(&mut self, id: usize, until: Instant) {
-        if let Some(s) = self.servers.get_mut(id) {
-            s.down_until = Some(until);
-        }
+    /// A request failed on server `id`; true when that takes it out (`fail_after` in a row).
+    pub fn failed(&self, id: usize, now: Instant, cooldown: std::time::Duration, fail_after: u32) -> bool {
+        let now_ms = crate::health::ms(self.epoch, now);
+        self.servers.get(id).is_some_and(|s| s.health.failed(now_ms, cooldown.as_millis() as u64, fail_after))
     }
 
-    pub fn mark_up(&mut self, id: usize) {
-        if let Some(s) = self.servers.get_mut(id) {
-            s.down_until = None;
+    /// A connection to server `id` came up.
+    pub fn ok(&self, id: usize) {
+        if let Some(s) = self.servers.get(id) {
+            s.health.ok();
         }
     }
 

@@ -1,6 +1,8 @@
 //! Response head: parse and framing decision, then re-serialisation for the client; and the
 //! head parsed straight from the buffer (`parse_response_in`) is the one `find_head_end` and
-//! `parse_response` find, to the byte.
+//! `parse_response` find, to the byte. The health checker's status-line reader
+//! (`health::status_of`) reads the same bytes and must agree on the status of a head the full
+//! parser takes.
 #![no_main]
 use apex::h1::response::{parse_response, parse_response_in};
 use apex::h1::write::{write_response, Out, RespMode};
@@ -25,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         (_, Some(_)) => assert!(matches!(data.first(), Some(b'\r' | b'\n')), "parsed by the scan only"),
         _ => {}
     }
+    let checked = apex::health::status_of(data);
     let Some((resp, _)) = slow else { return };
+    if data.starts_with(b"HTTP/1.") {
+        assert_eq!(checked, Some(resp.code), "the health check reads another status");
+    }
     if flags & 1 == 1 || resp.code < 200 || resp.code == 204 || resp.code == 304 {
         assert_eq!(resp.framing, Framing::None);
     }

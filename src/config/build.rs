@@ -95,6 +95,60 @@ struct RawGroup {
     tls: Option<bool>,
     tls_name: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
+    fail_after: Option<Spanned<i64>>,
+    all_down: Option<Spanned<String>>,
+    health: Option<Spanned<RawCheck>>,
+}
+
+/// `health = { path = "/healthz", every = "5s", timeout = "2s", expect = "2xx", rise = 2, fall = 3 }`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    path: Option<Spanned<String>>,
+    every: Option<Spanned<toml::Value>>,
+    timeout: Option<Spanned<toml::Value>>,
+    expect: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+}
+
+/// A group's active check, validated; its Host is filled in once the routes are known.
+fn check(name: &str, g: &RawGroup) -> Result<Option<Check>, BuildError> {
+    let Some(c) = &g.health else { return Ok(None) };
+    let r = c.get_ref();
+    let path = match &r.path {
+        // The request target of the check (RFC 9112 §3.2.1 origin-form): visible ASCII from '/'.
+        Some(p) if p.get_ref().starts_with('/') && p.get_ref().bytes().all(|b| (b'!'..=b'~').contains(&b)) => {
+            p.get_ref().clone()
+        }
+        Some(p) => {
+            return Err((
+                at(p),
+                format!("upstream {name:?}: health path {:?}: must start with '/' and be visible ASCII", p.get_ref()),
+            ));
+        }
+        None => "/".to_string(),
+    };
+    let every = duration(&r.every, "health every", 5_000, false)?;
+    let timeout = duration(&r.timeout, "health timeout", 2_000, false)?;
+    if every < Duration::from_millis(10) {
+        return Err((at(c), format!("upstream {name:?}: health every: at least 10ms")));
+    }
+    let expect = match &r.expect {
+        Some(e) => Expect::parse_list(e.get_ref()).ok_or_else(|| {
+            (
+                at(e),
+                format!(
+                    "upstream {name:?}: health expect {:?}: want a class or codes, e.g. \"2xx\" or \"200,301\"",
+                    e.get_ref()
+                ),
+            )
+        })?,
+        None => vec![Expect::Class(2)],
+    };
+    let rise = int_in(&r.rise, "health rise", 2, 1, 100)? as u32;
+    let fall = int_in(&r.fall, "health fall", 3, 1, 100)? as u32;
+    Ok(Some(Check { path, every, timeout, expect, rise, fall, host: None }))
 }
 
 type BuildError = (Option<Range<usize>>, String);
@@ -430,8 +484,21 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         }
         let cooldown = duration(&g.get_ref().cooldown, "cooldown", 10_000, true)?;
         let tls = upstream_tls(name, g, base)?;
+        let fail_after = int_in(&g.get_ref().fail_after, "fail_after", 1, 1, 1000)? as u32;
+        let all_down = match &g.get_ref().all_down {
+            None => AllDown::Fail,
+            Some(a) if a.get_ref() == "fail" => AllDown::Fail,
+            Some(a) if a.get_ref() == "try" => AllDown::Try,
+            Some(a) => {
+                return Err((
+                    at(a),
+                    format!("upstream {name:?}: all_down {:?}: want \"fail\" or \"try\"", a.get_ref()),
+                ));
+            }
+        };
+        let check = check(name, g.get_ref())?;
         group_index.insert(name.clone(), groups.len());
-        groups.push(Group { name: name.clone(), servers: members, cooldown, tls });
+        groups.push(Group { name: name.clone(), servers: members, cooldown, tls, fail_after, all_down, check });
     }
 
     if raw.route.is_empty() {
@@ -484,5 +551,19 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         None => None,
     };
     let server_tls = server_tls(&raw.upstream, &groups, &servers)?;
-    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, server_tls, tls })
+    // The Host of a group's health check: its tls_name, else the first exact host routed to it.
+    for (gi, g) in groups.iter_mut().enumerate() {
+        let routed = sites.iter().find_map(|s| match &s.host {
+            HostPattern::Exact(h) if s.routes.iter().any(|r| r.group == gi) => {
+                Some(String::from_utf8_lossy(h).into_owned())
+            }
+            _ => None,
+        });
+        let host = g.tls.as_ref().and_then(|t| t.server_name.clone()).or(routed);
+        if let Some(c) = g.check.as_mut() {
+            c.host = host;
+        }
+    }
+    let health = servers.iter().map(|_| Arc::default()).collect();
+    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, server_tls, health, tls })
 }

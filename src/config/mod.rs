@@ -13,6 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::health::{Check, Expect, Health};
+
 mod build;
 
 pub use build::parse_duration;
@@ -39,6 +41,9 @@ pub struct Config {
     /// Per server (same index as `servers`): how to speak TLS to it, if the groups that list it
     /// ask for TLS (they must agree).
     pub server_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
+    /// Per server (same index as `servers`): its health, shared by every worker and carried
+    /// over by a reload for the addresses that stay (`keep_health`).
+    pub health: Vec<Arc<Health>>,
     /// TLS listeners and their certificates (`[tls]`), if any.
     pub tls: Option<TlsListen>,
 }
@@ -120,6 +125,20 @@ pub struct Group {
     pub cooldown: Duration,
     /// TLS to these servers (`tls = true`), as written.
     pub tls: Option<crate::tls::UpstreamTlsSpec>,
+    /// Failed requests in a row that take a server out for `cooldown`.
+    pub fail_after: u32,
+    pub all_down: AllDown,
+    /// The active health check (`health = { … }`), if any.
+    pub check: Option<Check>,
+}
+
+/// What a request gets when every server of its group is out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllDown {
+    /// 502 at once.
+    Fail,
+    /// The server that went out first (whose cooldown ends soonest) is tried anyway.
+    Try,
 }
 
 impl HostPattern {
@@ -141,6 +160,23 @@ impl Config {
     pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
         let site = self.sites.iter().find(|s| s.host.matches(host))?;
         site.routes.iter().find(|r| path.starts_with(&r.path)).map(|r| r.group)
+    }
+
+    /// The active check for server `si`: the first group listing it that has one.
+    pub fn check_for(&self, si: usize) -> Option<&Check> {
+        self.groups.iter().filter(|g| g.servers.contains(&si)).find_map(|g| g.check.as_ref())
+    }
+
+    /// Takes over `old`'s health for the addresses both list, so that a reload neither forgets
+    /// a server that is out nor lets every worker probe it again.
+    pub fn keep_health(&mut self, old: &Config) {
+        for (addr, h) in self.servers.iter().zip(self.health.iter_mut()) {
+            if let Some(i) = old.servers.iter().position(|a| a == addr)
+                && let Some(kept) = old.health.get(i)
+            {
+                *h = Arc::clone(kept);
+            }
+        }
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -234,13 +270,31 @@ impl Config {
         for g in &self.groups {
             let servers: Vec<String> =
                 g.servers.iter().filter_map(|&i| self.servers.get(i)).map(|a| q(&a.to_string())).collect();
+            let all_down = match g.all_down {
+                AllDown::Fail => "fail",
+                AllDown::Try => "try",
+            };
             let _ = writeln!(
                 o,
-                "\n[upstream.{}]\nservers = [{}]\ncooldown = {}",
+                "\n[upstream.{}]\nservers = [{}]\ncooldown = {}\nfail_after = {}\nall_down = {}",
                 q(&g.name),
                 servers.join(", "),
-                d(g.cooldown)
+                d(g.cooldown),
+                g.fail_after,
+                q(all_down)
             );
+            if let Some(c) = &g.check {
+                let _ = writeln!(
+                    o,
+                    "health = {{ path = {}, every = {}, timeout = {}, expect = {}, rise = {}, fall = {} }}",
+                    q(&c.path),
+                    d(c.every),
+                    d(c.timeout),
+                    q(&Expect::show(&c.expect)),
+                    c.rise,
+                    c.fall
+                );
+            }
             if let Some(t) = &g.tls {
                 let _ = writeln!(o, "tls = true");
                 if let Some(n) = &t.server_name {
@@ -353,6 +407,53 @@ mod tests {
         assert_eq!(name(b"EXAMPLE.COM", b"/x"), Some("exact"));
         assert_eq!(name(b"example.com", b"/api/v1"), Some("api"));
         assert_eq!(c.servers.len(), 4, "shared addresses are one server");
+    }
+
+    #[test]
+    fn health_settings_are_validated_and_round_trip() {
+        let g = "listen = [\"127.0.0.1:0\"]\n[[route]]\nhost = \"app.test\"\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
+        let c = Config::parse(
+            &format!("{g}fail_after = 3\nall_down = \"try\"\nhealth = {{ path = \"/hz\", every = \"1s\", expect = \"2xx,301\", fall = 2 }}\n"),
+            "t",
+        )
+        .unwrap();
+        let grp = &c.groups[0];
+        assert_eq!((grp.fail_after, grp.all_down), (3, AllDown::Try));
+        let check = grp.check.as_ref().unwrap();
+        assert_eq!(
+            (check.path.as_str(), check.every, check.timeout),
+            ("/hz", Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(
+            (check.rise, check.fall, check.host.as_deref()),
+            (2, 2, Some("app.test")),
+            "defaults, and the routed host"
+        );
+        assert_eq!(check.expect, vec![Expect::Class(2), Expect::Code(301)]);
+        let text = c.effective();
+        assert_eq!(Config::parse(&text, "effective").unwrap().effective(), text);
+        for (bad, want) in [
+            ("all_down = \"maybe\"\n", "all_down \"maybe\": want"),
+            ("fail_after = 0\n", "fail_after: must be between 1 and 1000"),
+            ("health = { expect = \"200-299\" }\n", "health expect \"200-299\""),
+            ("health = { path = \"healthz\" }\n", "health path \"healthz\""),
+            ("health = { every = \"0s\" }\n", "health every"),
+            ("health = { interval = \"1s\" }\n", "unknown field `interval`"),
+        ] {
+            let e = err(&format!("{g}{bad}"));
+            assert!(e.starts_with("t.toml:") && e.contains(want), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_the_health_of_the_servers_that_stay() {
+        let one = "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\", \"127.0.0.1:10\"]\n";
+        let two = "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:11\", \"127.0.0.1:10\"]\n";
+        let old = Config::parse(one, "t").unwrap();
+        let mut new = Config::parse(two, "t").unwrap();
+        new.keep_health(&old);
+        assert!(Arc::ptr_eq(&new.health[1], &old.health[1]), "127.0.0.1:10 stays: same health");
+        assert!(!old.health.iter().any(|h| Arc::ptr_eq(h, &new.health[0])), "a new server starts fresh");
     }
 
     #[test]

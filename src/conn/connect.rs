@@ -63,7 +63,7 @@ impl Conn {
             Some(true) => {
                 u.connected = true;
                 let server = u.server;
-                cx.ups.mark_up(server);
+                cx.ups.ok(server);
                 Ok(Next::Go(Phase::Exchange(up)))
             }
             None => {
@@ -78,7 +78,6 @@ impl Conn {
     pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
             let cfg = rq.snap()?;
-            let cooldown = cfg.groups.get(rq.group as usize).map_or(std::time::Duration::ZERO, |g| g.cooldown);
             let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now) else {
                 let status = if rq.timed_out { 504 } else { 502 };
                 let close = !rq.req_done();
@@ -107,10 +106,7 @@ impl Conn {
                     let close = !rq.req_done();
                     return self.fail(rq, cx, 502, close);
                 }
-                Err(e) => {
-                    cx.ups.mark_down(server, cx.now + cooldown);
-                    cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect: {e}; skipped for {cooldown:?}"));
-                }
+                Err(e) => server_failed(rq, cx, format_args!("connect: {e}")),
             }
         }
         // Every pass marks a server tried or down, and a group has at most GROUP_SERVERS_CAP.
@@ -120,16 +116,7 @@ impl Conn {
 
     /// The connect failed (or timed out): close it, cool the server down, and pick the next.
     pub(super) fn connect_failed(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, timed_out: bool) -> Next {
-        let cooldown = rq
-            .snap
-            .as_deref()
-            .and_then(|c| c.groups.get(rq.group as usize))
-            .map_or(std::time::Duration::ZERO, |g| g.cooldown);
-        cx.ups.mark_down(rq.server as usize, cx.now + cooldown);
-        if let Some(addr) = cx.ups.addr(rq.server as usize) {
-            let what = if timed_out { "timed out" } else { "failed" };
-            cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect {what}; skipped for {cooldown:?}"));
-        }
+        server_failed(rq, cx, format_args!("connect {}", if timed_out { "timed out" } else { "failed" }));
         rq.timed_out = timed_out;
         cx.ups.close(up);
         cx.fd_freed = true;
@@ -149,17 +136,37 @@ impl Conn {
             }
             return Ok(Next::Go(Phase::Connect));
         }
+        if !reused && !rq.resp_seen {
+            // A fresh connection that failed before any response byte: the server's fault.
+            server_failed(rq, cx, format_args!("connection failed before a response"));
+        }
         let close = !rq.req_done();
         self.fail(rq, cx, 502, close)
     }
 
     /// The upstream sent something Apex will not relay: 502, and the connection is discarded.
     pub(super) fn upstream_bad(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
+        // Not counted against the server (as nginx's default `proxy_next_upstream`): one bad
+        // answer may be one URL's bug, not the server's.
         if let Some(addr) = cx.ups.addr(rq.server as usize) {
             cx.log.error(cx.now, format_args!("warn: upstream {addr}: malformed or unexpected response; 502"));
         }
         let close = !rq.req_done();
         self.fail(rq, cx, 502, close)
+    }
+}
+
+/// A request failed on its server: counts against it for every worker (health.rs), and says so.
+fn server_failed(rq: &Exchange, cx: &mut Cx, what: std::fmt::Arguments) {
+    let g = rq.snap.as_deref().and_then(|c| c.groups.get(rq.group as usize));
+    let (cooldown, fail_after) = g.map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
+    let server = rq.server as usize;
+    let out = cx.ups.failed(server, cx.now, cooldown, fail_after);
+    let Some(addr) = cx.ups.addr(server) else { return };
+    if out {
+        cx.log.error(cx.now, format_args!("warn: upstream {addr}: {what}; skipped for {cooldown:?}"));
+    } else {
+        cx.log.error(cx.now, format_args!("warn: upstream {addr}: {what}; out after {fail_after} in a row"));
     }
 }
 

@@ -20,6 +20,7 @@ mod cli;
 mod faults;
 mod framing;
 mod headers;
+mod health;
 mod hostile;
 mod keepalive;
 mod limits;
