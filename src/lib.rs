@@ -4,6 +4,7 @@
 //!
 //! Linux only (SO_REUSEPORT per worker, and later splice(2)).
 
+pub mod balance;
 pub mod buf;
 pub mod config;
 pub mod conn;

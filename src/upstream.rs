@@ -15,6 +15,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use slab::Slab;
 
+use crate::balance::Balance;
 use crate::config::{AllDown, Config};
 use crate::conn::ClientKey;
 use crate::health::Health;
@@ -86,6 +87,8 @@ pub struct ServerState {
     pub idle: Vec<usize>,
     /// Shared by every worker (from the current config).
     pub health: Arc<Health>,
+    /// This worker's connections to it that serve a request (for `least_requests`).
+    pub busy: u32,
     /// In the current config. A removed server's connections close once idle.
     pub live: bool,
     /// How to speak TLS to it (from the current config), if at all.
@@ -103,6 +106,12 @@ pub struct Upstreams {
     idle_cap: usize,
     /// `Health` counts milliseconds from here (the same instant in every worker).
     epoch: Instant,
+    /// Per group of the current config, weighted groups only: smooth round-robin scores.
+    scores: Vec<Vec<i64>>,
+    /// For `least_requests` (balance.rs `two_choices`).
+    rng: u64,
+    /// Scratch for `least_requests`: the group's candidates (allocated at start).
+    cands: Vec<usize>,
 }
 
 impl Upstreams {
@@ -115,6 +124,10 @@ impl Upstreams {
             rr: Vec::new(),
             idle_cap: 0,
             epoch: crate::health::epoch(),
+            scores: Vec::new(),
+            // Any non-zero seed; per worker, so that workers do not pick in lockstep.
+            rng: (std::ptr::from_ref(&conns_cap) as u64) | 1,
+            cands: Vec::with_capacity(crate::limits::GROUP_SERVERS_CAP),
         };
         u.sync(cfg);
         u
@@ -136,6 +149,7 @@ impl Upstreams {
                         addr: *addr,
                         idle: Vec::with_capacity(self.idle_cap),
                         health: Arc::default(),
+                        busy: 0,
                         live: true,
                         tls: None,
                     });
@@ -161,6 +175,8 @@ impl Upstreams {
         }
         self.rr.clear();
         self.rr.resize(cfg.groups.len(), 0);
+        self.scores =
+            cfg.groups.iter().map(|g| if g.uniform { Vec::new() } else { vec![0; g.servers.len()] }).collect();
         self.map_for = Arc::as_ptr(cfg) as usize;
     }
 
@@ -193,40 +209,147 @@ impl Upstreams {
     }
 
     pub fn insert(&mut self, c: UpConn) -> UpKey {
+        if c.owner.is_some() {
+            self.busy(c.server, true);
+        }
         UpKey::of(self.conns.insert(c))
     }
 
-    /// Returns (index in the group, worker server id). Round-robin over the group's servers
-    /// that this request has not tried and that are in by every worker's view (`Health::claim`).
-    /// With none left and `all_down = "try"`, the untried one whose cooldown ends soonest.
-    pub fn pick(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
+    /// A connection to `server` starts or stops serving a request.
+    fn busy(&mut self, server: usize, on: bool) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.busy = if on { s.busy.saturating_add(1) } else { s.busy.saturating_sub(1) };
+        }
+    }
+
+    /// Returns (index in the group, worker server id): a server this request has not tried,
+    /// in by every worker's view (`Health`), chosen by the group's `balance` (balance.rs);
+    /// `key` is the request's hash key, for `balance = "hash"`. With none left and
+    /// `all_down = "try"`, the untried one whose cooldown ends soonest.
+    pub fn pick(
+        &mut self,
+        cfg: &Config,
+        group: usize,
+        tried: u64,
+        now: Instant,
+        key: Option<u64>,
+    ) -> Option<(usize, usize)> {
+        let g = cfg.groups.get(group)?;
+        let picked = match (&g.balance, key, &g.maglev) {
+            (Balance::RoundRobin, ..) if g.uniform => self.rotate(cfg, group, tried, now),
+            (Balance::Hash(_), Some(key), Some(table)) => {
+                // The key's server, else the next in table order: the same in every worker.
+                let mut seen = tried;
+                let mut found = None;
+                for i in table.walk(key) {
+                    if seen & (1u64 << i) != 0 {
+                        continue;
+                    }
+                    seen |= 1u64 << i;
+                    if let Some(id) = self.usable(cfg, g, i, now) {
+                        found = Some((i, id));
+                        break;
+                    }
+                    if seen.count_ones() as usize >= g.servers.len() {
+                        break;
+                    }
+                }
+                found
+            }
+            (Balance::LeastRequests, ..) => self.least_requests(cfg, g, tried, now),
+            _ if !g.uniform => self.smooth(cfg, group, tried, now),
+            _ => self.rotate(cfg, group, tried, now),
+        };
+        if picked.is_some() || g.all_down != AllDown::Try {
+            return picked;
+        }
+        let n = g.servers.len();
+        (0..n)
+            .filter(|&i| tried & (1u64 << i) == 0)
+            .filter_map(|i| Some((i, self.id_of(cfg, *g.servers.get(i)?)?)))
+            .min_by_key(|&(_, id)| self.servers.get(id).map_or(u64::MAX, |s| s.health.down_until()))
+    }
+
+    /// Member `i` of `g`, if it is in: its worker id. A server past its cooldown is claimed for
+    /// this request, the one probe (`Health::claim`).
+    #[inline]
+    fn usable(&self, cfg: &Config, g: &crate::config::Group, i: usize, now: Instant) -> Option<usize> {
+        let id = self.id_of(cfg, *g.servers.get(i)?)?;
+        let h = &self.servers.get(id)?.health;
+        (h.is_up() || h.claim(crate::health::ms(self.epoch, now), g.cooldown.as_millis() as u64)).then_some(id)
+    }
+
+    /// Equal weights: the next member in turn.
+    #[inline]
+    fn rotate(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
         let n = g.servers.len();
-        let claim =
-            |h: &Health| h.is_up() || h.claim(crate::health::ms(self.epoch, now), g.cooldown.as_millis() as u64);
         let start = self.rr.get(group).copied().unwrap_or(0);
         for k in 0..n {
             let i = (start + k) % n;
-            let Some(&index) = g.servers.get(i) else { continue };
             if tried & (1u64 << i) != 0 {
                 continue;
             }
-            let Some(id) = self.id_of(cfg, index) else { continue };
-            if !self.servers.get(id).is_some_and(|s| claim(&s.health)) {
-                continue;
-            }
+            let Some(id) = self.usable(cfg, g, i, now) else { continue };
             if let Some(r) = self.rr.get_mut(group) {
                 *r = (i + 1) % n;
             }
             return Some((i, id));
         }
-        if g.all_down != AllDown::Try {
-            return None;
+        None
+    }
+
+    /// Weighted round-robin over the members that are up; one past its cooldown gets its probe
+    /// first.
+    fn smooth(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
+        let g = cfg.groups.get(group)?;
+        let up = self.up_members(cfg, g, tried, now)?;
+        let scores = self.scores.get_mut(group)?;
+        let i = crate::balance::smooth_pick(scores, &g.weights, |i| up & (1u64 << i) != 0)?;
+        Some((i, self.id_of(cfg, *g.servers.get(i)?)?))
+    }
+
+    fn least_requests(
+        &mut self,
+        cfg: &Config,
+        g: &crate::config::Group,
+        tried: u64,
+        now: Instant,
+    ) -> Option<(usize, usize)> {
+        let up = self.up_members(cfg, g, tried, now)?;
+        let mut cands = std::mem::take(&mut self.cands);
+        cands.clear();
+        cands.extend((0..g.servers.len()).filter(|&i| up & (1u64 << i) != 0));
+        let busy = |i: usize| {
+            let id = g.servers.get(i).and_then(|&x| self.id_of(cfg, x));
+            u64::from(id.and_then(|id| self.servers.get(id)).map_or(0, |s| s.busy))
+        };
+        let weight = |i: usize| u64::from(g.weights.get(i).copied().unwrap_or(1));
+        let mut rng = self.rng;
+        let i = crate::balance::two_choices(&cands, busy, weight, &mut rng);
+        self.rng = rng;
+        self.cands = cands;
+        let i = i?;
+        Some((i, self.id_of(cfg, *g.servers.get(i)?)?))
+    }
+
+    /// The members not tried and up, as a bit set; or, if one is past its cooldown and this
+    /// request claims its probe, that one alone.
+    fn up_members(&self, cfg: &Config, g: &crate::config::Group, tried: u64, now: Instant) -> Option<u64> {
+        let mut up = 0u64;
+        for i in 0..g.servers.len() {
+            if tried & (1u64 << i) != 0 {
+                continue;
+            }
+            let Some(id) = g.servers.get(i).and_then(|&x| self.id_of(cfg, x)) else { continue };
+            let Some(h) = self.servers.get(id).map(|s| &s.health) else { continue };
+            if h.is_up() {
+                up |= 1u64 << i;
+            } else if h.claim(crate::health::ms(self.epoch, now), g.cooldown.as_millis() as u64) {
+                return Some(1u64 << i);
+            }
         }
-        (0..n)
-            .filter(|&i| tried & (1u64 << i) == 0)
-            .filter_map(|i| Some((i, self.id_of(cfg, *g.servers.get(i)?)?)))
-            .min_by_key(|&(_, id)| self.servers.get(id).map_or(u64::MAX, |s| s.health.down_until()))
+        (up != 0).then_some(up)
     }
 
     /// How to speak TLS to server `id`, if at all.
@@ -263,6 +386,7 @@ impl Upstreams {
                 // Readable while idle means EOF, an error, or bytes nobody asked for: unusable.
                 Some(c) if !c.io.readable && !c.io.hup && (!probe || is_quiet(&c.sock)) => {
                     c.owner = Some(owner);
+                    self.busy(server, true);
                     return Some(UpKey::of(key));
                 }
                 Some(_) => {
@@ -277,6 +401,10 @@ impl Upstreams {
     /// Returns a connection whose exchange ended cleanly to the pool, or closes it if full.
     pub fn release(&mut self, up: UpKey, deadline: Instant) {
         let key = up.index();
+        let Some(server) = self.conns.get(key).filter(|c| c.owner.is_some()).map(|c| c.server) else {
+            return;
+        };
+        self.busy(server, false);
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -313,10 +441,10 @@ impl Upstreams {
 
     pub fn close(&mut self, up: UpKey) {
         let key = up.index();
-        if let Some(c) = self.conns.try_remove(key)
-            && c.owner.is_none()
-            && let Some(s) = self.servers.get_mut(c.server)
-        {
+        let Some(c) = self.conns.try_remove(key) else { return };
+        if c.owner.is_some() {
+            self.busy(c.server, false);
+        } else if let Some(s) = self.servers.get_mut(c.server) {
             s.idle.retain(|&k| k != key);
         }
     }

@@ -377,25 +377,33 @@ fn check(o: &Outcome) {
 
 #[test]
 fn keep_alive_traffic_allocates_nothing() {
-    let o = run("", None, |addrs, warmed| {
-        let addr = addrs[0];
-        // Warm-up: every kind of request, on several connections at once, twice.
-        for _ in 0..2 {
-            let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(move || mix(addr, true))).collect();
-            hs.into_iter().for_each(|h| {
-                h.join().unwrap();
-            });
-        }
-        warmed();
-        std::thread::sleep(Duration::from_millis(50));
-        let mut total = 0;
-        while total < 10_000 {
-            let hs: Vec<_> = (0..4).map(|k| std::thread::spawn(move || mix(addr, k == 0))).collect();
-            total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
-        }
-        total
-    });
-    check(&o);
+    check(&run("", None, keep_alive_mix));
+}
+
+/// The other balancing policies pick (and hash each request's key) without allocating.
+#[test]
+fn hashed_and_least_requests_traffic_allocates_nothing() {
+    check(&run("balance = \"hash\"\nhash_on = \"header:host\"\nfail_after = 2", None, keep_alive_mix));
+    check(&run("balance = \"least_requests\"", None, keep_alive_mix));
+}
+
+fn keep_alive_mix(addrs: Vec<std::net::SocketAddr>, warmed: &dyn Fn()) -> usize {
+    let addr = addrs[0];
+    // Warm-up: every kind of request, on several connections at once, twice.
+    for _ in 0..2 {
+        let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(move || mix(addr, true))).collect();
+        hs.into_iter().for_each(|h| {
+            h.join().unwrap();
+        });
+    }
+    warmed();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut total = 0;
+    while total < 10_000 {
+        let hs: Vec<_> = (0..4).map(|k| std::thread::spawn(move || mix(addr, k == 0))).collect();
+        total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
+    }
+    total
 }
 
 /// A self-signed certificate for `t`, written to `dir`: (PEM chain path, key path, DER).

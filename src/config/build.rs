@@ -90,7 +90,9 @@ struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGroup {
-    servers: Spanned<Vec<Spanned<String>>>,
+    servers: Spanned<Vec<Spanned<RawServer>>>,
+    balance: Option<Spanned<String>>,
+    hash_on: Option<Spanned<String>>,
     cooldown: Option<Spanned<toml::Value>>,
     tls: Option<bool>,
     tls_name: Option<Spanned<String>>,
@@ -98,6 +100,21 @@ struct RawGroup {
     fail_after: Option<Spanned<i64>>,
     all_down: Option<Spanned<String>>,
     health: Option<Spanned<RawCheck>>,
+}
+
+/// A server: `"10.0.0.5:8080"` or `{ addr = "10.0.0.5:8080", weight = 3 }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawServer {
+    Addr(String),
+    Weighted(RawWeighted),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeighted {
+    addr: String,
+    weight: Option<i64>,
 }
 
 /// `health = { path = "/healthz", every = "5s", timeout = "2s", expect = "2xx", rise = 2, fall = 3 }`
@@ -358,11 +375,12 @@ fn size_in(v: &Option<Spanned<toml::Value>>, name: &str, default: u64, min: u64,
 }
 
 fn parse_addr(s: &Spanned<String>, what: &str) -> Result<SocketAddr, BuildError> {
-    s.get_ref().parse::<SocketAddr>().map_err(|_| {
-        (
-            at(s),
-            format!("{what}: bad address {:?} (want IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")", s.get_ref()),
-        )
+    addr_at(s.get_ref(), at(s), what)
+}
+
+fn addr_at(s: &str, span: Option<Range<usize>>, what: &str) -> Result<SocketAddr, BuildError> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        (span, format!("{what}: bad address {s:?} (want IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"))
     })
 }
 
@@ -468,8 +486,20 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             return Err((at(list), format!("upstream {name:?}: at most {GROUP_SERVERS_CAP} servers")));
         }
         let mut members = Vec::new();
+        let mut weights = Vec::new();
         for s in list.get_ref() {
-            let addr = parse_addr(s, &format!("upstream {name:?}"))?;
+            let (text, weight) = match s.get_ref() {
+                RawServer::Addr(a) => (a, 1),
+                RawServer::Weighted(w) => match w.weight {
+                    None => (&w.addr, 1),
+                    Some(n @ 1..=1000) => (&w.addr, n as u32),
+                    Some(n) => {
+                        return Err((at(s), format!("upstream {name:?}: weight {n}: must be between 1 and 1000")));
+                    }
+                },
+            };
+            weights.push(weight);
+            let addr = addr_at(text, at(s), &format!("upstream {name:?}"))?;
             let idx = match servers.iter().position(|a| *a == addr) {
                 Some(i) => i,
                 None => {
@@ -497,8 +527,54 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             }
         };
         let check = check(name, g.get_ref())?;
+        let balance = match (&g.get_ref().balance, &g.get_ref().hash_on) {
+            (None, None) => Balance::RoundRobin,
+            (Some(b), None) if b.get_ref() == "round_robin" => Balance::RoundRobin,
+            (Some(b), None) if b.get_ref() == "least_requests" => Balance::LeastRequests,
+            (Some(b), h) if b.get_ref() == "hash" => match h {
+                None => Balance::Hash(HashOn::ClientIp),
+                Some(h) => Balance::Hash(HashOn::parse(h.get_ref()).ok_or_else(|| {
+                    (
+                        at(h),
+                        format!(
+                            "upstream {name:?}: hash_on {:?}: want \"client_ip\", \"header:NAME\" or \"cookie:NAME\"",
+                            h.get_ref()
+                        ),
+                    )
+                })?),
+            },
+            (_, Some(h)) if g.get_ref().balance.as_ref().is_none_or(|b| b.get_ref() != "hash") => {
+                return Err((at(h), format!("upstream {name:?}: hash_on needs balance = \"hash\"")));
+            }
+            (Some(b), _) => {
+                return Err((
+                    at(b),
+                    format!(
+                        "upstream {name:?}: balance {:?}: want \"round_robin\", \"least_requests\" or \"hash\"",
+                        b.get_ref()
+                    ),
+                ));
+            }
+            (None, Some(h)) => return Err((at(h), format!("upstream {name:?}: hash_on needs balance = \"hash\""))),
+        };
+        let maglev = matches!(balance, Balance::Hash(_)).then(|| {
+            let names: Vec<String> = members.iter().filter_map(|&i| servers.get(i)).map(|a| a.to_string()).collect();
+            crate::balance::Maglev::new(&names, &weights)
+        });
         group_index.insert(name.clone(), groups.len());
-        groups.push(Group { name: name.clone(), servers: members, cooldown, tls, fail_after, all_down, check });
+        groups.push(Group {
+            name: name.clone(),
+            servers: members,
+            uniform: weights.iter().all(|&w| w == weights.first().copied().unwrap_or(1)),
+            weights,
+            balance,
+            maglev,
+            cooldown,
+            tls,
+            fail_after,
+            all_down,
+            check,
+        });
     }
 
     if raw.route.is_empty() {

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::balance::{Balance, HashOn, Maglev};
 use crate::health::{Check, Expect, Health};
 
 mod build;
@@ -122,6 +123,13 @@ pub struct Route {
 pub struct Group {
     pub name: String,
     pub servers: Vec<usize>,
+    /// Per member (same order as `servers`), 1 unless written.
+    pub weights: Vec<u32>,
+    /// Every weight the same: round-robin is a plain rotation.
+    pub uniform: bool,
+    pub balance: Balance,
+    /// The consistent-hash table, for `balance = "hash"`.
+    pub maglev: Option<Maglev>,
     pub cooldown: Duration,
     /// TLS to these servers (`tls = true`), as written.
     pub tls: Option<crate::tls::UpstreamTlsSpec>,
@@ -268,8 +276,15 @@ impl Config {
             }
         }
         for g in &self.groups {
-            let servers: Vec<String> =
-                g.servers.iter().filter_map(|&i| self.servers.get(i)).map(|a| q(&a.to_string())).collect();
+            let servers: Vec<String> = g
+                .servers
+                .iter()
+                .zip(&g.weights)
+                .filter_map(|(&i, &w)| Some((self.servers.get(i)?, w)))
+                .map(|(a, w)| {
+                    if w == 1 { q(&a.to_string()) } else { format!("{{ addr = {}, weight = {w} }}", q(&a.to_string())) }
+                })
+                .collect();
             let all_down = match g.all_down {
                 AllDown::Fail => "fail",
                 AllDown::Try => "try",
@@ -283,6 +298,15 @@ impl Config {
                 g.fail_after,
                 q(all_down)
             );
+            match &g.balance {
+                Balance::RoundRobin => {}
+                Balance::LeastRequests => {
+                    let _ = writeln!(o, "balance = \"least_requests\"");
+                }
+                Balance::Hash(on) => {
+                    let _ = writeln!(o, "balance = \"hash\"\nhash_on = {}", q(&on.show()));
+                }
+            }
             if let Some(c) = &g.check {
                 let _ = writeln!(
                     o,
@@ -439,6 +463,36 @@ mod tests {
             ("health = { path = \"healthz\" }\n", "health path \"healthz\""),
             ("health = { every = \"0s\" }\n", "health every"),
             ("health = { interval = \"1s\" }\n", "unknown field `interval`"),
+        ] {
+            let e = err(&format!("{g}{bad}"));
+            assert!(e.starts_with("t.toml:") && e.contains(want), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn balance_settings_are_validated_and_round_trip() {
+        let g = "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"app\"\n[upstream.app]\n";
+        let c = Config::parse(
+            &format!("{g}servers = [{{ addr = \"127.0.0.1:9\", weight = 3 }}, \"127.0.0.1:10\"]\nbalance = \"hash\"\nhash_on = \"cookie:sid\"\n"),
+            "t",
+        )
+        .unwrap();
+        let grp = &c.groups[0];
+        assert_eq!((grp.weights.as_slice(), grp.uniform), (&[3, 1][..], false));
+        assert_eq!(grp.balance, Balance::Hash(HashOn::Cookie(b"sid"[..].into())));
+        assert!(grp.maglev.is_some());
+        let text = c.effective();
+        assert!(text.contains("weight = 3"), "{text}");
+        assert_eq!(Config::parse(&text, "effective").unwrap().effective(), text);
+        let one = "servers = [\"127.0.0.1:9\"]\n";
+        for (bad, want) in [
+            ("servers = [{ addr = \"127.0.0.1:9\", weight = 0 }]\n", "weight 0: must be between 1 and 1000"),
+            ("servers = [{ addr = \"nope\" }]\n", "bad address \"nope\""),
+            ("servers = [{ addr = \"127.0.0.1:9\", wieght = 2 }]\n", ""),
+            (&format!("{one}balance = \"random\"\n"), "balance \"random\": want"),
+            (&format!("{one}hash_on = \"client_ip\"\n"), "hash_on needs balance = \"hash\""),
+            (&format!("{one}balance = \"least_requests\"\nhash_on = \"client_ip\"\n"), "hash_on needs balance"),
+            (&format!("{one}balance = \"hash\"\nhash_on = \"query:a\"\n"), "hash_on \"query:a\": want"),
         ] {
             let e = err(&format!("{g}{bad}"));
             assert!(e.starts_with("t.toml:") && e.contains(want), "{bad:?}: {e}");

@@ -78,7 +78,7 @@ impl Conn {
     pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
             let cfg = rq.snap()?;
-            let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now) else {
+            let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now, rq.key) else {
                 let status = if rq.timed_out { 504 } else { 502 };
                 let close = !rq.req_done();
                 return self.fail(rq, cx, status, close);

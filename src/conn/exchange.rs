@@ -141,6 +141,8 @@ pub struct Exchange {
     pub(super) group: u32,
     pub(super) server: u32,
     pub(super) tried: u64,
+    /// The request's key for `balance = "hash"` (balance.rs), when it has one.
+    pub(super) key: Option<u64>,
     pub(super) head_len: u32,
     pub(super) req_body: Body,
     pub(super) resp_body: Body,
@@ -193,6 +195,7 @@ impl Exchange {
             group: 0,
             server: 0,
             tried: 0,
+            key: None,
             head_len: 0,
             req_body: Body::Done,
             resp_body: Body::Done,

@@ -128,6 +128,10 @@ impl Conn {
             return self.fail(rq, cx, 404, close);
         };
         rq.group = group as u32; // config groups are few
+        rq.key = match cx.cfg.groups.get(group).map(|g| &g.balance) {
+            Some(crate::balance::Balance::Hash(on)) => hash_key(on, &req, self.peer.ip()),
+            _ => None,
+        };
         rq.snap = Some(Arc::clone(&cx.cfg));
 
         let uout = cx.bufs.fill_slot(&mut rq.uout);
@@ -352,4 +356,26 @@ pub(super) fn queue_answer(
     let n = w.finish().ok_or(Fault::Client)?;
     out.commit(n);
     Ok(n)
+}
+
+/// A request's key for `balance = "hash"`: none without the header or cookie (it is then
+/// balanced round-robin, as HAProxy does).
+fn hash_key(on: &crate::balance::HashOn, req: &crate::h1::head::Request, peer: std::net::IpAddr) -> Option<u64> {
+    use crate::balance::{HashOn, cookie, hash};
+    match on {
+        HashOn::ClientIp => Some(match peer {
+            std::net::IpAddr::V4(a) => hash(&a.octets()),
+            std::net::IpAddr::V6(a) => hash(&a.octets()),
+        }),
+        HashOn::Header(name) => {
+            req.headers.iter().find(|h| h.name.as_bytes().eq_ignore_ascii_case(name)).map(|h| hash(h.value))
+        }
+        // RFC 6265 §5.4: a client sends one Cookie field; HTTP/1.1 clients may still split it.
+        HashOn::Cookie(name) => req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .find_map(|h| cookie(h.value, name))
+            .map(hash),
+    }
 }

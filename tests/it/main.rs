@@ -14,6 +14,7 @@
 
 mod harness;
 
+mod balance;
 mod bodies;
 mod catalogue;
 mod cli;
