@@ -85,6 +85,11 @@ struct RawRoute {
     host: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
     upstream: Spanned<String>,
+    /// Overrides of the global `[timeouts]` and `[limits]` for this route's requests.
+    upstream_head: Option<Spanned<toml::Value>>,
+    upstream_body: Option<Spanned<toml::Value>>,
+    client_body: Option<Spanned<toml::Value>>,
+    body_bytes: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -581,6 +586,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         return Err((None, "no [[route]]: every request would get 404; add at least one route".into()));
     }
     let mut sites: Vec<Site> = Vec::new();
+    let mut body_bytes_max = limits.body_bytes;
     for r in &raw.route {
         let host = match &r.host {
             Some(h) => host_pattern(h)?,
@@ -611,7 +617,15 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         if site.routes.iter().any(|x| x.path == path) {
             return Err((at(&r.upstream), "duplicate route: this host and path are already routed".to_string()));
         }
-        site.routes.push(Route { path, group });
+        let ms = |d: Duration| d.as_millis() as u64;
+        let per = PerRequest {
+            upstream_head: duration(&r.upstream_head, "upstream_head", ms(timeouts.upstream_head), false)?,
+            upstream_body: duration(&r.upstream_body, "upstream_body", ms(timeouts.upstream_body), false)?,
+            client_body: duration(&r.client_body, "client_body", ms(timeouts.client_body), false)?,
+            body_bytes: size_in(&r.body_bytes, "body_bytes", limits.body_bytes, 0, u64::MAX)?,
+        };
+        body_bytes_max = body_bytes_max.max(per.body_bytes);
+        site.routes.push(Route { path, group, per });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -641,5 +655,25 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         }
     }
     let health = servers.iter().map(|_| Arc::default()).collect();
-    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, server_tls, health, tls })
+    let per = PerRequest {
+        upstream_head: timeouts.upstream_head,
+        upstream_body: timeouts.upstream_body,
+        client_body: timeouts.client_body,
+        body_bytes: limits.body_bytes,
+    };
+    Ok(Config {
+        listen,
+        workers,
+        timeouts,
+        limits,
+        per,
+        body_bytes_max,
+        log,
+        sites,
+        groups,
+        servers,
+        server_tls,
+        health,
+        tls,
+    })
 }

@@ -32,6 +32,11 @@ pub struct Config {
     pub workers: usize,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// The global values of what a route may override (`PerRequest`).
+    pub per: PerRequest,
+    /// The largest `body_bytes` of any route or the global one: a Content-Length above it is
+    /// refused before routing.
+    pub body_bytes_max: u64,
     pub log: LogConfig,
     /// Most specific first: exact hosts, then wildcards by suffix length, then `*`.
     pub sites: Vec<Site>,
@@ -117,6 +122,18 @@ pub enum HostPattern {
 pub struct Route {
     pub path: Box<[u8]>,
     pub group: usize,
+    /// The global timeouts and body limit, with this route's overrides.
+    pub per: PerRequest,
+}
+
+/// What a `[[route]]` may set for its own requests, over the global `[timeouts]` / `[limits]`:
+/// copied into each request's exchange when it is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerRequest {
+    pub upstream_head: Duration,
+    pub upstream_body: Duration,
+    pub client_body: Duration,
+    pub body_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -165,9 +182,9 @@ impl HostPattern {
 impl Config {
     /// The upstream group for a request: most specific host, then longest path prefix within
     /// that host's routes (as nginx picks a server block, then a location). `host` has no port.
-    pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
+    pub fn route(&self, host: &[u8], path: &[u8]) -> Option<&Route> {
         let site = self.sites.iter().find(|s| s.host.matches(host))?;
-        site.routes.iter().find(|r| path.starts_with(&r.path)).map(|r| r.group)
+        site.routes.iter().find(|r| path.starts_with(&r.path))
     }
 
     /// The active check for server `si`: the first group listing it that has one.
@@ -273,6 +290,19 @@ impl Config {
                     q(&String::from_utf8_lossy(&r.path)),
                     q(group)
                 );
+                let (p, g) = (&r.per, &self.per);
+                for (k, v, global) in [
+                    ("upstream_head", p.upstream_head, g.upstream_head),
+                    ("upstream_body", p.upstream_body, g.upstream_body),
+                    ("client_body", p.client_body, g.client_body),
+                ] {
+                    if v != global {
+                        let _ = writeln!(o, "{k} = {}", d(v));
+                    }
+                }
+                if p.body_bytes != g.body_bytes {
+                    let _ = writeln!(o, "body_bytes = {}", p.body_bytes);
+                }
             }
         }
         for g in &self.groups {
@@ -393,7 +423,7 @@ mod tests {
         let c = Config::parse(text, "apex.toml").unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(c.timeouts.upstream_idle, Duration::from_secs(4));
-        assert_eq!(c.route(b"anything", b"/x"), Some(0));
+        assert_eq!(c.route(b"anything", b"/x").map(|r| r.group), Some(0));
     }
 
     #[test]
@@ -424,7 +454,7 @@ mod tests {
             [upstream.wild2]\nservers = [\"127.0.0.1:3\"]\n[upstream.exact]\nservers = [\"127.0.0.1:4\"]\n\
             [upstream.api]\nservers = [\"127.0.0.1:4\"]\n";
         let c = Config::parse(text, "t").unwrap();
-        let name = |h: &[u8], p: &[u8]| c.route(h, p).map(|g| c.groups[g].name.as_str());
+        let name = |h: &[u8], p: &[u8]| c.route(h, p).map(|r| c.groups[r.group].name.as_str());
         assert_eq!(name(b"other", b"/"), Some("any"));
         assert_eq!(name(b"a.example.com", b"/"), Some("wild"));
         assert_eq!(name(b"x.api.example.com", b"/"), Some("wild2"));
@@ -497,6 +527,24 @@ mod tests {
             let e = err(&format!("{g}{bad}"));
             assert!(e.starts_with("t.toml:") && e.contains(want), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn routes_override_timeouts_and_body_bytes() {
+        let text = "listen = [\"127.0.0.1:0\"]\n[timeouts]\nupstream_head = \"5s\"\n[limits]\nbody_bytes = \"1MiB\"\n\
+            [[route]]\npath = \"/poll\"\nupstream = \"app\"\nupstream_head = \"2m\"\nbody_bytes = \"10MiB\"\n\
+            [[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
+        let c = Config::parse(text, "t").unwrap();
+        let poll = c.route(b"h", b"/poll/x").unwrap();
+        assert_eq!((poll.per.upstream_head, poll.per.body_bytes), (Duration::from_secs(120), 10 << 20));
+        assert_eq!(poll.per.upstream_body, c.timeouts.upstream_body, "what it does not set is the global value");
+        assert_eq!(c.route(b"h", b"/").unwrap().per, c.per);
+        assert_eq!(c.body_bytes_max, 10 << 20, "the largest of the global and every route's");
+        let text = c.effective();
+        assert!(text.contains("upstream_head = \"120s\"\nbody_bytes = 10485760"), "{text}");
+        assert_eq!(Config::parse(&text, "effective").unwrap().effective(), text);
+        let e = err(&format!("{BASE}[[route]]\npath = \"/x\"\nupstream = \"app\"\nclient_body = \"0s\"\n"));
+        assert!(e.starts_with("t.toml:") && e.contains("client_body: a zero timeout"), "{e}");
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Conn {
         cin.consume(used);
         uout.commit(made);
         rq.bytes_in += used as u64;
-        let limit = rq.snap()?.limits.body_bytes;
+        let limit = rq.per.body_bytes;
         if matches!(rq.req_body, Body::Chunked(d) if d.data_total > limit) {
             return self.fail(rq, cx, 413, true).map(Pump::Divert);
         }
@@ -308,7 +308,7 @@ impl Conn {
         }
         if progress {
             let client_slow = self.cout.as_ref().is_some_and(|b| !b.is_empty()) || !pipe_empty;
-            self.deadline = cx.arm(if client_slow { t.client_send } else { t.upstream_body });
+            self.deadline = cx.arm(if client_slow { t.client_send } else { rq.per.upstream_body });
             return Next::Again;
         }
         Next::Wait

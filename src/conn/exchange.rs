@@ -8,10 +8,10 @@
 //! connection) stays within its 128-byte budget (`conn::tests::idle_connection_fits_budget`).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::buf::Buf;
-use crate::config::Config;
+use crate::config::{Config, PerRequest};
 use crate::h1::chunked::Decoder;
 use crate::splice::Pipe;
 
@@ -141,6 +141,8 @@ pub struct Exchange {
     pub(super) group: u32,
     pub(super) server: u32,
     pub(super) tried: u64,
+    /// Its route's timeouts and body limit (the global ones until it is routed).
+    pub(super) per: PerRequest,
     /// The request's key for `balance = "hash"` (balance.rs), when it has one.
     pub(super) key: Option<u64>,
     pub(super) head_len: u32,
@@ -196,6 +198,12 @@ impl Exchange {
             server: 0,
             tried: 0,
             key: None,
+            per: PerRequest {
+                upstream_head: Duration::ZERO,
+                upstream_body: Duration::ZERO,
+                client_body: Duration::ZERO,
+                body_bytes: 0,
+            },
             head_len: 0,
             req_body: Body::Done,
             resp_body: Body::Done,

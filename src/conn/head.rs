@@ -102,7 +102,7 @@ impl Conn {
         let has_body = !matches!(req.framing, Framing::None);
         let expect_continue = req.expect_continue && has_body;
         if let Framing::Length(n) = req.framing
-            && n > limits.body_bytes
+            && n > cx.cfg.body_bytes_max
         {
             return self.reject(rq, cx, H1Error::BodyTooLarge);
         }
@@ -120,13 +120,20 @@ impl Conn {
             return self.answered(rq, cx, 308, n);
         }
         let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
-        let Some(group) = cx.cfg.route(host_name(req.host), path_only) else {
+        let Some(route) = cx.cfg.route(host_name(req.host), path_only) else {
             let close = has_body; // the body was not read: it cannot be told from the next request
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
             }
             return self.fail(rq, cx, 404, close);
         };
+        let group = route.group;
+        rq.per = route.per;
+        if let Framing::Length(n) = req.framing
+            && n > rq.per.body_bytes
+        {
+            return self.reject(rq, cx, H1Error::BodyTooLarge);
+        }
         rq.group = group as u32; // config groups are few
         rq.key = match cx.cfg.groups.get(group).map(|g| &g.balance) {
             Some(crate::balance::Balance::Hash(on)) => hash_key(on, &req, self.peer.ip()),
@@ -331,7 +338,7 @@ impl Conn {
             return self.upstream_bad(rq, cx);
         }
         if progress {
-            let t = cx.cfg.timeouts;
+            let t = rq.per;
             self.deadline = cx.arm(if rq.sent_all() { t.upstream_head } else { t.client_body });
             return Ok(Next::Again);
         }

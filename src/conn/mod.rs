@@ -445,14 +445,12 @@ impl Conn {
             // A deadline of its own, or a stale one from the head could fire while an fd is
             // being reclaimed and blame the server for it.
             Phase::Connect | Phase::Opening(_) => t.upstream_connect,
+            // The route's own values (PerRequest), set when the request was routed.
             Phase::Exchange(_) => {
-                if rq.sent_all() {
-                    t.upstream_head
-                } else {
-                    t.client_body
-                }
+                debug_assert!(rq.snap.is_some(), "exchanging an unrouted request");
+                if rq.sent_all() { rq.per.upstream_head } else { rq.per.client_body }
             }
-            Phase::RespBody(_) | Phase::Tunnel(_) => t.upstream_body,
+            Phase::RespBody(_) | Phase::Tunnel(_) => rq.per.upstream_body,
             Phase::Respond => t.client_send,
             Phase::Linger => Duration::from_millis(LINGER_MS),
             Phase::Close => {

@@ -78,7 +78,7 @@ impl Conn {
             return Ok(Next::Go(Phase::Close));
         }
         if progress {
-            self.deadline = cx.arm(cx.cfg.timeouts.upstream_body);
+            self.deadline = cx.arm(rq.per.upstream_body);
             return Ok(Next::Again);
         }
         Ok(Next::Wait)

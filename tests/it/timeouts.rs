@@ -233,3 +233,64 @@ fn upstream_idle_timeout_closes_pooled_connections() {
     // and a later request simply opens a new one
     assert_eq!(c.request(&get("h", "/again")).status, 200);
 }
+
+fn routes(extra_global: &str, up: std::net::SocketAddr) -> String {
+    format!(
+        "listen = [\"127.0.0.1:0\"]\nworkers = 1\n{extra_global}\n\
+         [[route]]\npath = \"/long\"\nupstream = \"app\"\nupstream_head = \"60s\"\n\
+         [[route]]\npath = \"/upload\"\nupstream = \"app\"\nbody_bytes = \"1MiB\"\n\
+         [[route]]\npath = \"/small\"\nupstream = \"app\"\nbody_bytes = 100\n\
+         [[route]]\nupstream = \"app\"\n\
+         [upstream.app]\nservers = [\"{up}\"]\n"
+    )
+}
+
+/// A `[[route]]` sets its own upstream_head (issue #17): a long-poll route waits while the
+/// global value still cuts every other route short.
+#[test]
+fn a_route_overrides_upstream_head_for_its_requests_only() {
+    let up = Upstream::http(|_| {
+        thread::sleep(ms(900));
+        ok("late")
+    });
+    let apex = Apex::start_toml(&routes("[timeouts]\nupstream_head = \"300ms\"", up.addr));
+    let mut c = apex.client();
+    c.set_read_timeout(Duration::from_secs(8));
+    let r = c.request(&get("h", "/long/poll"));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "late"), "the route's 60 s applies");
+    let mut c = apex.client();
+    c.set_read_timeout(Duration::from_secs(8));
+    c.send(&get("h", "/other"));
+    let r = c.try_read_response(false).unwrap_or_else(|e| panic!("expected 504: {e}"));
+    assert_apex_status(&r, 504);
+}
+
+/// A route's body_bytes may be larger or smaller than the global one, for Content-Length and
+/// chunked bodies alike.
+#[test]
+fn a_route_overrides_body_bytes_for_its_requests_only() {
+    let up = Upstream::http(|r| ok(&r.body.len().to_string()));
+    let apex = Apex::start_toml(&routes("[limits]\nbody_bytes = \"1KiB\"", up.addr));
+    let post = |path: &str, n: usize| {
+        let mut req = format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+        req.extend(std::iter::repeat_n(b'x', n));
+        req
+    };
+    let chunked = |path: &str, n: usize| {
+        let mut req =
+            format!("POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n").into_bytes();
+        req.extend(std::iter::repeat_n(b'x', n));
+        req.extend(b"\r\n0\r\n\r\n");
+        req
+    };
+    let r = apex.client().request(&post("/upload", 10_000));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "10000"), "the upload route takes 1 MiB");
+    let r = apex.client().request(&chunked("/upload", 10_000));
+    assert_eq!((r.status, r.body_str().as_str()), (200, "10000"));
+    assert_apex_status(&apex.client().request(&post("/other", 10_000)), 413);
+    assert_apex_status(&apex.client().request(&post("/upload", 2 << 20)), 413);
+    let r = apex.client().request(&post("/other", 500));
+    assert_eq!(r.status, 200, "under the global 1 KiB");
+    assert_apex_status(&apex.client().request(&post("/small", 500)), 413);
+    assert_apex_status(&apex.client().request(&chunked("/small", 500)), 413);
+}
