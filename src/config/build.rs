@@ -34,6 +34,7 @@ struct RawTls {
     #[serde(default)]
     redirect_http: Vec<Spanned<String>>,
     strict_sni: Option<bool>,
+    groups: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     cert: Vec<Spanned<RawCert>>,
 }
@@ -95,6 +96,7 @@ struct RawGroup {
     tls: Option<bool>,
     tls_name: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
+    tls_groups: Option<Spanned<Vec<String>>>,
 }
 
 type BuildError = (Option<Range<usize>>, String);
@@ -111,6 +113,9 @@ fn upstream_tls(
         if let Some(x) = r.tls_name.as_ref().or(r.tls_ca.as_ref()) {
             return Err((at(x), format!("upstream {name:?}: tls_name and tls_ca need `tls = true`")));
         }
+        if let Some(x) = &r.tls_groups {
+            return Err((at(x), format!("upstream {name:?}: tls_groups needs `tls = true`")));
+        }
         return Ok(None);
     }
     let server_name = match &r.tls_name {
@@ -123,7 +128,16 @@ fn upstream_tls(
         None => None,
     };
     let ca = r.tls_ca.as_ref().map(|c| base.join(c.get_ref()));
-    Ok(Some(crate::tls::UpstreamTlsSpec { server_name, ca }))
+    let groups = groups(r.tls_groups.as_ref(), &format!("upstream {name:?}: tls_groups"))?;
+    Ok(Some(crate::tls::UpstreamTlsSpec { server_name, ca, groups }))
+}
+
+/// `tls.groups` or an upstream's `tls_groups`, checked; absent: empty (the default order).
+fn groups(raw: Option<&Spanned<Vec<String>>>, what: &str) -> Result<Vec<rustls::NamedGroup>, BuildError> {
+    match raw {
+        None => Ok(Vec::new()),
+        Some(g) => crate::tls::kx::parse(g.get_ref()).map_err(|e| (at(g), format!("{what}: {e}"))),
+    }
 }
 
 /// Per server: its TLS client config. A server listed by several groups must get the same TLS
@@ -158,7 +172,7 @@ fn server_tls(
             let client = match built.iter().find(|(s, _)| s == spec) {
                 Some((_, c)) => Arc::clone(c),
                 None => {
-                    let c = crate::tls::client_config(spec.ca.as_deref())
+                    let c = crate::tls::client_config(spec.ca.as_deref(), &crate::tls::kx::resolve(&spec.groups))
                         .map_err(|e| (span.clone(), format!("upstream {:?}: {e}", g.name)))?;
                     built.push((spec.clone(), Arc::clone(&c)));
                     c
@@ -192,6 +206,7 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         }
         redirect_http.push(addr);
     }
+    let groups = groups(raw.groups.as_ref(), "tls.groups")?;
     if raw.cert.is_empty() {
         return Err((span, "tls: give at least one [[tls.cert]] with `chain` and `key`".into()));
     }
@@ -204,9 +219,9 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         })
         .collect();
     let strict_sni = raw.strict_sni.unwrap_or(false);
-    let server = crate::tls::server_config(&certs, strict_sni)
+    let server = crate::tls::server_config(&certs, strict_sni, &crate::tls::kx::resolve(&groups))
         .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
-    Ok(TlsListen { listen, redirect_http, strict_sni, certs, server })
+    Ok(TlsListen { listen, redirect_http, strict_sni, groups, certs, server })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {

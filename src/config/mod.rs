@@ -49,6 +49,8 @@ pub struct TlsListen {
     /// Plain listeners (from `listen`) whose requests all get a 308 to HTTPS.
     pub redirect_http: Vec<SocketAddr>,
     pub strict_sni: bool,
+    /// Key exchange groups (`groups`); empty: `tls::kx::DEFAULT`.
+    pub groups: Vec<rustls::NamedGroup>,
     /// Paths as given, made absolute against the config file's directory.
     pub certs: Vec<crate::tls::CertSpec>,
     /// Built once per load: the certificates are read when the config is, so a bad one is an
@@ -249,6 +251,7 @@ impl Config {
                 if let Some(c) = &t.ca {
                     let _ = writeln!(o, "tls_ca = {}", q(&c.display().to_string()));
                 }
+                let _ = writeln!(o, "tls_groups = [{}]", group_names(&t.groups));
             }
         }
         if let Some(t) = &self.tls {
@@ -256,10 +259,11 @@ impl Config {
             let redirect: Vec<String> = t.redirect_http.iter().map(|a| q(&a.to_string())).collect();
             let _ = writeln!(
                 o,
-                "\n[tls]\nlisten = [{}]\nredirect_http = [{}]\nstrict_sni = {}",
+                "\n[tls]\nlisten = [{}]\nredirect_http = [{}]\nstrict_sni = {}\ngroups = [{}]",
                 listen.join(", "),
                 redirect.join(", "),
-                t.strict_sni
+                t.strict_sni,
+                group_names(&t.groups)
             );
             for c in &t.certs {
                 let names: Vec<String> = c.names.iter().map(|n| q(n)).collect();
@@ -274,6 +278,13 @@ impl Config {
         }
         o
     }
+}
+
+/// Key exchange groups as the config names them, quoted, in effect order (the default if none).
+fn group_names(named: &[rustls::NamedGroup]) -> String {
+    let names: Vec<String> =
+        crate::tls::kx::resolve(named).iter().map(|g| format!("\"{}\"", crate::tls::kx::name(g.name()))).collect();
+    names.join(", ")
 }
 
 /// A config problem, shown as `FILE:LINE: problem` (line 0: the file as a whole).

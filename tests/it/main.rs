@@ -30,6 +30,7 @@ mod timeouts;
 mod tls;
 mod tls_edges;
 mod tls_kit;
+mod tls_pq;
 mod tls_strict;
 mod tls_upstream;
 mod upgrade;
