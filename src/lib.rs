@@ -15,6 +15,7 @@ pub mod listen;
 pub mod log;
 pub mod notify;
 pub mod reactor;
+pub mod resolve;
 pub mod server;
 pub mod splice;
 pub mod time;

@@ -147,6 +147,11 @@ pub fn run(path: &Path) -> ExitCode {
         eprintln!("apex: cannot start the health checker: {e}");
         return ExitCode::FAILURE;
     }
+    // Upstream names resolved again every `resolve_every` (resolve.rs); idle without names.
+    if let Err(e) = crate::resolve::spawn_resolver(Arc::clone(&shared)) {
+        eprintln!("apex: cannot start the resolver: {e}");
+        return ExitCode::FAILURE;
+    }
     // Before the listening lines, which whoever started us may be waiting for.
     if inherited > 0 {
         eprintln!("apex: serving on {inherited} inherited listening sockets (pid {})", std::process::id());

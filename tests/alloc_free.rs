@@ -427,7 +427,9 @@ fn tls_clients(
 ) -> usize {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Apex's own groups: X25519MLKEM768 first, so the TLS 1.3 connections negotiate the hybrid
+    // (checked below); TLS 1.2 ones get X25519 (the hybrid is TLS 1.3 only).
+    let provider = Arc::new(apex::tls::kx::provider(&apex::tls::kx::DEFAULT));
     use rustls::crypto::ring::cipher_suite as cs;
     let kinds = [
         (&rustls::version::TLS13, cs::TLS13_AES_128_GCM_SHA256),
@@ -466,6 +468,11 @@ fn tls_clients(
                 let mut r = open();
                 for _ in 0..2 {
                     requests(&mut r, true); // the handshake happens here
+                }
+                // (TLS 1.2 connections resume the first one's session: no key exchange there.)
+                if v.version == rustls::ProtocolVersion::TLSv1_3 {
+                    let group = r.get_ref().conn.negotiated_key_exchange_group().map(|g| g.name());
+                    assert_eq!(group, Some(rustls::NamedGroup::X25519MLKEM768));
                 }
                 ready.fetch_add(1, SeqCst);
                 while !go.load(SeqCst) {
@@ -524,7 +531,10 @@ fn tls_to_a_tls_upstream_allocates_nothing() {
             .unwrap(),
     )
     .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    // An origin that has only X25519MLKEM768 (so TLS 1.3 only): Apex's upstream connections
+    // can only be made, and pooled, with the hybrid negotiated.
+    let groups = [apex::tls::kx::X25519MLKEM768];
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(apex::tls::kx::provider(&groups)))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

@@ -2,7 +2,8 @@
 //!
 //! The first byte picks the mode:
 //! - raw: the bytes go straight to the TLS port (rustls's handshake parsing and our glue:
-//!   buffering, discards, alerts, lingering). Checked: Apex answers only with well-framed TLS
+//!   buffering, discards, alerts, lingering; a seed carries an X25519MLKEM768 key share, so
+//!   mutated hybrid shares reach src/tls/kx.rs). Checked: Apex answers only with well-framed TLS
 //!   records (never plaintext), and nothing reaches the upstream without a handshake.
 //! - after a handshake: a real rustls client (TLS 1.2 or 1.3, AES-GCM or ChaCha20, picked by the
 //!   mode byte) completes a handshake, sends the first part of the bytes as plaintext through
@@ -77,7 +78,8 @@ fn harness() -> Harness {
     let clients = kinds
         .iter()
         .map(|&(v, suite)| {
-            let mut p = rustls::crypto::ring::default_provider();
+            // Apex's own groups: TLS 1.3 runs negotiate X25519MLKEM768, as today's clients do.
+            let mut p = apex::tls::kx::provider(&apex::tls::kx::DEFAULT);
             p.cipher_suites = vec![suite];
             let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(p))
                 .with_protocol_versions(&[v])

@@ -14,6 +14,7 @@ use crate::limits::{GROUP_SERVERS_CAP, HEAD_BYTES_CAP, HEAD_BYTES_FLOOR, HEADERS
 pub(super) struct RawConfig {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     workers: Option<Spanned<i64>>,
+    resolve_every: Option<Spanned<toml::Value>>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -34,6 +35,7 @@ struct RawTls {
     #[serde(default)]
     redirect_http: Vec<Spanned<String>>,
     strict_sni: Option<bool>,
+    groups: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     cert: Vec<Spanned<RawCert>>,
 }
@@ -102,6 +104,7 @@ struct RawGroup {
     tls: Option<bool>,
     tls_name: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
+    tls_groups: Option<Spanned<Vec<String>>>,
     fail_after: Option<Spanned<i64>>,
     all_down: Option<Spanned<String>>,
     health: Option<Spanned<RawCheck>>,
@@ -187,6 +190,9 @@ fn upstream_tls(
         if let Some(x) = r.tls_name.as_ref().or(r.tls_ca.as_ref()) {
             return Err((at(x), format!("upstream {name:?}: tls_name and tls_ca need `tls = true`")));
         }
+        if let Some(x) = &r.tls_groups {
+            return Err((at(x), format!("upstream {name:?}: tls_groups needs `tls = true`")));
+        }
         return Ok(None);
     }
     let server_name = match &r.tls_name {
@@ -199,7 +205,16 @@ fn upstream_tls(
         None => None,
     };
     let ca = r.tls_ca.as_ref().map(|c| base.join(c.get_ref()));
-    Ok(Some(crate::tls::UpstreamTlsSpec { server_name, ca }))
+    let groups = groups(r.tls_groups.as_ref(), &format!("upstream {name:?}: tls_groups"))?;
+    Ok(Some(crate::tls::UpstreamTlsSpec { server_name, ca, groups }))
+}
+
+/// `tls.groups` or an upstream's `tls_groups`, checked; absent: empty (the default order).
+fn groups(raw: Option<&Spanned<Vec<String>>>, what: &str) -> Result<Vec<rustls::NamedGroup>, BuildError> {
+    match raw {
+        None => Ok(Vec::new()),
+        Some(g) => crate::tls::kx::parse(g.get_ref()).map_err(|e| (at(g), format!("{what}: {e}"))),
+    }
 }
 
 /// Per server: its TLS client config. A server listed by several groups must get the same TLS
@@ -234,7 +249,7 @@ fn server_tls(
             let client = match built.iter().find(|(s, _)| s == spec) {
                 Some((_, c)) => Arc::clone(c),
                 None => {
-                    let c = crate::tls::client_config(spec.ca.as_deref())
+                    let c = crate::tls::client_config(spec.ca.as_deref(), &crate::tls::kx::resolve(&spec.groups))
                         .map_err(|e| (span.clone(), format!("upstream {:?}: {e}", g.name)))?;
                     built.push((spec.clone(), Arc::clone(&c)));
                     c
@@ -268,6 +283,7 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         }
         redirect_http.push(addr);
     }
+    let groups = groups(raw.groups.as_ref(), "tls.groups")?;
     if raw.cert.is_empty() {
         return Err((span, "tls: give at least one [[tls.cert]] with `chain` and `key`".into()));
     }
@@ -280,9 +296,9 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         })
         .collect();
     let strict_sni = raw.strict_sni.unwrap_or(false);
-    let server = crate::tls::server_config(&certs, strict_sni)
+    let server = crate::tls::server_config(&certs, strict_sni, &crate::tls::kx::resolve(&groups))
         .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
-    Ok(TlsListen { listen, redirect_http, strict_sni, certs, server })
+    Ok(TlsListen { listen, redirect_http, strict_sni, groups, certs, server })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -383,6 +399,37 @@ fn parse_addr(s: &Spanned<String>, what: &str) -> Result<SocketAddr, BuildError>
     addr_at(s.get_ref(), at(s), what)
 }
 
+/// `name:port` (a DNS name, RFC 1123 §2.1 letters, digits and hyphens between dots), resolved by
+/// the system's resolver (hosts file, then DNS): every address, sorted.
+pub(super) fn resolve_name(text: &str) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let bad = || {
+        format!(
+            "bad server {text:?} (want IP:PORT or NAME:PORT, e.g. \"127.0.0.1:8080\", \"[::1]:8080\", \"app:8080\")"
+        )
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(bad());
+    }
+    let mut found: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve {text:?}: {e}"))?.collect();
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        return Err(format!("cannot resolve {text:?}: no address"));
+    }
+    Ok(found)
+}
+
 fn addr_at(s: &str, span: Option<Range<usize>>, what: &str) -> Result<SocketAddr, BuildError> {
     s.parse::<SocketAddr>().map_err(|_| {
         (span, format!("{what}: bad address {s:?} (want IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"))
@@ -480,6 +527,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
     };
 
     let mut servers: Vec<SocketAddr> = Vec::new();
+    let mut names: Vec<(String, Vec<SocketAddr>)> = Vec::new();
     let mut groups = Vec::new();
     let mut group_index = BTreeMap::new();
     for (name, g) in &raw.upstream {
@@ -492,6 +540,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         }
         let mut members = Vec::new();
         let mut weights = Vec::new();
+        let mut entries = Vec::new();
         for s in list.get_ref() {
             let (text, weight) = match s.get_ref() {
                 RawServer::Addr(a) => (a, 1),
@@ -503,19 +552,38 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
                     }
                 },
             };
-            weights.push(weight);
-            let addr = addr_at(text, at(s), &format!("upstream {name:?}"))?;
-            let idx = match servers.iter().position(|a| *a == addr) {
-                Some(i) => i,
+            entries.push((text.clone(), weight));
+            let literal = text.parse::<SocketAddr>().ok();
+            let addrs = match literal {
+                Some(a) => vec![a],
                 None => {
-                    servers.push(addr);
-                    servers.len() - 1
+                    let found = resolve_name(text).map_err(|e| (at(s), format!("upstream {name:?}: {e}")))?;
+                    if !names.iter().any(|(n, _)| n == text) {
+                        names.push((text.clone(), found.clone()));
+                    }
+                    found
                 }
             };
-            if members.contains(&idx) {
-                return Err((at(s), format!("upstream {name:?}: {addr} is listed twice")));
+            for addr in addrs {
+                let idx = match servers.iter().position(|a| *a == addr) {
+                    Some(i) => i,
+                    None => {
+                        servers.push(addr);
+                        servers.len() - 1
+                    }
+                };
+                if members.contains(&idx) {
+                    if literal.is_some() {
+                        return Err((at(s), format!("upstream {name:?}: {addr} is listed twice")));
+                    }
+                    continue; // a name's address already in the group: once is enough
+                }
+                if members.len() == GROUP_SERVERS_CAP {
+                    return Err((at(s), format!("upstream {name:?}: more than {GROUP_SERVERS_CAP} addresses")));
+                }
+                members.push(idx);
+                weights.push(weight);
             }
-            members.push(idx);
         }
         let cooldown = duration(&g.get_ref().cooldown, "cooldown", 10_000, true)?;
         let tls = upstream_tls(name, g, base)?;
@@ -569,6 +637,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         group_index.insert(name.clone(), groups.len());
         groups.push(Group {
             name: name.clone(),
+            entries,
             servers: members,
             uniform: weights.iter().all(|&w| w == weights.first().copied().unwrap_or(1)),
             weights,
@@ -661,9 +730,13 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         client_body: timeouts.client_body,
         body_bytes: limits.body_bytes,
     };
+    let resolve_every = duration(&raw.resolve_every, "resolve_every", 30_000, false)?;
     Ok(Config {
         listen,
         workers,
+        resolve_every,
+        names,
+        source: None,
         timeouts,
         limits,
         per,

@@ -30,6 +30,13 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Worker threads; 0 in the file means one per core, resolved here.
     pub workers: usize,
+    /// How often upstream names are resolved again (resolve.rs).
+    pub resolve_every: Duration,
+    /// Each distinct upstream name (`app:8080`) and the addresses it resolved to, sorted.
+    pub names: Vec<(String, Vec<SocketAddr>)>,
+    /// The text and file name this was parsed from: names are resolved again from it, so that
+    /// a change on disk without a SIGHUP is never applied by the resolver.
+    pub source: Option<(Arc<str>, String)>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     /// The global values of what a route may override (`PerRequest`).
@@ -60,6 +67,8 @@ pub struct TlsListen {
     /// Plain listeners (from `listen`) whose requests all get a 308 to HTTPS.
     pub redirect_http: Vec<SocketAddr>,
     pub strict_sni: bool,
+    /// Key exchange groups (`groups`); empty: `tls::kx::DEFAULT`.
+    pub groups: Vec<rustls::NamedGroup>,
     /// Paths as given, made absolute against the config file's directory.
     pub certs: Vec<crate::tls::CertSpec>,
     /// Built once per load: the certificates are read when the config is, so a bad one is an
@@ -139,6 +148,8 @@ pub struct PerRequest {
 #[derive(Debug)]
 pub struct Group {
     pub name: String,
+    /// The servers as written (address or name, weight), for `effective`.
+    pub entries: Vec<(String, u32)>,
     pub servers: Vec<usize>,
     /// Per member (same order as `servers`), 1 unless written.
     pub weights: Vec<u32>,
@@ -222,7 +233,11 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.span(), e.message().to_string()))?;
         let base = Path::new(file).parent().unwrap_or(Path::new(""));
-        build(raw, base).map_err(|(span, msg)| err(span, msg))
+        let mut c = build(raw, base).map_err(|(span, msg)| err(span, msg))?;
+        if !c.names.is_empty() {
+            c.source = Some((Arc::from(text), file.to_string()));
+        }
+        Ok(c)
     }
 }
 
@@ -239,7 +254,12 @@ impl Config {
         let mut o = String::new();
         let listen: Vec<String> = self.listen.iter().map(|a| q(&a.to_string())).collect();
         let _ = writeln!(o, "listen = [{}]", listen.join(", "));
-        let _ = writeln!(o, "workers = {}\n\n[timeouts]", self.workers);
+        let _ = writeln!(o, "workers = {}\nresolve_every = {}", self.workers, d(self.resolve_every));
+        for (name, addrs) in &self.names {
+            let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            let _ = writeln!(o, "# {name} -> {}", shown.join(", "));
+        }
+        let _ = writeln!(o, "\n[timeouts]");
         let t = &self.timeouts;
         for (k, v) in [
             ("client_head", t.client_head),
@@ -307,13 +327,9 @@ impl Config {
         }
         for g in &self.groups {
             let servers: Vec<String> = g
-                .servers
+                .entries
                 .iter()
-                .zip(&g.weights)
-                .filter_map(|(&i, &w)| Some((self.servers.get(i)?, w)))
-                .map(|(a, w)| {
-                    if w == 1 { q(&a.to_string()) } else { format!("{{ addr = {}, weight = {w} }}", q(&a.to_string())) }
-                })
+                .map(|(a, w)| if *w == 1 { q(a) } else { format!("{{ addr = {}, weight = {w} }}", q(a)) })
                 .collect();
             let all_down = match g.all_down {
                 AllDown::Fail => "fail",
@@ -357,6 +373,7 @@ impl Config {
                 if let Some(c) = &t.ca {
                     let _ = writeln!(o, "tls_ca = {}", q(&c.display().to_string()));
                 }
+                let _ = writeln!(o, "tls_groups = [{}]", group_names(&t.groups));
             }
         }
         if let Some(t) = &self.tls {
@@ -364,10 +381,11 @@ impl Config {
             let redirect: Vec<String> = t.redirect_http.iter().map(|a| q(&a.to_string())).collect();
             let _ = writeln!(
                 o,
-                "\n[tls]\nlisten = [{}]\nredirect_http = [{}]\nstrict_sni = {}",
+                "\n[tls]\nlisten = [{}]\nredirect_http = [{}]\nstrict_sni = {}\ngroups = [{}]",
                 listen.join(", "),
                 redirect.join(", "),
-                t.strict_sni
+                t.strict_sni,
+                group_names(&t.groups)
             );
             for c in &t.certs {
                 let names: Vec<String> = c.names.iter().map(|n| q(n)).collect();
@@ -382,6 +400,13 @@ impl Config {
         }
         o
     }
+}
+
+/// Key exchange groups as the config names them, quoted, in effect order (the default if none).
+fn group_names(named: &[rustls::NamedGroup]) -> String {
+    let names: Vec<String> =
+        crate::tls::kx::resolve(named).iter().map(|g| format!("\"{}\"", crate::tls::kx::name(g.name()))).collect();
+    names.join(", ")
 }
 
 /// A config problem, shown as `FILE:LINE: problem` (line 0: the file as a whole).
@@ -517,7 +542,7 @@ mod tests {
         let one = "servers = [\"127.0.0.1:9\"]\n";
         for (bad, want) in [
             ("servers = [{ addr = \"127.0.0.1:9\", weight = 0 }]\n", "weight 0: must be between 1 and 1000"),
-            ("servers = [{ addr = \"nope\" }]\n", "bad address \"nope\""),
+            ("servers = [{ addr = \"nope\" }]\n", "bad server \"nope\""),
             ("servers = [{ addr = \"127.0.0.1:9\", wieght = 2 }]\n", ""),
             (&format!("{one}balance = \"random\"\n"), "balance \"random\": want"),
             (&format!("{one}hash_on = \"client_ip\"\n"), "hash_on needs balance = \"hash\""),

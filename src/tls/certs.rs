@@ -49,13 +49,25 @@ impl rustls::server::ResolvesServerCert for Sni {
     }
 }
 
-/// Loads every certificate and key and builds the rustls server config. An error names the
-/// entry (its index in `certs`) and the file.
-pub fn server_config(certs: &[CertSpec], strict_sni: bool) -> Result<Arc<ServerConfig>, (usize, String)> {
+/// Loads every certificate and key and builds the rustls server config, with the key exchange
+/// `groups` (`kx::DEFAULT` unless `tls.groups` says otherwise). An error names the entry (its
+/// index in `certs`) and the file.
+///
+/// Which group a handshake uses is rustls's choice (0.23, `server/hs.rs`): the first group in
+/// the *client's* supported_groups that is in `groups`; the order of `groups` is not consulted.
+/// If the client sent no key share for that group, rustls answers with a HelloRetryRequest
+/// for it (RFC 8446 §4.1.4). So a client that lists X25519MLKEM768 first but sends only an
+/// X25519 share gets a HelloRetryRequest when `groups` holds the hybrid, and X25519 at once when
+/// it does not; one that lists X25519 first gets X25519 either way.
+pub fn server_config(
+    certs: &[CertSpec],
+    strict_sni: bool,
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> Result<Arc<ServerConfig>, (usize, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(super::kx::provider(groups));
     let mut sni = Sni { exact: Vec::new(), wild: Vec::new(), keys: Vec::new(), strict: strict_sni };
     for (i, c) in certs.iter().enumerate() {
         let chain_name = c.chain.display();
@@ -126,6 +138,8 @@ pub struct UpstreamTlsSpec {
     pub server_name: Option<String>,
     /// Roots to trust instead of the system's.
     pub ca: Option<std::path::PathBuf>,
+    /// Key exchange groups in the order offered (`tls_groups`); empty: `kx::DEFAULT`.
+    pub groups: Vec<rustls::NamedGroup>,
 }
 
 /// How to speak TLS to one upstream server.
@@ -152,8 +166,14 @@ const SYSTEM_ROOTS: [&str; 3] =
     ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
 
 /// A TLS client config for upstreams: TLS 1.2 and 1.3, ALPN http/1.1, the chain and name
-/// verified by webpki against `ca` (a PEM bundle) or the system's roots.
-pub fn client_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+/// verified by webpki against `ca` (a PEM bundle) or the system's roots, key exchange `groups`
+/// in that order. The order matters here: rustls sends a key share for the first group only
+/// (and, when that is X25519MLKEM768, its X25519 half as a second share), so the default
+/// offers the hybrid and a server without it still answers in one round trip.
+pub fn client_config(
+    ca: Option<&std::path::Path>,
+    groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let path = match ca {
@@ -174,7 +194,7 @@ pub fn client_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientC
     if added == 0 {
         return Err(format!("tls_ca {shown}: no usable certificate in it"));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(super::kx::provider(groups));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("tls: {e}"))?

@@ -12,7 +12,8 @@
 //!
 //! The parts, one job each: `handshake` (rustls's unbuffered handshake on our buffers),
 //! `record` (sealing and opening records after it, alerts), `certs` (certificates and rustls
-//! configurations, built at start and on reload, off the hot path). This file is the socket-like
+//! configurations, built at start and on reload, off the hot path), `kx` (the key exchange
+//! groups, among them the post-quantum hybrid X25519MLKEM768). This file is the socket-like
 //! `Tls` that joins them, and the only public face: other modules use `crate::tls::*` paths.
 //! Invariants: no allocation per record (the handshake's `spill` aside, see `handshake`); no
 //! byte after a fatal alert or our close_notify; a record that fails ends the connection.
@@ -31,6 +32,7 @@ use crate::transport::{Filled, Io, fill};
 
 mod certs;
 mod handshake;
+pub mod kx;
 mod record;
 
 pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, server_config};

@@ -48,7 +48,7 @@ fn lines_named(stderr: &str, file: &str) -> Vec<usize> {
 
 /// Asserts both `apex --check FILE` and `apex FILE` reject `toml` naming FILE:LINE with LINE in
 /// `lines`, and that stderr mentions one of `words` (case-insensitive; empty = no check).
-fn check_bad(toml: &str, lines: std::ops::RangeInclusive<usize>, words: &[&str]) {
+pub(crate) fn check_bad(toml: &str, lines: std::ops::RangeInclusive<usize>, words: &[&str]) {
     let dir = TempDir::new("badcfg");
     let file = dir.write("bad.toml", toml);
     let file_s = file.to_str().unwrap();

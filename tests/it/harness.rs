@@ -157,13 +157,31 @@ impl Apex {
     }
 
     pub fn start_toml(toml: &str) -> Apex {
+        Self::start_in(toml, None)
+    }
+
+    /// `start_toml` in a mount namespace of its own whose /etc/hosts is `hosts` (`unshare -m`;
+    /// needs root, as CI runs). Rewriting `hosts` in place changes what Apex resolves.
+    pub fn start_with_hosts(toml: &str, hosts: &Path) -> Apex {
+        Self::start_in(toml, Some(hosts))
+    }
+
+    fn start_in(toml: &str, hosts: Option<&Path>) -> Apex {
         let dir = TempDir::new("run");
         let conf = dir.write("apex.toml", toml);
         let stderr_path = dir.path().join("stderr");
         // Plain listeners are announced first, then TLS ones: with TLS, wait for the first TLS line.
         let wants_tls =
             toml.lines().map(str::trim).any(|l| l == "[tls]" || l.starts_with("[[tls.") || l.starts_with("[tls."));
-        let mut child = Command::new(APEX)
+        let mut cmd = match hosts {
+            None => Command::new(APEX),
+            Some(h) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$1\" \"$2\""]).arg(h).arg(APEX);
+                c
+            }
+        };
+        let mut child = cmd
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -111,7 +111,7 @@ fn server_config(
 
 /// `[upstream.NAME]` speaking TLS to `servers`, with `tls_name` / `tls_ca` when given and a
 /// 10 s cooldown.
-fn tls_group(name: &str, servers: &[SocketAddr], tls_name: Option<&str>, tls_ca: Option<&Path>) -> String {
+pub(crate) fn tls_group(name: &str, servers: &[SocketAddr], tls_name: Option<&str>, tls_ca: Option<&Path>) -> String {
     let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
     let mut t = format!("\n[upstream.{name}]\nservers = [{}]\ntls = true\ncooldown = \"10s\"\n", list.join(", "));
     if let Some(n) = tls_name {
@@ -162,7 +162,7 @@ fn reply(bytes: Vec<u8>) -> Vec<Act> {
 
 /// What one accepted connection saw, filled in as the connection goes.
 #[derive(Clone, Debug, Default)]
-struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// A ClientHello arrived (the fields below it are from it).
     hello: bool,
     sni: Option<String>,
@@ -171,6 +171,10 @@ struct ConnInfo {
     handshake: Option<Result<(), String>>,
     version: Option<ProtocolVersion>,
     suite: Option<CipherSuite>,
+    /// The key exchange group negotiated (tls_pq.rs).
+    pub(crate) group: Option<rustls::NamedGroup>,
+    /// Full, or full with a HelloRetryRequest (tls_pq.rs).
+    pub(crate) kind: Option<rustls::HandshakeKind>,
     alpn: Option<String>,
     requests: usize,
     /// Errors after the handshake (reads, writes, KeyUpdate refused).
@@ -204,8 +208,8 @@ impl TlsUpState {
 }
 
 /// An in-test TLS origin on 127.0.0.1:0: one thread per accepted connection.
-struct TlsUpstream {
-    addr: SocketAddr,
+pub(crate) struct TlsUpstream {
+    pub(crate) addr: SocketAddr,
     st: Arc<TlsUpState>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -249,7 +253,7 @@ impl TlsUpstream {
     }
 
     /// Answers 200 with `METHOD TARGET BODY` for every request.
-    fn echo(cfg: Arc<ServerConfig>) -> TlsUpstream {
+    pub(crate) fn echo(cfg: Arc<ServerConfig>) -> TlsUpstream {
         Self::start(cfg, |r| reply(ok(&echo_text(r))))
     }
 
@@ -259,7 +263,7 @@ impl TlsUpstream {
     fn open(&self) -> usize {
         self.st.open.load(SeqCst)
     }
-    fn conns(&self) -> Vec<ConnInfo> {
+    pub(crate) fn conns(&self) -> Vec<ConnInfo> {
         self.st.conns.lock().unwrap().clone()
     }
     fn requests(&self) -> Vec<Req> {
@@ -395,6 +399,8 @@ fn serve(
         i.handshake = Some(Ok(()));
         i.version = conn.protocol_version();
         i.suite = conn.negotiated_cipher_suite().map(|s| s.suite());
+        i.group = conn.negotiated_key_exchange_group().map(|g| g.name());
+        i.kind = conn.handshake_kind();
         i.alpn = conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
     });
     let mut c = TlsConn { s: StreamOwned::new(conn, sock), buf: vec![], index, st: st.clone(), idle_close };

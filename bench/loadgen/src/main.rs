@@ -9,13 +9,15 @@
 //!         With --tls, every connection speaks TLS (rustls, ring; server name SNI); the
 //!         handshakes are done before the schedule starts.
 //!   handshakes --addr A --conns C --duration S [--sni NAME] [--path P] [--resume 1] [--verify 1]
+//!              [--groups classical|pq]
 //!         New TLS connections, C at a time: each connects, does a full handshake, sends one
 //!         GET with `Connection: close`, reads the response and waits for the server to close
 //!         (at most 1 s), then its slot opens the next one, until S seconds have passed.
 //!         Session resumption is off (no tickets or session ids kept) unless --resume 1.
 //!         The server's certificate is not checked, nor (unless --verify 1) its handshake
 //!         signature: the client's share of the work stays small. Reports completed
-//!         exchanges per second as "rps" (one handshake each).
+//!         exchanges per second as "rps" (one handshake each). --groups pq offers Apex's
+//!         default groups (X25519MLKEM768 first); classical (the default) rustls's ring ones.
 //!   idle  --addr A --conns N [--inflight K] [--hold S] [--path P]
 //!         Opens N keep-alive connections (at most K connecting or waiting at once), sends
 //!         one request on each, keeps them all open and idle, prints {"ready":..}, holds for
@@ -34,6 +36,10 @@
 //! pieces: http (response reader, read buffer), net (timerfd, plain and TLS sockets), stats.
 
 mod handshakes;
+/// Apex's key exchange groups: the same source file, so `--groups pq` is Apex's own hybrid.
+#[path = "../../../src/tls/kx.rs"]
+#[allow(dead_code)]
+mod kx;
 mod http;
 mod idle;
 mod net;

@@ -10,6 +10,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use crate::Opts;
+use crate::kx;
 use crate::http::EdgeRead;
 
 // ---------------------------------------------------------------- timerfd
@@ -63,8 +64,15 @@ pub(crate) struct Tls {
 impl Tls {
     /// TLS 1.3 and 1.2 (rustls prefers 1.3), ALPN http/1.1, no certificate check. Without
     /// `resume` no session is kept, so every connection does a full handshake.
+    ///
+    /// `--groups`: `classical` (default: rustls's ring groups, X25519 first) or `pq` (Apex's
+    /// default list, X25519MLKEM768 first, with its X25519 share beside it).
     pub(crate) fn new(o: &Opts, sni: &str, resume: bool) -> io::Result<Tls> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(match o.str("groups", "classical").as_str() {
+            "classical" => rustls::crypto::ring::default_provider(),
+            "pq" => kx::provider(&kx::DEFAULT),
+            g => return Err(io::Error::other(format!("--groups {g:?}: classical or pq"))),
+        });
         let algs = provider.signature_verification_algorithms;
         let verifier = Arc::new(NoVerify { algs, check_sig: o.str("verify", "0") == "1" });
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
