@@ -27,6 +27,7 @@ use crate::conn::{ClientKey, Conn, Cx, Exchange, Fault, Phase, is_fd_exhaustion}
 use crate::limits::{
     ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS, TLS_BUFS_PREALLOC, TLS_SESSIONS_PER_WORKER,
 };
+use crate::metrics::{CloseWhy, WorkerMetrics};
 use crate::upstream::{UpKey, Upstreams};
 
 /// Wakes a worker from `poll` (drain, reload). Even and far above any slab key.
@@ -115,7 +116,11 @@ impl Worker {
         let arena = Bump::with_capacity(ARENA_BYTES);
         arena.set_allocation_limit(Some(ARENA_BYTES));
         let now = Instant::now();
-        let ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
+        let metrics = crate::metrics::WorkerMetrics::new();
+        let mut ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
+        ups.metrics = Arc::clone(&metrics);
+        let mut tls_bufs = crate::tls::TlsBufPool::new(if uses_tls { TLS_BUFS_PREALLOC } else { 0 });
+        tls_bufs.metrics = Arc::clone(&metrics);
         Ok(Worker {
             poll,
             waker,
@@ -136,12 +141,13 @@ impl Worker {
                 ups,
                 pipes: crate::splice::PipePool::new(),
                 // Sized at start like the plain pool when anything speaks TLS (18.5 KiB each).
-                tls_bufs: crate::tls::TlsBufPool::new(if uses_tls { TLS_BUFS_PREALLOC } else { 0 }),
+                tls_bufs,
                 https_port,
                 log,
                 recs: Slab::with_capacity(cap),
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
                 fd_freed: false,
+                metrics,
             },
             accept_paused: false,
             handover: None,
@@ -164,6 +170,11 @@ impl Worker {
     /// listeners (a binary upgrade).
     pub fn set_handover(&mut self, flag: Arc<AtomicBool>) {
         self.handover = Some(flag);
+    }
+
+    /// This worker's counters, for the admin thread.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        Arc::clone(&self.cx.metrics)
     }
 
     /// Lets another thread interrupt this worker's `poll`.
@@ -209,7 +220,7 @@ impl Worker {
             }
         }
         while let Some(key) = self.expired.pop() {
-            self.close(key);
+            self.close_for(key, CloseWhy::Drain);
         }
     }
 
@@ -310,6 +321,13 @@ impl Worker {
         }
     }
 
+    /// Closes a connection the worker itself ends, for `why`.
+    fn close_for(&mut self, key: usize, why: CloseWhy) {
+        if let Some(c) = self.conns.try_remove(key) {
+            c.close(&mut self.cx, ClientKey(key), Some(why));
+        }
+    }
+
     /// Not an error (a long body can use its turns), but a connection that keeps doing so is
     /// worth seeing: once per connection.
     #[cold]
@@ -333,7 +351,7 @@ impl Worker {
             };
             log_fault(&mut self.cx, &mut self.faults, peer, level, format_args!("closed in {phase}: {cause}"));
         }
-        self.close(key);
+        self.close_for(key, CloseWhy::Error);
     }
 
     /// Out of fds while a request needs an upstream connection: close an idle pooled upstream
@@ -345,13 +363,13 @@ impl Worker {
         }
         let victim = self.conns.iter().find(|(k, c)| *k != except && c.is_idle()).map(|(k, _)| k);
         if let Some(k) = victim {
-            self.close(k);
+            self.close_for(k, CloseWhy::Reclaimed);
         }
     }
 
     fn close(&mut self, key: usize) {
         if let Some(c) = self.conns.try_remove(key) {
-            c.close(&mut self.cx, ClientKey(key));
+            c.close(&mut self.cx, ClientKey(key), None);
         }
     }
 
@@ -430,6 +448,11 @@ impl Worker {
                         continue;
                     }
                     let redirect = self.redirects.get(li).copied().unwrap_or(false);
+                    let m = &self.cx.metrics;
+                    if let (Some(a), Some(s)) = (m.accepted.get(usize::from(tls.is_some())), m.states.first()) {
+                        a.inc();
+                        s.inc(); // ReadHead
+                    }
                     entry.insert(Conn::new(sock, peer, tls, redirect, &mut self.cx));
                     self.drive(key);
                 }
@@ -509,7 +532,7 @@ impl Worker {
                 }
             }
             while let Some(key) = self.expired.pop() {
-                self.close(key);
+                self.close_for(key, CloseWhy::Drain);
             }
         }
         if self.accept_paused {

@@ -46,7 +46,8 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     let notify = Notifier::from_env();
-    let cfg = match Config::load(path) {
+    let started = (Instant::now(), crate::metrics::unix_now().0);
+    let mut cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apex: {e}");
@@ -106,6 +107,19 @@ pub fn run(path: &Path) -> ExitCode {
             names.push(if j < plain { "http" } else { "https" });
         }
     }
+    let labels = crate::metrics::Labels::new();
+    labels.assign(&mut cfg);
+    let admin_listener = match cfg.admin.map(crate::admin::bind) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!(
+                "apex: cannot listen on admin.listen {}: {e}",
+                cfg.admin.map(|a| a.to_string()).unwrap_or_default()
+            );
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let shared = Arc::new(ArcSwap::from_pointee(cfg));
     let drain = Arc::new(AtomicBool::new(false));
     let handed_over = Arc::new(AtomicBool::new(false));
@@ -121,6 +135,7 @@ pub fn run(path: &Path) -> ExitCode {
             limits.connections
         );
     }
+    let mut worker_metrics = Vec::new();
     for (i, (ls, log)) in listeners.into_iter().zip(logs).enumerate() {
         let mut w = match Worker::new(Arc::clone(&shared), ls, log) {
             Ok(w) => w,
@@ -132,12 +147,38 @@ pub fn run(path: &Path) -> ExitCode {
         w.set_fd_cap(cap);
         w.set_handover(Arc::clone(&handed_over));
         wakers.push(w.waker());
+        worker_metrics.push(w.metrics());
         let drain = Arc::clone(&drain);
         let spawned = std::thread::Builder::new().name(format!("apex-w{i}")).spawn(move || w.run(&drain));
         match spawned {
             Ok(h) => workers.push(h),
             Err(e) => {
                 eprintln!("apex: cannot start worker {i}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let admin = Arc::new(crate::admin::Shared {
+        workers: worker_metrics,
+        labels,
+        config: Arc::clone(&shared),
+        path: path.to_path_buf(),
+        drain: Arc::clone(&drain),
+        started: started.0,
+        started_unix: started.1,
+        reloads: Default::default(),
+        generation: crate::metrics::Counter::new(),
+        last_reload: ArcSwap::from_pointee(crate::admin::Reload { at: started.1, result: "ok", error: None }),
+    });
+    admin.generation.inc();
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    if let Some(l) = admin_listener {
+        let (sh, stop) = (Arc::clone(&admin), Arc::clone(&admin_stop));
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        match std::thread::Builder::new().name("apex-admin".into()).spawn(move || crate::admin::serve(l, sh, stop)) {
+            Ok(_) => eprintln!("apex: admin on http://{addr}/ (/metrics, /status, /healthz)"),
+            Err(e) => {
+                eprintln!("apex: cannot start the admin thread: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -164,7 +205,7 @@ pub fn run(path: &Path) -> ExitCode {
             Ok(SIGHUP) => {
                 notify.reloading();
                 let sink = shared.load().log.access.clone();
-                reload(path, &shared, &mut retired);
+                reload(path, &shared, &mut retired, &admin);
                 let new_sink = shared.load().log.access.clone();
                 if new_sink != sink {
                     logger.set_sink(new_sink);
@@ -184,6 +225,8 @@ pub fn run(path: &Path) -> ExitCode {
                         notify.send(&format!("MAINPID={pid}\nREADY=1"));
                         handover.clear();
                         handed_over.store(true, Ordering::SeqCst);
+                        // The new process serves the admin address (SO_REUSEPORT) from now on.
+                        admin_stop.store(true, Ordering::SeqCst);
                         drain.store(true, Ordering::SeqCst);
                         wake(&wakers);
                         drain_deadline = Some(Instant::now() + shared.load().timeouts.shutdown);
@@ -289,25 +332,33 @@ fn wake(wakers: &[Arc<mio::Waker>]) {
 }
 
 /// SIGHUP: all or nothing.
-fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>) {
-    let new = match Config::load(path) {
+fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>, admin: &crate::admin::Shared) {
+    let mut new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apex: reload failed: {e}; still serving the previous config");
+            admin.reloaded("failed", Some(e.to_string()));
             return;
         }
     };
     let current = shared.load();
+    if new.admin != current.admin {
+        let why = format!("{}: `admin.listen` changed, which needs a restart", path.display());
+        eprintln!("apex: reload refused: {why}; still serving the previous config");
+        admin.reloaded("refused", Some(why));
+        return;
+    }
     let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
     if new.listen != current.listen || new.workers != current.workers || tls_listen(&new) != tls_listen(&current) {
-        eprintln!(
-            "apex: reload refused: {}: `listen`, `tls.listen` or `workers` changed, which needs a restart; still serving the previous config",
-            path.display()
-        );
+        let why = format!("{}: `listen`, `tls.listen` or `workers` changed, which needs a restart", path.display());
+        eprintln!("apex: reload refused: {why}; still serving the previous config");
+        admin.reloaded("refused", Some(why));
         return;
     }
     drop(current);
+    admin.labels.assign(&mut new);
     retired.push(shared.swap(Arc::new(new)));
+    admin.reloaded("ok", None);
     eprintln!("apex: reloaded {}", path.display());
 }
 

@@ -25,6 +25,13 @@ pub(super) struct RawConfig {
     #[serde(default)]
     upstream: BTreeMap<String, Spanned<RawGroup>>,
     tls: Option<Spanned<RawTls>>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -206,7 +213,8 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
     let strict_sni = raw.strict_sni.unwrap_or(false);
     let server = crate::tls::server_config(&certs, strict_sni)
         .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
-    Ok(TlsListen { listen, redirect_http, strict_sni, certs, server })
+    let expiry = certs.iter().map(|c| crate::tls::leaf_expiry(&c.chain)).collect();
+    Ok(TlsListen { listen, redirect_http, strict_sni, certs, server, expiry })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -438,7 +446,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         return Err((None, "no [[route]]: every request would get 404; add at least one route".into()));
     }
     let mut sites: Vec<Site> = Vec::new();
-    for r in &raw.route {
+    for (raw_index, r) in raw.route.iter().enumerate() {
         let host = match &r.host {
             Some(h) => host_pattern(h)?,
             None => HostPattern::Any,
@@ -468,7 +476,9 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         if site.routes.iter().any(|x| x.path == path) {
             return Err((at(&r.upstream), "duplicate route: this host and path are already routed".to_string()));
         }
-        site.routes.push(Route { path, group });
+        // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
+        let slot = (raw_index + 1).min(crate::metrics::ROUTE_SLOTS - 1);
+        site.routes.push(Route { path, group, slot });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -484,5 +494,10 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         None => None,
     };
     let server_tls = server_tls(&raw.upstream, &groups, &servers)?;
-    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, server_tls, tls })
+    let server_slots = (0..servers.len()).map(|i| i.min(crate::metrics::SERVER_SLOTS - 1)).collect();
+    let admin = match raw.admin.and_then(|a| a.listen) {
+        Some(a) => Some(parse_addr(&a, "admin.listen")?),
+        None => None,
+    };
+    Ok(Config { listen, workers, timeouts, limits, log, sites, groups, servers, server_tls, tls, server_slots, admin })
 }

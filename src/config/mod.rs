@@ -41,6 +41,11 @@ pub struct Config {
     pub server_tls: Vec<Option<Arc<crate::tls::UpstreamTls>>>,
     /// TLS listeners and their certificates (`[tls]`), if any.
     pub tls: Option<TlsListen>,
+    /// Per server (same index as `servers`): its metrics slot (`metrics::Labels::assign`;
+    /// the index, capped, until then).
+    pub server_slots: Vec<usize>,
+    /// `[admin] listen`: the address of /metrics, /status and /healthz, if any.
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -54,6 +59,8 @@ pub struct TlsListen {
     /// Built once per load: the certificates are read when the config is, so a bad one is an
     /// error at start or on reload, never on a handshake.
     pub server: std::sync::Arc<rustls::ServerConfig>,
+    /// Per certificate (same index as `certs`): its leaf's notAfter, Unix seconds.
+    pub expiry: Vec<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +118,8 @@ pub enum HostPattern {
 pub struct Route {
     pub path: Box<[u8]>,
     pub group: usize,
+    /// Its metrics slot (see `server_slots`).
+    pub slot: usize,
 }
 
 #[derive(Debug)]
@@ -120,6 +129,16 @@ pub struct Group {
     pub cooldown: Duration,
     /// TLS to these servers (`tls = true`), as written.
     pub tls: Option<crate::tls::UpstreamTlsSpec>,
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(&String::from_utf8_lossy(h)),
+            HostPattern::Suffix(s) => write!(f, "*{}", String::from_utf8_lossy(s)),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
 }
 
 impl HostPattern {
@@ -139,8 +158,13 @@ impl Config {
     /// The upstream group for a request: most specific host, then longest path prefix within
     /// that host's routes (as nginx picks a server block, then a location). `host` has no port.
     pub fn route(&self, host: &[u8], path: &[u8]) -> Option<usize> {
+        self.route_of(host, path).map(|r| r.group)
+    }
+
+    /// The matching route itself (its group and metrics slot).
+    pub fn route_of(&self, host: &[u8], path: &[u8]) -> Option<&Route> {
         let site = self.sites.iter().find(|s| s.host.matches(host))?;
-        site.routes.iter().find(|r| path.starts_with(&r.path)).map(|r| r.group)
+        site.routes.iter().find(|r| path.starts_with(&r.path))
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -214,12 +238,11 @@ impl Config {
             crate::log::Format::Json => "json",
         };
         let _ = writeln!(o, "\n[log]\naccess = {}\nformat = {}", q(&access), q(format));
+        if let Some(a) = self.admin {
+            let _ = writeln!(o, "\n[admin]\nlisten = {}", q(&a.to_string()));
+        }
         for site in &self.sites {
-            let host = match &site.host {
-                HostPattern::Exact(h) => String::from_utf8_lossy(h).into_owned(),
-                HostPattern::Suffix(s) => format!("*{}", String::from_utf8_lossy(s)),
-                HostPattern::Any => "*".to_string(),
-            };
+            let host = site.host.to_string();
             for r in &site.routes {
                 let group = self.groups.get(r.group).map_or("", |g| g.name.as_str());
                 let _ = writeln!(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use mio::Interest;
 use mio::net::TcpStream;
 
+use crate::metrics::{Reject, UpError};
 use crate::tls::Tls;
 use crate::transport::Io;
 use crate::upstream::{UpConn, UpKey};
@@ -80,21 +81,33 @@ impl Conn {
             let cfg = rq.snap()?;
             let cooldown = cfg.groups.get(rq.group as usize).map_or(std::time::Duration::ZERO, |g| g.cooldown);
             let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now) else {
-                let status = if rq.timed_out { 504 } else { 502 };
+                let why = if rq.timed_out { Reject::UpstreamTimeout } else { Reject::UpstreamFailed };
                 let close = !rq.req_done();
-                return self.fail(rq, cx, status, close);
+                return self.fail(rq, cx, why, close);
             };
+            let stats = cx.ups.slot(server).and_then(|i| cx.metrics.server(i));
             rq.tried |= 1u64 << idx;
             rq.server = server as u32;
             // A retry goes to a fresh connection: the pooled one just failed us.
             if rq.retry != Retry::Used
                 && let Some(up) = cx.ups.take_idle(server, key, rq.retry == Retry::Never)
             {
+                if let Some(s) = stats {
+                    s.pool_hits.inc();
+                }
                 return Ok(Next::Go(Phase::Exchange(up)));
+            }
+            if let Some(s) = stats {
+                s.pool_misses.inc();
             }
             let Some(addr) = cx.ups.addr(server) else { continue };
             match open(cx, key, server, addr) {
-                Ok(up) => return Ok(Next::Go(Phase::Opening(up))),
+                Ok(up) => {
+                    if let Some(s) = cx.ups.slot(server).and_then(|i| cx.metrics.server(i)) {
+                        s.connects.inc();
+                    }
+                    return Ok(Next::Go(Phase::Opening(up)));
+                }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Not the server's fault: do not mark it down. Out of fds, an active request
                     // comes before an idle connection (as nginx reuses idle keep-alive
@@ -105,9 +118,10 @@ impl Conn {
                         return Ok(Next::Wait);
                     }
                     let close = !rq.req_done();
-                    return self.fail(rq, cx, 502, close);
+                    return self.fail(rq, cx, Reject::NoFd, close);
                 }
                 Err(e) => {
+                    cx.metrics.up_error(cx.ups.slot(server).unwrap_or(usize::MAX), UpError::ConnectRefused);
                     cx.ups.mark_down(server, cx.now + cooldown);
                     cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect: {e}; skipped for {cooldown:?}"));
                 }
@@ -126,6 +140,15 @@ impl Conn {
             .and_then(|c| c.groups.get(rq.group as usize))
             .map_or(std::time::Duration::ZERO, |g| g.cooldown);
         cx.ups.mark_down(rq.server as usize, cx.now + cooldown);
+        let tls = cx.ups.get(up).is_some_and(|u| u.tcp_up);
+        let e = if timed_out {
+            UpError::ConnectTimeout
+        } else if tls {
+            UpError::Tls
+        } else {
+            UpError::ConnectRefused
+        };
+        cx.metrics.up_error(cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX), e);
         if let Some(addr) = cx.ups.addr(rq.server as usize) {
             let what = if timed_out { "timed out" } else { "failed" };
             cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect {what}; skipped for {cooldown:?}"));
@@ -141,7 +164,11 @@ impl Conn {
     /// request without a body is retried once on a fresh connection (RFC 9110 §9.2.2).
     pub(super) fn upstream_failed(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
         let reused = cx.ups.get(up).is_some_and(|u| u.reused);
+        let slot = cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX);
         if reused && rq.retry == Retry::Once && !rq.resp_seen {
+            if let Some(s) = cx.metrics.server(slot) {
+                s.retries.inc();
+            }
             self.drop_upstream(rq, cx);
             rq.reset_for_retry();
             if let Some(b) = rq.uout.as_mut() {
@@ -149,8 +176,9 @@ impl Conn {
             }
             return Ok(Next::Go(Phase::Connect));
         }
+        cx.metrics.up_error(slot, UpError::Reset);
         let close = !rq.req_done();
-        self.fail(rq, cx, 502, close)
+        self.fail(rq, cx, Reject::UpstreamFailed, close)
     }
 
     /// The upstream sent something Apex will not relay: 502, and the connection is discarded.
@@ -158,8 +186,9 @@ impl Conn {
         if let Some(addr) = cx.ups.addr(rq.server as usize) {
             cx.log.error(cx.now, format_args!("warn: upstream {addr}: malformed or unexpected response; 502"));
         }
+        cx.metrics.up_error(cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX), UpError::BadResponse);
         let close = !rq.req_done();
-        self.fail(rq, cx, 502, close)
+        self.fail(rq, cx, Reject::UpstreamBadResponse, close)
     }
 }
 

@@ -139,6 +139,8 @@ pub struct Exchange {
     /// Hashes of the protocols the client asked to upgrade to (none: no upgrade asked).
     pub(super) upgrade: [u64; 2],
     pub(super) group: u32,
+    /// The route's metrics slot (0: not routed).
+    pub(super) route: u32,
     pub(super) server: u32,
     pub(super) tried: u64,
     pub(super) head_len: u32,
@@ -167,6 +169,9 @@ pub struct Exchange {
     pub(super) status: u16,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
+    /// Of those, bytes that went through a pipe (`splice(2)`), not a buffer.
+    pub(super) spliced_in: u64,
+    pub(super) spliced_out: u64,
     pub(super) ended_by: EndedBy,
     pub(super) logged: bool,
     pub(super) fd: FdReclaim,
@@ -191,6 +196,7 @@ impl Exchange {
             retry: Retry::Never,
             upgrade: [0; 2],
             group: 0,
+            route: 0,
             server: 0,
             tried: 0,
             head_len: 0,
@@ -212,6 +218,8 @@ impl Exchange {
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
+            spliced_in: 0,
+            spliced_out: 0,
             ended_by: EndedBy::Nobody,
             logged: false,
             fd: FdReclaim::No,

@@ -13,6 +13,7 @@ use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, wri
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
 use crate::log::{Rec, Sink};
+use crate::metrics::Reject;
 use crate::transport::{End, Filled};
 use crate::upstream::UpKey;
 
@@ -120,14 +121,15 @@ impl Conn {
             return self.answered(rq, cx, 308, n);
         }
         let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
-        let Some(group) = cx.cfg.route(host_name(req.host), path_only) else {
+        let Some(route) = cx.cfg.route_of(host_name(req.host), path_only) else {
             let close = has_body; // the body was not read: it cannot be told from the next request
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
             }
-            return self.fail(rq, cx, 404, close);
+            return self.fail(rq, cx, Reject::NoRoute, close);
         };
-        rq.group = group as u32; // config groups are few
+        rq.group = route.group as u32; // config groups are few
+        rq.route = route.slot as u32; // below ROUTE_SLOTS
         rq.snap = Some(Arc::clone(&cx.cfg));
 
         let uout = cx.bufs.fill_slot(&mut rq.uout);
@@ -215,7 +217,7 @@ impl Conn {
         if let Some(b) = self.cin.as_mut() {
             b.clear();
         }
-        self.fail(rq, cx, e.status(), true)
+        self.fail(rq, cx, Reject::of(e), true)
     }
 
     // ---- The response head ----------------------------------------------------------------

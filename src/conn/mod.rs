@@ -54,6 +54,7 @@ use crate::buf::{Buf, BufPool, FreeList};
 use crate::config::Config;
 use crate::limits::{LINGER_MS, STEP_TURNS_MAX};
 use crate::log::{Entry, Rec, Sink, WorkerLog};
+use crate::metrics::{CloseWhy, Reject, WorkerMetrics, class_of};
 use crate::splice::PipePool;
 use crate::tls::{Tls, TlsBufPool};
 use crate::transport::{End, Filled, Io};
@@ -88,6 +89,8 @@ pub struct Cx {
     pub next_sweep: Instant,
     /// An fd was closed: a paused accept loop may resume.
     pub fd_freed: bool,
+    /// This worker's counters (the admin thread reads them).
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 impl Cx {
@@ -166,6 +169,20 @@ impl Phase {
             Phase::Respond => "Respond",
             Phase::Linger => "Linger",
             Phase::Close => "Close",
+        }
+    }
+
+    /// Its index in `metrics::STATE_NAMES` (the connections-by-state gauges).
+    pub const fn index(self) -> usize {
+        match self {
+            Phase::ReadHead => 0,
+            Phase::Connect | Phase::Opening(_) => 1,
+            Phase::Exchange(_) => 2,
+            Phase::RespBody(_) => 3,
+            Phase::Tunnel(_) => 4,
+            Phase::Respond => 5,
+            Phase::Linger => 6,
+            Phase::Close => 7,
         }
     }
 
@@ -261,6 +278,8 @@ pub struct Conn {
     tls: Option<Box<Tls>>,
     /// Came in on a listener in `tls.redirect_http`: every request gets a 308 to HTTPS.
     redirect: bool,
+    /// Why it entered `Close` (for the closed-connections counter).
+    why: CloseWhy,
 }
 
 impl std::fmt::Debug for Conn {
@@ -313,6 +332,7 @@ impl Conn {
             rq: None,
             tls,
             redirect,
+            why: CloseWhy::Client,
         }
     }
 
@@ -412,6 +432,10 @@ impl Conn {
     fn enter(&mut self, rq: &mut Exchange, to: Phase, cx: &mut Cx, key: ClientKey) {
         let from = self.phase;
         let to = if matches!(to, Phase::ReadHead) && cx.draining { self.drain_to(rq) } else { to };
+        if let (Some(a), Some(b)) = (cx.metrics.states.get(from.index()), cx.metrics.states.get(to.index())) {
+            a.dec();
+            b.inc();
+        }
         // Besides the table: a lingering close from anywhere after a fatal TLS alert.
         debug_assert!(
             allowed(from, to) || (to == Phase::Linger && self.tls_alerted()),
@@ -456,6 +480,7 @@ impl Conn {
             Phase::Respond => t.client_send,
             Phase::Linger => Duration::from_millis(LINGER_MS),
             Phase::Close => {
+                self.why = close_why(from, rq, cx.draining);
                 self.phase = to;
                 return;
             }
@@ -474,8 +499,16 @@ impl Conn {
         }
     }
 
-    /// Called by the worker when the connection is removed.
-    pub fn close(mut self, cx: &mut Cx, key: ClientKey) {
+    /// Called by the worker when the connection is removed; `why` when the worker closes it
+    /// itself (else the reason it entered `Close` with).
+    pub fn close(mut self, cx: &mut Cx, key: ClientKey, why: Option<CloseWhy>) {
+        let m = &cx.metrics;
+        if let Some(g) = m.states.get(self.phase.index()) {
+            g.dec();
+        }
+        if let Some(c) = m.closed.get(why.unwrap_or(self.why) as usize) {
+            c.inc();
+        }
         cx.bufs.release(&mut self.cin);
         cx.bufs.release(&mut self.cout);
         if let Some(t) = self.tls.as_mut() {
@@ -510,12 +543,16 @@ impl Conn {
     }
 
     /// Queues Apex's own response and moves to `Respond`. Anything from the upstream is dropped.
-    fn fail(&mut self, rq: &mut Exchange, cx: &mut Cx, status: u16, close: bool) -> Step {
+    fn fail(&mut self, rq: &mut Exchange, cx: &mut Cx, why: Reject, close: bool) -> Step {
         self.drop_upstream(rq, cx);
         if matches!(self.phase, Phase::RespBody(_) | Phase::Tunnel(_)) {
             // The response head is already out: no status can be sent any more, only a close.
             return Ok(Next::Go(Phase::Close));
         }
+        if let Some(c) = cx.metrics.rejected.get(why as usize) {
+            c.inc();
+        }
+        let status = why.status();
         rq.close_after |= close || !rq.keep_alive || cx.draining;
         let n = head::queue_answer(&mut self.cout, &mut cx.bufs, rq, status, None)?;
         self.answered(rq, cx, status, n)
@@ -533,13 +570,33 @@ impl Conn {
         Ok(Next::Go(Phase::Respond))
     }
 
-    /// Writes this exchange's access-log line, once, and frees its record.
+    /// Writes this exchange's access-log line, once, counts it, and frees its record.
     fn log_done(&mut self, rq: &mut Exchange, cx: &mut Cx) {
         let Some(start) = rq.start else { return };
         if rq.logged {
             return;
         }
         rq.logged = true;
+        let micros = cx.now.saturating_duration_since(start).as_micros() as u64;
+        let m = &cx.metrics;
+        let class = class_of(rq.status);
+        if let Some(r) = m.routes.get(rq.route as usize) {
+            if let Some(c) = r.requests.get(class) {
+                c.inc();
+            }
+            r.duration.observe(micros);
+        }
+        if rq.tried != 0
+            && let Some(c) =
+                cx.ups.slot(rq.server as usize).and_then(|i| m.server(i)).and_then(|s| s.responses.get(class))
+        {
+            c.inc();
+        }
+        let [[in_copy, in_splice], [out_copy, out_splice]] = &m.bytes;
+        in_copy.add(rq.bytes_in.saturating_sub(rq.spliced_in));
+        in_splice.add(rq.spliced_in);
+        out_copy.add(rq.bytes_out.saturating_sub(rq.spliced_out));
+        out_splice.add(rq.spliced_out);
         let rec = rq.rec.take();
         if cx.cfg.log.access != Sink::Off {
             let r = rec.and_then(|k| cx.recs.get(k as usize));
@@ -552,7 +609,7 @@ impl Conn {
                 bytes_in: rq.bytes_in,
                 bytes_out: rq.bytes_out,
                 upstream: if rq.tried != 0 { cx.ups.addr(rq.server as usize) } else { None },
-                micros: cx.now.saturating_duration_since(start).as_micros() as u64,
+                micros,
                 referer: r.map_or(&[][..], Rec::referer),
                 agent: r.map_or(&[][..], Rec::agent),
                 ended_by: rq.ended_by.as_str(),
@@ -640,7 +697,7 @@ impl Conn {
             Phase::ReadHead => {
                 let partial = self.cin.as_ref().is_some_and(|b| !b.is_empty());
                 if partial {
-                    self.fail(rq, cx, 408, true)? // RFC 9110 §15.5.9
+                    self.fail(rq, cx, Reject::ClientTimeout, true)? // RFC 9110 §15.5.9
                 } else {
                     Next::Go(Phase::Close)
                 }
@@ -654,9 +711,13 @@ impl Conn {
             Phase::Exchange(_) => {
                 let client_slow = !rq.req_done() && !rq.up_wr_failed && rq.uout.as_ref().is_none_or(Buf::is_empty);
                 if client_slow {
-                    self.fail(rq, cx, 408, true)?
+                    self.fail(rq, cx, Reject::ClientTimeout, true)?
                 } else {
-                    self.fail(rq, cx, 504, !rq.req_done())? // RFC 9110 §15.6.5
+                    cx.metrics.up_error(
+                        cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX),
+                        crate::metrics::UpError::Timeout,
+                    );
+                    self.fail(rq, cx, Reject::UpstreamTimeout, !rq.req_done())? // RFC 9110 §15.6.5
                 }
             }
             Phase::RespBody(_) | Phase::Tunnel(_) => {
@@ -669,6 +730,21 @@ impl Conn {
             self.enter(rq, p, cx, key);
         }
         Ok(())
+    }
+}
+
+/// Why a connection entering `Close` from `from` closes (see `metrics::CloseWhy`).
+fn close_why(from: Phase, rq: &Exchange, draining: bool) -> CloseWhy {
+    if rq.ended_by == exchange::EndedBy::Timeout {
+        // Between requests with nothing read: the keep-alive idle timeout.
+        return if from == Phase::ReadHead && rq.start.is_none() { CloseWhy::Idle } else { CloseWhy::Timeout };
+    }
+    match from {
+        Phase::Linger => CloseWhy::AfterResponse,
+        Phase::Tunnel(_) => CloseWhy::Tunnel,
+        Phase::ReadHead | Phase::Respond | Phase::RespBody(_) if draining => CloseWhy::Drain,
+        _ if rq.ended_by == exchange::EndedBy::Upstream => CloseWhy::Upstream,
+        _ => CloseWhy::Client,
     }
 }
 
