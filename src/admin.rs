@@ -166,9 +166,9 @@ fn one(mut s: TcpStream, sh: &Shared, arena: &mut bumpalo::Bump) -> io::Result<(
     match path {
         "/metrics" => {
             // RFC 9110 §12.5.1: OpenMetrics only for a scraper that lists it in Accept.
+            const OM: &[u8] = b"application/openmetrics-text";
             let om = req.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("accept")
-                    && h.value.windows(27).any(|w| w.eq_ignore_ascii_case(b"application/openmetrics-text"))
+                h.name.eq_ignore_ascii_case("accept") && h.value.windows(OM.len()).any(|w| w.eq_ignore_ascii_case(OM))
             });
             let body = crate::metrics::render::render(sh, om);
             let ctype = if om {
@@ -213,11 +213,16 @@ fn answer(s: &mut TcpStream, status: u16, ctype: &str, body: &[u8], is_head: boo
     if !is_head {
         s.write_all(body)?;
     }
-    // The whole answer is out; a client still sending gets our FIN first, not a reset.
+    // The whole answer is out; what the client still sends is read and dropped for a short,
+    // bounded while, so that it gets our FIN and reads the answer rather than a reset.
     let _ = s.shutdown(std::net::Shutdown::Write);
-    let mut sink = [0u8; 512];
-    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-    for _ in 0..4 {
+    let mut sink = [0u8; 4096];
+    let until = Instant::now() + Duration::from_millis(200);
+    for _ in 0..64 {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match s.read(&mut sink) {
             Ok(n) if n > 0 => {}
             _ => break,

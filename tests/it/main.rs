@@ -23,6 +23,7 @@ mod headers;
 mod hostile;
 mod keepalive;
 mod limits;
+mod metrics;
 mod ops;
 mod redirect;
 mod routing;
