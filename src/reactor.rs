@@ -448,10 +448,8 @@ impl Worker {
                         continue;
                     }
                     let redirect = self.redirects.get(li).copied().unwrap_or(false);
-                    let m = &self.cx.metrics;
-                    if let (Some(a), Some(s)) = (m.accepted.get(usize::from(tls.is_some())), m.states.first()) {
+                    if let Some(a) = self.cx.metrics.accepted.get(usize::from(tls.is_some())) {
                         a.inc();
-                        s.inc(); // ReadHead
                     }
                     entry.insert(Conn::new(sock, peer, tls, redirect, &mut self.cx));
                     self.drive(key);
@@ -495,6 +493,21 @@ impl Worker {
         }
     }
 
+    /// The gauges (client connections by phase, upstream connections idle and active), from
+    /// the slabs as they are: once per sweep, not per request.
+    fn publish_gauges(&self) {
+        let mut states = [0u64; crate::metrics::STATE_NAMES.len()];
+        for (_, c) in self.conns.iter() {
+            if let Some(n) = states.get_mut(c.phase.index()) {
+                *n += 1;
+            }
+        }
+        for (g, n) in self.cx.metrics.states.iter().zip(states) {
+            g.set(n);
+        }
+        self.cx.ups.publish_gauges();
+    }
+
     fn sweep(&mut self) {
         let now = self.cx.now;
         let mut next = now + Duration::from_millis(SWEEP_MAX_MS);
@@ -523,6 +536,7 @@ impl Worker {
         if let Some(t) = self.cx.ups.sweep(now) {
             next = next.min(t);
         }
+        self.publish_gauges();
         self.cx.next_sweep = self.cx.next_sweep.min(next).max(now + Duration::from_millis(SWEEP_MIN_MS));
         if self.cx.draining && self.close_idle {
             // Connections that went idle since: nothing more will come on them.

@@ -68,11 +68,10 @@ pub fn render(sh: &Shared) -> String {
         json_str(&rfc3339(last.at as i64)),
         json_str(last.result),
     );
-    let mut open = 0i64;
+    let open = crate::metrics::render::open_connections(ws);
     let mut states = String::new();
     for (i, s) in STATE_NAMES.iter().enumerate() {
-        let n: i64 = ws.iter().map(|w| w.states.get(i).map_or(0, |c| c.get() as i64)).sum();
-        open += n;
+        let n: u64 = ws.iter().map(|w| w.states.get(i).map_or(0, |c| c.get())).sum();
         let _ = write!(states, "{}\"{s}\":{n}", if i > 0 { "," } else { "" });
     }
     let _ = write!(o, "\"connections\":{{\"open\":{open},\"by_state\":{{{states}}}}},");

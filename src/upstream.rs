@@ -16,7 +16,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::conn::ClientKey;
-use crate::metrics::{Counter, ServerStats, WorkerMetrics};
+use crate::metrics::{SERVER_SLOTS, WorkerMetrics};
 use crate::transport::Io;
 
 /// An upstream connection's key in `Upstreams::conns`; its epoll token is `key << 1 | 1`.
@@ -102,26 +102,8 @@ pub struct Upstreams {
     /// Per group of the current config: the next server to try.
     rr: Vec<usize>,
     idle_cap: usize,
-    /// The worker's counters: this pool keeps the idle and active gauges per server.
+    /// The worker's counters (this pool publishes the idle and active gauges per server).
     pub metrics: Arc<WorkerMetrics>,
-}
-
-/// The gauge `f` picks for server `id`'s slot.
-fn gauge<'a>(
-    m: &'a WorkerMetrics,
-    servers: &[ServerState],
-    id: usize,
-    f: fn(&ServerStats) -> &Counter,
-) -> Option<&'a Counter> {
-    servers.get(id).and_then(|s| m.server(s.slot)).map(f)
-}
-
-fn idle_of(s: &ServerStats) -> &Counter {
-    &s.idle
-}
-
-fn busy_of(s: &ServerStats) -> &Counter {
-    &s.busy
 }
 
 impl Upstreams {
@@ -165,21 +147,7 @@ impl Upstreams {
             if let Some(s) = self.servers.get_mut(id) {
                 s.live = true;
                 s.tls = cfg.server_tls.get(i).cloned().flatten();
-                let slot = cfg.server_slots.get(i).copied().unwrap_or(usize::MAX);
-                if slot != s.slot {
-                    // Its gauges move with it to its new slot.
-                    let (busy, idle) =
-                        (self.conns.iter().filter(|(_, c)| c.server == id && c.owner.is_some()).count(), s.idle.len());
-                    if let Some(old) = self.metrics.server(s.slot) {
-                        (0..busy).for_each(|_| old.busy.dec());
-                        (0..idle).for_each(|_| old.idle.dec());
-                    }
-                    if let Some(new) = self.metrics.server(slot) {
-                        new.busy.add(busy as u64);
-                        new.idle.add(idle as u64);
-                    }
-                    s.slot = slot;
-                }
+                s.slot = cfg.server_slots.get(i).copied().unwrap_or(usize::MAX);
             }
             self.map.push(id);
         }
@@ -188,9 +156,6 @@ impl Upstreams {
             if !s.live {
                 for k in s.idle.drain(..) {
                     conns.try_remove(k);
-                    if let Some(st) = self.metrics.server(s.slot) {
-                        st.idle.dec();
-                    }
                 }
             }
         }
@@ -228,11 +193,6 @@ impl Upstreams {
     }
 
     pub fn insert(&mut self, c: UpConn) -> UpKey {
-        if c.owner.is_some()
-            && let Some(g) = gauge(&self.metrics, &self.servers, c.server, busy_of)
-        {
-            g.inc();
-        }
         UpKey::of(self.conns.insert(c))
     }
 
@@ -240,6 +200,30 @@ impl Upstreams {
     #[inline]
     pub fn slot(&self, id: usize) -> Option<usize> {
         self.servers.get(id).map(|s| s.slot)
+    }
+
+    /// Sets the idle and active gauges of every server slot from the pool as it is. Called by
+    /// the worker's sweep (at least once a second), not per request: the gauges cost nothing
+    /// on the hot path. No allocation: the tally is on the stack.
+    pub fn publish_gauges(&self) {
+        let mut idle = [0u64; SERVER_SLOTS];
+        let mut busy = [0u64; SERVER_SLOTS];
+        for s in &self.servers {
+            if let Some(n) = idle.get_mut(s.slot) {
+                *n += s.idle.len() as u64;
+            }
+        }
+        for (_, c) in self.conns.iter() {
+            if c.owner.is_some()
+                && let Some(n) = self.servers.get(c.server).and_then(|s| busy.get_mut(s.slot))
+            {
+                *n += 1;
+            }
+        }
+        for ((st, i), b) in self.metrics.servers.iter().zip(idle).zip(busy) {
+            st.idle.set(i);
+            st.busy.set(b);
+        }
     }
 
     /// Returns (index in the group, worker server id). Round-robin over the group's servers
@@ -302,16 +286,10 @@ impl Upstreams {
     /// retried (RFC 9110 §9.2.2) skip that syscall and are retried instead.
     pub fn take_idle(&mut self, server: usize, owner: ClientKey, probe: bool) -> Option<UpKey> {
         while let Some(key) = self.servers.get_mut(server)?.idle.pop() {
-            if let Some(g) = gauge(&self.metrics, &self.servers, server, idle_of) {
-                g.dec();
-            }
             match self.conns.get_mut(key) {
                 // Readable while idle means EOF, an error, or bytes nobody asked for: unusable.
                 Some(c) if !c.io.readable && !c.io.hup && (!probe || is_quiet(&c.sock)) => {
                     c.owner = Some(owner);
-                    if let Some(g) = gauge(&self.metrics, &self.servers, server, busy_of) {
-                        g.inc();
-                    }
                     return Some(UpKey::of(key));
                 }
                 Some(_) => {
@@ -329,13 +307,6 @@ impl Upstreams {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.owner.is_some()
-            && let Some(g) = gauge(&self.metrics, &self.servers, c.server, busy_of)
-        {
-            g.dec();
-        }
-        // Idle or gone from here on; `close` must not count it as active again.
-        c.owner = None;
         // A read that filled its buffer left `readable` set: confirm the socket is quiet now.
         if c.io.readable || c.io.hup {
             let mut scratch = [0u8; 64];
@@ -355,14 +326,11 @@ impl Upstreams {
         }
         let server = c.server;
         match self.servers.get_mut(server) {
-            Some(ServerState { idle: list, live: true, slot, .. }) if list.len() < self.idle_cap => {
+            Some(ServerState { idle: list, live: true, .. }) if list.len() < self.idle_cap => {
                 c.owner = None;
                 c.reused = true;
                 c.idle_deadline = deadline;
                 list.push(key);
-                if let Some(st) = self.metrics.server(*slot) {
-                    st.idle.inc();
-                }
             }
             _ => {
                 self.conns.try_remove(key);
@@ -372,21 +340,11 @@ impl Upstreams {
 
     pub fn close(&mut self, up: UpKey) {
         let key = up.index();
-        let Some(c) = self.conns.try_remove(key) else { return };
-        let Some(s) = self.servers.get_mut(c.server) else { return };
-        let st = self.metrics.server(s.slot);
-        if c.owner.is_some() {
-            if let Some(st) = st {
-                st.busy.dec();
-            }
-        } else {
-            let before = s.idle.len();
+        if let Some(c) = self.conns.try_remove(key)
+            && c.owner.is_none()
+            && let Some(s) = self.servers.get_mut(c.server)
+        {
             s.idle.retain(|&k| k != key);
-            if s.idle.len() < before
-                && let Some(st) = st
-            {
-                st.idle.dec();
-            }
         }
     }
 
@@ -411,9 +369,6 @@ impl Upstreams {
         let Some((s, k)) = oldest else { return false };
         if let Some(st) = self.servers.get_mut(s) {
             st.idle.retain(|&x| x != k);
-            if let Some(g) = self.metrics.server(st.slot) {
-                g.idle.dec();
-            }
         }
         self.conns.try_remove(k).is_some()
     }
@@ -423,13 +378,9 @@ impl Upstreams {
         let mut next: Option<Instant> = None;
         for s in &mut self.servers {
             let conns = &mut self.conns;
-            let gauge = self.metrics.server(s.slot).map(idle_of);
             s.idle.retain(|&k| match conns.get(k) {
                 Some(c) if c.idle_deadline <= now => {
                     conns.try_remove(k);
-                    if let Some(g) = gauge {
-                        g.dec();
-                    }
                     false
                 }
                 Some(c) => {

@@ -52,7 +52,8 @@ impl Conn {
         match end_of(u).fill(&mut cx.tls_bufs, uin) {
             Ok(Filled::Data(_)) => {
                 if !rq.resp_seen {
-                    first_byte(rq, cx);
+                    // The upstream's time to first byte is counted with the exchange (log_done).
+                    rq.first_byte = Some(cx.now);
                 }
                 rq.resp_seen = true;
                 progress = true;
@@ -352,13 +353,6 @@ impl Conn {
         cx.pipes.give_slot(&mut rq.presp);
         self.log_done(rq, cx);
         if rq.close_after { Next::Go(Phase::Respond) } else { Next::Go(Phase::ReadHead) }
-    }
-}
-
-/// The first byte of a response: the upstream's time to first byte, from the request's head.
-fn first_byte(rq: &Exchange, cx: &Cx) {
-    if let (Some(start), Some(s)) = (rq.start, cx.ups.slot(rq.server as usize).and_then(|i| cx.metrics.server(i))) {
-        s.ttfb.observe(cx.now.saturating_duration_since(start).as_micros() as u64);
     }
 }
 

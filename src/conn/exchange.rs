@@ -166,6 +166,8 @@ pub struct Exchange {
     /// For the access log: when the head was complete, what was answered, bytes each way,
     /// and which side ended the exchange on an error.
     pub(super) start: Option<Instant>,
+    /// When the response's first byte came from the upstream (its time to first byte).
+    pub(super) first_byte: Option<Instant>,
     pub(super) status: u16,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
@@ -215,6 +217,7 @@ impl Exchange {
             up_shut: false,
             up_wr_failed: false,
             start: None,
+            first_byte: None,
             status: 0,
             bytes_in: 0,
             bytes_out: 0,

@@ -432,10 +432,6 @@ impl Conn {
     fn enter(&mut self, rq: &mut Exchange, to: Phase, cx: &mut Cx, key: ClientKey) {
         let from = self.phase;
         let to = if matches!(to, Phase::ReadHead) && cx.draining { self.drain_to(rq) } else { to };
-        if let (Some(a), Some(b)) = (cx.metrics.states.get(from.index()), cx.metrics.states.get(to.index())) {
-            a.dec();
-            b.inc();
-        }
         // Besides the table: a lingering close from anywhere after a fatal TLS alert.
         debug_assert!(
             allowed(from, to) || (to == Phase::Linger && self.tls_alerted()),
@@ -502,11 +498,7 @@ impl Conn {
     /// Called by the worker when the connection is removed; `why` when the worker closes it
     /// itself (else the reason it entered `Close` with).
     pub fn close(mut self, cx: &mut Cx, key: ClientKey, why: Option<CloseWhy>) {
-        let m = &cx.metrics;
-        if let Some(g) = m.states.get(self.phase.index()) {
-            g.dec();
-        }
-        if let Some(c) = m.closed.get(why.unwrap_or(self.why) as usize) {
+        if let Some(c) = cx.metrics.closed.get(why.unwrap_or(self.why) as usize) {
             c.inc();
         }
         cx.bufs.release(&mut self.cin);
@@ -587,15 +579,26 @@ impl Conn {
             r.duration.observe(micros);
         }
         if rq.tried != 0
-            && let Some(c) =
-                cx.ups.slot(rq.server as usize).and_then(|i| m.server(i)).and_then(|s| s.responses.get(class))
+            && let Some(s) = cx.ups.slot(rq.server as usize).and_then(|i| m.server(i))
         {
-            c.inc();
+            if let Some(c) = s.responses.get(class) {
+                c.inc();
+            }
+            if let Some(at) = rq.first_byte {
+                // A response that came whole in one batch ended when it began: no second
+                // clock subtraction on the common path.
+                s.ttfb.observe(if at == cx.now {
+                    micros
+                } else {
+                    at.saturating_duration_since(start).as_micros() as u64
+                });
+            }
         }
-        let [[in_copy, in_splice], [out_copy, out_splice]] = &m.bytes;
-        in_copy.add(rq.bytes_in.saturating_sub(rq.spliced_in));
+        // [in, out] x [all, spliced]: the scrape shows copied bytes as all - spliced.
+        let [[in_all, in_splice], [out_all, out_splice]] = &m.bytes;
+        in_all.add(rq.bytes_in);
         in_splice.add(rq.spliced_in);
-        out_copy.add(rq.bytes_out.saturating_sub(rq.spliced_out));
+        out_all.add(rq.bytes_out);
         out_splice.add(rq.spliced_out);
         let rec = rq.rec.take();
         if cx.cfg.log.access != Sink::Off {

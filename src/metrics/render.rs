@@ -120,16 +120,14 @@ fn clients(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>]) {
     o.family(
         "apex_client_connections",
         "gauge",
-        "Open client connections, by state (read_head includes idle keep-alive).",
+        "Open client connections by state, as of each worker's last sweep (at most 1 s old; read_head includes idle keep-alive).",
     );
-    let mut open = 0i64;
     for (i, s) in STATE_NAMES.iter().enumerate() {
-        let n = sum(ws, |w| w.states.get(i).map_or(0, |c| c.get())) as i64;
-        open += n;
+        let n = sum(ws, |w| w.states.get(i).map_or(0, |c| c.get()));
         o.sample("apex_client_connections", &format!("state=\"{s}\""), n);
     }
-    o.family("apex_client_connections_open", "gauge", "Open client connections.");
-    o.sample("apex_client_connections_open", "", open);
+    o.family("apex_client_connections_open", "gauge", "Open client connections (accepted - closed, exact).");
+    o.sample("apex_client_connections_open", "", open_connections(ws));
     o.family("apex_rejected_requests", "counter", "Responses Apex answered itself with a 4xx or 5xx, by reason.");
     for (i, (r, code)) in REJECT_NAMES.iter().enumerate() {
         let n = sum(ws, |w| w.rejected.get(i).map_or(0, |c| c.get()));
@@ -141,11 +139,19 @@ fn clients(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>]) {
         "Bytes from (in) and to (out) clients, copied through buffers or spliced.",
     );
     for (d, dir) in ["in", "out"].iter().enumerate() {
-        for (v, via) in ["copy", "splice"].iter().enumerate() {
-            let n = sum(ws, |w| w.bytes.get(d).and_then(|x| x.get(v)).map_or(0, |c| c.get()));
+        let all = sum(ws, |w| w.bytes.get(d).and_then(|x| x.first()).map_or(0, |c| c.get()));
+        let spliced = sum(ws, |w| w.bytes.get(d).and_then(|x| x.get(1)).map_or(0, |c| c.get()));
+        for (via, n) in [("copy", all.saturating_sub(spliced)), ("splice", spliced)] {
             o.sample("apex_client_bytes_total", &format!("direction=\"{dir}\",via=\"{via}\""), n);
         }
     }
+}
+
+/// Accepted minus closed, over every worker.
+pub fn open_connections(ws: &[std::sync::Arc<WorkerMetrics>]) -> i64 {
+    let accepted = sum(ws, |w| w.accepted.iter().map(|c| c.get()).sum());
+    let closed = sum(ws, |w| w.closed.iter().map(|c| c.get()).sum());
+    accepted.wrapping_sub(closed) as i64
 }
 
 fn requests(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>], labels: &LabelSet) {
@@ -227,12 +233,18 @@ fn upstreams(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>], labels: &LabelSe
         s.pool_hits.get()
     });
     each(o, "apex_upstream_pool_misses", "counter", "Requests that needed a new connection.", &|s| s.pool_misses.get());
-    each(o, "apex_upstream_idle_connections", "gauge", "Idle pooled connections.", &|s| s.idle.get());
+    each(
+        o,
+        "apex_upstream_idle_connections",
+        "gauge",
+        "Idle pooled connections (as of each worker's last sweep).",
+        &|s| s.idle.get(),
+    );
     each(
         o,
         "apex_upstream_active_connections",
         "gauge",
-        "Connections carrying a request (connecting included).",
+        "Connections carrying a request, connecting included (as of each worker's last sweep).",
         &|s| s.busy.get(),
     );
     let now_ms = super::unix_now().1;

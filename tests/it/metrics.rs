@@ -185,8 +185,11 @@ fn a_known_mix_is_counted_exactly() {
     s.eq(&format!("apex_upstream_errors_total{{{},reason=\"connect_failed\"}}", srv(app)), 0.0);
     s.eq(&format!("apex_upstream_up{{{}}}", srv(dead)), 0.0);
     s.eq(&format!("apex_upstream_up{{{}}}", srv(app)), 1.0);
+    // Gauges are published by the worker's sweep, at least once a second.
+    let idle = format!("apex_upstream_idle_connections{{{}}}", srv(app));
+    let settled = wait_until(Duration::from_secs(3), || Scrape::take(admin).get(&idle) == misses);
+    assert!(settled, "{idle} never reached {misses}:\n{}", Scrape::take(admin).1);
     s.eq(&format!("apex_upstream_active_connections{{{}}}", srv(app)), 0.0);
-    s.eq(&format!("apex_upstream_idle_connections{{{}}}", srv(app)), misses);
     // Connections: 3 plain clients and 1 TLS one, all closed by now.
     s.eq("apex_client_connections_accepted_total{listener=\"plain\"}", 3.0);
     s.eq("apex_client_connections_accepted_total{listener=\"tls\"}", 1.0);
@@ -268,9 +271,11 @@ fn status_tells_version_reloads_upstreams_and_certificates() {
     // A 502: the server is cooling down, and its last error says why.
     let mut c = m.apex.client();
     assert_apex_status(&c.request(&get("app.test", "/dead")), 502);
-    // One connection open, idle, while the status is read.
+    // One connection open, idle, while the status is read (by state: as of the worker's last
+    // sweep, at most a second old).
+    let idle = "\"open\":1,\"by_state\":{\"read_head\":1,";
+    assert!(wait_until(Duration::from_secs(3), || st(&m.apex).contains(idle)), "{idle} not in {}", st(&m.apex));
     let s = st(&m.apex);
-    assert!(s.contains("\"open\":1,\"by_state\":{\"read_head\":1,"), "{s}");
     let dead = format!(
         "\"address\":\"{}\",\"healthy\":false,\"in_flight\":0,\"idle_pooled\":0,\"last_error\":{{\"reason\":\"connect_failed\",\"at\":\"20",
         m.dead
@@ -307,7 +312,8 @@ fn healthz_is_200_while_serving_and_503_while_draining() {
     assert_eq!((r.status, r.body_str().as_str()), (503, "draining\n"), "{}", apex.stderr());
     let s = admin_get(admin, "/status", "").body_str();
     assert!(s.contains("\"draining\":true"), "{s}");
-    assert!(s.contains("\"in_flight\":1"), "{s}");
+    let busy = || admin_get(admin, "/status", "").body_str().contains("\"in_flight\":1");
+    assert!(wait_until(Duration::from_secs(3), busy), "{}", admin_get(admin, "/status", "").body_str());
     assert!(apex.is_running());
 }
 
