@@ -79,8 +79,11 @@ impl Shared {
 /// Binds the admin address; a warning if it is not loopback (the endpoints are unauthenticated).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     if !addr.ip().is_loopback() {
-        eprintln!(
-            "apex: warn: admin.listen = {addr} is not a loopback address: /metrics and /status are served to anyone who can reach it, without authentication"
+        crate::log::say(
+            crate::log::Level::Warn,
+            format_args!(
+                "admin.listen = {addr} is not a loopback address: /metrics and /status are served to anyone who can reach it, without authentication"
+            ),
         );
     }
     // SO_REUSEPORT, so that the new process of a binary upgrade can bind it while the old

@@ -27,6 +27,7 @@ use crate::conn::{ClientKey, Conn, Cx, Exchange, Fault, Phase, is_fd_exhaustion}
 use crate::limits::{
     ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS, TLS_BUFS_PREALLOC, TLS_SESSIONS_PER_WORKER,
 };
+use crate::log::Level;
 use crate::metrics::{CloseWhy, WorkerMetrics};
 use crate::upstream::{UpKey, Upstreams};
 
@@ -336,7 +337,7 @@ impl Worker {
         c.turns_logged = true;
         let (peer, phase) = (c.peer(), c.phase.name());
         let what = format_args!("used its turns in {phase}; stepped again after other work");
-        log_fault(&mut self.cx, &mut self.faults, peer, "info", what);
+        log_fault(&mut self.cx, &mut self.faults, peer, Level::Info, what);
     }
 
     /// A connection's step failed: says so (rate-limited), then closes it.
@@ -345,9 +346,9 @@ impl Worker {
         if let Some(c) = self.conns.get(key) {
             let (peer, phase) = (c.peer(), c.phase.name());
             let (level, cause) = match f {
-                Fault::Client => ("info", "the client's socket failed"),
-                Fault::Upstream => ("info", "the upstream's socket failed"),
-                Fault::Internal(what) => ("error", what.as_str()),
+                Fault::Client => (Level::Info, "the client's socket failed"),
+                Fault::Upstream => (Level::Info, "the upstream's socket failed"),
+                Fault::Internal(what) => (Level::Error, what.as_str()),
             };
             log_fault(&mut self.cx, &mut self.faults, peer, level, format_args!("closed in {phase}: {cause}"));
         }
@@ -556,11 +557,11 @@ impl Worker {
 }
 
 /// One fault line through the worker's throttle, with the count of lines it held back before.
-fn log_fault(cx: &mut Cx, throttle: &mut Throttle, peer: SocketAddr, level: &str, what: std::fmt::Arguments) {
+fn log_fault(cx: &mut Cx, throttle: &mut Throttle, peer: SocketAddr, level: Level, what: std::fmt::Arguments) {
     match throttle.admit(cx.now) {
-        Some(0) => cx.log.error(cx.now, format_args!("{level}: client {peer}: {what}")),
+        Some(0) => cx.log.event(cx.now, level, format_args!("client {peer}: {what}")),
         Some(held) => {
-            cx.log.error(cx.now, format_args!("{level}: client {peer}: {what} (and {held} more such lines held back)"))
+            cx.log.event(cx.now, level, format_args!("client {peer}: {what} (and {held} more such lines held back)"))
         }
         None => {}
     }

@@ -84,6 +84,7 @@ struct RawLimits {
 struct RawLog {
     access: Option<Spanned<String>>,
     format: Option<Spanned<String>>,
+    level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -407,6 +408,12 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             None | Some((_, "combined")) => crate::log::Format::Combined,
             Some((_, "json")) => crate::log::Format::Json,
             Some((f, other)) => return Err((at(f), format!("log format {other:?}: want \"combined\" or \"json\""))),
+        },
+        level: match &raw.log.level {
+            None => crate::log::Level::Info,
+            Some(l) => crate::log::Level::parse(l.get_ref()).ok_or_else(|| {
+                (at(l), format!("log level {:?}: want \"error\", \"warn\", \"info\" or \"debug\"", l.get_ref()))
+            })?,
         },
     };
 

@@ -96,6 +96,8 @@ pub struct Limits {
 pub struct LogConfig {
     pub access: crate::log::Sink,
     pub format: crate::log::Format,
+    /// Error-log lines above this level are dropped (`[log] level`, default info).
+    pub level: crate::log::Level,
 }
 
 #[derive(Debug)]
@@ -237,7 +239,13 @@ impl Config {
             crate::log::Format::Combined => "combined",
             crate::log::Format::Json => "json",
         };
-        let _ = writeln!(o, "\n[log]\naccess = {}\nformat = {}", q(&access), q(format));
+        let _ = writeln!(
+            o,
+            "\n[log]\naccess = {}\nformat = {}\nlevel = {}",
+            q(&access),
+            q(format),
+            q(self.log.level.as_str())
+        );
         if let Some(a) = self.admin {
             let _ = writeln!(o, "\n[admin]\nlisten = {}", q(&a.to_string()));
         }

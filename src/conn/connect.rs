@@ -11,6 +11,7 @@ use std::sync::Arc;
 use mio::Interest;
 use mio::net::TcpStream;
 
+use crate::log::{Kind, Level};
 use crate::metrics::{Reject, UpError};
 use crate::tls::Tls;
 use crate::transport::Io;
@@ -38,7 +39,7 @@ impl Conn {
                 Ok(false) => return Ok(Next::Wait),
                 Err(e) => {
                     if let Ok(addr) = u.sock.peer_addr() {
-                        cx.log.error(cx.now, format_args!("warn: upstream {addr}: tls: {e}"));
+                        cx.log.event_of(cx.now, Level::Warn, Kind::Upstream, format_args!("upstream {addr}: tls: {e}"));
                     }
                     Some(false)
                 }
@@ -65,6 +66,7 @@ impl Conn {
                 u.connected = true;
                 let server = u.server;
                 cx.ups.mark_up(server);
+                failover(rq, cx, Some(server));
                 Ok(Next::Go(Phase::Exchange(up)))
             }
             None => {
@@ -81,6 +83,7 @@ impl Conn {
             let cfg = rq.snap()?;
             let cooldown = cfg.groups.get(rq.group as usize).map_or(std::time::Duration::ZERO, |g| g.cooldown);
             let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now) else {
+                failover(rq, cx, None);
                 let why = if rq.timed_out { Reject::UpstreamTimeout } else { Reject::UpstreamFailed };
                 let close = !rq.req_done();
                 return self.fail(rq, cx, why, close);
@@ -95,6 +98,7 @@ impl Conn {
                 if let Some(s) = stats {
                     s.pool_hits.inc();
                 }
+                failover(rq, cx, Some(server));
                 return Ok(Next::Go(Phase::Exchange(up)));
             }
             if let Some(s) = stats {
@@ -123,7 +127,12 @@ impl Conn {
                 Err(e) => {
                     cx.metrics.up_error(cx.ups.slot(server).unwrap_or(usize::MAX), UpError::ConnectRefused);
                     cx.ups.mark_down(server, cx.now + cooldown);
-                    cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect: {e}; skipped for {cooldown:?}"));
+                    cx.log.event_of(
+                        cx.now,
+                        Level::Warn,
+                        Kind::Upstream,
+                        format_args!("upstream {addr}: connect: {e}; skipped for {cooldown:?}"),
+                    );
                 }
             }
         }
@@ -149,10 +158,10 @@ impl Conn {
             UpError::ConnectRefused
         };
         cx.metrics.up_error(cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX), e);
-        if let Some(addr) = cx.ups.addr(rq.server as usize) {
-            let what = if timed_out { "timed out" } else { "failed" };
-            cx.log.error(cx.now, format_args!("warn: upstream {addr}: connect {what}; skipped for {cooldown:?}"));
-        }
+        // Said once the next pick's outcome is known (`failover`), so that a failure the next
+        // server made good is one line naming both.
+        failover(rq, cx, None);
+        rq.failed = Some((rq.server, timed_out));
         rq.timed_out = timed_out;
         cx.ups.close(up);
         cx.fd_freed = true;
@@ -184,11 +193,51 @@ impl Conn {
     /// The upstream sent something Apex will not relay: 502, and the connection is discarded.
     pub(super) fn upstream_bad(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
         if let Some(addr) = cx.ups.addr(rq.server as usize) {
-            cx.log.error(cx.now, format_args!("warn: upstream {addr}: malformed or unexpected response; 502"));
+            cx.log.event_of(
+                cx.now,
+                Level::Warn,
+                Kind::Upstream,
+                format_args!("upstream {addr}: malformed or unexpected response; 502"),
+            );
         }
         cx.metrics.up_error(cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX), UpError::BadResponse);
         let close = !rq.req_done();
         self.fail(rq, cx, Reject::UpstreamBadResponse, close)
+    }
+}
+
+/// Says what happened to a connect that failed (held in `rq.failed` by `connect_failed`):
+/// made good by server `next` (a warn naming both), or not (`next` None: the failure alone).
+pub(super) fn failover(rq: &mut Exchange, cx: &mut Cx, next: Option<usize>) {
+    let Some((server, timed_out)) = rq.failed.take() else { return };
+    failover_line(rq, cx, server as usize, timed_out, next);
+}
+
+#[cold]
+#[inline(never)]
+fn failover_line(rq: &Exchange, cx: &mut Cx, server: usize, timed_out: bool, next: Option<usize>) {
+    let Some(addr) = cx.ups.addr(server) else { return };
+    let cfg = rq.snap.as_deref();
+    let cooldown = cfg.and_then(|c| c.groups.get(rq.group as usize)).map_or(std::time::Duration::ZERO, |g| g.cooldown);
+    let connect = cfg.map_or(std::time::Duration::ZERO, |c| c.timeouts.upstream_connect);
+    let what = if timed_out {
+        format_args!("connect timed out (upstream_connect = {connect:?})")
+    } else {
+        format_args!("connect failed")
+    };
+    match next.and_then(|n| cx.ups.addr(n)) {
+        Some(b) => cx.log.event_of(
+            cx.now,
+            Level::Warn,
+            Kind::Upstream,
+            format_args!("upstream {addr}: {what}; retried on {b}; {addr} skipped for {cooldown:?}"),
+        ),
+        None => cx.log.event_of(
+            cx.now,
+            Level::Warn,
+            Kind::Upstream,
+            format_args!("upstream {addr}: {what}; skipped for {cooldown:?}"),
+        ),
     }
 }
 

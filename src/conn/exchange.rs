@@ -142,6 +142,8 @@ pub struct Exchange {
     /// The route's metrics slot (0: not routed).
     pub(super) route: u32,
     pub(super) server: u32,
+    /// A connect that failed (server, timed out), not yet logged: see `connect::failover`.
+    pub(super) failed: Option<(u32, bool)>,
     pub(super) tried: u64,
     pub(super) head_len: u32,
     pub(super) req_body: Body,
@@ -200,6 +202,7 @@ impl Exchange {
             group: 0,
             route: 0,
             server: 0,
+            failed: None,
             tried: 0,
             head_len: 0,
             req_body: Body::Done,

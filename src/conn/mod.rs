@@ -32,8 +32,10 @@
 //!
 //! Files: `head.rs` reads, routes and answers requests and writes heads; `connect.rs` finds the
 //! upstream connection; `body.rs` moves bodies and ends the exchange; `tunnel.rs` relays after a
-//! 101; `exchange.rs` holds the per-request bookkeeping.
+//! 101; `exchange.rs` holds the per-request bookkeeping; `account.rs` writes an exchange's
+//! access-log line and counts it.
 
+mod account;
 mod body;
 mod connect;
 mod exchange;
@@ -53,8 +55,8 @@ use slab::Slab;
 use crate::buf::{Buf, BufPool, FreeList};
 use crate::config::Config;
 use crate::limits::{LINGER_MS, STEP_TURNS_MAX};
-use crate::log::{Entry, Rec, Sink, WorkerLog};
-use crate::metrics::{CloseWhy, Reject, WorkerMetrics, class_of};
+use crate::log::{Level, Rec, WorkerLog};
+use crate::metrics::{CloseWhy, Reject, WorkerMetrics};
 use crate::splice::PipePool;
 use crate::tls::{Tls, TlsBufPool};
 use crate::transport::{End, Filled, Io};
@@ -476,7 +478,7 @@ impl Conn {
             Phase::Respond => t.client_send,
             Phase::Linger => Duration::from_millis(LINGER_MS),
             Phase::Close => {
-                self.why = close_why(from, rq, cx.draining);
+                self.why = account::close_why(from, rq, cx.draining);
                 self.phase = to;
                 return;
             }
@@ -562,68 +564,6 @@ impl Conn {
         Ok(Next::Go(Phase::Respond))
     }
 
-    /// Writes this exchange's access-log line, once, counts it, and frees its record.
-    fn log_done(&mut self, rq: &mut Exchange, cx: &mut Cx) {
-        let Some(start) = rq.start else { return };
-        if rq.logged {
-            return;
-        }
-        rq.logged = true;
-        let micros = cx.now.saturating_duration_since(start).as_micros() as u64;
-        let m = &cx.metrics;
-        let class = class_of(rq.status);
-        if let Some(r) = m.routes.get(rq.route as usize) {
-            if let Some(c) = r.requests.get(class) {
-                c.inc();
-            }
-            r.duration.observe(micros);
-        }
-        if rq.tried != 0
-            && let Some(s) = cx.ups.slot(rq.server as usize).and_then(|i| m.server(i))
-        {
-            if let Some(c) = s.responses.get(class) {
-                c.inc();
-            }
-            if let Some(at) = rq.first_byte {
-                // A response that came whole in one batch ended when it began: no second
-                // clock subtraction on the common path.
-                s.ttfb.observe(if at == cx.now {
-                    micros
-                } else {
-                    at.saturating_duration_since(start).as_micros() as u64
-                });
-            }
-        }
-        // [in, out] x [all, spliced]: the scrape shows copied bytes as all - spliced.
-        let [[in_all, in_splice], [out_all, out_splice]] = &m.bytes;
-        in_all.add(rq.bytes_in);
-        in_splice.add(rq.spliced_in);
-        out_all.add(rq.bytes_out);
-        out_splice.add(rq.spliced_out);
-        let rec = rq.rec.take();
-        if cx.cfg.log.access != Sink::Off {
-            let r = rec.and_then(|k| cx.recs.get(k as usize));
-            let e = Entry {
-                client: self.peer,
-                method: r.map_or(&[][..], Rec::method),
-                target: r.map_or(&[][..], Rec::target),
-                minor: rq.client_minor,
-                status: rq.status,
-                bytes_in: rq.bytes_in,
-                bytes_out: rq.bytes_out,
-                upstream: if rq.tried != 0 { cx.ups.addr(rq.server as usize) } else { None },
-                micros,
-                referer: r.map_or(&[][..], Rec::referer),
-                agent: r.map_or(&[][..], Rec::agent),
-                ended_by: rq.ended_by.as_str(),
-            };
-            cx.log.access(cx.now, cx.cfg.log.format, &e);
-        }
-        if let Some(k) = rec {
-            cx.recs.try_remove(k as usize);
-        }
-    }
-
     /// Writes what is queued for the client (and, over TLS, records still waiting to leave).
     fn flush_client(&mut self, cx: &mut Cx) -> Result<usize, Fault> {
         let (tls, cout) = (self.tls.as_deref_mut(), self.cout.as_mut());
@@ -694,7 +634,8 @@ impl Conn {
         rq.ended_by = EndedBy::Timeout;
         if rq.start.is_some() || self.phase != Phase::ReadHead {
             let (peer, phase) = (self.peer, self.phase.name());
-            cx.log.error(cx.now, format_args!("info: client {peer}: timeout in {phase}"));
+            let (name, value) = self.timeout_fired(rq, cx);
+            cx.log.event(cx.now, Level::Info, format_args!("client {peer}: timeout in {phase} ({name} = {value:?})"));
         }
         let next = match self.phase {
             Phase::ReadHead => {
@@ -733,21 +674,6 @@ impl Conn {
             self.enter(rq, p, cx, key);
         }
         Ok(())
-    }
-}
-
-/// Why a connection entering `Close` from `from` closes (see `metrics::CloseWhy`).
-fn close_why(from: Phase, rq: &Exchange, draining: bool) -> CloseWhy {
-    if rq.ended_by == exchange::EndedBy::Timeout {
-        // Between requests with nothing read: the keep-alive idle timeout.
-        return if from == Phase::ReadHead && rq.start.is_none() { CloseWhy::Idle } else { CloseWhy::Timeout };
-    }
-    match from {
-        Phase::Linger => CloseWhy::AfterResponse,
-        Phase::Tunnel(_) => CloseWhy::Tunnel,
-        Phase::ReadHead | Phase::Respond | Phase::RespBody(_) if draining => CloseWhy::Drain,
-        _ if rq.ended_by == exchange::EndedBy::Upstream => CloseWhy::Upstream,
-        _ => CloseWhy::Client,
     }
 }
 

@@ -13,11 +13,11 @@ use crate::tls_kit::*;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
-/// The admin address, from `apex: admin on http://ADDR/ ...` on stderr.
+/// The admin address, from `TIME apex: info: admin on http://ADDR/ ...` on stderr.
 fn admin_addr(apex: &Apex) -> SocketAddr {
-    apex.wait_stderr("apex: admin on http://", 1);
+    apex.wait_stderr("apex: info: admin on http://", 1);
     let err = apex.stderr();
-    let line = err.lines().find_map(|l| l.strip_prefix("apex: admin on http://")).unwrap();
+    let line = err.lines().find_map(|l| l.split_once("apex: info: admin on http://")).unwrap().1;
     line.split('/').next().unwrap().parse().unwrap()
 }
 
@@ -307,7 +307,7 @@ fn healthz_is_200_while_serving_and_503_while_draining() {
     c.send(&get("t", "/"));
     assert!(up.wait_for(Duration::from_secs(5), |u| u.accepts() == 1));
     apex.signal("TERM");
-    apex.wait_stderr("apex: draining", 1);
+    apex.wait_stderr("apex: info: draining", 1);
     let r = admin_get(admin, "/healthz", "");
     assert_eq!((r.status, r.body_str().as_str()), (503, "draining\n"), "{}", apex.stderr());
     let s = admin_get(admin, "/status", "").body_str();
@@ -384,4 +384,62 @@ fn a_non_loopback_admin_address_is_warned_about() {
     let quiet = Apex::start(&Config::to(up.addr).append(ADMIN));
     admin_addr(&quiet);
     assert!(!quiet.stderr().contains("not a loopback"), "{}", quiet.stderr());
+}
+
+/// The flood: 100,000 bad requests (each a bare LF, 400 and a close) write at most a
+/// few dozen error-log lines, and the rest are counted in one line per window.
+#[test]
+fn a_flood_of_bad_requests_writes_a_few_dozen_lines() {
+    let up = Upstream::ok("x");
+    let apex = Apex::start(&Config::to(up.addr).workers(2).append(ADMIN));
+    let admin = admin_addr(&apex);
+    const N: usize = 100_000;
+    const THREADS: usize = 8;
+    let addr = apex.addr;
+    let hs: Vec<_> = (0..THREADS)
+        .map(|_| {
+            thread::spawn(move || {
+                for _ in 0..N / THREADS {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.write_all(b"GET / HTTP/1.1\nHost: t\r\n\r\n").unwrap();
+                    let mut out = [0u8; 12];
+                    s.read_exact(&mut out).unwrap();
+                    assert_eq!(&out, b"HTTP/1.1 400");
+                }
+            })
+        })
+        .collect();
+    hs.into_iter().for_each(|h| h.join().unwrap());
+    Scrape::take(admin).eq("apex_rejected_requests_total{reason=\"bad_request\",code=\"400\"}", N as f64);
+    let err = apex.stderr();
+    let lines = err.lines().filter(|l| l.contains(": 400 ")).count();
+    let held = err.lines().filter(|l| l.contains("more like this in the last 10 s")).count();
+    // Five lines of the kind per worker per 10 s, and one count per window that held some.
+    assert!(lines + held <= 60, "{lines} lines about 400s and {held} counts for {N} bad requests:\n{err}");
+    assert!(lines >= 5, "the first bad requests are logged:\n{err}");
+    for l in err.lines() {
+        let (stamp, rest) = l.split_once(' ').unwrap();
+        assert!(stamp.len() == 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T', "no RFC 3339 time: {l}");
+        let level = rest.strip_prefix("apex: ").and_then(|r| r.split(':').next()).unwrap_or("");
+        assert!(["error", "warn", "info", "debug"].contains(&level), "no level: {l}");
+    }
+}
+
+/// A connect that failed on one server and was made good by the next is one warn naming both;
+/// counted as that server's error, and the request answered.
+#[test]
+fn a_failure_the_next_server_made_good_is_one_warn_naming_both() {
+    let up = Upstream::ok("x");
+    let dead = refused_addr();
+    let apex = Apex::start(&Config::new().route("*", "/", "app").group("app", &[dead, up.addr]).append(ADMIN));
+    let admin = admin_addr(&apex);
+    // Round-robin starts at the first server: the refused one, then the live one.
+    assert_eq!(apex.client().request(&get("t", "/")).status, 200);
+    let want = format!("apex: warn: upstream {dead}: connect failed; retried on {}; {dead} skipped for 10s", up.addr);
+    apex.wait_stderr(&want, 1);
+    let err = apex.stderr();
+    assert_eq!(err.lines().filter(|l| l.contains(&dead.to_string())).count(), 1, "one line about {dead}:\n{err}");
+    let s = Scrape::take(admin);
+    s.eq(&format!("apex_upstream_errors_total{{server=\"{dead}\",reason=\"connect_failed\"}}"), 1.0);
+    s.eq(&format!("apex_upstream_responses_total{{server=\"{}\",class=\"2xx\"}}", up.addr), 1.0);
 }
