@@ -340,6 +340,14 @@ impl WorkerLog {
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn report_dropped(&mut self, now: Instant) {
+        let n = self.dropped - self.dropped_reported;
+        self.dropped_reported = self.dropped;
+        self.event(now, Level::Warn, format_args!("{n} log lines dropped: the log sink is too slow"));
+    }
+
     /// Says how many lines each gate whose window ended held back.
     #[cold]
     fn summarize(&mut self, now: Instant) {
@@ -410,9 +418,7 @@ impl WorkerLog {
             return Some(due);
         }
         if self.dropped > self.dropped_reported {
-            let n = self.dropped - self.dropped_reported;
-            self.dropped_reported = self.dropped;
-            self.event(now, Level::Warn, format_args!("{n} log lines dropped: the log sink is too slow"));
+            self.report_dropped(now);
         }
         self.ship(true);
         self.ship(false);

@@ -95,7 +95,7 @@ impl Histogram {
         Histogram { buckets: [const { Counter::new() }; BOUNDS_US.len() + 1], sum_us: Counter::new() }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn observe(&self, us: u64) {
         // The first bound >= us: Prometheus's `le` (less than or equal).
         let i = BOUNDS_US.partition_point(|&b| b < us);

@@ -208,9 +208,12 @@ impl Conn {
 
 /// Says what happened to a connect that failed (held in `rq.failed` by `connect_failed`):
 /// made good by server `next` (a warn naming both), or not (`next` None: the failure alone).
+#[inline(always)]
 pub(super) fn failover(rq: &mut Exchange, cx: &mut Cx, next: Option<usize>) {
-    let Some((server, timed_out)) = rq.failed.take() else { return };
-    failover_line(rq, cx, server as usize, timed_out, next);
+    if let Some((server, timed_out)) = rq.failed {
+        rq.failed = None;
+        failover_line(rq, cx, server as usize, timed_out, next);
+    }
 }
 
 #[cold]
