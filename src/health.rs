@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::log::{Level, say};
 
 /// The process clock `Health` counts milliseconds on; every worker reads the same one.
 pub fn epoch() -> Instant {
@@ -253,13 +254,19 @@ fn run_check(cfg: &Config, si: usize, check: &Check) {
             Err(e) => e.clone(),
         };
         if up {
-            eprintln!("apex: upstream {addr}: health check passed {} times ({what}); back in", check.rise);
+            say(
+                Level::Info,
+                format_args!("upstream {addr}: health check passed {} times ({what}); back in", check.rise),
+            );
         } else {
-            eprintln!(
-                "apex: upstream {addr}: health check failed {} times ({what}, want {}); out until it passes {} times",
-                check.fall,
-                Expect::show(&check.expect),
-                check.rise
+            say(
+                Level::Warn,
+                format_args!(
+                    "upstream {addr}: health check failed {} times ({what}, want {}); out until it passes {} times",
+                    check.fall,
+                    Expect::show(&check.expect),
+                    check.rise
+                ),
             );
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! Linux only (SO_REUSEPORT per worker, and later splice(2)).
 
+pub mod admin;
 pub mod balance;
 pub mod buf;
 pub mod config;
@@ -13,11 +14,13 @@ pub mod health;
 pub mod limits;
 pub mod listen;
 pub mod log;
+pub mod metrics;
 pub mod notify;
 pub mod reactor;
 pub mod resolve;
 pub mod server;
 pub mod splice;
+pub mod status;
 pub mod time;
 pub mod tls;
 pub mod transport;

@@ -130,7 +130,10 @@ pub fn bind_all(cfg: &Config, given: &mut Inherited) -> io::Result<(Vec<SocketAd
         }
     }
     for (_, a) in given.0.drain(..) {
-        eprintln!("apex: warn: an inherited listening socket on {a} is not in the config; closing it");
+        crate::log::say(
+            crate::log::Level::Warn,
+            format_args!("an inherited listening socket on {a} is not in the config; closing it"),
+        );
     }
     Ok((addrs, per_worker))
 }

@@ -33,6 +33,9 @@ use rtrb::{Consumer, Producer, PushError, RingBuffer};
 use crate::h1::write::Out;
 use crate::time::civil_from_days;
 
+mod level;
+pub use level::{Kind, Level, Thousands, enabled, iso_now, say, set_threshold};
+
 pub const CHUNK_BYTES: usize = 64 * 1024;
 pub const CHUNKS_PER_WORKER: usize = 8;
 pub const LOG_FLUSH_MS: u64 = 100;
@@ -111,6 +114,8 @@ impl Logger {
                 dropped: 0,
                 dropped_reported: 0,
                 clock: Clock::default(),
+                gates: Default::default(),
+                holding: false,
             })
             .collect();
         Ok((Logger { ctl, handle: Some(handle) }, logs))
@@ -216,7 +221,7 @@ fn open(sink: &Sink) -> Output {
         Sink::File(p) => match OpenOptions::new().create(true).append(true).open(p) {
             Ok(f) => Some(Box::new(f) as Box<dyn std::io::Write + Send>),
             Err(e) => {
-                eprintln!("apex: error: cannot open access log {}: {e}", p.display());
+                say(Level::Error, format_args!("cannot open access log {}: {e}", p.display()));
                 None
             }
         },
@@ -283,6 +288,10 @@ pub struct WorkerLog {
     pub dropped: u64,
     dropped_reported: u64,
     clock: Clock,
+    /// Rate limits for lines that repeat with traffic, per `Kind`.
+    gates: [level::Gate; level::KINDS],
+    /// Some gate holds lines back: `tick` checks whether its window is over.
+    holding: bool,
 }
 
 impl WorkerLog {
@@ -297,16 +306,65 @@ impl WorkerLog {
         self.write(now, true, line);
     }
 
-    /// Logs an event on the error log (stderr, through the logger thread).
-    pub fn error(&mut self, now: Instant, args: std::fmt::Arguments) {
+    /// Logs an event on the error log (stderr, through the logger thread), if `level` is
+    /// enabled: `2026-12-05T12:00:00Z apex: info: what`.
+    pub fn event(&mut self, now: Instant, level: Level, args: std::fmt::Arguments) {
+        if !enabled(level) {
+            return;
+        }
         self.clock.update();
         let iso = self.clock.iso;
         self.write(now, false, |w| {
             w.put(&iso);
             w.put(b" apex: ");
+            w.put(level.as_str().as_bytes());
+            w.put(b": ");
             let _ = w.write_fmt(args);
             w.put(b"\n");
         });
+    }
+
+    /// `event`, through the gate of its kind (see `level.rs`).
+    pub fn event_of(&mut self, now: Instant, level: Level, kind: Kind, args: std::fmt::Arguments) {
+        if !enabled(level) {
+            return;
+        }
+        let Some(g) = self.gates.get_mut(kind as usize) else { return };
+        let (admit, held) = g.admit(now, level);
+        self.holding |= !admit;
+        if held > 0 {
+            self.held(now, level, held);
+        }
+        if admit {
+            self.event(now, level, args);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn report_dropped(&mut self, now: Instant) {
+        let n = self.dropped - self.dropped_reported;
+        self.dropped_reported = self.dropped;
+        self.event(now, Level::Warn, format_args!("{n} log lines dropped: the log sink is too slow"));
+    }
+
+    /// Says how many lines each gate whose window ended held back.
+    #[cold]
+    fn summarize(&mut self, now: Instant) {
+        self.holding = false;
+        for k in 0..level::KINDS {
+            let Some(g) = self.gates.get_mut(k) else { continue };
+            if let Some((n, level)) = g.expired(now) {
+                self.held(now, level, n);
+            } else if g.held > 0 {
+                self.holding = true;
+            }
+        }
+    }
+
+    #[cold]
+    fn held(&mut self, now: Instant, level: Level, n: u64) {
+        self.event(now, level, format_args!("… and {} more like this in the last 10 s", Thousands(n)));
     }
 
     fn write(&mut self, now: Instant, access: bool, line: impl Fn(&mut Out)) {
@@ -351,15 +409,16 @@ impl WorkerLog {
 
     /// Ships lines older than `LOG_FLUSH_MS`. Returns when to call again.
     pub fn tick(&mut self, now: Instant) -> Option<Instant> {
+        if self.holding {
+            self.summarize(now);
+        }
         let since = self.since?;
         let due = since + Duration::from_millis(LOG_FLUSH_MS);
         if now < due {
             return Some(due);
         }
         if self.dropped > self.dropped_reported {
-            let n = self.dropped - self.dropped_reported;
-            self.dropped_reported = self.dropped;
-            self.error(now, format_args!("warn: {n} log lines dropped: the log sink is too slow"));
+            self.report_dropped(now);
         }
         self.ship(true);
         self.ship(false);

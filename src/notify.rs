@@ -35,7 +35,10 @@ impl Notifier {
         if let Some((s, addr)) = &self.sock
             && let Err(e) = s.send_to_addr(state.as_bytes(), addr)
         {
-            eprintln!("apex: warn: NOTIFY_SOCKET: cannot send {:?}: {e}", state.lines().next().unwrap_or(""));
+            crate::log::say(
+                crate::log::Level::Warn,
+                format_args!("NOTIFY_SOCKET: cannot send {:?}: {e}", state.lines().next().unwrap_or("")),
+            );
         }
     }
 

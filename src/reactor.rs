@@ -27,6 +27,8 @@ use crate::conn::{ClientKey, Conn, Cx, Exchange, Fault, Phase, is_fd_exhaustion}
 use crate::limits::{
     ARENA_BYTES, EVENTS_CAPACITY, SWEEP_MAX_MS, SWEEP_MIN_MS, TLS_BUFS_PREALLOC, TLS_SESSIONS_PER_WORKER,
 };
+use crate::log::Level;
+use crate::metrics::{CloseWhy, WorkerMetrics};
 use crate::upstream::{UpKey, Upstreams};
 
 /// Wakes a worker from `poll` (drain, reload). Even and far above any slab key.
@@ -115,7 +117,11 @@ impl Worker {
         let arena = Bump::with_capacity(ARENA_BYTES);
         arena.set_allocation_limit(Some(ARENA_BYTES));
         let now = Instant::now();
-        let ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
+        let metrics = crate::metrics::WorkerMetrics::new();
+        let mut ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
+        ups.metrics = Arc::clone(&metrics);
+        let mut tls_bufs = crate::tls::TlsBufPool::new(if uses_tls { TLS_BUFS_PREALLOC } else { 0 });
+        tls_bufs.metrics = Arc::clone(&metrics);
         Ok(Worker {
             poll,
             waker,
@@ -136,12 +142,13 @@ impl Worker {
                 ups,
                 pipes: crate::splice::PipePool::new(),
                 // Sized at start like the plain pool when anything speaks TLS (18.5 KiB each).
-                tls_bufs: crate::tls::TlsBufPool::new(if uses_tls { TLS_BUFS_PREALLOC } else { 0 }),
+                tls_bufs,
                 https_port,
                 log,
                 recs: Slab::with_capacity(cap),
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
                 fd_freed: false,
+                metrics,
             },
             accept_paused: false,
             handover: None,
@@ -164,6 +171,11 @@ impl Worker {
     /// listeners (a binary upgrade).
     pub fn set_handover(&mut self, flag: Arc<AtomicBool>) {
         self.handover = Some(flag);
+    }
+
+    /// This worker's counters, for the admin thread.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        Arc::clone(&self.cx.metrics)
     }
 
     /// Lets another thread interrupt this worker's `poll`.
@@ -209,7 +221,7 @@ impl Worker {
             }
         }
         while let Some(key) = self.expired.pop() {
-            self.close(key);
+            self.close_for(key, CloseWhy::Drain);
         }
     }
 
@@ -310,6 +322,13 @@ impl Worker {
         }
     }
 
+    /// Closes a connection the worker itself ends, for `why`.
+    fn close_for(&mut self, key: usize, why: CloseWhy) {
+        if let Some(c) = self.conns.try_remove(key) {
+            c.close(&mut self.cx, ClientKey(key), Some(why));
+        }
+    }
+
     /// Not an error (a long body can use its turns), but a connection that keeps doing so is
     /// worth seeing: once per connection.
     #[cold]
@@ -318,7 +337,7 @@ impl Worker {
         c.turns_logged = true;
         let (peer, phase) = (c.peer(), c.phase.name());
         let what = format_args!("used its turns in {phase}; stepped again after other work");
-        log_fault(&mut self.cx, &mut self.faults, peer, "info", what);
+        log_fault(&mut self.cx, &mut self.faults, peer, Level::Info, what);
     }
 
     /// A connection's step failed: says so (rate-limited), then closes it.
@@ -327,13 +346,13 @@ impl Worker {
         if let Some(c) = self.conns.get(key) {
             let (peer, phase) = (c.peer(), c.phase.name());
             let (level, cause) = match f {
-                Fault::Client => ("info", "the client's socket failed"),
-                Fault::Upstream => ("info", "the upstream's socket failed"),
-                Fault::Internal(what) => ("error", what.as_str()),
+                Fault::Client => (Level::Info, "the client's socket failed"),
+                Fault::Upstream => (Level::Info, "the upstream's socket failed"),
+                Fault::Internal(what) => (Level::Error, what.as_str()),
             };
             log_fault(&mut self.cx, &mut self.faults, peer, level, format_args!("closed in {phase}: {cause}"));
         }
-        self.close(key);
+        self.close_for(key, CloseWhy::Error);
     }
 
     /// Out of fds while a request needs an upstream connection: close an idle pooled upstream
@@ -345,13 +364,13 @@ impl Worker {
         }
         let victim = self.conns.iter().find(|(k, c)| *k != except && c.is_idle()).map(|(k, _)| k);
         if let Some(k) = victim {
-            self.close(k);
+            self.close_for(k, CloseWhy::Reclaimed);
         }
     }
 
     fn close(&mut self, key: usize) {
         if let Some(c) = self.conns.try_remove(key) {
-            c.close(&mut self.cx, ClientKey(key));
+            c.close(&mut self.cx, ClientKey(key), None);
         }
     }
 
@@ -430,6 +449,9 @@ impl Worker {
                         continue;
                     }
                     let redirect = self.redirects.get(li).copied().unwrap_or(false);
+                    if let Some(a) = self.cx.metrics.accepted.get(usize::from(tls.is_some())) {
+                        a.inc();
+                    }
                     entry.insert(Conn::new(sock, peer, tls, redirect, &mut self.cx));
                     self.drive(key);
                 }
@@ -472,6 +494,21 @@ impl Worker {
         }
     }
 
+    /// The gauges (client connections by phase, upstream connections idle and active), from
+    /// the slabs as they are: once per sweep, not per request.
+    fn publish_gauges(&self) {
+        let mut states = [0u64; crate::metrics::STATE_NAMES.len()];
+        for (_, c) in self.conns.iter() {
+            if let Some(n) = states.get_mut(c.phase.index()) {
+                *n += 1;
+            }
+        }
+        for (g, n) in self.cx.metrics.states.iter().zip(states) {
+            g.set(n);
+        }
+        self.cx.ups.publish_gauges();
+    }
+
     fn sweep(&mut self) {
         let now = self.cx.now;
         let mut next = now + Duration::from_millis(SWEEP_MAX_MS);
@@ -500,6 +537,7 @@ impl Worker {
         if let Some(t) = self.cx.ups.sweep(now) {
             next = next.min(t);
         }
+        self.publish_gauges();
         self.cx.next_sweep = self.cx.next_sweep.min(next).max(now + Duration::from_millis(SWEEP_MIN_MS));
         if self.cx.draining && self.close_idle {
             // Connections that went idle since: nothing more will come on them.
@@ -509,7 +547,7 @@ impl Worker {
                 }
             }
             while let Some(key) = self.expired.pop() {
-                self.close(key);
+                self.close_for(key, CloseWhy::Drain);
             }
         }
         if self.accept_paused {
@@ -519,11 +557,11 @@ impl Worker {
 }
 
 /// One fault line through the worker's throttle, with the count of lines it held back before.
-fn log_fault(cx: &mut Cx, throttle: &mut Throttle, peer: SocketAddr, level: &str, what: std::fmt::Arguments) {
+fn log_fault(cx: &mut Cx, throttle: &mut Throttle, peer: SocketAddr, level: Level, what: std::fmt::Arguments) {
     match throttle.admit(cx.now) {
-        Some(0) => cx.log.error(cx.now, format_args!("{level}: client {peer}: {what}")),
+        Some(0) => cx.log.event(cx.now, level, format_args!("client {peer}: {what}")),
         Some(held) => {
-            cx.log.error(cx.now, format_args!("{level}: client {peer}: {what} (and {held} more such lines held back)"))
+            cx.log.event(cx.now, level, format_args!("client {peer}: {what} (and {held} more such lines held back)"))
         }
         None => {}
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::log::{Level, say};
 
 pub fn spawn_resolver(shared: Arc<ArcSwap<Config>>) -> std::io::Result<()> {
     std::thread::Builder::new().name("apex-resolve".into()).spawn(move || {
@@ -37,7 +38,7 @@ fn refresh(shared: &ArcSwap<Config>, current: &Arc<Config>) -> Option<Arc<Config
     let mut new = match Config::parse(text, file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("apex: warn: resolving upstream names again: {e}; keeping the last addresses");
+            say(Level::Warn, format_args!("resolving upstream names again: {e}; keeping the last addresses"));
             return None;
         }
     };
@@ -51,7 +52,7 @@ fn refresh(shared: &ArcSwap<Config>, current: &Arc<Config>) -> Option<Arc<Config
         .filter(|n| !current.names.contains(n))
         .map(|(name, addrs)| {
             let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-            format!("apex: info: upstream {name} now resolves to {}", shown.join(", "))
+            format!("upstream {name} now resolves to {}", shown.join(", "))
         })
         .collect();
     let new = Arc::new(new);
@@ -60,7 +61,7 @@ fn refresh(shared: &ArcSwap<Config>, current: &Arc<Config>) -> Option<Arc<Config
         return None; // a reload won the race; its own lookup is newer
     }
     for line in changes {
-        eprintln!("{line}");
+        say(Level::Info, format_args!("{line}"));
     }
     Some(Arc::clone(current))
 }

@@ -33,6 +33,7 @@ use signal_hook::iterator::Signals;
 
 use crate::config::Config;
 use crate::listen::{Inherited, bind_all};
+use crate::log::{Level, say};
 use crate::notify::Notifier;
 use crate::reactor::Worker;
 
@@ -41,18 +42,20 @@ pub fn run(path: &Path) -> ExitCode {
     let mut given = match Inherited::from_env() {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("apex: inherited sockets: {e}");
+            say(Level::Error, format_args!("inherited sockets: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let notify = Notifier::from_env();
-    let cfg = match Config::load(path) {
+    let started = (Instant::now(), crate::metrics::unix_now().0);
+    let mut cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("apex: {e}");
+            say(Level::Error, format_args!("{e}"));
             return ExitCode::FAILURE;
         }
     };
+    crate::log::set_threshold(cfg.log.level);
     let nofile = raise_fd_limit();
     // Signals first, so one that arrives during start-up is not lost to its default action.
     let (tx, rx) = mpsc::channel();
@@ -66,12 +69,12 @@ pub fn run(path: &Path) -> ExitCode {
                 }
             });
             if let Err(e) = spawned {
-                eprintln!("apex: cannot start the signal thread: {e}");
+                say(Level::Error, format_args!("cannot start the signal thread: {e}"));
                 return ExitCode::FAILURE;
             }
         }
         Err(e) => {
-            eprintln!("apex: cannot install signal handlers: {e}");
+            say(Level::Error, format_args!("cannot install signal handlers: {e}"));
             return ExitCode::FAILURE;
         }
     }
@@ -79,14 +82,14 @@ pub fn run(path: &Path) -> ExitCode {
     let (addrs, listeners) = match bind_all(&cfg, &mut given) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("apex: {e}");
+            say(Level::Error, format_args!("{e}"));
             return ExitCode::FAILURE;
         }
     };
     let (logger, logs) = match crate::log::Logger::start(cfg.log.access.clone(), cfg.workers) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("apex: cannot start the logger: {e}");
+            say(Level::Error, format_args!("cannot start the logger: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -99,13 +102,24 @@ pub fn run(path: &Path) -> ExitCode {
             match l.try_clone() {
                 Ok(c) => handover.push(c),
                 Err(e) => {
-                    eprintln!("apex: cannot keep a listener for upgrades: {e}");
+                    say(Level::Error, format_args!("cannot keep a listener for upgrades: {e}"));
                     return ExitCode::FAILURE;
                 }
             }
             names.push(if j < plain { "http" } else { "https" });
         }
     }
+    let labels = crate::metrics::Labels::new();
+    labels.assign(&mut cfg);
+    let admin_listener = match cfg.admin.map(crate::admin::bind) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let addr = cfg.admin.map(|a| a.to_string()).unwrap_or_default();
+            say(Level::Error, format_args!("cannot listen on admin.listen {addr}: {e}"));
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let shared = Arc::new(ArcSwap::from_pointee(cfg));
     let drain = Arc::new(AtomicBool::new(false));
     let handed_over = Arc::new(AtomicBool::new(false));
@@ -116,28 +130,58 @@ pub fn run(path: &Path) -> ExitCode {
     // `connections = 0` (the default) is sized from the limit in silence; only a number the
     // operator wrote and the limit cannot carry is worth a warning.
     if cap < limits.connections && !limits.connections_auto {
-        eprintln!(
-            "apex: warn: the open-file limit ({nofile}) allows {cap} client connections per worker, fewer than limits.connections = {}; raise `ulimit -n` (LimitNOFILE) to reach it, or set connections = 0 to size it from the limit",
-            limits.connections
+        say(
+            Level::Warn,
+            format_args!(
+                "the open-file limit ({nofile}) allows {cap} client connections per worker, fewer than limits.connections = {}; raise `ulimit -n` (LimitNOFILE) to reach it, or set connections = 0 to size it from the limit",
+                limits.connections
+            ),
         );
     }
+    let mut worker_metrics = Vec::new();
     for (i, (ls, log)) in listeners.into_iter().zip(logs).enumerate() {
         let mut w = match Worker::new(Arc::clone(&shared), ls, log) {
             Ok(w) => w,
             Err(e) => {
-                eprintln!("apex: worker {i}: {e}");
+                say(Level::Error, format_args!("worker {i}: {e}"));
                 return ExitCode::FAILURE;
             }
         };
         w.set_fd_cap(cap);
         w.set_handover(Arc::clone(&handed_over));
         wakers.push(w.waker());
+        worker_metrics.push(w.metrics());
         let drain = Arc::clone(&drain);
         let spawned = std::thread::Builder::new().name(format!("apex-w{i}")).spawn(move || w.run(&drain));
         match spawned {
             Ok(h) => workers.push(h),
             Err(e) => {
-                eprintln!("apex: cannot start worker {i}: {e}");
+                say(Level::Error, format_args!("cannot start worker {i}: {e}"));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let admin = Arc::new(crate::admin::Shared {
+        workers: worker_metrics,
+        labels,
+        config: Arc::clone(&shared),
+        path: path.to_path_buf(),
+        drain: Arc::clone(&drain),
+        started: started.0,
+        started_unix: started.1,
+        reloads: Default::default(),
+        generation: crate::metrics::Counter::new(),
+        last_reload: ArcSwap::from_pointee(crate::admin::Reload { at: started.1, result: "ok", error: None }),
+    });
+    admin.generation.inc();
+    let admin_stop = Arc::new(AtomicBool::new(false));
+    if let Some(l) = admin_listener {
+        let (sh, stop) = (Arc::clone(&admin), Arc::clone(&admin_stop));
+        let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        match std::thread::Builder::new().name("apex-admin".into()).spawn(move || crate::admin::serve(l, sh, stop)) {
+            Ok(_) => say(Level::Info, format_args!("admin on http://{addr}/ (/metrics, /status, /healthz)")),
+            Err(e) => {
+                say(Level::Error, format_args!("cannot start the admin thread: {e}"));
                 return ExitCode::FAILURE;
             }
         }
@@ -154,7 +198,10 @@ pub fn run(path: &Path) -> ExitCode {
     }
     // Before the listening lines, which whoever started us may be waiting for.
     if inherited > 0 {
-        eprintln!("apex: serving on {inherited} inherited listening sockets (pid {})", std::process::id());
+        say(
+            Level::Info,
+            format_args!("serving on {inherited} inherited listening sockets (pid {})", std::process::id()),
+        );
     }
     {
         let mut out = std::io::stdout().lock();
@@ -174,7 +221,7 @@ pub fn run(path: &Path) -> ExitCode {
             Ok(SIGHUP) => {
                 notify.reloading();
                 let sink = shared.load().log.access.clone();
-                reload(path, &shared, &mut retired);
+                reload(path, &shared, &mut retired, &admin);
                 let new_sink = shared.load().log.access.clone();
                 if new_sink != sink {
                     logger.set_sink(new_sink);
@@ -183,44 +230,57 @@ pub fn run(path: &Path) -> ExitCode {
                 notify.send("READY=1");
             }
             Ok(SIGUSR2) if drain_deadline.is_some() => {
-                eprintln!("apex: upgrade refused: this process is draining");
+                say(Level::Warn, format_args!("upgrade refused: this process is draining"));
             }
             Ok(SIGUSR2) => {
                 let me = std::process::id();
-                eprintln!("apex: upgrade: starting the new binary (pid {me} serves meanwhile)");
+                say(Level::Info, format_args!("upgrade: starting the new binary (pid {me} serves meanwhile)"));
                 match crate::upgrade::start(&handover, &names) {
                     Ok(pid) => {
-                        eprintln!("apex: upgraded: pid {pid} serves now; pid {me} drains");
+                        say(Level::Info, format_args!("upgraded: pid {pid} serves now; pid {me} drains"));
                         notify.send(&format!("MAINPID={pid}\nREADY=1"));
                         handover.clear();
                         handed_over.store(true, Ordering::SeqCst);
+                        // The new process serves the admin address (SO_REUSEPORT) from now on.
+                        admin_stop.store(true, Ordering::SeqCst);
                         drain.store(true, Ordering::SeqCst);
                         wake(&wakers);
                         drain_deadline = Some(Instant::now() + shared.load().timeouts.shutdown);
                     }
-                    Err(why) => eprintln!("apex: upgrade failed: {why}; pid {me} still serving"),
+                    Err(why) => say(Level::Error, format_args!("upgrade failed: {why}; pid {me} still serving")),
                 }
             }
             // logrotate: reopen the access log file.
-            Ok(SIGUSR1) => logger.set_sink(shared.load().log.access.clone()),
+            Ok(SIGUSR1) => {
+                let sink = shared.load().log.access.clone();
+                if let crate::log::Sink::File(p) = &sink {
+                    say(Level::Info, format_args!("SIGUSR1: reopening the access log {}", p.display()));
+                } else {
+                    say(Level::Info, format_args!("SIGUSR1: the access log is not a file; nothing to reopen"));
+                }
+                logger.set_sink(sink);
+            }
             Ok(SIGTERM | SIGINT) => {
                 if drain_deadline.is_some() {
-                    eprintln!("apex: second signal: exiting now");
+                    say(Level::Warn, format_args!("second signal: exiting now"));
                     std::process::exit(1);
                 }
                 notify.send("STOPPING=1");
                 // The workers' listeners close now; ours must not keep the sockets open.
                 handover.clear();
                 let grace = shared.load().timeouts.shutdown;
-                eprintln!(
-                    "apex: draining: no new connections; exiting when in-flight requests end (at most {grace:?})"
+                say(
+                    Level::Info,
+                    format_args!(
+                        "draining: no new connections; exiting when in-flight requests end (at most {grace:?})"
+                    ),
                 );
                 drain.store(true, Ordering::SeqCst);
                 wake(&wakers);
                 drain_deadline = Some(Instant::now() + grace);
             }
             Ok(SIGQUIT) => {
-                eprintln!("apex: SIGQUIT: exiting now");
+                say(Level::Warn, format_args!("SIGQUIT: exiting now"));
                 std::process::exit(0);
             }
             Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -235,7 +295,7 @@ pub fn run(path: &Path) -> ExitCode {
                 match h.join() {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        eprintln!("apex: worker stopped: {e}");
+                        say(Level::Error, format_args!("worker stopped: {e}"));
                         code = ExitCode::FAILURE;
                     }
                     Err(_) => code = ExitCode::FAILURE,
@@ -245,14 +305,14 @@ pub fn run(path: &Path) -> ExitCode {
             return code;
         }
         if drain_deadline.is_none() && workers.iter().any(|h| h.is_finished()) {
-            eprintln!("apex: a worker stopped unexpectedly; draining the others");
+            say(Level::Error, format_args!("a worker stopped unexpectedly; draining the others"));
             notify.send("STOPPING=1");
             handover.clear();
             drain.store(true, Ordering::SeqCst);
             drain_deadline = Some(Instant::now() + shared.load().timeouts.shutdown);
         }
         if drain_deadline.is_some_and(|d| Instant::now() >= d) {
-            eprintln!("apex: drain timeout: exiting with requests still in flight");
+            say(Level::Warn, format_args!("drain timeout: exiting with requests still in flight"));
             std::process::exit(0);
         }
     }
@@ -269,7 +329,7 @@ fn raise_fd_limit() -> u64 {
         let before = lim.current;
         lim.current = lim.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            eprintln!("apex: warn: cannot raise the open-file limit: {e}");
+            say(Level::Warn, format_args!("cannot raise the open-file limit: {e}"));
             return before.unwrap_or(u64::MAX);
         }
     }
@@ -299,27 +359,36 @@ fn wake(wakers: &[Arc<mio::Waker>]) {
 }
 
 /// SIGHUP: all or nothing.
-fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>) {
+fn reload(path: &Path, shared: &ArcSwap<Config>, retired: &mut Vec<Arc<Config>>, admin: &crate::admin::Shared) {
     let mut new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("apex: reload failed: {e}; still serving the previous config");
+            say(Level::Error, format_args!("reload failed: {e}; still serving the previous config"));
+            admin.reloaded("failed", Some(e.to_string()));
             return;
         }
     };
     let current = shared.load();
+    if new.admin != current.admin {
+        let why = format!("{}: `admin.listen` changed, which needs a restart", path.display());
+        say(Level::Error, format_args!("reload refused: {why}; still serving the previous config"));
+        admin.reloaded("refused", Some(why));
+        return;
+    }
     let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
     if new.listen != current.listen || new.workers != current.workers || tls_listen(&new) != tls_listen(&current) {
-        eprintln!(
-            "apex: reload refused: {}: `listen`, `tls.listen` or `workers` changed, which needs a restart; still serving the previous config",
-            path.display()
-        );
+        let why = format!("{}: `listen`, `tls.listen` or `workers` changed, which needs a restart", path.display());
+        say(Level::Error, format_args!("reload refused: {why}; still serving the previous config"));
+        admin.reloaded("refused", Some(why));
         return;
     }
     new.keep_health(&current);
     drop(current);
+    crate::log::set_threshold(new.log.level);
+    admin.labels.assign(&mut new);
     retired.push(shared.swap(Arc::new(new)));
-    eprintln!("apex: reloaded {}", path.display());
+    admin.reloaded("ok", None);
+    say(Level::Info, format_args!("reloaded {}", path.display()));
 }
 
 #[cfg(test)]

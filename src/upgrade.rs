@@ -101,7 +101,7 @@ pub fn announce_ready() {
     if std::env::var_os("APEX_UPGRADE").is_some() {
         let stdin = std::io::stdin();
         if let Err(e) = rustix::io::write(stdin.as_fd(), b"ready\n") {
-            eprintln!("apex: warn: cannot tell the old process it may drain: {e}");
+            crate::log::say(crate::log::Level::Warn, format_args!("cannot tell the old process it may drain: {e}"));
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::balance::Balance;
 use crate::config::{AllDown, Config};
 use crate::conn::ClientKey;
 use crate::health::Health;
+use crate::metrics::{SERVER_SLOTS, WorkerMetrics};
 use crate::transport::Io;
 
 /// An upstream connection's key in `Upstreams::conns`; its epoll token is `key << 1 | 1`.
@@ -93,6 +94,8 @@ pub struct ServerState {
     pub live: bool,
     /// How to speak TLS to it (from the current config), if at all.
     pub tls: Option<Arc<crate::tls::UpstreamTls>>,
+    /// Its metrics slot (from the current config).
+    pub slot: usize,
 }
 
 pub struct Upstreams {
@@ -112,6 +115,8 @@ pub struct Upstreams {
     rng: u64,
     /// Scratch for `least_requests`: the group's candidates (allocated at start).
     cands: Vec<usize>,
+    /// The worker's counters (this pool publishes the idle and active gauges per server).
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 impl Upstreams {
@@ -128,6 +133,7 @@ impl Upstreams {
             // Any non-zero seed; per worker, so that workers do not pick in lockstep.
             rng: (std::ptr::from_ref(&conns_cap) as u64) | 1,
             cands: Vec::with_capacity(crate::limits::GROUP_SERVERS_CAP),
+            metrics: WorkerMetrics::new(),
         };
         u.sync(cfg);
         u
@@ -152,6 +158,7 @@ impl Upstreams {
                         busy: 0,
                         live: true,
                         tls: None,
+                        slot: 0,
                     });
                     self.servers.len() - 1
                 }
@@ -162,6 +169,7 @@ impl Upstreams {
                 if let Some(h) = cfg.health.get(i) {
                     s.health = Arc::clone(h);
                 }
+                s.slot = cfg.server_slots.get(i).copied().unwrap_or(usize::MAX);
             }
             self.map.push(id);
         }
@@ -213,6 +221,36 @@ impl Upstreams {
             self.busy(c.server, true);
         }
         UpKey::of(self.conns.insert(c))
+    }
+
+    /// Server `id`'s metrics slot.
+    #[inline]
+    pub fn slot(&self, id: usize) -> Option<usize> {
+        self.servers.get(id).map(|s| s.slot)
+    }
+
+    /// Sets the idle and active gauges of every server slot from the pool as it is. Called by
+    /// the worker's sweep (at least once a second), not per request: the gauges cost nothing
+    /// on the hot path. No allocation: the tally is on the stack.
+    pub fn publish_gauges(&self) {
+        let mut idle = [0u64; SERVER_SLOTS];
+        let mut busy = [0u64; SERVER_SLOTS];
+        for s in &self.servers {
+            if let Some(n) = idle.get_mut(s.slot) {
+                *n += s.idle.len() as u64;
+            }
+        }
+        for (_, c) in self.conns.iter() {
+            if c.owner.is_some()
+                && let Some(n) = self.servers.get(c.server).and_then(|s| busy.get_mut(s.slot))
+            {
+                *n += 1;
+            }
+        }
+        for ((st, i), b) in self.metrics.servers.iter().zip(idle).zip(busy) {
+            st.idle.set(i);
+            st.busy.set(b);
+        }
     }
 
     /// A connection to `server` starts or stops serving a request.
@@ -364,12 +402,27 @@ impl Upstreams {
     /// A request failed on server `id`; true when that takes it out (`fail_after` in a row).
     pub fn failed(&self, id: usize, now: Instant, cooldown: std::time::Duration, fail_after: u32) -> bool {
         let now_ms = crate::health::ms(self.epoch, now);
-        self.servers.get(id).is_some_and(|s| s.health.failed(now_ms, cooldown.as_millis() as u64, fail_after))
+        let Some(s) = self.servers.get(id) else { return false };
+        let out = s.health.failed(now_ms, cooldown.as_millis() as u64, fail_after);
+        if out && let Some(st) = self.metrics.server(s.slot) {
+            st.down_until_ms.set(crate::metrics::unix_now().1 + cooldown.as_millis() as u64);
+        }
+        out
+    }
+
+    /// Server `id` is out by its passive health (for the log line that says so).
+    pub fn is_out(&self, id: usize) -> bool {
+        self.servers.get(id).is_some_and(|s| s.health.down_until() != 0)
     }
 
     /// A connection to server `id` came up.
     pub fn ok(&self, id: usize) {
         if let Some(s) = self.servers.get(id) {
+            if s.health.down_until() != 0
+                && let Some(st) = self.metrics.server(s.slot)
+            {
+                st.down_until_ms.set(0);
+            }
             s.health.ok();
         }
     }

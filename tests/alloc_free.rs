@@ -273,6 +273,14 @@ struct Outcome {
     logged: usize,
     upstream_accepts: usize,
     upstream_heads: usize,
+    /// Requests the worker's counters saw in the measured window, and scrapes taken meanwhile.
+    counted: u64,
+    scrapes: usize,
+}
+
+/// Requests counted by a worker's metrics, every route and status class.
+fn counted(m: &apex::metrics::WorkerMetrics) -> u64 {
+    m.routes.iter().flat_map(|r| r.requests.iter()).map(apex::metrics::Counter::get).sum()
 }
 
 /// Runs one worker on this thread for `text` (plus an access log) while `client` runs on its own
@@ -300,10 +308,29 @@ fn run(
     );
     let cfg = Config::parse(&text, "test").unwrap();
     let (addrs, mut listeners) = apex::reactor::bind_all(&cfg).unwrap();
+    let mut cfg = cfg;
+    let labels = apex::metrics::Labels::new();
+    labels.assign(&mut cfg);
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
+    let config = Arc::clone(&shared);
     let _ = std::fs::remove_file(&log_path);
     let (logger, mut logs) = apex::log::Logger::start(apex::log::Sink::File(log_path.clone()), 1).unwrap();
     let mut worker = Worker::new(shared, listeners.remove(0), logs.remove(0)).unwrap();
+    // Metrics are always counted; an admin thread scrapes them all through the window, as
+    // Prometheus would (its allocations are its own thread's, not counted).
+    let metrics = worker.metrics();
+    let admin = Arc::new(apex::admin::Shared {
+        workers: vec![Arc::clone(&metrics)],
+        labels,
+        config,
+        path: "test".into(),
+        drain: Arc::new(AtomicBool::new(false)),
+        started: Instant::now(),
+        started_unix: 0,
+        reloads: Default::default(),
+        generation: apex::metrics::Counter::new(),
+        last_reload: arc_swap::ArcSwap::from_pointee(apex::admin::Reload::default()),
+    });
 
     let warm = Arc::new(AtomicBool::new(false));
     let armed_flag = Arc::new(AtomicBool::new(false));
@@ -322,9 +349,23 @@ fn run(
         d2.store(true, SeqCst);
     });
 
+    let (a3, d3) = (Arc::clone(&armed_flag), Arc::clone(&done));
+    let scraper = std::thread::spawn(move || {
+        let mut scrapes = 0;
+        while !d3.load(SeqCst) {
+            if a3.load(SeqCst) {
+                let text = apex::metrics::render::render(&admin, scrapes % 2 == 1);
+                assert!(text.contains("apex_requests_total{route=\"t/\",upstream=\"app\",class=\"2xx\"}"), "{text}");
+                scrapes += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        scrapes
+    });
     let mut events = mio::Events::with_capacity(1024);
     let start = Instant::now();
     let mut armed = false;
+    let mut before = 0;
     while !done.load(SeqCst) {
         assert!(start.elapsed() < Duration::from_secs(240), "test took too long");
         if !armed && warm.load(SeqCst) {
@@ -332,6 +373,7 @@ fn run(
             for _ in 0..20 {
                 worker.turn_within(&mut events, Duration::from_millis(1)).unwrap();
             }
+            before = counted(&metrics);
             ALLOCS.store(0, SeqCst);
             ALLOC_BYTES.store(0, SeqCst);
             ARMED.with(|a| a.set(true));
@@ -341,22 +383,27 @@ fn run(
         worker.turn_within(&mut events, Duration::from_millis(5)).unwrap();
     }
     ARMED.with(|a| a.set(false));
+    let allocs = (ALLOCS.load(SeqCst), ALLOC_BYTES.load(SeqCst));
     client.join().unwrap();
+    let scrapes = scraper.join().unwrap();
     // The access log saw every request: the allocation-free path includes logging.
     for _ in 0..30 {
         worker.turn_within(&mut events, Duration::from_millis(10)).unwrap();
     }
+    let after = counted(&metrics);
     drop(worker);
     logger.stop();
     let logged = std::fs::read_to_string(&log_path).unwrap().lines().count();
     let _ = std::fs::remove_file(&log_path);
     Outcome {
-        allocs: ALLOCS.load(SeqCst),
-        bytes: ALLOC_BYTES.load(SeqCst),
+        allocs: allocs.0,
+        bytes: allocs.1,
         requests: requests.load(SeqCst),
         logged,
         upstream_accepts: counts.accepts.load(SeqCst),
         upstream_heads: counts.heads.load(SeqCst),
+        counted: after - before,
+        scrapes,
     }
 }
 
@@ -364,6 +411,8 @@ fn check(o: &Outcome) {
     let total = o.requests;
     assert!(total >= 10_000, "only {total} requests measured");
     assert!(o.logged >= total, "access log has {} lines for {total}+ requests", o.logged);
+    assert!(o.counted >= total as u64, "the metrics counted {} requests of {total}+", o.counted);
+    assert!(o.scrapes > 0, "nothing scraped the metrics while the worker served");
     // A connection that answered a HEAD is reset, not pooled (conn/body.rs, finish_exchange): each
     // HEAD may cost one; every other exchange reuses pooled connections.
     let (accepts, heads) = (o.upstream_accepts, o.upstream_heads);

@@ -26,6 +26,13 @@ pub(super) struct RawConfig {
     #[serde(default)]
     upstream: BTreeMap<String, Spanned<RawGroup>>,
     tls: Option<Spanned<RawTls>>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +86,7 @@ struct RawLimits {
 struct RawLog {
     access: Option<Spanned<String>>,
     format: Option<Spanned<String>>,
+    level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -298,7 +306,8 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
     let strict_sni = raw.strict_sni.unwrap_or(false);
     let server = crate::tls::server_config(&certs, strict_sni, &crate::tls::kx::resolve(&groups))
         .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
-    Ok(TlsListen { listen, redirect_http, strict_sni, groups, certs, server })
+    let expiry = certs.iter().map(|c| crate::tls::leaf_expiry(&c.chain)).collect();
+    Ok(TlsListen { listen, redirect_http, strict_sni, groups, certs, server, expiry })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -524,6 +533,12 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             Some((_, "json")) => crate::log::Format::Json,
             Some((f, other)) => return Err((at(f), format!("log format {other:?}: want \"combined\" or \"json\""))),
         },
+        level: match &raw.log.level {
+            None => crate::log::Level::Info,
+            Some(l) => crate::log::Level::parse(l.get_ref()).ok_or_else(|| {
+                (at(l), format!("log level {:?}: want \"error\", \"warn\", \"info\" or \"debug\"", l.get_ref()))
+            })?,
+        },
     };
 
     let mut servers: Vec<SocketAddr> = Vec::new();
@@ -656,7 +671,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
     }
     let mut sites: Vec<Site> = Vec::new();
     let mut body_bytes_max = limits.body_bytes;
-    for r in &raw.route {
+    for (raw_index, r) in raw.route.iter().enumerate() {
         let host = match &r.host {
             Some(h) => host_pattern(h)?,
             None => HostPattern::Any,
@@ -694,7 +709,9 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             body_bytes: size_in(&r.body_bytes, "body_bytes", limits.body_bytes, 0, u64::MAX)?,
         };
         body_bytes_max = body_bytes_max.max(per.body_bytes);
-        site.routes.push(Route { path, group, per });
+        // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
+        let slot = (raw_index + 1).min(crate::metrics::ROUTE_SLOTS - 1);
+        site.routes.push(Route { path, group, per, slot });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -710,6 +727,11 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         None => None,
     };
     let server_tls = server_tls(&raw.upstream, &groups, &servers)?;
+    let server_slots = (0..servers.len()).map(|i| i.min(crate::metrics::SERVER_SLOTS - 1)).collect();
+    let admin = match raw.admin.and_then(|a| a.listen) {
+        Some(a) => Some(parse_addr(&a, "admin.listen")?),
+        None => None,
+    };
     // The Host of a group's health check: its tls_name, else the first exact host routed to it.
     for (gi, g) in groups.iter_mut().enumerate() {
         let routed = sites.iter().find_map(|s| match &s.host {
@@ -748,5 +770,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         server_tls,
         health,
         tls,
+        server_slots,
+        admin,
     })
 }

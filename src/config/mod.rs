@@ -59,6 +59,11 @@ pub struct Config {
     pub health: Vec<Arc<Health>>,
     /// TLS listeners and their certificates (`[tls]`), if any.
     pub tls: Option<TlsListen>,
+    /// Per server (same index as `servers`): its metrics slot (`metrics::Labels::assign`;
+    /// the index, capped, until then).
+    pub server_slots: Vec<usize>,
+    /// `[admin] listen`: the address of /metrics, /status and /healthz, if any.
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -74,6 +79,8 @@ pub struct TlsListen {
     /// Built once per load: the certificates are read when the config is, so a bad one is an
     /// error at start or on reload, never on a handshake.
     pub server: std::sync::Arc<rustls::ServerConfig>,
+    /// Per certificate (same index as `certs`): its leaf's notAfter, Unix seconds.
+    pub expiry: Vec<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +116,8 @@ pub struct Limits {
 pub struct LogConfig {
     pub access: crate::log::Sink,
     pub format: crate::log::Format,
+    /// Error-log lines above this level are dropped (`[log] level`, default info).
+    pub level: crate::log::Level,
 }
 
 #[derive(Debug)]
@@ -133,6 +142,8 @@ pub struct Route {
     pub group: usize,
     /// The global timeouts and body limit, with this route's overrides.
     pub per: PerRequest,
+    /// Its metrics slot (see `server_slots`).
+    pub slot: usize,
 }
 
 /// What a `[[route]]` may set for its own requests, over the global `[timeouts]` / `[limits]`:
@@ -177,6 +188,16 @@ pub enum AllDown {
     Try,
 }
 
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(&String::from_utf8_lossy(h)),
+            HostPattern::Suffix(s) => write!(f, "*{}", String::from_utf8_lossy(s)),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
 impl HostPattern {
     fn matches(&self, host: &[u8]) -> bool {
         match self {
@@ -213,6 +234,11 @@ impl Config {
                 *h = Arc::clone(kept);
             }
         }
+    }
+
+    /// The matching route itself (its group, metrics slot and per-request values).
+    pub fn route_of(&self, host: &[u8], path: &[u8]) -> Option<&Route> {
+        self.route(host, path)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -294,13 +320,18 @@ impl Config {
             crate::log::Format::Combined => "combined",
             crate::log::Format::Json => "json",
         };
-        let _ = writeln!(o, "\n[log]\naccess = {}\nformat = {}", q(&access), q(format));
+        let _ = writeln!(
+            o,
+            "\n[log]\naccess = {}\nformat = {}\nlevel = {}",
+            q(&access),
+            q(format),
+            q(self.log.level.as_str())
+        );
+        if let Some(a) = self.admin {
+            let _ = writeln!(o, "\n[admin]\nlisten = {}", q(&a.to_string()));
+        }
         for site in &self.sites {
-            let host = match &site.host {
-                HostPattern::Exact(h) => String::from_utf8_lossy(h).into_owned(),
-                HostPattern::Suffix(s) => format!("*{}", String::from_utf8_lossy(s)),
-                HostPattern::Any => "*".to_string(),
-            };
+            let host = site.host.to_string();
             for r in &site.routes {
                 let group = self.groups.get(r.group).map_or("", |g| g.name.as_str());
                 let _ = writeln!(

@@ -15,6 +15,7 @@ use crate::upstream::{UpConn, UpKey};
 
 use super::exchange::{Body, EndedBy, UpEnd};
 use super::{Broken, Conn, Cx, Exchange, Fault, Next, Phase, Step, up_conn};
+use crate::metrics::Reject;
 
 /// What pumping the request body did: moved bytes (or not), or the exchange must change course.
 enum Pump {
@@ -50,6 +51,10 @@ impl Conn {
         let uin = cx.bufs.fill_slot(&mut rq.uin);
         match end_of(u).fill(&mut cx.tls_bufs, uin) {
             Ok(Filled::Data(_)) => {
+                if !rq.resp_seen {
+                    // The upstream's time to first byte is counted with the exchange (log_done).
+                    rq.first_byte = Some(cx.now);
+                }
                 rq.resp_seen = true;
                 progress = true;
             }
@@ -116,14 +121,14 @@ impl Conn {
         };
         let Some((used, made)) = relayed else {
             // RFC 9112 §7.1: malformed chunked framing is the client's error.
-            return self.fail(rq, cx, 400, true).map(Pump::Divert);
+            return self.fail(rq, cx, Reject::BadFraming, true).map(Pump::Divert);
         };
         cin.consume(used);
         uout.commit(made);
         rq.bytes_in += used as u64;
         let limit = rq.per.body_bytes;
         if matches!(rq.req_body, Body::Chunked(d) if d.data_total > limit) {
-            return self.fail(rq, cx, 413, true).map(Pump::Divert);
+            return self.fail(rq, cx, Reject::BodyTooLarge, true).map(Pump::Divert);
         }
         // A client that vanished with its body unfinished aborts its exchange; one that
         // half-closed after a whole body gets its response, then the connection closes.
@@ -165,6 +170,7 @@ impl Conn {
                 Ok(Spliced::Bytes(n)) => {
                     rq.req_body.spliced(n as u64);
                     rq.bytes_in += n as u64;
+                    rq.spliced_in += n as u64;
                     progress = true;
                 }
                 Ok(Spliced::Idle) => break,
@@ -203,6 +209,7 @@ impl Conn {
                 Ok(Spliced::Bytes(n)) => {
                     rq.resp_body.spliced(n as u64);
                     rq.bytes_out += n as u64;
+                    rq.spliced_out += n as u64;
                     progress = true;
                 }
                 Ok(Spliced::Idle) => break,

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use mio::Interest;
 use mio::net::TcpStream;
 
+use crate::log::{Kind, Level};
+use crate::metrics::{Reject, UpError};
 use crate::tls::Tls;
 use crate::transport::Io;
 use crate::upstream::{UpConn, UpKey};
@@ -37,7 +39,7 @@ impl Conn {
                 Ok(false) => return Ok(Next::Wait),
                 Err(e) => {
                     if let Ok(addr) = u.sock.peer_addr() {
-                        cx.log.error(cx.now, format_args!("warn: upstream {addr}: tls: {e}"));
+                        cx.log.event_of(cx.now, Level::Warn, Kind::Upstream, format_args!("upstream {addr}: tls: {e}"));
                     }
                     Some(false)
                 }
@@ -64,6 +66,7 @@ impl Conn {
                 u.connected = true;
                 let server = u.server;
                 cx.ups.ok(server);
+                failover(rq, cx, Some(server));
                 Ok(Next::Go(Phase::Exchange(up)))
             }
             None => {
@@ -78,22 +81,40 @@ impl Conn {
     pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
             let cfg = rq.snap()?;
+            let (cooldown, fail_after) = cfg
+                .groups
+                .get(rq.group as usize)
+                .map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
             let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now, rq.key) else {
-                let status = if rq.timed_out { 504 } else { 502 };
+                failover(rq, cx, None);
+                let why = if rq.timed_out { Reject::UpstreamTimeout } else { Reject::UpstreamFailed };
                 let close = !rq.req_done();
-                return self.fail(rq, cx, status, close);
+                return self.fail(rq, cx, why, close);
             };
+            let stats = cx.ups.slot(server).and_then(|i| cx.metrics.server(i));
             rq.tried |= 1u64 << idx;
             rq.server = server as u32;
             // A retry goes to a fresh connection: the pooled one just failed us.
             if rq.retry != Retry::Used
                 && let Some(up) = cx.ups.take_idle(server, key, rq.retry == Retry::Never)
             {
+                if let Some(s) = stats {
+                    s.pool_hits.inc();
+                }
+                failover(rq, cx, Some(server));
                 return Ok(Next::Go(Phase::Exchange(up)));
+            }
+            if let Some(s) = stats {
+                s.pool_misses.inc();
             }
             let Some(addr) = cx.ups.addr(server) else { continue };
             match open(cx, key, server, addr) {
-                Ok(up) => return Ok(Next::Go(Phase::Opening(up))),
+                Ok(up) => {
+                    if let Some(s) = cx.ups.slot(server).and_then(|i| cx.metrics.server(i)) {
+                        s.connects.inc();
+                    }
+                    return Ok(Next::Go(Phase::Opening(up)));
+                }
                 Err(e) if is_fd_exhaustion(&e) => {
                     // Not the server's fault: do not mark it down. Out of fds, an active request
                     // comes before an idle connection (as nginx reuses idle keep-alive
@@ -104,9 +125,19 @@ impl Conn {
                         return Ok(Next::Wait);
                     }
                     let close = !rq.req_done();
-                    return self.fail(rq, cx, 502, close);
+                    return self.fail(rq, cx, Reject::NoFd, close);
                 }
-                Err(e) => server_failed(rq, cx, format_args!("connect: {e}")),
+                Err(e) => {
+                    cx.metrics.up_error(cx.ups.slot(server).unwrap_or(usize::MAX), UpError::ConnectRefused);
+                    let out = cx.ups.failed(server, cx.now, cooldown, fail_after);
+                    let then = Then(out, cooldown, fail_after);
+                    cx.log.event_of(
+                        cx.now,
+                        Level::Warn,
+                        Kind::Upstream,
+                        format_args!("upstream {addr}: connect: {e}; {then}"),
+                    );
+                }
             }
         }
         // Every pass marks a server tried or down, and a group has at most GROUP_SERVERS_CAP.
@@ -116,7 +147,25 @@ impl Conn {
 
     /// The connect failed (or timed out): close it, cool the server down, and pick the next.
     pub(super) fn connect_failed(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, timed_out: bool) -> Next {
-        server_failed(rq, cx, format_args!("connect {}", if timed_out { "timed out" } else { "failed" }));
+        let (cooldown, fail_after) = rq
+            .snap
+            .as_deref()
+            .and_then(|c| c.groups.get(rq.group as usize))
+            .map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
+        cx.ups.failed(rq.server as usize, cx.now, cooldown, fail_after);
+        let tls = cx.ups.get(up).is_some_and(|u| u.tcp_up);
+        let e = if timed_out {
+            UpError::ConnectTimeout
+        } else if tls {
+            UpError::Tls
+        } else {
+            UpError::ConnectRefused
+        };
+        cx.metrics.up_error(cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX), e);
+        // Said once the next pick's outcome is known (`failover`), so that a failure the next
+        // server made good is one line naming both.
+        failover(rq, cx, None);
+        rq.failed = Some((rq.server, timed_out));
         rq.timed_out = timed_out;
         cx.ups.close(up);
         cx.fd_freed = true;
@@ -128,7 +177,11 @@ impl Conn {
     /// request without a body is retried once on a fresh connection (RFC 9110 §9.2.2).
     pub(super) fn upstream_failed(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Step {
         let reused = cx.ups.get(up).is_some_and(|u| u.reused);
+        let slot = cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX);
         if reused && rq.retry == Retry::Once && !rq.resp_seen {
+            if let Some(s) = cx.metrics.server(slot) {
+                s.retries.inc();
+            }
             self.drop_upstream(rq, cx);
             rq.reset_for_retry();
             if let Some(b) = rq.uout.as_mut() {
@@ -136,37 +189,94 @@ impl Conn {
             }
             return Ok(Next::Go(Phase::Connect));
         }
+        cx.metrics.up_error(slot, UpError::Reset);
         if !reused && !rq.resp_seen {
-            // A fresh connection that failed before any response byte: the server's fault.
-            server_failed(rq, cx, format_args!("connection failed before a response"));
+            // A fresh connection that failed before any response byte: the server's fault
+            // (health.rs), as nginx's default proxy_next_upstream counts it.
+            let g = rq.snap.as_deref().and_then(|c| c.groups.get(rq.group as usize));
+            let (cooldown, fail_after) = g.map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
+            let server = rq.server as usize;
+            let out = cx.ups.failed(server, cx.now, cooldown, fail_after);
+            if let Some(addr) = cx.ups.addr(server) {
+                let then = Then(out, cooldown, fail_after);
+                cx.log.event_of(
+                    cx.now,
+                    Level::Warn,
+                    Kind::Upstream,
+                    format_args!("upstream {addr}: connection failed before a response; {then}"),
+                );
+            }
         }
         let close = !rq.req_done();
-        self.fail(rq, cx, 502, close)
+        self.fail(rq, cx, Reject::UpstreamFailed, close)
     }
 
     /// The upstream sent something Apex will not relay: 502, and the connection is discarded.
     pub(super) fn upstream_bad(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
-        // Not counted against the server (as nginx's default `proxy_next_upstream`): one bad
-        // answer may be one URL's bug, not the server's.
         if let Some(addr) = cx.ups.addr(rq.server as usize) {
-            cx.log.error(cx.now, format_args!("warn: upstream {addr}: malformed or unexpected response; 502"));
+            cx.log.event_of(
+                cx.now,
+                Level::Warn,
+                Kind::Upstream,
+                format_args!("upstream {addr}: malformed or unexpected response; 502"),
+            );
         }
+        cx.metrics.up_error(cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX), UpError::BadResponse);
         let close = !rq.req_done();
-        self.fail(rq, cx, 502, close)
+        self.fail(rq, cx, Reject::UpstreamBadResponse, close)
     }
 }
 
-/// A request failed on its server: counts against it for every worker (health.rs), and says so.
-fn server_failed(rq: &Exchange, cx: &mut Cx, what: std::fmt::Arguments) {
-    let g = rq.snap.as_deref().and_then(|c| c.groups.get(rq.group as usize));
-    let (cooldown, fail_after) = g.map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
-    let server = rq.server as usize;
-    let out = cx.ups.failed(server, cx.now, cooldown, fail_after);
+/// Says what happened to a connect that failed (held in `rq.failed` by `connect_failed`):
+/// made good by server `next` (a warn naming both), or not (`next` None: the failure alone).
+#[inline(always)]
+pub(super) fn failover(rq: &mut Exchange, cx: &mut Cx, next: Option<usize>) {
+    if let Some((server, timed_out)) = rq.failed {
+        rq.failed = None;
+        failover_line(rq, cx, server as usize, timed_out, next);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn failover_line(rq: &Exchange, cx: &mut Cx, server: usize, timed_out: bool, next: Option<usize>) {
     let Some(addr) = cx.ups.addr(server) else { return };
-    if out {
-        cx.log.error(cx.now, format_args!("warn: upstream {addr}: {what}; skipped for {cooldown:?}"));
+    let cfg = rq.snap.as_deref();
+    let g = cfg.and_then(|c| c.groups.get(rq.group as usize));
+    let (cooldown, fail_after) = g.map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
+    let out = cx.ups.is_out(server);
+    let connect = cfg.map_or(std::time::Duration::ZERO, |c| c.timeouts.upstream_connect);
+    let what = if timed_out {
+        format_args!("connect timed out (upstream_connect = {connect:?})")
     } else {
-        cx.log.error(cx.now, format_args!("warn: upstream {addr}: {what}; out after {fail_after} in a row"));
+        format_args!("connect failed")
+    };
+    match next.and_then(|n| cx.ups.addr(n)) {
+        Some(b) => cx.log.event_of(
+            cx.now,
+            Level::Warn,
+            Kind::Upstream,
+            format_args!("upstream {addr}: {what}; retried on {b}; {addr} {}", Then(out, cooldown, fail_after)),
+        ),
+        None => cx.log.event_of(
+            cx.now,
+            Level::Warn,
+            Kind::Upstream,
+            format_args!("upstream {addr}: {what}; {}", Then(out, cooldown, fail_after)),
+        ),
+    }
+}
+
+/// What a failure did to its server: "skipped for 10s", or "out after 3 in a row" while it has
+/// not failed `fail_after` times yet (health.rs).
+struct Then(bool, std::time::Duration, u32);
+
+impl std::fmt::Display for Then {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Then(true, cooldown, _) => write!(f, "skipped for {cooldown:?}"),
+            Then(false, _, n) => write!(f, "out after {n} in a row"),
+        }
     }
 }
 

@@ -139,7 +139,11 @@ pub struct Exchange {
     /// Hashes of the protocols the client asked to upgrade to (none: no upgrade asked).
     pub(super) upgrade: [u64; 2],
     pub(super) group: u32,
+    /// The route's metrics slot (0: not routed).
+    pub(super) route: u32,
     pub(super) server: u32,
+    /// A connect that failed (server, timed out), not yet logged: see `connect::failover`.
+    pub(super) failed: Option<(u32, bool)>,
     pub(super) tried: u64,
     /// Its route's timeouts and body limit (the global ones until it is routed).
     pub(super) per: PerRequest,
@@ -168,9 +172,14 @@ pub struct Exchange {
     /// For the access log: when the head was complete, what was answered, bytes each way,
     /// and which side ended the exchange on an error.
     pub(super) start: Option<Instant>,
+    /// When the response's first byte came from the upstream (its time to first byte).
+    pub(super) first_byte: Option<Instant>,
     pub(super) status: u16,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
+    /// Of those, bytes that went through a pipe (`splice(2)`), not a buffer.
+    pub(super) spliced_in: u64,
+    pub(super) spliced_out: u64,
     pub(super) ended_by: EndedBy,
     pub(super) logged: bool,
     pub(super) fd: FdReclaim,
@@ -195,7 +204,9 @@ impl Exchange {
             retry: Retry::Never,
             upgrade: [0; 2],
             group: 0,
+            route: 0,
             server: 0,
+            failed: None,
             tried: 0,
             key: None,
             per: PerRequest {
@@ -220,9 +231,12 @@ impl Exchange {
             up_shut: false,
             up_wr_failed: false,
             start: None,
+            first_byte: None,
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
+            spliced_in: 0,
+            spliced_out: 0,
             ended_by: EndedBy::Nobody,
             logged: false,
             fd: FdReclaim::No,

@@ -12,7 +12,8 @@ use crate::h1::response::{parse_response, parse_response_in};
 use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, write_response};
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
-use crate::log::{Rec, Sink};
+use crate::log::{Kind, Level, Rec, Sink};
+use crate::metrics::Reject;
 use crate::transport::{End, Filled};
 use crate::upstream::UpKey;
 
@@ -125,7 +126,7 @@ impl Conn {
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
             }
-            return self.fail(rq, cx, 404, close);
+            return self.fail(rq, cx, Reject::NoRoute, close);
         };
         let group = route.group;
         rq.per = route.per;
@@ -139,6 +140,7 @@ impl Conn {
             Some(crate::balance::Balance::Hash(on)) => hash_key(on, &req, self.peer.ip()),
             _ => None,
         };
+        rq.route = route.slot as u32; // below ROUTE_SLOTS
         rq.snap = Some(Arc::clone(&cx.cfg));
 
         let uout = cx.bufs.fill_slot(&mut rq.uout);
@@ -222,11 +224,16 @@ impl Conn {
     /// A malformed request: its status, `Connection: close`, and nothing forwarded.
     fn reject(&mut self, rq: &mut Exchange, cx: &mut Cx, e: H1Error) -> Step {
         let peer = self.peer;
-        cx.log.error(cx.now, format_args!("info: client {peer}: {} {}", e.status(), e.as_str()));
+        cx.log.event_of(
+            cx.now,
+            Level::Info,
+            Kind::Request,
+            format_args!("client {peer}: {} {}", e.status(), e.as_str()),
+        );
         if let Some(b) = self.cin.as_mut() {
             b.clear();
         }
-        self.fail(rq, cx, e.status(), true)
+        self.fail(rq, cx, Reject::of(e), true)
     }
 
     // ---- The response head ----------------------------------------------------------------

@@ -32,8 +32,10 @@
 //!
 //! Files: `head.rs` reads, routes and answers requests and writes heads; `connect.rs` finds the
 //! upstream connection; `body.rs` moves bodies and ends the exchange; `tunnel.rs` relays after a
-//! 101; `exchange.rs` holds the per-request bookkeeping.
+//! 101; `exchange.rs` holds the per-request bookkeeping; `account.rs` writes an exchange's
+//! access-log line and counts it.
 
+mod account;
 mod body;
 mod connect;
 mod exchange;
@@ -53,7 +55,8 @@ use slab::Slab;
 use crate::buf::{Buf, BufPool, FreeList};
 use crate::config::Config;
 use crate::limits::{LINGER_MS, STEP_TURNS_MAX};
-use crate::log::{Entry, Rec, Sink, WorkerLog};
+use crate::log::{Level, Rec, WorkerLog};
+use crate::metrics::{CloseWhy, Reject, WorkerMetrics};
 use crate::splice::PipePool;
 use crate::tls::{Tls, TlsBufPool};
 use crate::transport::{End, Filled, Io};
@@ -88,6 +91,8 @@ pub struct Cx {
     pub next_sweep: Instant,
     /// An fd was closed: a paused accept loop may resume.
     pub fd_freed: bool,
+    /// This worker's counters (the admin thread reads them).
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 impl Cx {
@@ -166,6 +171,20 @@ impl Phase {
             Phase::Respond => "Respond",
             Phase::Linger => "Linger",
             Phase::Close => "Close",
+        }
+    }
+
+    /// Its index in `metrics::STATE_NAMES` (the connections-by-state gauges).
+    pub const fn index(self) -> usize {
+        match self {
+            Phase::ReadHead => 0,
+            Phase::Connect | Phase::Opening(_) => 1,
+            Phase::Exchange(_) => 2,
+            Phase::RespBody(_) => 3,
+            Phase::Tunnel(_) => 4,
+            Phase::Respond => 5,
+            Phase::Linger => 6,
+            Phase::Close => 7,
         }
     }
 
@@ -261,6 +280,8 @@ pub struct Conn {
     tls: Option<Box<Tls>>,
     /// Came in on a listener in `tls.redirect_http`: every request gets a 308 to HTTPS.
     redirect: bool,
+    /// Why it entered `Close` (for the closed-connections counter).
+    why: CloseWhy,
 }
 
 impl std::fmt::Debug for Conn {
@@ -313,6 +334,7 @@ impl Conn {
             rq: None,
             tls,
             redirect,
+            why: CloseWhy::Client,
         }
     }
 
@@ -454,6 +476,7 @@ impl Conn {
             Phase::Respond => t.client_send,
             Phase::Linger => Duration::from_millis(LINGER_MS),
             Phase::Close => {
+                self.why = account::close_why(from, rq, cx.draining);
                 self.phase = to;
                 return;
             }
@@ -472,8 +495,12 @@ impl Conn {
         }
     }
 
-    /// Called by the worker when the connection is removed.
-    pub fn close(mut self, cx: &mut Cx, key: ClientKey) {
+    /// Called by the worker when the connection is removed; `why` when the worker closes it
+    /// itself (else the reason it entered `Close` with).
+    pub fn close(mut self, cx: &mut Cx, key: ClientKey, why: Option<CloseWhy>) {
+        if let Some(c) = cx.metrics.closed.get(why.unwrap_or(self.why) as usize) {
+            c.inc();
+        }
         cx.bufs.release(&mut self.cin);
         cx.bufs.release(&mut self.cout);
         if let Some(t) = self.tls.as_mut() {
@@ -508,12 +535,16 @@ impl Conn {
     }
 
     /// Queues Apex's own response and moves to `Respond`. Anything from the upstream is dropped.
-    fn fail(&mut self, rq: &mut Exchange, cx: &mut Cx, status: u16, close: bool) -> Step {
+    fn fail(&mut self, rq: &mut Exchange, cx: &mut Cx, why: Reject, close: bool) -> Step {
         self.drop_upstream(rq, cx);
         if matches!(self.phase, Phase::RespBody(_) | Phase::Tunnel(_)) {
             // The response head is already out: no status can be sent any more, only a close.
             return Ok(Next::Go(Phase::Close));
         }
+        if let Some(c) = cx.metrics.rejected.get(why as usize) {
+            c.inc();
+        }
+        let status = why.status();
         rq.close_after |= close || !rq.keep_alive || cx.draining;
         let n = head::queue_answer(&mut self.cout, &mut cx.bufs, rq, status, None)?;
         self.answered(rq, cx, status, n)
@@ -529,37 +560,6 @@ impl Conn {
         }
         self.log_done(rq, cx);
         Ok(Next::Go(Phase::Respond))
-    }
-
-    /// Writes this exchange's access-log line, once, and frees its record.
-    fn log_done(&mut self, rq: &mut Exchange, cx: &mut Cx) {
-        let Some(start) = rq.start else { return };
-        if rq.logged {
-            return;
-        }
-        rq.logged = true;
-        let rec = rq.rec.take();
-        if cx.cfg.log.access != Sink::Off {
-            let r = rec.and_then(|k| cx.recs.get(k as usize));
-            let e = Entry {
-                client: self.peer,
-                method: r.map_or(&[][..], Rec::method),
-                target: r.map_or(&[][..], Rec::target),
-                minor: rq.client_minor,
-                status: rq.status,
-                bytes_in: rq.bytes_in,
-                bytes_out: rq.bytes_out,
-                upstream: if rq.tried != 0 { cx.ups.addr(rq.server as usize) } else { None },
-                micros: cx.now.saturating_duration_since(start).as_micros() as u64,
-                referer: r.map_or(&[][..], Rec::referer),
-                agent: r.map_or(&[][..], Rec::agent),
-                ended_by: rq.ended_by.as_str(),
-            };
-            cx.log.access(cx.now, cx.cfg.log.format, &e);
-        }
-        if let Some(k) = rec {
-            cx.recs.try_remove(k as usize);
-        }
     }
 
     /// Writes what is queued for the client (and, over TLS, records still waiting to leave).
@@ -632,13 +632,14 @@ impl Conn {
         rq.ended_by = EndedBy::Timeout;
         if rq.start.is_some() || self.phase != Phase::ReadHead {
             let (peer, phase) = (self.peer, self.phase.name());
-            cx.log.error(cx.now, format_args!("info: client {peer}: timeout in {phase}"));
+            let (name, value) = self.timeout_fired(rq, cx);
+            cx.log.event(cx.now, Level::Info, format_args!("client {peer}: timeout in {phase} ({name} = {value:?})"));
         }
         let next = match self.phase {
             Phase::ReadHead => {
                 let partial = self.cin.as_ref().is_some_and(|b| !b.is_empty());
                 if partial {
-                    self.fail(rq, cx, 408, true)? // RFC 9110 §15.5.9
+                    self.fail(rq, cx, Reject::ClientTimeout, true)? // RFC 9110 §15.5.9
                 } else {
                     Next::Go(Phase::Close)
                 }
@@ -652,9 +653,13 @@ impl Conn {
             Phase::Exchange(_) => {
                 let client_slow = !rq.req_done() && !rq.up_wr_failed && rq.uout.as_ref().is_none_or(Buf::is_empty);
                 if client_slow {
-                    self.fail(rq, cx, 408, true)?
+                    self.fail(rq, cx, Reject::ClientTimeout, true)?
                 } else {
-                    self.fail(rq, cx, 504, !rq.req_done())? // RFC 9110 §15.6.5
+                    cx.metrics.up_error(
+                        cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX),
+                        crate::metrics::UpError::Timeout,
+                    );
+                    self.fail(rq, cx, Reject::UpstreamTimeout, !rq.req_done())? // RFC 9110 §15.6.5
                 }
             }
             Phase::RespBody(_) | Phase::Tunnel(_) => {

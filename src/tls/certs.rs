@@ -248,6 +248,15 @@ fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, body, rest))
 }
 
+/// The notAfter of the first certificate in a PEM chain file, Unix seconds (for metrics and
+/// /status; the file was read and checked when the config was loaded).
+pub fn leaf_expiry(chain: &std::path::Path) -> Option<i64> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let leaf = CertificateDer::pem_file_iter(chain).ok()?.next()?.ok()?;
+    not_after(&leaf)
+}
+
 /// The certificate's notAfter (RFC 5280 §4.1.2.5), in seconds since the epoch.
 fn not_after(cert: &[u8]) -> Option<i64> {
     let (_, c, _) = der(cert)?; // Certificate

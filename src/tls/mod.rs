@@ -35,7 +35,7 @@ mod handshake;
 pub mod kx;
 mod record;
 
-pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, server_config};
+pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, leaf_expiry, server_config};
 use handshake::{Handshake, Hs, drive, send};
 use record::{
     ALERT_BAD_RECORD_MAC, ALERT_DECODE_ERROR, ALERT_RECORD_OVERFLOW, ALERT_UNEXPECTED_MESSAGE, CIPHERTEXT_MAX,
@@ -52,13 +52,23 @@ type HsBuf = Buf<TLS_HS_BUF_BYTES>;
 pub struct TlsBufPool {
     rec: BufPool<TLS_BUF_BYTES>,
     hs: BufPool<TLS_HS_BUF_BYTES>,
+    /// The worker's counters: handshakes done and failed are counted where they end.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl TlsBufPool {
     /// `prealloc` record buffers now; handshake buffers when first needed.
     pub fn new(prealloc: usize) -> Self {
-        TlsBufPool { rec: BufPool::new(prealloc), hs: BufPool::new(0) }
+        TlsBufPool { rec: BufPool::new(prealloc), hs: BufPool::new(0), metrics: crate::metrics::WorkerMetrics::new() }
     }
+}
+
+/// A finished handshake, by side, version and whether it resumed a session.
+#[cold]
+fn count_handshake(m: &crate::metrics::WorkerMetrics, upstream: bool, hs: &rustls::CommonState) {
+    let tls13 = hs.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let resumed = hs.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    m.tls_handshake(upstream, tls13, resumed);
 }
 
 fn bad(what: &'static str) -> io::Error {
@@ -350,7 +360,23 @@ impl Tls {
                     drive(hs, sock, io, rin, rout, spill, fed, failed, protected)
                 }
             };
-            let step = step?;
+            let is_server = matches!(self.hs, Some(Handshake::Server(_)));
+            let step = match step {
+                Ok(s) => s,
+                Err(e) => {
+                    if is_server {
+                        pool.metrics.tls_failure(0);
+                    }
+                    return Err(e);
+                }
+            };
+            if is_server {
+                match step {
+                    Hs::Refuse(alert, _) => pool.metrics.tls_failure(alert),
+                    Hs::Grow if self.hs_in.is_some() => pool.metrics.tls_failure(ALERT_DECODE_ERROR),
+                    _ => {}
+                }
+            }
             if !matches!(step, Hs::Grow) {
                 self.shrink(pool, matches!(step, Hs::Done))?;
             }
@@ -370,9 +396,11 @@ impl Tls {
                 Hs::Done => {
                     let (secrets, kernel) = match self.hs.take() {
                         Some(Handshake::Server(hs)) => {
+                            count_handshake(&pool.metrics, false, &hs);
                             hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
                         }
                         Some(Handshake::Client(hs)) => {
+                            count_handshake(&pool.metrics, true, &hs);
                             hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Client(k)))
                         }
                         None => return Ok(true),

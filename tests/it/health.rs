@@ -147,7 +147,7 @@ fn a_reload_keeps_a_server_out() {
     apex.wait_stderr(&format!("upstream {dead}: connect"), 1);
     std::fs::write(&apex.conf, format!("{text}\n# reloaded\n")).unwrap();
     apex.signal("HUP");
-    apex.wait_stderr("apex: reloaded", 1);
+    apex.wait_stderr("apex: info: reloaded", 1);
     let mut c = apex.client();
     assert_apex_status(&c.request(&get("h", "/")), 502);
     thread::sleep(ms(500)); // the worker logs ship every 100 ms

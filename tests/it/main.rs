@@ -25,6 +25,7 @@ mod health;
 mod hostile;
 mod keepalive;
 mod limits;
+mod metrics;
 mod ops;
 mod redirect;
 mod resolve;

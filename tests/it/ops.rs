@@ -83,7 +83,7 @@ fn fifty_reloads_under_load_lose_nothing() {
         let at = Instant::now();
         apex.signal("HUP");
         ok_reloads += 1;
-        apex.wait_stderr("apex: reloaded", ok_reloads);
+        apex.wait_stderr("apex: info: reloaded", ok_reloads);
         periods.push((name, at, Instant::now()));
         thread::sleep(ms(20));
     }
@@ -153,7 +153,7 @@ fn tunnel_and_slow_stream_survive_a_reload() {
 
     std::fs::write(&apex.conf, conf(other.addr)).unwrap();
     apex.signal("HUP");
-    apex.wait_stderr("apex: reloaded", 1);
+    apex.wait_stderr("apex: info: reloaded", 1);
 
     ws.send(b"two\n");
     assert_eq!(ws.read_until(b"echo:two\n"), b"echo:two\n", "the tunnel outlived the reload");
@@ -416,7 +416,8 @@ impl Run {
     fn pids(&self) -> Vec<u32> {
         let mut v = vec![self.child.id()];
         for l in self.stderr().lines() {
-            if let Some(rest) = l.strip_prefix("apex: upgraded: pid ") {
+            // `2026-12-05T12:00:00Z apex: info: upgraded: pid N serves now; ...`
+            if let Some((_, rest)) = l.split_once(" apex: info: upgraded: pid ") {
                 v.push(rest.split(' ').next().unwrap().parse().unwrap());
             }
         }
@@ -523,7 +524,7 @@ fn five_binary_upgrades_under_load_lose_nothing() {
         let old = run.serving_pid();
         let before = tally.lock().unwrap().ok;
         kill(old, "USR2");
-        run.wait_stderr("apex: upgraded: pid", i);
+        run.wait_stderr("apex: info: upgraded: pid", i);
         let new_pid = run.serving_pid();
         assert_ne!(new_pid, old);
         assert!(run.runs_here(new_pid), "{}", run.stderr());
@@ -580,7 +581,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     let good = std::fs::read_to_string(&run.conf).unwrap();
     std::fs::write(&run.conf, format!("{good}\nbroken = [\n")).unwrap();
     kill(pid, "USR2");
-    run.wait_stderr("apex: upgrade failed", 1);
+    run.wait_stderr("apex: error: upgrade failed", 1);
     assert!(run.stderr().contains(&format!("pid {pid} still serving")), "{}", run.stderr());
     std::fs::write(&run.conf, &good).unwrap();
 
@@ -589,7 +590,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&new, &bin).unwrap();
     kill(pid, "USR2");
-    run.wait_stderr("apex: upgrade failed", 2);
+    run.wait_stderr("apex: error: upgrade failed", 2);
     assert!(run.stderr().contains("exit status: 3"), "{}", run.stderr());
     thread::sleep(ms(100));
     assert_eq!(run.pids(), vec![pid], "{}", run.stderr());
@@ -600,12 +601,12 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     assert!(good.contains("workers = 2\n"));
     std::fs::write(&run.conf, good.replace("workers = 2\n", "workers = 1\n")).unwrap();
     kill(pid, "USR2");
-    run.wait_stderr("apex: upgrade failed", 3);
+    run.wait_stderr("apex: error: upgrade failed", 3);
     assert!(run.stderr().contains("given 2 listening sockets but workers = 1"), "{}", run.stderr());
     std::fs::write(&run.conf, &good).unwrap();
 
     kill(pid, "USR2");
-    run.wait_stderr("apex: upgraded: pid", 1);
+    run.wait_stderr("apex: info: upgraded: pid", 1);
     thread::sleep(ms(100));
     stop.store(true, SeqCst);
     for t in load {
@@ -737,7 +738,7 @@ fn an_upgrade_never_ready_is_stopped_and_the_old_process_serves() {
     std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&new, &bin).unwrap();
     kill(pid, "USR2");
-    run.wait_stderr("apex: upgrade failed", 1);
+    run.wait_stderr("apex: error: upgrade failed", 1);
     let err = run.stderr();
     assert!(
         err.contains("not ready within 15000 ms; stopped it") && err.contains(&format!("pid {pid} still serving")),

@@ -827,7 +827,7 @@ fn sighup_reloads_certificates_and_a_failed_reload_keeps_the_previous_ones() {
     std::fs::write(&chain, std::fs::read(&a2.chain).unwrap()).unwrap();
     std::fs::write(&key, std::fs::read(&a2.key).unwrap()).unwrap();
     apex.signal("HUP");
-    apex.wait_stderr("apex: reloaded", 1);
+    apex.wait_stderr("apex: info: reloaded", 1);
     // A fresh client config per connection: nothing is resumed, so the chain is the one served now.
     for (v, want) in versions() {
         let mut t = tls(addr, &pki, Hello::to("a.test").v(v));
@@ -848,11 +848,11 @@ fn sighup_reloads_certificates_and_a_failed_reload_keeps_the_previous_ones() {
     // A broken key: the reload fails, naming the key file, and A2 stays.
     std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\ngarbage\n").unwrap();
     apex.signal("HUP");
-    apex.wait_stderr("apex: reload failed", 1);
+    apex.wait_stderr("apex: error: reload failed", 1);
     let err = apex.stderr();
-    let line = err.lines().find(|l| l.contains("apex: reload failed")).unwrap();
+    let line = err.lines().find(|l| l.contains("apex: error: reload failed")).unwrap();
     assert!(line.contains(path_str(&key)), "the reload failure must name the key file {}:\n{err}", key.display());
-    assert_eq!(err.matches("apex: reloaded").count(), 1, "the failed reload must not report success:\n{err}");
+    assert_eq!(err.matches("apex: info: reloaded").count(), 1, "the failed reload must not report success:\n{err}");
     assert!(apex.is_running(), "apex exited after a failed reload; stderr:\n{err}");
     for (v, want) in versions() {
         let mut t = tls(addr, &pki, Hello::to("a.test").v(v));
