@@ -3,7 +3,9 @@
 //! last good addresses. Apex runs in a mount namespace of its own whose /etc/hosts is a file
 //! the test writes (`unshare -m`, as root, as CI runs): nothing outside the test sees it.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use crate::harness::*;
 
@@ -26,6 +28,17 @@ fn conf(port: u16, extra: &str) -> String {
     )
 }
 
+/// `apex --check conf` with `hosts` as its /etc/hosts (see `Apex::start_with_hosts`).
+fn check_with_hosts(hosts: &Path, conf: &Path) -> Output {
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$1\" --check \"$2\""])
+        .arg(hosts)
+        .arg(APEX)
+        .arg(conf)
+        .output()
+        .unwrap()
+}
+
 fn body(apex: &Apex) -> String {
     let r = apex.client().request(&get("h", "/"));
     assert_eq!(r.status, 200, "{}", r.head_str());
@@ -34,13 +47,7 @@ fn body(apex: &Apex) -> String {
 
 #[test]
 fn a_name_resolves_at_start_and_traffic_follows_its_changes() {
-    let a = Upstream::start_on(TcpListener::bind("127.0.0.2:0").unwrap(), |mut c| {
-        while c.read_request().is_some() {
-            if c.write(&ok("a")).is_err() {
-                break;
-            }
-        }
-    });
+    let a = on("127.0.0.2", 0, "a");
     let port = a.addr.port();
     let b = on("127.0.0.3", port, "b");
     let dir = TempDir::new("hosts");
@@ -74,13 +81,7 @@ fn a_name_that_does_not_resolve_at_start_is_a_config_error_naming_it() {
     let dir = TempDir::new("hosts");
     let hosts = dir.write("hosts", "# nothing\n");
     let conf_path = dir.write("apex.toml", &conf(8080, ""));
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$1\" --check \"$2\""])
-        .arg(&hosts)
-        .arg(APEX)
-        .arg(&conf_path)
-        .output()
-        .unwrap();
+    let out = check_with_hosts(&hosts, &conf_path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("app.apex-test:8080") && err.contains("cannot resolve"), "{err}");
@@ -91,13 +92,7 @@ fn check_prints_what_a_name_resolves_to() {
     let dir = TempDir::new("hosts");
     let hosts = dir.write("hosts", "127.0.0.7 app.apex-test\n127.0.0.8 app.apex-test\n");
     let conf_path = dir.write("apex.toml", &conf(8080, ""));
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$1\" --check \"$2\""])
-        .arg(&hosts)
-        .arg(APEX)
-        .arg(&conf_path)
-        .output()
-        .unwrap();
+    let out = check_with_hosts(&hosts, &conf_path);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -105,5 +100,4 @@ fn check_prints_what_a_name_resolves_to() {
             && text.contains("# app.apex-test:8080 -> 127.0.0.7:8080, 127.0.0.8:8080"),
         "{text}"
     );
-    let _: Option<SocketAddr> = None;
 }

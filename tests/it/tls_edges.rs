@@ -20,25 +20,7 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- certificates
 
-/// The test PKI (see `Root`): leaf A for a.test signed by the root (ECDSA P-256, PKCS#8).
-struct Pki {
-    root: Root,
-    a: Leaf,
-}
-
-impl AsRef<Root> for Pki {
-    fn as_ref(&self) -> &Root {
-        &self.root
-    }
-}
-
 impl Pki {
-    fn new() -> Pki {
-        let root = Root::new("pki-edges", "Apex Test Root");
-        let a = sign_leaf(&root.dir, "a", &["a.test"], &new_key(), &root.issuer, &[], |_| {});
-        Pki { root, a }
-    }
-
     /// `[tls]` with one listener on 127.0.0.1:0 serving `leaf` for a.test.
     fn section_for(&self, leaf: &Leaf) -> String {
         tls_section(None, &[(leaf, &["a.test"])])
@@ -147,7 +129,7 @@ fn tunnel_over_tls_to_a_slow_reader_delivers_every_byte_once_in_order() {
         let _ = c.s.shutdown(Shutdown::Write);
         c.wait_eof();
     });
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = Apex::start(&Config::to(up.addr).limit("client_send_buffer", "\"16KiB\"").append(&pki.section()));
     // Both versions run before the verdict, so a failure says which of them break.
     let mut verdicts = vec![];
@@ -196,7 +178,7 @@ const TLS_BUF_BYTES: usize = 18 * 1024 + 512;
 /// dropped and the handshake hung until client_head.
 #[test]
 fn certificate_chain_larger_than_the_record_buffer_completes_the_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let mut names = vec!["a.test".to_string()];
     names.extend((0..700).map(|i| format!("host{i:05}.example-long-domain-name.test")));
     let big = sign_leaf(
@@ -244,7 +226,7 @@ fn certificate_chain_larger_than_the_record_buffer_completes_the_handshake() {
 #[test]
 fn zero_length_record_closes_the_connection_promptly() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     for (v, want) in versions() {
         let mut t = tls(tls_addr(&apex), &pki, a_test(v));
@@ -310,7 +292,7 @@ fn close_notify_comes_before_apex_closes_a_tls_connection() {
             }
         }
     });
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
     for (v, want) in versions() {
         let what = format!("{want:?}, Connection: close");
@@ -350,7 +332,7 @@ fn close_notify_comes_before_apex_closes_a_tls_connection() {
 #[test]
 fn a_clients_close_notify_is_answered_with_apexs() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
     for (v, want) in versions() {
         let mut t = tls(tls_addr(&apex), &pki, a_test(v));
@@ -408,7 +390,7 @@ fn tls13_after_a_request(apex: &Apex, pki: &Pki, path: &str) -> Tls {
 #[test]
 fn tls13_key_update_flood_is_cut_and_key_updates_between_requests_are_not() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     const FLOOD: usize = KEY_UPDATES_IN_A_ROW_MAX + 8;
 
@@ -462,7 +444,7 @@ impl Tls {
 #[test]
 fn tls13_finished_request_and_close_notify_in_one_write_get_the_response() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
     let mut tcp = connect(tls_addr(&apex), None);
     let mut conn = client_conn(&pki, a_test(&rustls::version::TLS13));
@@ -507,7 +489,7 @@ fn tls_connections_that_send_nothing_hold_no_record_buffers() {
     let soft = raise_nofile(2 * N as u64 + 1_000);
     assert!(soft as usize >= N + 500, "RLIMIT_NOFILE {soft} is too low for this test");
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = Apex::start(
         &Config::to(up.addr)
             .workers(1)
@@ -554,7 +536,7 @@ fn tls_connections_that_send_nothing_hold_no_record_buffers() {
 #[test]
 fn curl_http10_over_tls_gets_a_response() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
     let addr = tls_addr(&apex);
     for (flags, want) in CURL_VERSIONS {
@@ -583,7 +565,7 @@ fn curl_http10_over_tls_gets_a_response() {
 #[test]
 fn tls13_key_update_right_behind_the_finished_is_answered_and_the_connection_works() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = Apex::start(&Config::to(up.addr).append(&pki.section()));
     for i in 0..30 {
         let mut t = tls13(&apex, &pki);
@@ -607,7 +589,7 @@ fn tls13_key_update_right_behind_the_finished_is_answered_and_the_connection_wor
 fn empty_records_in_a_row_are_bounded() {
     const MAX: usize = 32;
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     for (v, name) in versions() {
         let forwarded = |p: &str| up.requests().iter().any(|r| r.target == p);
@@ -637,7 +619,7 @@ fn empty_records_in_a_row_are_bounded() {
 #[test]
 fn tls13_empty_handshake_record_is_refused() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
     let recs = vec![s.record(22, b"", 0), s.record(23, &get("a.test", "/after-empty-handshake"), 0)];
@@ -653,7 +635,7 @@ fn tls13_empty_handshake_record_is_refused() {
 fn tls13_padding_past_the_inner_plaintext_limit_is_refused() {
     const INNER_MAX: usize = (1 << 14) + 1;
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     for (extra, path) in [(0, "/padded-to-the-limit"), (1, "/padded-past-the-limit")] {
         let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");
@@ -678,7 +660,7 @@ fn tls13_padding_past_the_inner_plaintext_limit_is_refused() {
 #[test]
 fn oversized_record_header_in_the_handshake_is_refused_at_once() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     for (len, follow) in [(0xffffu16, 20_000usize), (0x4801, 10)] {
         let mut s = connect(tls_addr(&apex), None);
@@ -714,7 +696,7 @@ fn oversized_record_header_in_the_handshake_is_refused_at_once() {
 #[test]
 fn a_bad_record_after_the_handshake_gets_its_alert() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     let forged = [&[23u8, 3, 3, 0, 32][..], &[0; 32]].concat();
     let too_long = [&[23u8, 3, 3, 0x48, 0x01][..], &[0; 64]].concat();
@@ -746,7 +728,7 @@ fn a_bad_record_after_the_handshake_gets_its_alert() {
 #[test]
 fn tls13_close_notify_with_level_fatal_is_a_close_notify() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-edges");
     let apex = patient_apex(&up, &pki);
     for level in [1u8, 2] {
         let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS13, "/before");

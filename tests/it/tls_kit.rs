@@ -835,3 +835,24 @@ pub fn closed_within(sock: &mut TcpStream, d: Duration) -> bool {
         }
     }
 }
+
+/// The test PKI (see `Root`): leaf A for a.test signed by a root of its own (ECDSA P-256, PKCS#8).
+pub struct Pki {
+    pub root: Root,
+    pub a: Leaf,
+}
+
+impl AsRef<Root> for Pki {
+    fn as_ref(&self) -> &Root {
+        &self.root
+    }
+}
+
+impl Pki {
+    /// `name` names the root's directory and so keeps each suite's files apart.
+    pub fn new(name: &str) -> Pki {
+        let root = Root::new(name, "Apex Test Root");
+        let a = sign_leaf(&root.dir, "a", &["a.test"], &new_key(), &root.issuer, &[], |_| {});
+        Pki { root, a }
+    }
+}

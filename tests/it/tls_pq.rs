@@ -19,23 +19,6 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, NamedGroup, RootCertStore, ServerConfig};
 use std::sync::Arc;
 
-struct Pki {
-    root: Root,
-    a: Leaf,
-}
-
-impl AsRef<Root> for Pki {
-    fn as_ref(&self) -> &Root {
-        &self.root
-    }
-}
-
-fn pki() -> Pki {
-    let root = Root::new("pq", "Apex PQ Test Root");
-    let a = sign_leaf(&root.dir, "a", &["a.test"], &new_key(), &root.issuer, &[], |_| {});
-    Pki { root, a }
-}
-
 /// Apex with a `[tls]` listener for a.test (plus `extra` lines in `[tls]`), routing to `up`.
 fn start(up: &Upstream, pki: &Pki, extra: &str) -> Apex {
     let section = tls_section(None, &[(&pki.a, &["a.test"])]);
@@ -106,7 +89,7 @@ const HYBRID: NamedGroup = NamedGroup::X25519MLKEM768;
 
 #[test]
 fn a_client_offering_the_hybrid_negotiates_it_without_a_retry() {
-    let pki = pki();
+    let pki = Pki::new("pq");
     let up = Upstream::ok("pq");
     let apex = start(&up, &pki, "");
     let tls13 = Some(&rustls::version::TLS13);
@@ -121,7 +104,7 @@ fn a_client_offering_the_hybrid_negotiates_it_without_a_retry() {
 
 #[test]
 fn classical_clients_still_get_their_group() {
-    let pki = pki();
+    let pki = Pki::new("pq");
     let up = Upstream::ok("pq");
     let apex = start(&up, &pki, "");
     // rustls's ring provider as it is: X25519, P-256, P-384.
@@ -138,7 +121,7 @@ fn classical_clients_still_get_their_group() {
 /// share" retries exactly when the listener has the hybrid.
 #[test]
 fn a_retry_happens_only_for_a_group_the_listener_has_and_the_client_lists_first() {
-    let pki = pki();
+    let pki = Pki::new("pq");
     let up = Upstream::ok("pq");
     let hybrid_first_x25519_share = || client(&pki, &kx::DEFAULT, None, Some(NamedGroup::X25519));
     let x25519_first = || client(&pki, &[kx_group::X25519, kx::X25519MLKEM768], None, None);
@@ -206,7 +189,7 @@ fn upstream_handshake(
 
 #[test]
 fn upstreams_are_offered_the_hybrid_first() {
-    let pki = pki();
+    let pki = Pki::new("pq");
     assert_eq!(upstream_handshake(&pki, &kx::DEFAULT, ""), (HYBRID, HandshakeKind::Full));
     // An origin that has only the hybrid (and so takes TLS 1.3 only) is reached too.
     assert_eq!(upstream_handshake(&pki, &[kx::X25519MLKEM768], ""), (HYBRID, HandshakeKind::Full));

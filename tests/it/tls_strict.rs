@@ -33,25 +33,6 @@ const CT_APPDATA: u8 = 23;
 /// Apex's TLS record buffer (`TLS_BUF_BYTES`).
 const TLS_BUF_BYTES: usize = 18 * 1024 + 512;
 
-struct Pki {
-    root: Root,
-    a: Leaf,
-}
-
-impl AsRef<Root> for Pki {
-    fn as_ref(&self) -> &Root {
-        &self.root
-    }
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let root = Root::new("pki-strict", "Apex Test Root");
-        let a = sign_leaf(&root.dir, "a", &["a.test"], &new_key(), &root.issuer, &[], |_| {});
-        Pki { root, a }
-    }
-}
-
 /// Apex in front of `up`, serving a.test, with client_head and client_idle at 30 s: a bound
 /// Apex enforces shows as a prompt answer, never as one of those timeouts.
 fn patient_apex(up: &Upstream, pki: &Pki) -> Apex {
@@ -124,7 +105,7 @@ fn long_alpn(bytes: usize) -> &'static [&'static str] {
 #[test]
 fn client_hello_larger_than_a_record_buffer_completes_the_handshake() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     for bytes in [24_000, 60_000] {
         assert!(bytes > TLS_BUF_BYTES);
@@ -154,7 +135,7 @@ fn client_hello_larger_than_a_record_buffer_completes_the_handshake() {
 #[test]
 fn client_hello_past_the_handshake_bound_gets_an_alert_at_once() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     for (claimed, fragment) in [(65_000usize, 64usize), (0x1_0000, 16_384)] {
         let mut msg = vec![1u8, (claimed >> 16) as u8, (claimed >> 8) as u8, claimed as u8];
@@ -185,7 +166,7 @@ fn client_hello_past_the_handshake_bound_gets_an_alert_at_once() {
 #[test]
 fn sslv2_hello_and_plain_http_on_the_tls_port_get_an_alert_at_once() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     // msg_length 0x2e, CLIENT-HELLO, version 3.3, 21 bytes of cipher specs, no session id,
     // a 16-byte challenge.
@@ -218,7 +199,7 @@ fn sslv2_hello_and_plain_http_on_the_tls_port_get_an_alert_at_once() {
 #[test]
 fn change_cipher_spec_after_the_finished_gets_unexpected_message() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     for (v, name) in versions() {
         let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
@@ -233,7 +214,7 @@ fn change_cipher_spec_after_the_finished_gets_unexpected_message() {
 #[test]
 fn a_record_shorter_than_its_tag_gets_bad_record_mac() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     for (v, name) in versions() {
         for len in [0u8, 10] {
@@ -253,7 +234,7 @@ fn a_record_shorter_than_its_tag_gets_bad_record_mac() {
 #[test]
 fn an_empty_or_malformed_alert_gets_a_fatal_alert() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     for (v, name) in versions() {
         for (alert, desc) in [(&[][..], UNEXPECTED_MESSAGE), (&[1][..], DECODE_ERROR), (&[1, 0, 0][..], DECODE_ERROR)] {
@@ -272,7 +253,7 @@ fn an_empty_or_malformed_alert_gets_a_fatal_alert() {
 #[test]
 fn tls13_key_update_split_over_records_is_reassembled() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     let key_update = [24u8, 0, 0, 1, 0]; // update_not_requested: Apex's key stays
     for cuts in [&[2usize][..], &[1, 3, 4]] {
@@ -300,7 +281,7 @@ fn tls13_key_update_split_over_records_is_reassembled() {
 #[test]
 fn tls12_renegotiation_gets_a_no_renegotiation_warning_and_the_connection_goes_on() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, &rustls::version::TLS12, "/before");
     let mut hello = vec![1u8, 0, 0, 36, 3, 3];
@@ -322,7 +303,7 @@ fn tls12_renegotiation_gets_a_no_renegotiation_warning_and_the_connection_goes_o
 #[test]
 fn a_client_still_sending_after_a_fatal_alert_is_not_reset() {
     let up = Upstream::echo_path();
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let apex = patient_apex(&up, &pki);
     for (v, name) in versions() {
         let mut s = Sealer::after_a_request(tls_addr(&apex), &pki, v, "/before");
@@ -353,7 +334,7 @@ fn appdata(recs: &[(u8, Vec<u8>)]) -> Vec<u8> {
 /// origin is rustls for the handshake, then `Sealer` with the server's secrets.
 #[test]
 fn tls13_session_ticket_split_over_records_by_an_upstream_is_reassembled() {
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let leaf = sign_leaf(&pki.root.dir, "up", &["up.test"], &new_key(), &pki.root.issuer, &[], |_| {});
     let mut cfg =
         rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
@@ -415,7 +396,7 @@ fn tls13_session_ticket_split_over_records_by_an_upstream_is_reassembled() {
 /// certificate's records did not fit together, and the connect waited for upstream_connect.
 #[test]
 fn an_upstream_flight_larger_than_a_record_buffer_completes_the_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::new("pki-strict");
     let mut names = vec!["up.test".to_string()];
     names.extend((0..700).map(|i| format!("host{i:05}.example-long-domain-name.test")));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
