@@ -107,10 +107,6 @@ impl Health {
         self.down_until.load(Relaxed)
     }
 
-    pub fn checked_up(&self) -> bool {
-        self.checked_up.load(Relaxed)
-    }
-
     /// No active check any more (a reload removed it): in by that view.
     fn unchecked(&self) {
         if !self.checked_up.load(Relaxed) {

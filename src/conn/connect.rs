@@ -81,10 +81,6 @@ impl Conn {
     pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
             let cfg = rq.snap()?;
-            let (cooldown, fail_after) = cfg
-                .groups
-                .get(rq.group as usize)
-                .map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
             let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now, rq.key) else {
                 failover(rq, cx, None);
                 let why = if rq.timed_out { Reject::UpstreamTimeout } else { Reject::UpstreamFailed };
@@ -129,8 +125,7 @@ impl Conn {
                 }
                 Err(e) => {
                     cx.metrics.up_error(cx.ups.slot(server).unwrap_or(usize::MAX), UpError::ConnectRefused);
-                    let out = cx.ups.failed(server, cx.now, cooldown, fail_after);
-                    let then = Then(out, cooldown, fail_after);
+                    let then = count_failure(rq, cx, server);
                     cx.log.event_of(
                         cx.now,
                         Level::Warn,
@@ -147,12 +142,7 @@ impl Conn {
 
     /// The connect failed (or timed out): close it, cool the server down, and pick the next.
     pub(super) fn connect_failed(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, timed_out: bool) -> Next {
-        let (cooldown, fail_after) = rq
-            .snap
-            .as_deref()
-            .and_then(|c| c.groups.get(rq.group as usize))
-            .map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
-        cx.ups.failed(rq.server as usize, cx.now, cooldown, fail_after);
+        count_failure(rq, cx, rq.server as usize); // said by `failover`, once the next pick is known
         let tls = cx.ups.get(up).is_some_and(|u| u.tcp_up);
         let e = if timed_out {
             UpError::ConnectTimeout
@@ -193,12 +183,9 @@ impl Conn {
         if !reused && !rq.resp_seen {
             // A fresh connection that failed before any response byte: the server's fault
             // (health.rs), as nginx's default proxy_next_upstream counts it.
-            let g = rq.snap.as_deref().and_then(|c| c.groups.get(rq.group as usize));
-            let (cooldown, fail_after) = g.map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
             let server = rq.server as usize;
-            let out = cx.ups.failed(server, cx.now, cooldown, fail_after);
+            let then = count_failure(rq, cx, server);
             if let Some(addr) = cx.ups.addr(server) {
-                let then = Then(out, cooldown, fail_after);
                 cx.log.event_of(
                     cx.now,
                     Level::Warn,
@@ -242,9 +229,8 @@ pub(super) fn failover(rq: &mut Exchange, cx: &mut Cx, next: Option<usize>) {
 fn failover_line(rq: &Exchange, cx: &mut Cx, server: usize, timed_out: bool, next: Option<usize>) {
     let Some(addr) = cx.ups.addr(server) else { return };
     let cfg = rq.snap.as_deref();
-    let g = cfg.and_then(|c| c.groups.get(rq.group as usize));
-    let (cooldown, fail_after) = g.map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after));
-    let out = cx.ups.is_out(server);
+    let (cooldown, fail_after) = passive(rq);
+    let then = Then(cx.ups.is_out(server), cooldown, fail_after);
     let connect = cfg.map_or(std::time::Duration::ZERO, |c| c.timeouts.upstream_connect);
     let what = if timed_out {
         format_args!("connect timed out (upstream_connect = {connect:?})")
@@ -256,15 +242,24 @@ fn failover_line(rq: &Exchange, cx: &mut Cx, server: usize, timed_out: bool, nex
             cx.now,
             Level::Warn,
             Kind::Upstream,
-            format_args!("upstream {addr}: {what}; retried on {b}; {addr} {}", Then(out, cooldown, fail_after)),
+            format_args!("upstream {addr}: {what}; retried on {b}; {addr} {}", then),
         ),
-        None => cx.log.event_of(
-            cx.now,
-            Level::Warn,
-            Kind::Upstream,
-            format_args!("upstream {addr}: {what}; {}", Then(out, cooldown, fail_after)),
-        ),
+        None => cx.log.event_of(cx.now, Level::Warn, Kind::Upstream, format_args!("upstream {addr}: {what}; {}", then)),
     }
+}
+
+/// The passive-health settings of the request's group: (cooldown, fail_after).
+fn passive(rq: &Exchange) -> (std::time::Duration, u32) {
+    rq.snap
+        .as_deref()
+        .and_then(|c| c.groups.get(rq.group as usize))
+        .map_or((std::time::Duration::ZERO, 1), |g| (g.cooldown, g.fail_after))
+}
+
+/// Counts a failure against `server` for every worker (health.rs); what that did, for the log.
+fn count_failure(rq: &Exchange, cx: &mut Cx, server: usize) -> Then {
+    let (cooldown, fail_after) = passive(rq);
+    Then(cx.ups.failed(server, cx.now, cooldown, fail_after), cooldown, fail_after)
 }
 
 /// What a failure did to its server: "skipped for 10s", or "out after 3 in a row" while it has
