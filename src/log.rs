@@ -264,7 +264,10 @@ pub struct Entry<'a> {
     pub minor: u8,
     pub status: u16,
     pub bytes_in: u64,
+    /// All bytes sent to the client, heads included.
     pub bytes_out: u64,
+    /// Of those, the response body's (nginx's `$body_bytes_sent`; a tunnel's bytes after the 101).
+    pub body_out: u64,
     pub upstream: Option<std::net::SocketAddr>,
     pub micros: u64,
     pub referer: &'a [u8],
@@ -465,19 +468,21 @@ fn combined(w: &mut Out, clf: &[u8], e: &Entry) {
     let _ = write!(w, "{} - - [", e.client.ip());
     w.put(clf);
     w.put(b"] \"");
-    if e.method.is_empty() {
+    if e.method.is_empty() && e.target.is_empty() {
         w.put(b"-");
+    } else if e.method.is_empty() {
+        escaped(w, e.target, 1024, false); // a request line that did not parse, as it came
     } else {
         escaped(w, e.method, 32, false);
         w.put(b" ");
         escaped(w, e.target, 1024, false);
         let _ = write!(w, " HTTP/1.{}", e.minor);
     }
-    let _ = write!(w, "\" {} {} \"", e.status, e.bytes_out);
+    let _ = write!(w, "\" {} {} \"", e.status, e.body_out);
     dash_or(w, e.referer, 512, false);
     w.put(b"\" \"");
     dash_or(w, e.agent, 512, false);
-    let _ = write!(w, "\" in={} up=", e.bytes_in);
+    let _ = write!(w, "\" in={} out={} up=", e.bytes_in, e.bytes_out);
     match e.upstream {
         Some(a) => {
             let _ = write!(w, "{a}");
@@ -496,8 +501,8 @@ fn json(w: &mut Out, iso: &[u8], e: &Entry) {
     escaped(w, e.target, 1024, true);
     let _ = write!(
         w,
-        "\",\"version\":\"1.{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"upstream\":",
-        e.minor, e.status, e.bytes_in, e.bytes_out
+        "\",\"version\":\"1.{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"body_bytes\":{},\"upstream\":",
+        e.minor, e.status, e.bytes_in, e.bytes_out, e.body_out
     );
     match e.upstream {
         Some(a) => {
@@ -555,6 +560,32 @@ impl Rec {
         self.minor = minor;
     }
 
+    /// For a request rejected before it could be parsed: its request line and User-Agent, read
+    /// from the raw bytes as far as they go (`head`: what the client sent, at most a buffer).
+    /// A line of three words ending in `HTTP/1.x` is split as a parsed one would be; anything
+    /// else is kept whole as the target, with no method, and printed escaped like any target.
+    #[cold]
+    pub fn capture_raw(&mut self, head: &[u8]) {
+        let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let line = lines.next().unwrap_or(&[]);
+        let agent = lines
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| {
+                let colon = l.iter().position(|&b| b == b':')?;
+                let (name, value) = l.split_at(colon);
+                name.eq_ignore_ascii_case(b"user-agent").then(|| value.get(1..).unwrap_or(&[]).trim_ascii())
+            })
+            .unwrap_or(&[]);
+        let mut words = line.split(|&b| b == b' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some(m), Some(t), Some(v), None) if v.len() == 8 && v.starts_with(b"HTTP/1.") && !m.is_empty() => {
+                let minor = if v.get(7) == Some(&b'0') { 0 } else { 1 };
+                self.capture(m, t, minor, &[], agent);
+            }
+            _ => self.capture(&[], line, 1, &[], agent),
+        }
+    }
+
     pub fn method(&self) -> &[u8] {
         self.method.get(..usize::from(self.lens[0])).unwrap_or(&[])
     }
@@ -582,6 +613,7 @@ mod tests {
             status: 200,
             bytes_in: 40,
             bytes_out: 120,
+            body_out: 20,
             upstream: Some("127.0.0.1:9000".parse().unwrap()),
             micros: 250,
             referer: b"",

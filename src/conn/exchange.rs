@@ -177,6 +177,8 @@ pub struct Exchange {
     pub(super) status: u16,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
+    /// Of `bytes_out`, the response heads' bytes (the rest is body, nginx's `$body_bytes_sent`).
+    pub(super) head_out: u64,
     /// Of those, bytes that went through a pipe (`splice(2)`), not a buffer.
     pub(super) spliced_in: u64,
     pub(super) spliced_out: u64,
@@ -235,6 +237,7 @@ impl Exchange {
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
+            head_out: 0,
             spliced_in: 0,
             spliced_out: 0,
             ended_by: EndedBy::Nobody,

@@ -161,9 +161,12 @@ impl Conn {
         // (the Expect header is not forwarded, so the upstream never sends a second one).
         if expect_continue {
             let cout = cx.bufs.fill_slot(&mut self.cout);
-            if !cout.put(b"HTTP/1.1 100 Continue\r\n\r\n") {
+            const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if !cout.put(CONTINUE) {
                 return Err(Fault::Client);
             }
+            rq.bytes_out += CONTINUE.len() as u64;
+            rq.head_out += CONTINUE.len() as u64;
         }
         Ok(Next::Go(Phase::Connect))
     }
@@ -230,6 +233,13 @@ impl Conn {
             Kind::Request,
             format_args!("client {peer}: {} {}", e.status(), e.as_str()),
         );
+        // Rejected before its head was captured (it did not parse): log what can be read of it.
+        if rq.rec.is_none() && cx.cfg.log.access != Sink::Off && cx.recs.len() < cx.recs.capacity() {
+            let entry = cx.recs.vacant_entry();
+            let k = entry.key();
+            entry.insert(Rec::empty()).capture_raw(self.cin.as_ref().map_or(&[][..], Buf::filled));
+            rq.rec = u32::try_from(k).ok();
+        }
         if let Some(b) = self.cin.as_mut() {
             b.clear();
         }
@@ -313,6 +323,7 @@ impl Conn {
             Some(n) => {
                 cout.commit(n);
                 rq.bytes_out += n as u64;
+                rq.head_out += n as u64;
                 rq.status = resp.code;
             }
             None if !cout.is_empty() => {

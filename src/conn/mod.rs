@@ -555,6 +555,8 @@ impl Conn {
         rq.start.get_or_insert(cx.now);
         rq.status = status;
         rq.bytes_out += n as u64;
+        let body = if rq.is_head { 0 } else { crate::h1::write::answer_body_len(status) };
+        rq.head_out += n.saturating_sub(body) as u64;
         if rq.ended_by == EndedBy::Nobody && status != 404 && status != 308 {
             rq.ended_by = if status < 500 { EndedBy::Client } else { EndedBy::Upstream };
         }

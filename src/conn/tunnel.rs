@@ -34,7 +34,8 @@ impl Conn {
             }
             let c = End { sock: &self.sock, io: &mut self.io, tls: self.tls.as_deref_mut() };
             let eofs = (&mut rq.client_eof, &mut up_eof);
-            let moved = relay_buffered(c, end_of(u), &mut cx.tls_bufs, cin, uin, eofs);
+            let counts = (&mut rq.bytes_in, &mut rq.bytes_out);
+            let moved = relay_buffered(c, end_of(u), &mut cx.tls_bufs, cin, uin, eofs, counts);
             if moved.is_ok() {
                 if rq.client_eof && cin.is_empty() && !rq.up_shut {
                     let clean = self.tls.as_deref().is_none_or(Tls::closed_cleanly);
@@ -63,6 +64,7 @@ impl Conn {
                 },
                 (&mut rq.preq, &mut rq.presp),
                 &mut cx.pipes,
+                Counts { up: [&mut rq.bytes_in, &mut rq.spliced_in], down: [&mut rq.bytes_out, &mut rq.spliced_out] },
             )
         };
         if up_eof && !rq.up_end.ended() {
@@ -93,6 +95,13 @@ struct Ends<'a> {
     up_shut: &'a mut bool,
 }
 
+/// The exchange's byte counts a tunnel adds to, for the access log and metrics: client to
+/// upstream (`up`) and back (`down`), each as [all bytes, of which spliced].
+struct Counts<'a> {
+    up: [&'a mut u64; 2],
+    down: [&'a mut u64; 2],
+}
+
 /// Both directions of a tunnel between plain sockets (`bufs`: client and upstream bytes already
 /// read), each then through its pipe. Upstream bytes
 /// wait while the 101 head is still in `cout` (`cout_empty` false).
@@ -104,17 +113,18 @@ fn relay_plain(
     ends: Ends<'_>,
     pipes: (&mut Option<Pipe>, &mut Option<Pipe>),
     pool: &mut PipePool,
+    counts: Counts<'_>,
 ) -> io::Result<bool> {
     let ((cs, cio), (us, uio)) = (client, up);
     let ((cin, uin), (preq, presp)) = (bufs, pipes);
-    let mut progress = relay_raw((cs, &mut *cio), (us, &mut *uio), cin, preq, pool, ends.client_eof)?;
+    let mut progress = relay_raw((cs, &mut *cio), (us, &mut *uio), cin, preq, pool, ends.client_eof, counts.up)?;
     if *ends.client_eof && cin.is_empty() && preq.as_ref().is_none_or(|p| p.pending == 0) && !*ends.up_shut {
         let _ = us.shutdown(std::net::Shutdown::Write);
         *ends.up_shut = true;
     }
     // upstream -> client, after the 101 head in cout
     if cout_empty {
-        progress |= relay_raw((us, uio), (cs, cio), uin, presp, pool, ends.up_eof)?;
+        progress |= relay_raw((us, uio), (cs, cio), uin, presp, pool, ends.up_eof, counts.down)?;
         let drained = uin.is_empty() && presp.as_ref().is_none_or(|p| p.pending == 0);
         if *ends.up_eof && drained && !*ends.client_shut {
             let _ = cs.shutdown(std::net::Shutdown::Write);
@@ -125,7 +135,8 @@ fn relay_plain(
 }
 
 /// One direction of a tunnel, `src` to `dst`: bytes already in `buf` first, then through a pipe
-/// (or `buf` again when no pipe is free). Sets `eof` when `src` has closed. Returns progress.
+/// (or `buf` again when no pipe is free). Sets `eof` when `src` has closed; adds what it read
+/// to `count` ([all, spliced]). Returns progress.
 fn relay_raw(
     src: (&TcpStream, &mut Io),
     dst: (&TcpStream, &mut Io),
@@ -133,7 +144,9 @@ fn relay_raw(
     pipe: &mut Option<Pipe>,
     pipes: &mut PipePool,
     eof: &mut bool,
+    count: [&mut u64; 2],
 ) -> io::Result<bool> {
+    let [all, spliced] = count;
     let (src, sio) = src;
     let (dst, dio) = dst;
     let mut progress = false;
@@ -154,7 +167,11 @@ fn relay_raw(
                     break;
                 }
                 match crate::splice::fill(src, sio, p, PIPE_BYTES)? {
-                    Spliced::Bytes(_) => progress = true,
+                    Spliced::Bytes(n) => {
+                        *all += n as u64;
+                        *spliced += n as u64;
+                        progress = true;
+                    }
                     Spliced::Idle => break,
                     Spliced::Eof => *eof = true,
                 }
@@ -163,7 +180,10 @@ fn relay_raw(
         None => {
             if !*eof {
                 match fill(src, sio, buf)? {
-                    Filled::Data(_) => progress = true,
+                    Filled::Data(n) => {
+                        *all += n as u64;
+                        progress = true;
+                    }
                     Filled::Idle => {}
                     Filled::Eof => *eof = true,
                 }
@@ -175,7 +195,8 @@ fn relay_raw(
 }
 
 /// A tunnel with TLS on either side: client -> upstream through `cin`, upstream -> client
-/// through `uin`. `eofs`: (client, upstream) closed their side.
+/// through `uin`. `eofs`: (client, upstream) closed their side; `counts`: bytes read from
+/// (client, upstream), added to.
 fn relay_buffered(
     mut client: End<'_>,
     mut up: End<'_>,
@@ -183,14 +204,19 @@ fn relay_buffered(
     cin: &mut Buf,
     uin: &mut Buf,
     eofs: (&mut bool, &mut bool),
+    counts: (&mut u64, &mut u64),
 ) -> io::Result<bool> {
     let (client_eof, up_eof) = eofs;
+    let (from_client, from_up) = counts;
     let mut progress = false;
     for _ in 0..2 {
         progress |= up.flush(pool, cin)? > 0;
         if !*client_eof && cin.spare_len() > 0 {
             match client.fill(pool, cin)? {
-                Filled::Data(_) => progress = true,
+                Filled::Data(n) => {
+                    *from_client += n as u64;
+                    progress = true;
+                }
                 Filled::Idle => {}
                 Filled::Eof => *client_eof = true,
             }
@@ -198,7 +224,10 @@ fn relay_buffered(
         progress |= client.flush(pool, uin)? > 0;
         if !*up_eof && uin.spare_len() > 0 {
             match up.fill(pool, uin)? {
-                Filled::Data(_) => progress = true,
+                Filled::Data(n) => {
+                    *from_up += n as u64;
+                    progress = true;
+                }
                 Filled::Idle => {}
                 Filled::Eof => *up_eof = true,
             }

@@ -296,6 +296,11 @@ pub struct Location<'a> {
     pub target: &'a [u8],
 }
 
+/// The body of Apex's own answer: "404 Not Found\n".
+pub fn answer_body_len(status: u16) -> usize {
+    3 + 1 + reason(status).len() + 1
+}
+
 /// Apex's own answer: an error, or (with a location) a redirect.
 pub fn write_answer(
     status: u16,
@@ -306,7 +311,7 @@ pub fn write_answer(
     out: &mut Out,
 ) {
     let reason = reason(status);
-    let body_len = 3 + 1 + reason.len() + 1;
+    let body_len = answer_body_len(status);
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
     if let Some(l) = location {
         out.put(b"Location: https://");

@@ -101,3 +101,23 @@ Proxy-Connection: keep-alive\r\nX-Ok: 1\r\nContent-Length: 2\r\n\r\nok"
     assert_eq!(r.header("x-ok"), Some("1"));
     assert_eq!(r.body, b"ok");
 }
+
+/// W3C Trace Context (`traceparent`, `tracestate`) passes through untouched, byte for byte and
+/// in order, both ways: Apex is not a tracing participant and must not break a trace.
+#[test]
+fn trace_context_passes_through_untouched() {
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const STATE: &str = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+    let up = Upstream::http(|r| {
+        let echo = format!("{}|{}", r.header("traceparent").unwrap_or("-"), r.header("tracestate").unwrap_or("-"));
+        format!("HTTP/1.1 200 OK\r\ntraceparent: {PARENT}\r\nContent-Length: {}\r\n\r\n{echo}", echo.len()).into_bytes()
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let r = apex.client().request(
+        format!("GET / HTTP/1.1\r\nHost: h\r\ntraceparent: {PARENT}\r\ntracestate: {STATE}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.body_str(), format!("{PARENT}|{STATE}"));
+    assert_eq!(r.header("traceparent"), Some(PARENT), "{}", r.head_str());
+    let head = up.one_request().head_str();
+    assert!(head.contains(&format!("\r\ntraceparent: {PARENT}\r\ntracestate: {STATE}\r\n")), "{head}");
+}

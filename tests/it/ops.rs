@@ -236,6 +236,77 @@ fn access_log_has_a_line_per_request() {
     assert!(lines[20].contains("\"status\":400") && lines[20].contains("\"ended_by\":\"client\""), "{}", lines[20]);
 }
 
+/// Reads `path` until it has `n` lines (the logger flushes within ~100 ms), at most 5 s.
+fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n || Instant::now() > end {
+            return text.lines().map(str::to_owned).collect();
+        }
+        thread::sleep(ms(20));
+    }
+}
+
+/// The combined format's bytes field is the body sent (nginx's `$body_bytes_sent`) and `out=`
+/// the total; a request rejected before it parsed logs its request line and User-Agent,
+/// escaped; a WebSocket line counts the tunnel's bytes both ways.
+#[test]
+fn access_log_counts_body_and_total_and_names_rejected_requests() {
+    let up = Upstream::start(|mut c| {
+        while let Some(req) = c.read_head() {
+            c.record(&req);
+            if req.target == "/ws" {
+                let _ =
+                    c.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+                let got = c.read_until(b"\n", Duration::from_secs(5)); // "0123456789\n": 11 bytes
+                let _ = c.write(&[b"echo:", &got[..]].concat()); // 16 bytes back
+                c.wait_eof();
+                return;
+            }
+            if c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").is_err() {
+                return;
+            }
+        }
+    });
+    let dir = TempDir::new("log-bytes");
+    let log = dir.path().join("access.log");
+    let apex = Apex::start_toml(&format!("{}\n[log]\naccess = {:?}\n", conf(up.addr), log.display().to_string()));
+    let r = apex.client().request(&get("t", "/five"));
+    assert_eq!(r.body_str(), "hello");
+    let total = r.head_str().len() + 5;
+
+    let mut bad = apex.client();
+    bad.send(b"GET /dup?q=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: evil/\x01\r\nHost: t\r\n\r\n");
+    assert_eq!(bad.read_response().status, 400);
+    let mut junk = apex.client();
+    junk.send(b"\x16\x03\x01 garbage\r\n\r\n");
+    assert_eq!(junk.read_response().status, 400);
+
+    let mut ws = apex.client();
+    ws.send(WS_REQ);
+    assert_eq!(ws.read_response().status, 101);
+    ws.send(b"0123456789\n");
+    assert_eq!(ws.read_until(b"echo:0123456789\n"), b"echo:0123456789\n");
+    drop(ws); // the tunnel's line is written when it ends
+
+    let lines = log_lines(&log, 4);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let line =
+        |needle: &str| lines.iter().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}: {lines:#?}"));
+    let five = line("/five");
+    assert!(five.contains("\"GET /five HTTP/1.1\" 200 5 "), "{five}");
+    assert!(five.contains(&format!(" out={total} ")), "{five}");
+    let dup = line("/dup");
+    assert!(dup.contains("\"GET /dup?q=1 HTTP/1.1\" 400 "), "{dup}");
+    assert!(dup.contains("\"evil/\\x01\""), "{dup}");
+    let garbage = line("garbage");
+    assert!(garbage.contains("\"\\x16\\x03\\x01 garbage\" 400 "), "{garbage}");
+    let tunnel = line("/ws");
+    assert!(tunnel.contains("\" 101 16 "), "the body field counts the tunnel's bytes down: {tunnel}");
+    assert!(tunnel.contains(&format!(" in={} ", WS_REQ.len() + 11)), "and up: {tunnel}");
+}
+
 #[test]
 fn sigusr1_reopens_the_access_log() {
     let up = Upstream::ok("hi");
