@@ -61,10 +61,11 @@ impl Conn {
                     up_eof: &mut up_eof,
                     client_shut: &mut rq.client_shut,
                     up_shut: &mut rq.up_shut,
+                    up_bytes: [&mut rq.bytes_in, &mut rq.spliced_in],
+                    down_bytes: [&mut rq.bytes_out, &mut rq.spliced_out],
                 },
                 (&mut rq.preq, &mut rq.presp),
                 &mut cx.pipes,
-                Counts { up: [&mut rq.bytes_in, &mut rq.spliced_in], down: [&mut rq.bytes_out, &mut rq.spliced_out] },
             )
         };
         if up_eof && !rq.up_end.ended() {
@@ -87,19 +88,17 @@ impl Conn {
     }
 }
 
-/// How far each side of a tunnel has ended: read its end (`*_eof`), passed it on (`*_shut`).
+/// How far each side of a tunnel has ended: read its end (`*_eof`), passed it on (`*_shut`);
+/// and how many bytes went each way.
 struct Ends<'a> {
     client_eof: &'a mut bool,
     up_eof: &'a mut bool,
     client_shut: &'a mut bool,
     up_shut: &'a mut bool,
-}
-
-/// The exchange's byte counts a tunnel adds to, for the access log and metrics: client to
-/// upstream (`up`) and back (`down`), each as [all bytes, of which spliced].
-struct Counts<'a> {
-    up: [&'a mut u64; 2],
-    down: [&'a mut u64; 2],
+    /// The exchange's byte counts, for the access log and metrics: client to upstream and
+    /// back, each as [all bytes, of which spliced].
+    up_bytes: [&'a mut u64; 2],
+    down_bytes: [&'a mut u64; 2],
 }
 
 /// Both directions of a tunnel between plain sockets (`bufs`: client and upstream bytes already
@@ -113,18 +112,17 @@ fn relay_plain(
     ends: Ends<'_>,
     pipes: (&mut Option<Pipe>, &mut Option<Pipe>),
     pool: &mut PipePool,
-    counts: Counts<'_>,
 ) -> io::Result<bool> {
     let ((cs, cio), (us, uio)) = (client, up);
     let ((cin, uin), (preq, presp)) = (bufs, pipes);
-    let mut progress = relay_raw((cs, &mut *cio), (us, &mut *uio), cin, preq, pool, ends.client_eof, counts.up)?;
+    let mut progress = relay_raw((cs, &mut *cio), (us, &mut *uio), cin, preq, pool, ends.client_eof, ends.up_bytes)?;
     if *ends.client_eof && cin.is_empty() && preq.as_ref().is_none_or(|p| p.pending == 0) && !*ends.up_shut {
         let _ = us.shutdown(std::net::Shutdown::Write);
         *ends.up_shut = true;
     }
     // upstream -> client, after the 101 head in cout
     if cout_empty {
-        progress |= relay_raw((us, uio), (cs, cio), uin, presp, pool, ends.up_eof, counts.down)?;
+        progress |= relay_raw((us, uio), (cs, cio), uin, presp, pool, ends.up_eof, ends.down_bytes)?;
         let drained = uin.is_empty() && presp.as_ref().is_none_or(|p| p.pending == 0);
         if *ends.up_eof && drained && !*ends.client_shut {
             let _ = cs.shutdown(std::net::Shutdown::Write);
