@@ -1,0 +1,239 @@
+//! `[tls.acme]` against a real ACME server: Debian's Pebble (Let's Encrypt's RFC 8555 test CA)
+//! with pebble-challtestsrv as its DNS, resolving every name to 127.0.0.1, so Pebble validates
+//! the challenges against Apex's own listeners (its `httpPort` / `tlsPort` are Apex's ports).
+//! Pebble keeps its defaults: 5% of nonces rejected (badNonce) and authorizations reused.
+//! Then curl, trusting Pebble's root from its management API (`/roots/0`), gets 200 over the
+//! new certificate.
+
+use crate::harness::*;
+use crate::tls_kit::*;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free loopback port: bound, read, closed (Pebble and the fixed-port listeners need one).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Kills and reaps what it holds: the test ends exactly what it started.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pebble and its DNS, on free ports; `http` and `tls`: Apex's ports it validates against.
+struct Pebble {
+    root: Root,
+    dir_url: String,
+    mgmt: u16,
+    _dns: Proc,
+    _pebble: Proc,
+}
+
+impl Pebble {
+    fn start(http: u16, tls: u16) -> Pebble {
+        let root = Root::new("acme-pebble", "Pebble listener test CA");
+        let leaf = sign_leaf(&root.dir, "pebble", &["127.0.0.1", "localhost"], &new_key(), &root.issuer, &[], |_| {});
+        let (dns, api, mgmt, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        let dns_proc = Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns}"), "-http01", "", "-tlsalpn01", "", "-https01", ""])
+            // Names resolve to 127.0.0.1 only: Apex listens on IPv4 loopback.
+            .args(["-defaultIPv6", ""])
+            .args(["-management", &format!("127.0.0.1:{chall_mgmt}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv (apt-get install pebble)");
+        let dns_proc = Proc(dns_proc);
+        let conf = root.dir.write(
+            "pebble.json",
+            &format!(
+                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{api}", "managementListenAddress": "127.0.0.1:{mgmt}",
+                "certificate": "{}", "privateKey": "{}", "httpPort": {http}, "tlsPort": {tls},
+                "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+                leaf.chain.display(),
+                leaf.key.display()
+            ),
+        );
+        let log = File::create(root.dir.path().join("pebble.log")).unwrap();
+        let pebble = Command::new("pebble")
+            .arg("-config")
+            .arg(&conf)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("pebble (apt-get install pebble)");
+        let p = Pebble {
+            dir_url: format!("https://127.0.0.1:{api}/dir"),
+            mgmt,
+            root,
+            _dns: dns_proc,
+            _pebble: Proc(pebble),
+        };
+        let up = wait_until(Duration::from_secs(20), || curl(&p.root.ca, &p.dir_url, &[]).0 == "200");
+        assert!(up, "pebble did not answer {}:\n{}", p.dir_url, p.log());
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.dir.path().join("pebble.log")).unwrap_or_default()
+    }
+
+    /// Pebble's current root (it makes a new one each run), for clients of the issued chain.
+    fn issuing_root(&self) -> PathBuf {
+        let path = self.root.dir.path().join("issuing-root.pem");
+        let (code, _) =
+            curl(&self.root.ca, &format!("https://127.0.0.1:{}/roots/0", self.mgmt), &["-o", path.to_str().unwrap()]);
+        assert_eq!(code, "200", "pebble /roots/0");
+        path
+    }
+}
+
+/// curl `url` trusting `ca`: (HTTP status, body). "000" when no response came.
+fn curl(ca: &Path, url: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+/// An HTTPS request for `name` to Apex's TLS port, trusting only Pebble's issuing root.
+fn https_status(root: &Path, name: &str, tls: u16) -> (String, String) {
+    curl(root, &format!("https://{name}:{tls}/"), &["--resolve", &format!("{name}:{tls}:127.0.0.1")])
+}
+
+/// Apex with two routed names, `[tls.acme]` on Pebble, `redirect_http` on its plain port.
+fn apex_toml(up: &Upstream, p: &Pebble, http: u16, tls: u16, state: &Path, challenge: &str) -> String {
+    format!(
+        "listen = [\"127.0.0.1:{http}\"]\n\
+         [[route]]\nhost = \"a.test\"\nupstream = \"app\"\n\
+         [[route]]\nhost = \"b.test\"\nupstream = \"app\"\n\
+         [upstream.app]\nservers = [\"{}\"]\n\
+         [tls]\nlisten = [\"127.0.0.1:{tls}\"]\nredirect_http = [\"127.0.0.1:{http}\"]\n\
+         [tls.acme]\nemail = \"ops@example.com\"\ndirectory = \"{}\"\ndirectory_ca = \"{}\"\n\
+         state = \"{}\"\nchallenge = \"{challenge}\"\n",
+        up.addr,
+        p.dir_url,
+        p.root.ca.display(),
+        state.display()
+    )
+}
+
+fn wait_issued(apex: &Apex, p: &Pebble, n: usize) {
+    let ok = wait_until(Duration::from_secs(60), || apex.stderr().matches("acme: certificate for").count() >= n);
+    assert!(ok, "no certificate within 60 s; apex:\n{}\npebble:\n{}", apex.stderr(), p.log());
+}
+
+fn issue_and_serve(challenge: &str) {
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start(http, tls);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-state");
+    let toml = apex_toml(&up, &p, http, tls, &state.path().join("acme"), challenge);
+    let apex = Apex::start_toml(&toml);
+    wait_issued(&apex, &p, 1);
+    let err = apex.stderr();
+    assert!(err.contains(&format!("acme: answering {challenge} for a.test")), "{err}");
+    let root = p.issuing_root();
+    for name in ["a.test", "b.test"] {
+        let (code, body) = https_status(&root, name, tls);
+        assert_eq!((code.as_str(), body.as_str()), ("200", "hello from app"), "{name}\n{err}");
+    }
+    // The plain listener still redirects everything else.
+    let (code, _) = curl(&root, &format!("http://127.0.0.1:{http}/x"), &["-H", "Host: a.test"]);
+    assert_eq!(code, "308");
+    let meta = std::fs::metadata(state.path().join("acme/account.key")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    drop(apex);
+
+    // A restart serves the stored certificate: no order, no challenge.
+    let apex = Apex::start_toml(&toml);
+    let ok = wait_until(Duration::from_secs(10), || apex.stderr().contains("acme: serving the stored certificate"));
+    assert!(ok, "{}", apex.stderr());
+    let (code, _) = https_status(&root, "a.test", tls);
+    assert_eq!(code, "200");
+    let err = apex.stderr();
+    assert!(!err.contains("acme: answering") && !err.contains("acme: certificate for"), "{err}");
+}
+
+#[test]
+fn http01_issues_for_two_names_and_a_restart_reuses_the_certificate() {
+    issue_and_serve("http-01");
+}
+
+#[test]
+fn tls_alpn01_issues_for_two_names_and_a_restart_reuses_the_certificate() {
+    issue_and_serve("tls-alpn-01");
+}
+
+#[test]
+fn a_corrupted_state_file_is_an_error_naming_it() {
+    let state = TempDir::new("acme-bad");
+    let bad = state.write("cert.pem", "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
+    let dir = TempDir::new("acme-bad-conf");
+    let conf = dir.write(
+        "apex.toml",
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\n[[route]]\nhost = \"a.test\"\nupstream = \"app\"\n\
+             [upstream.app]\nservers = [\"127.0.0.1:9\"]\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+             [tls.acme]\ndirectory = \"https://127.0.0.1:9/dir\"\nstate = \"{}\"\n",
+            state.path().display()
+        ),
+    );
+    let (code, _, err) = run_apex(&[conf.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("tls.acme: {}: ", bad.display())), "{err}");
+}
+
+#[test]
+fn check_prints_the_section_with_defaults_without_contacting_the_ca() {
+    let dir = TempDir::new("acme-check");
+    // Port 9 (discard) on loopback: nothing answers there, and --check must not try.
+    let conf = dir.write(
+        "apex.toml",
+        "listen = [\"127.0.0.1:0\"]\n[[route]]\nhost = \"a.test\"\nupstream = \"app\"\n\
+         [[route]]\nhost = \"*.b.test\"\nupstream = \"app\"\n\
+         [upstream.app]\nservers = [\"127.0.0.1:9\"]\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+         [tls.acme]\nemail = \"ops@example.com\"\ndirectory = \"https://127.0.0.1:9/dir\"\n",
+    );
+    let (code, out, err) = run_apex(&["--check", conf.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let want = "\n[tls.acme]\nemail = \"ops@example.com\"\ndirectory = \"https://127.0.0.1:9/dir\"\n\
+                names = [\"a.test\"]\nstate = \"/var/lib/apex/acme\"\nchallenge = \"auto\"\n";
+    assert!(out.contains(want), "{out}");
+    for (bad, line, why) in [
+        ("names = [\"*.b.test\"]", 10, "wildcard names need the DNS-01 challenge"),
+        ("email = \"ops\"", 10, "tls.acme.email \"ops\": want an address"),
+        ("directory = \"http://ca/dir\"", 10, "want an https:// URL"),
+        ("challenge = \"dns-01\"", 10, "tls.acme.challenge \"dns-01\""),
+        ("directory_ca = \"missing.pem\"", 10, "tls.acme.directory_ca"),
+        ("colour = 1", 10, "unknown field `colour`"),
+    ] {
+        let conf = dir.write(
+            "bad.toml",
+            &format!(
+                "listen = [\"127.0.0.1:0\"]\n[[route]]\nhost = \"a.test\"\nupstream = \"app\"\n\
+                 [upstream.app]\nservers = [\"127.0.0.1:9\"]\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\
+                 [tls.acme]\n{bad}\n"
+            ),
+        );
+        let (code, _, err) = run_apex(&["--check", conf.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{bad}: {err}");
+        assert!(err.contains(&format!("bad.toml:{line}: ")) && err.contains(why), "{bad}: {err}");
+    }
+}
