@@ -247,10 +247,10 @@ impl Session {
 
     /// `newAccount` (§7.3): creates the account, or finds the one this key already has.
     pub fn account(&mut self, email: Option<&str>) -> Result<(), Failure> {
-        let mut payload = json!({"termsOfServiceAgreed": true});
-        if let Some(e) = email {
-            payload["contact"] = json!([format!("mailto:{e}")]);
-        }
+        let payload = match email {
+            Some(e) => json!({"termsOfServiceAgreed": true, "contact": [format!("mailto:{e}")]}),
+            None => json!({"termsOfServiceAgreed": true}),
+        };
         let url = self.dir.new_account.clone();
         let resp = self.post(&url, Some(&payload))?;
         if !(resp.status == 200 || resp.status == 201) {
@@ -269,11 +269,11 @@ impl Session {
                 Some(n) => n,
                 None => self.fresh_nonce()?,
             };
-            let mut protected = json!({"alg": "ES256", "nonce": nonce, "url": url});
-            match &self.kid {
-                Some(kid) => protected["kid"] = json!(kid),
-                None => protected["jwk"] = self.jwk.clone(),
-            }
+            // RFC 8555 §6.2: "jwk" only for newAccount, "kid" (the account URL) after it.
+            let protected = match &self.kid {
+                Some(kid) => json!({"alg": "ES256", "kid": kid, "nonce": nonce, "url": url}),
+                None => json!({"alg": "ES256", "jwk": self.jwk, "nonce": nonce, "url": url}),
+            };
             let protected = b64url(protected.to_string().as_bytes());
             let payload = payload.map_or(String::new(), |p| b64url(p.to_string().as_bytes()));
             let signing_input = format!("{protected}.{payload}");
