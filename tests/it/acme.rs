@@ -237,3 +237,55 @@ fn check_prints_the_section_with_defaults_without_contacting_the_ca() {
         assert!(err.contains(&format!("bad.toml:{line}: ")) && err.contains(why), "{bad}: {err}");
     }
 }
+
+/// The serial of the leaf Apex serves for `name`, and of the one in `cert.pem`.
+fn serials(tls: u16, name: &str, cert: &Path) -> (String, String) {
+    let sh = |cmd: String| {
+        let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let served = sh(format!(
+        "openssl s_client -connect 127.0.0.1:{tls} -servername {name} </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    ));
+    let stored = sh(format!("openssl x509 -noout -serial -in {}", cert.display()));
+    (served, stored)
+}
+
+#[test]
+fn a_forced_renewal_swaps_the_certificate_under_load_without_a_failed_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start(http, tls);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-renew");
+    let dir = state.path().join("acme");
+    let apex = Apex::start_toml(&apex_toml(&up, &p, http, tls, &dir, "auto"));
+    wait_issued(&apex, &p, 1);
+    let root = p.issuing_root();
+    let (before, stored) = serials(tls, "a.test", &dir.join("cert.pem"));
+    assert!(before.starts_with("serial=") && before == stored, "{before} / {stored}");
+
+    let (stop, ok, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed, root) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed), root.clone());
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                let n = if https_status(&root, "a.test", tls).0 == "200" { &ok } else { &failed };
+                n.fetch_add(1, SeqCst);
+            }
+        })
+    };
+    wait_until(Duration::from_secs(10), || ok.load(SeqCst) >= 3);
+    std::fs::write(dir.join("renew"), "").unwrap();
+    wait_issued(&apex, &p, 2);
+    let during = ok.load(SeqCst);
+    wait_until(Duration::from_secs(10), || ok.load(SeqCst) >= during + 3);
+    stop.store(true, SeqCst);
+    load.join().unwrap();
+    assert_eq!(failed.load(SeqCst), 0, "requests failed during the renewal:\n{}", apex.stderr());
+    assert!(ok.load(SeqCst) >= during + 3, "no request after the renewal");
+    let (after, stored) = serials(tls, "a.test", &dir.join("cert.pem"));
+    assert!(after != before && after == stored, "served {after}, stored {stored}, was {before}");
+}
