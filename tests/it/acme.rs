@@ -34,7 +34,7 @@ struct Pebble {
     dir_url: String,
     mgmt: u16,
     _dns: Proc,
-    _pebble: Proc,
+    pebble: Proc,
 }
 
 impl Pebble {
@@ -77,11 +77,17 @@ impl Pebble {
             mgmt,
             root,
             _dns: dns_proc,
-            _pebble: Proc(pebble),
+            pebble: Proc(pebble),
         };
         let up = wait_until(Duration::from_secs(20), || curl(&p.root.ca, &p.dir_url, &[]).0 == "200");
         assert!(up, "pebble did not answer {}:\n{}", p.dir_url, p.log());
         p
+    }
+
+    /// The CA goes down (its DNS stays).
+    fn stop(&mut self) {
+        let _ = self.pebble.0.kill();
+        let _ = self.pebble.0.wait();
     }
 
     fn log(&self) -> String {
@@ -288,4 +294,33 @@ fn a_forced_renewal_swaps_the_certificate_under_load_without_a_failed_request() 
     assert!(ok.load(SeqCst) >= during + 3, "no request after the renewal");
     let (after, stored) = serials(tls, "a.test", &dir.join("cert.pem"));
     assert!(after != before && after == stored, "served {after}, stored {stored}, was {before}");
+}
+
+#[test]
+fn ca_down_at_start_backs_off_and_at_renewal_the_old_certificate_keeps_serving() {
+    // Down at start: nothing listens at the directory; the attempts back off, doubling.
+    let (http, tls) = (free_port(), free_port());
+    let mut p = Pebble::start(http, tls);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-down");
+    let dir = state.path().join("acme");
+    let real = p.dir_url.clone();
+    p.dir_url = format!("https://127.0.0.1:{}/dir", free_port());
+    let down = Apex::start_toml(&apex_toml(&up, &p, http, tls, &dir, "auto"));
+    let ok = wait_until(Duration::from_secs(20), || down.stderr().contains("trying again in 4s"));
+    assert!(ok, "{}", down.stderr());
+    assert!(down.stderr().contains("Connection refused (os error 111); trying again in 2s"), "{}", down.stderr());
+    drop(down);
+
+    // Up: a certificate; then down at a (forced) renewal: logged, and the old one serves.
+    p.dir_url = real;
+    let apex = Apex::start_toml(&apex_toml(&up, &p, http, tls, &dir, "auto"));
+    wait_issued(&apex, &p, 1);
+    let root = p.issuing_root();
+    p.stop();
+    std::fs::write(dir.join("renew"), "").unwrap();
+    let ok = wait_until(Duration::from_secs(20), || apex.stderr().contains("the current certificate keeps serving"));
+    assert!(ok, "{}", apex.stderr());
+    assert_eq!(https_status(&root, "a.test", tls).0, "200");
+    assert_eq!(https_status(&root, "b.test", tls).0, "200");
 }
