@@ -143,6 +143,10 @@ fn apex_toml(up: &Upstream, p: &Pebble, http: u16, tls: u16, state: &Path, chall
 fn wait_issued(apex: &Apex, p: &Pebble, n: usize) {
     let ok = wait_until(Duration::from_secs(60), || apex.stderr().matches("acme: certificate for").count() >= n);
     assert!(ok, "no certificate within 60 s; apex:\n{}\npebble:\n{}", apex.stderr(), p.log());
+    // The time from start to certificate, for the record (`--nocapture` shows it).
+    if let Some(line) = apex.stderr().lines().filter(|l| l.contains("acme: certificate for")).nth(n - 1) {
+        println!("{line}");
+    }
 }
 
 fn issue_and_serve(challenge: &str) {
