@@ -328,3 +328,19 @@ fn ca_down_at_start_backs_off_and_at_renewal_the_old_certificate_keeps_serving()
     assert_eq!(https_status(&root, "a.test", tls).0, "200");
     assert_eq!(https_status(&root, "b.test", tls).0, "200");
 }
+
+#[test]
+fn a_challenge_that_fails_is_logged_with_the_cas_problem_and_retried_later() {
+    // Pebble validates HTTP-01 on a port where nothing listens: the authorization goes invalid.
+    let (http, tls, nobody) = (free_port(), free_port(), free_port());
+    let p = Pebble::start(nobody, tls);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-fail");
+    let apex = Apex::start_toml(&apex_toml(&up, &p, http, tls, &state.path().join("acme"), "http-01"));
+    let ok = wait_until(Duration::from_secs(30), || apex.stderr().contains("trying again in 4s"));
+    let err = apex.stderr();
+    assert!(ok, "{err}");
+    assert!(err.contains("(http-01) is invalid: ") && err.contains("urn:ietf:params:acme:error:connection"), "{err}");
+    assert!(err.contains("trying again in 2s") && !err.contains("acme: certificate for"), "{err}");
+    assert!(!state.path().join("acme/cert.pem").exists(), "nothing stored");
+}
