@@ -344,3 +344,23 @@ fn a_challenge_that_fails_is_logged_with_the_cas_problem_and_retried_later() {
     assert!(err.contains("trying again in 2s") && !err.contains("acme: certificate for"), "{err}");
     assert!(!state.path().join("acme/cert.pem").exists(), "nothing stored");
 }
+
+#[test]
+fn sighup_with_a_new_routed_name_orders_a_certificate_that_covers_it() {
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start(http, tls);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-hup");
+    let toml = apex_toml(&up, &p, http, tls, &state.path().join("acme"), "auto");
+    let apex = Apex::start_toml(&toml);
+    wait_issued(&apex, &p, 1);
+    let more = toml.replace("[upstream.app]", "[[route]]\nhost = \"c.test\"\nupstream = \"app\"\n[upstream.app]");
+    std::fs::write(&apex.conf, more).unwrap();
+    apex.signal("HUP");
+    wait_issued(&apex, &p, 2);
+    assert!(apex.stderr().contains("acme: certificate for a.test, b.test, c.test issued"), "{}", apex.stderr());
+    let root = p.issuing_root();
+    for name in ["a.test", "b.test", "c.test"] {
+        assert_eq!(https_status(&root, name, tls).0, "200", "{name}");
+    }
+}
