@@ -4,6 +4,7 @@
 //!
 //! Linux only (SO_REUSEPORT per worker, and later splice(2)).
 
+pub mod acme;
 pub mod admin;
 pub mod balance;
 pub mod buf;

@@ -56,6 +56,13 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     crate::log::set_threshold(cfg.log.level);
+    // A bad file in the ACME state is an error naming it, before anything listens.
+    if let Some(a) = cfg.tls.as_ref().and_then(|t| t.acme.as_ref())
+        && let Err(e) = crate::acme::check_state(a)
+    {
+        say(Level::Error, format_args!("tls.acme: {e}"));
+        return ExitCode::FAILURE;
+    }
     let nofile = raise_fd_limit();
     // Signals first, so one that arrives during start-up is not lost to its default action.
     let (tx, rx) = mpsc::channel();
@@ -194,6 +201,11 @@ pub fn run(path: &Path) -> ExitCode {
     // Upstream names resolved again every `resolve_every` (resolve.rs); idle without names.
     if let Err(e) = crate::resolve::spawn_resolver(Arc::clone(&shared)) {
         eprintln!("apex: cannot start the resolver: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Certificates from an ACME CA (acme/): one thread, idle without [tls.acme].
+    if let Err(e) = crate::acme::spawn(Arc::clone(&shared)) {
+        eprintln!("apex: cannot start the ACME thread: {e}");
         return ExitCode::FAILURE;
     }
     // Before the listening lines, which whoever started us may be waiting for.

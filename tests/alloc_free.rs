@@ -596,3 +596,20 @@ fn tls_to_a_tls_upstream_allocates_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
     check(&o);
 }
+
+/// `[tls.acme]` configured beside the `[[tls.cert]]` (the resolver then also asks the ACME
+/// snapshot, and offers acme-tls/1 last in ALPN): after the handshake, requests still allocate
+/// nothing. The ACME thread is not started here (`server::run` starts it), so nothing is ordered.
+#[test]
+fn tls_with_acme_configured_allocates_nothing() {
+    let dir = std::env::temp_dir().join(format!("apex-alloc-free-acme-{}", std::process::id()));
+    let (chain, key, der) = cert_for_t(&dir);
+    let text = format!(
+        "{}[tls.acme]\nnames = [\"acme.test\"]\ndirectory = \"https://127.0.0.1:9/dir\"\nstate = \"{}\"\n",
+        tls_listener(&chain, &key),
+        dir.join("acme").display()
+    );
+    let o = run(&text, None, move |addrs, warmed| tls_clients(addrs[1], der, warmed));
+    let _ = std::fs::remove_dir_all(&dir);
+    check(&o);
+}

@@ -45,6 +45,20 @@ struct RawTls {
     groups: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     cert: Vec<Spanned<RawCert>>,
+    acme: Option<Spanned<RawAcme>>,
+}
+
+/// `[tls.acme]`: certificates from an ACME CA (`acme/`). Checked here without a byte sent to
+/// the CA, so `--check` and a reload never contact it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    email: Option<Spanned<String>>,
+    directory: Option<Spanned<String>>,
+    names: Option<Spanned<Vec<Spanned<String>>>>,
+    state: Option<Spanned<String>>,
+    directory_ca: Option<Spanned<String>>,
+    challenge: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -269,7 +283,7 @@ fn server_tls(
     Ok(out)
 }
 
-fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<TlsListen, BuildError> {
+fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr], sites: &[Site]) -> Result<TlsListen, BuildError> {
     let span = at(&raw);
     let raw = raw.into_inner();
     if raw.listen.get_ref().is_empty() {
@@ -292,8 +306,12 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         redirect_http.push(addr);
     }
     let groups = groups(raw.groups.as_ref(), "tls.groups")?;
-    if raw.cert.is_empty() {
-        return Err((span, "tls: give at least one [[tls.cert]] with `chain` and `key`".into()));
+    let acme = match &raw.acme {
+        Some(a) => Some(build_acme(a, base, sites)?),
+        None => None,
+    };
+    if raw.cert.is_empty() && acme.is_none() {
+        return Err((span, "tls: give at least one [[tls.cert]] with `chain` and `key`, or [tls.acme]".into()));
     }
     let certs: Vec<crate::tls::CertSpec> = raw
         .cert
@@ -304,10 +322,102 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         })
         .collect();
     let strict_sni = raw.strict_sni.unwrap_or(false);
-    let server = crate::tls::server_config(&certs, strict_sni, &crate::tls::kx::resolve(&groups))
+    let server = crate::tls::server_config(&certs, strict_sni, &crate::tls::kx::resolve(&groups), acme.is_some())
         .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
     let expiry = certs.iter().map(|c| crate::tls::leaf_expiry(&c.chain)).collect();
-    Ok(TlsListen { listen, redirect_http, strict_sni, groups, certs, server, expiry })
+    Ok(TlsListen { listen, redirect_http, strict_sni, groups, certs, server, expiry, acme })
+}
+
+/// `[tls.acme]`, checked: a contact address that looks like one, an https directory, DNS names
+/// (no wildcard: that needs DNS-01, RFC 8555 §7.1.3, which Apex does not do), by default every
+/// exact host routed to.
+fn build_acme(raw: &Spanned<RawAcme>, base: &Path, sites: &[Site]) -> Result<crate::acme::AcmeSpec, BuildError> {
+    let r = raw.get_ref();
+    let email = match &r.email {
+        Some(e) => {
+            let v = e.get_ref();
+            let ok = v.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                && v.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"');
+            if !ok {
+                return Err((at(e), format!("tls.acme.email {v:?}: want an address like ops@example.com")));
+            }
+            Some(v.clone())
+        }
+        None => None,
+    };
+    let directory = match &r.directory {
+        Some(d) => {
+            let v = d.get_ref();
+            if crate::acme::split_url(v).is_none() {
+                return Err((at(d), format!("tls.acme.directory {v:?}: want an https:// URL (RFC 8555 §7.1.1)")));
+            }
+            v.clone()
+        }
+        None => crate::acme::DEFAULT_DIRECTORY.to_string(),
+    };
+    let names = match &r.names {
+        Some(list) => {
+            let mut out: Vec<String> = Vec::new();
+            for n in list.get_ref() {
+                let v = n.get_ref().to_ascii_lowercase();
+                if v.starts_with("*.") {
+                    return Err((
+                        at(n),
+                        format!(
+                            "tls.acme.names {v:?}: wildcard names need the DNS-01 challenge, which Apex does not support; list the names"
+                        ),
+                    ));
+                }
+                let dns = rustls::pki_types::DnsName::try_from(v.as_str()).is_ok();
+                if !dns || v.parse::<std::net::IpAddr>().is_ok() || !v.contains('.') && v != "localhost" {
+                    return Err((at(n), format!("tls.acme.names {v:?}: not a DNS name")));
+                }
+                if !out.contains(&v) {
+                    out.push(v);
+                }
+            }
+            if out.is_empty() {
+                return Err((
+                    at(list),
+                    "tls.acme.names: give at least one name, or leave it out for every routed host".into(),
+                ));
+            }
+            out
+        }
+        None => {
+            let out: Vec<String> = sites
+                .iter()
+                .filter_map(|s| match &s.host {
+                    HostPattern::Exact(h) => Some(String::from_utf8_lossy(h).into_owned()),
+                    _ => None,
+                })
+                .filter(|h| {
+                    rustls::pki_types::DnsName::try_from(h.as_str()).is_ok() && h.parse::<std::net::IpAddr>().is_err()
+                })
+                .collect();
+            if out.is_empty() {
+                return Err((
+                    at(raw),
+                    "tls.acme: no names: no [[route]] has an exact host; give tls.acme.names".into(),
+                ));
+            }
+            out
+        }
+    };
+    let state = base.join(r.state.as_ref().map_or(crate::acme::DEFAULT_STATE, |s| s.get_ref().as_str()));
+    let directory_ca = r.directory_ca.as_ref().map(|c| base.join(c.get_ref()));
+    if let (Some(c), Some(path)) = (&r.directory_ca, &directory_ca) {
+        // Read now, so that a missing or bad file is a config error and not a failed order.
+        crate::tls::client_config(Some(path), &crate::tls::kx::resolve(&[]))
+            .map_err(|e| (at(c), format!("tls.acme.directory_ca: {}", e.trim_start_matches("tls_ca "))))?;
+    }
+    let challenge = match &r.challenge {
+        Some(c) => crate::acme::Challenge::parse(c.get_ref()).ok_or_else(|| {
+            (at(c), format!("tls.acme.challenge {:?}: want \"auto\", \"tls-alpn-01\" or \"http-01\"", c.get_ref()))
+        })?,
+        None => crate::acme::Challenge::Auto,
+    };
+    Ok(crate::acme::AcmeSpec { email, directory, names, state, directory_ca, challenge })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -723,7 +833,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
     });
 
     let tls = match raw.tls {
-        Some(t) => Some(build_tls(t, base, &listen)?),
+        Some(t) => Some(build_tls(t, base, &listen, &sites)?),
         None => None,
     };
     let server_tls = server_tls(&raw.upstream, &groups, &servers)?;

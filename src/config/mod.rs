@@ -81,6 +81,8 @@ pub struct TlsListen {
     pub server: std::sync::Arc<rustls::ServerConfig>,
     /// Per certificate (same index as `certs`): its leaf's notAfter, Unix seconds.
     pub expiry: Vec<Option<i64>>,
+    /// `[tls.acme]`: names whose certificates an ACME CA issues (`acme/`), if any.
+    pub acme: Option<crate::acme::AcmeSpec>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -427,6 +429,27 @@ impl Config {
                     q(&c.key.display().to_string()),
                     names.join(", ")
                 );
+            }
+            if let Some(a) = &t.acme {
+                let names: Vec<String> = a.names.iter().map(|n| q(n)).collect();
+                // The contact is optional (RFC 8555 §7.3); shown commented out when absent.
+                let email = a.email.as_deref().map_or("# email = (none)".to_string(), |e| format!("email = {}", q(e)));
+                let _ = writeln!(
+                    o,
+                    "\n[tls.acme]\n{email}\ndirectory = {}\nnames = [{}]\nstate = {}\nchallenge = {}",
+                    q(&a.directory),
+                    names.join(", "),
+                    q(&a.state.display().to_string()),
+                    q(a.challenge.as_str())
+                );
+                match &a.directory_ca {
+                    Some(c) => {
+                        let _ = writeln!(o, "directory_ca = {}", q(&c.display().to_string()));
+                    }
+                    None => {
+                        let _ = writeln!(o, "# directory_ca = (none: the system's roots)");
+                    }
+                }
             }
         }
         o

@@ -109,6 +109,22 @@ impl Conn {
         }
         // OPTIONS * (RFC 9112 §3.2.4) is about the server as a whole: route it as "/".
         let path = if req.path == "*" { b"/" } else { req.path.as_bytes() };
+        if self.tls.is_none()
+            && let Some(token) = path.strip_prefix(crate::acme::HTTP01_PREFIX)
+            && let Some(n) = crate::acme::key_authorization(token, |ka| {
+                let n = queue_body_answer(&mut self.cout, &mut cx.bufs, rq, ka)?;
+                Ok::<_, Fault>((n, if rq.is_head { 0 } else { ka.len() }))
+            })
+        {
+            // RFC 8555 §8.3: a pending HTTP-01 token is answered on any plain listener, before
+            // the redirect and the routes. The body is not read: close after, like a 308's.
+            rq.close_after |= has_body || !rq.keep_alive || cx.draining;
+            if let Some(b) = self.cin.as_mut() {
+                b.consume(end);
+            }
+            let (n, body) = n?;
+            return self.answered(rq, cx, 200, n, body);
+        }
         if self.redirect {
             // A plain listener that sends everyone to HTTPS: 308 keeps the method and body
             // (RFC 9110 §15.4.9). The body is not read: close after, like a 404's.
@@ -118,7 +134,7 @@ impl Conn {
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
             }
-            return self.answered(rq, cx, 308, n);
+            return self.answered(rq, cx, 308, n, super::answer_body(rq, 308));
         }
         let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
         let Some(route) = cx.cfg.route(host_name(req.host), path_only) else {
@@ -378,6 +394,18 @@ pub(super) fn queue_answer(
     write_answer(status, to, rq.close_after, rq.is_head, ka10, &mut w);
     // No room: the client has not read earlier responses (or a redirect's target is nearly a
     // whole buffer long); give up.
+    let n = w.finish().ok_or(Fault::Client)?;
+    out.commit(n);
+    Ok(n)
+}
+
+/// Writes an ACME HTTP-01 answer (RFC 8555 §8.3: 200, the key authorization as the body)
+/// into `cout`. Returns its length.
+fn queue_body_answer(cout: &mut Option<Buf>, bufs: &mut BufPool, rq: &Exchange, body: &[u8]) -> Result<usize, Fault> {
+    let ka10 = rq.client_minor == 0 && !rq.close_after;
+    let out = bufs.fill_slot(cout);
+    let mut w = Out::new(out.spare());
+    crate::h1::write::write_text_answer(body, rq.close_after, rq.is_head, ka10, &mut w);
     let n = w.finish().ok_or(Fault::Client)?;
     out.commit(n);
     Ok(n)

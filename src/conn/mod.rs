@@ -547,15 +547,14 @@ impl Conn {
         let status = why.status();
         rq.close_after |= close || !rq.keep_alive || cx.draining;
         let n = head::queue_answer(&mut self.cout, &mut cx.bufs, rq, status, None)?;
-        self.answered(rq, cx, status, n)
+        self.answered(rq, cx, status, n, answer_body(rq, status))
     }
 
-    /// After Apex's own response of `n` bytes is queued: the exchange's accounting and log line.
-    fn answered(&mut self, rq: &mut Exchange, cx: &mut Cx, status: u16, n: usize) -> Step {
+    /// After Apex's own response of `n` bytes (`body` of them its body) is queued: the exchange's accounting and log line.
+    fn answered(&mut self, rq: &mut Exchange, cx: &mut Cx, status: u16, n: usize, body: usize) -> Step {
         rq.start.get_or_insert(cx.now);
         rq.status = status;
         rq.bytes_out += n as u64;
-        let body = if rq.is_head { 0 } else { crate::h1::write::answer_body_len(status) };
         rq.head_out += n.saturating_sub(body) as u64;
         if rq.ended_by == EndedBy::Nobody && status != 404 && status != 308 {
             rq.ended_by = if status < 500 { EndedBy::Client } else { EndedBy::Upstream };
@@ -741,4 +740,9 @@ mod tests {
             assert!(!allowed(from, to), "{from:?} -> {to:?} should be refused");
         }
     }
+}
+
+/// The body length of Apex's own answer with `status` to `rq` (none to a HEAD).
+pub(super) fn answer_body(rq: &Exchange, status: u16) -> usize {
+    if rq.is_head { 0 } else { crate::h1::write::answer_body_len(status) }
 }

@@ -301,6 +301,22 @@ pub fn answer_body_len(status: u16) -> usize {
     3 + 1 + reason(status).len() + 1
 }
 
+/// A 200 with a short text body Apex holds itself (an ACME HTTP-01 key authorization).
+pub fn write_text_answer(body: &[u8], close: bool, head_only: bool, keep_alive_10: bool, out: &mut Out) {
+    out.put(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ");
+    out.put_u64(body.len() as u64);
+    out.put(b"\r\n");
+    if close {
+        out.put(b"Connection: close\r\n");
+    } else if keep_alive_10 {
+        out.put(b"Connection: keep-alive\r\n");
+    }
+    out.put(b"\r\n");
+    if !head_only {
+        out.put(body);
+    }
+}
+
 /// Apex's own answer: an error, or (with a location) a redirect.
 pub fn write_answer(
     status: u16,

@@ -27,10 +27,18 @@ struct Sni {
     wild: Vec<(Box<str>, usize)>,
     keys: Vec<Arc<rustls::sign::CertifiedKey>>,
     strict: bool,
+    /// `[tls.acme]` is configured: names without a `[[tls.cert]]` get the certificate the ACME
+    /// thread issued (`acme::issued`), and `acme-tls/1` hellos the validation certificate.
+    acme: bool,
 }
 
 impl rustls::server::ResolvesServerCert for Sni {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if self.acme && crate::acme::is_validation_hello(hello.alpn()) {
+            // RFC 8737 §3: a hello offering only acme-tls/1 gets the validation certificate
+            // for its name, or no handshake.
+            return hello.server_name().and_then(crate::acme::validation_cert);
+        }
         let found = hello.server_name().and_then(|n| {
             let exact = self.exact.iter().find(|(e, _)| e.eq_ignore_ascii_case(n));
             let wild = || {
@@ -42,6 +50,16 @@ impl rustls::server::ResolvesServerCert for Sni {
         });
         let i = match found {
             Some(i) => i,
+            None if self.acme => {
+                // `[[tls.cert]]` entries win for the names they cover; then what ACME issued.
+                if let Some(k) = hello.server_name().and_then(crate::acme::issued) {
+                    return Some(k);
+                }
+                if self.strict {
+                    return None;
+                }
+                0
+            }
             None if self.strict => return None,
             None => 0,
         };
@@ -63,12 +81,13 @@ pub fn server_config(
     certs: &[CertSpec],
     strict_sni: bool,
     groups: &[&'static dyn rustls::crypto::SupportedKxGroup],
+    acme: bool,
 ) -> Result<Arc<ServerConfig>, (usize, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let provider = Arc::new(super::kx::provider(groups));
-    let mut sni = Sni { exact: Vec::new(), wild: Vec::new(), keys: Vec::new(), strict: strict_sni };
+    let mut sni = Sni { exact: Vec::new(), wild: Vec::new(), keys: Vec::new(), strict: strict_sni, acme };
     for (i, c) in certs.iter().enumerate() {
         let chain_name = c.chain.display();
         let key_name = c.key.display();
@@ -114,7 +133,7 @@ pub fn server_config(
         }
         sni.keys.push(ck);
     }
-    if sni.keys.is_empty() {
+    if sni.keys.is_empty() && !acme {
         return Err((0, "tls: give at least one [[tls.cert]]".into()));
     }
     let mut cfg = ServerConfig::builder_with_provider(provider)
@@ -125,6 +144,11 @@ pub fn server_config(
     // RFC 7301: HTTP/1.x only (http/1.0 for clients that offer only it, as curl --http1.0
     // does); a client offering only other protocols (h2) is refused.
     cfg.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    if acme {
+        // Last: rustls picks the first of ours the client offers, so only a client offering
+        // nothing else gets it (RFC 8737 §3), and the connection ends after the handshake.
+        cfg.alpn_protocols.push(crate::acme::ALPN.to_vec());
+    }
     // The record layer after the handshake is ours (see the module comment).
     cfg.enable_secret_extraction = true;
     cfg.ticketer = ticketer().map_err(|e| (0, format!("tls: session tickets: {e}")))?;
@@ -259,6 +283,11 @@ pub fn leaf_expiry(chain: &std::path::Path) -> Option<i64> {
 
 /// The certificate's notAfter (RFC 5280 §4.1.2.5), in seconds since the epoch.
 fn not_after(cert: &[u8]) -> Option<i64> {
+    validity(cert).map(|(_, end)| end)
+}
+
+/// The certificate's notBefore and notAfter (RFC 5280 §4.1.2.5), in seconds since the epoch.
+pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     let (_, c, _) = der(cert)?; // Certificate
     let (_, tbs, _) = der(c)?; // TBSCertificate
     let (tag, _, mut rest) = der(tbs)?;
@@ -268,8 +297,14 @@ fn not_after(cert: &[u8]) -> Option<i64> {
     let rest = der(rest)?.2; // signature algorithm
     let rest = der(rest)?.2; // issuer
     let (_, validity, _) = der(rest)?;
-    let (_, _, after) = der(validity)?; // notBefore
+    let (tag, t, after) = der(validity)?; // notBefore
+    let start = time_of(tag, t)?;
     let (tag, t, _) = der(after)?;
+    Some((start, time_of(tag, t)?))
+}
+
+/// A UTCTime or GeneralizedTime, in seconds since the epoch.
+fn time_of(tag: u8, t: &[u8]) -> Option<i64> {
     let digits = |s: &[u8]| -> Option<i64> {
         s.iter().try_fold(0i64, |a, &c| c.is_ascii_digit().then(|| a * 10 + i64::from(c - b'0')))
     };

@@ -35,7 +35,7 @@ mod handshake;
 pub mod kx;
 mod record;
 
-pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, leaf_expiry, server_config};
+pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, leaf_expiry, server_config, validity};
 use handshake::{Handshake, Hs, drive, send};
 use record::{
     ALERT_BAD_RECORD_MAC, ALERT_DECODE_ERROR, ALERT_RECORD_OVERFLOW, ALERT_UNEXPECTED_MESSAGE, CIPHERTEXT_MAX,
@@ -394,9 +394,11 @@ impl Tls {
                     Ok(true)
                 }
                 Hs::Done => {
+                    let mut validation = false;
                     let (secrets, kernel) = match self.hs.take() {
                         Some(Handshake::Server(hs)) => {
                             count_handshake(&pool.metrics, false, &hs);
+                            validation = hs.alpn_protocol() == Some(crate::acme::ALPN);
                             hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
                         }
                         Some(Handshake::Client(hs)) => {
@@ -409,6 +411,9 @@ impl Tls {
                     self.rec = Some(Records::new(kernel, secrets)?);
                     self.flush(sock, io, pool)?;
                     pool.rec.release_if_empty(&mut self.rin);
+                    // RFC 8737 §3: a TLS-ALPN-01 validation ends with the handshake; no
+                    // request is read on it.
+                    self.eof |= validation;
                     Ok(true)
                 }
                 _ => {

@@ -14,6 +14,7 @@
 
 mod harness;
 
+mod acme;
 mod balance;
 mod bodies;
 mod catalogue;
