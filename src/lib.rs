@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod balance;
 pub mod buf;
+pub mod cidr;
 pub mod config;
 pub mod conn;
 pub mod h1;
@@ -16,6 +17,7 @@ pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod notify;
+pub mod proxy_proto;
 pub mod reactor;
 pub mod resolve;
 pub mod server;

@@ -27,6 +27,15 @@ pub(super) struct RawConfig {
     upstream: BTreeMap<String, Spanned<RawGroup>>,
     tls: Option<Spanned<RawTls>>,
     admin: Option<RawAdmin>,
+    proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+}
+
+/// `[proxy_protocol] listeners = [ADDR…]`, `trusted = [CIDR…]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxyProtocol {
+    listeners: Spanned<Vec<Spanned<String>>>,
+    trusted: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +317,40 @@ fn build_tls(raw: Spanned<RawTls>, base: &Path, plain: &[SocketAddr]) -> Result<
         .map_err(|(i, msg)| (raw.cert.get(i).map(|c| c.span()).or(span), format!("tls.cert: {msg}")))?;
     let expiry = certs.iter().map(|c| crate::tls::leaf_expiry(&c.chain)).collect();
     Ok(TlsListen { listen, redirect_http, strict_sni, groups, certs, server, expiry })
+}
+
+/// A list of ranges (`trusted`, `allow`, …), each checked.
+fn cidrs(raw: &[Spanned<String>], what: &str) -> Result<Vec<crate::cidr::Cidr>, BuildError> {
+    raw.iter().map(|c| crate::cidr::Cidr::parse(c.get_ref()).map_err(|e| (at(c), format!("{what}: {e}")))).collect()
+}
+
+/// `[proxy_protocol]`: every listener named must be one Apex listens on (plain or TLS), and
+/// somebody must be trusted to send the header, or the listener would refuse everyone.
+fn build_proxy(
+    raw: Spanned<RawProxyProtocol>,
+    listen: &[SocketAddr],
+    tls: Option<&TlsListen>,
+) -> Result<ProxyProtocol, BuildError> {
+    let raw = raw.into_inner();
+    let mut listeners = Vec::new();
+    for a in raw.listeners.get_ref() {
+        let addr = parse_addr(a, "proxy_protocol.listeners")?;
+        let known = listen.contains(&addr) || tls.is_some_and(|t| t.listen.contains(&addr));
+        if !known {
+            return Err((at(a), format!("proxy_protocol.listeners: {addr} is not in `listen` or `tls.listen`")));
+        }
+        if !listeners.contains(&addr) {
+            listeners.push(addr);
+        }
+    }
+    let trusted = cidrs(raw.trusted.get_ref(), "proxy_protocol.trusted")?;
+    if trusted.is_empty() && !listeners.is_empty() {
+        return Err((
+            at(&raw.trusted),
+            "proxy_protocol.trusted: give the load balancers' addresses (e.g. [\"10.0.0.0/8\"]); with none, these listeners would refuse everyone".into(),
+        ));
+    }
+    Ok(ProxyProtocol { listeners, trusted })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -726,6 +769,10 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         Some(t) => Some(build_tls(t, base, &listen)?),
         None => None,
     };
+    let proxy = match raw.proxy_protocol {
+        Some(p) => Some(build_proxy(p, &listen, tls.as_ref())?),
+        None => None,
+    };
     let server_tls = server_tls(&raw.upstream, &groups, &servers)?;
     let server_slots = (0..servers.len()).map(|i| i.min(crate::metrics::SERVER_SLOTS - 1)).collect();
     let admin = match raw.admin.and_then(|a| a.listen) {
@@ -772,5 +819,6 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         tls,
         server_slots,
         admin,
+        proxy,
     })
 }

@@ -64,6 +64,18 @@ pub struct Config {
     pub server_slots: Vec<usize>,
     /// `[admin] listen`: the address of /metrics, /status and /healthz, if any.
     pub admin: Option<SocketAddr>,
+    /// `[proxy_protocol]`: listeners whose peers announce the real client first, if any.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+/// Which listeners expect a PROXY protocol header, and from whom. On such a listener a peer in
+/// `trusted` must send one (v1 or v2) before anything else; any other peer is refused at accept.
+/// Nothing is guessed: a header on another listener is just bytes (a 400 for HTTP).
+#[derive(Debug)]
+pub struct ProxyProtocol {
+    /// As configured (matched against `listen` / `tls.listen` entries, port 0 included).
+    pub listeners: Vec<SocketAddr>,
+    pub trusted: Vec<crate::cidr::Cidr>,
 }
 
 #[derive(Debug)]
@@ -329,6 +341,16 @@ impl Config {
         );
         if let Some(a) = self.admin {
             let _ = writeln!(o, "\n[admin]\nlisten = {}", q(&a.to_string()));
+        }
+        if let Some(p) = &self.proxy {
+            let listeners: Vec<String> = p.listeners.iter().map(|a| q(&a.to_string())).collect();
+            let trusted: Vec<String> = p.trusted.iter().map(|c| q(&c.to_string())).collect();
+            let _ = writeln!(
+                o,
+                "\n[proxy_protocol]\nlisteners = [{}]\ntrusted = [{}]",
+                listeners.join(", "),
+                trusted.join(", ")
+            );
         }
         for site in &self.sites {
             let host = site.host.to_string();

@@ -18,6 +18,7 @@ mod balance;
 mod bodies;
 mod catalogue;
 mod cli;
+mod edge;
 mod faults;
 mod framing;
 mod headers;
