@@ -437,10 +437,14 @@ fn hashed_and_least_requests_traffic_allocates_nothing() {
 }
 
 /// Behind a trusted PROXY protocol sender: each new connection starts with a header (v1 or v2,
-/// alternating) naming another client; taking it and using its address allocates nothing.
+/// alternating) naming another client; taking it, and judging a route's allow/deny on its
+/// address, allocates nothing.
 #[test]
 fn proxied_traffic_allocates_nothing() {
-    let text = "[proxy_protocol]\nlisteners = [\"127.0.0.1:0\"]\ntrusted = [\"127.0.0.0/8\"]\n";
+    // The small GETs go through a route with address rules, judged on the header's address.
+    let text = "[proxy_protocol]\nlisteners = [\"127.0.0.1:0\"]\ntrusted = [\"127.0.0.0/8\"]\n\
+                [[route]]\nhost = \"t\"\npath = \"/small\"\nupstream = \"app\"\n\
+                allow = [\"198.51.100.0/24\", \"2001:db8::/32\"]\ndeny = [\"10.0.0.0/8\", \"203.0.113.0/24\"]\n";
     check(&run(text, None, |addrs, warmed| {
         let addr = addrs[0];
         let round = move |k: u8, big: bool| {

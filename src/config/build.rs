@@ -109,6 +109,11 @@ struct RawRoute {
     upstream_body: Option<Spanned<toml::Value>>,
     client_body: Option<Spanned<toml::Value>>,
     body_bytes: Option<Spanned<toml::Value>>,
+    /// Client addresses this route serves (`allow`) or refuses (`deny`) with a 403.
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -754,7 +759,8 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         body_bytes_max = body_bytes_max.max(per.body_bytes);
         // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
         let slot = (raw_index + 1).min(crate::metrics::ROUTE_SLOTS - 1);
-        site.routes.push(Route { path, group, per, slot });
+        let access = Access { allow: cidrs(&r.allow, "allow")?.into(), deny: cidrs(&r.deny, "deny")?.into() };
+        site.routes.push(Route { path, group, per, slot, access });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));

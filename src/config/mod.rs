@@ -156,6 +156,29 @@ pub struct Route {
     pub per: PerRequest,
     /// Its metrics slot (see `server_slots`).
     pub slot: usize,
+    /// `allow` / `deny`: who may use it.
+    pub access: Access,
+}
+
+/// A route's address rules. `deny` wins over `allow`; with `allow` given, only the addresses
+/// it lists get through. Both empty (the default): everyone, at the cost of one branch.
+#[derive(Debug, Default)]
+pub struct Access {
+    pub allow: Box<[crate::cidr::Cidr]>,
+    pub deny: Box<[crate::cidr::Cidr]>,
+}
+
+impl Access {
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether `client` may use the route.
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        !crate::cidr::any_contains(&self.deny, client)
+            && (self.allow.is_empty() || crate::cidr::any_contains(&self.allow, client))
+    }
 }
 
 /// What a `[[route]]` may set for its own requests, over the global `[timeouts]` / `[limits]`:
@@ -375,6 +398,12 @@ impl Config {
                 }
                 if p.body_bytes != g.body_bytes {
                     let _ = writeln!(o, "body_bytes = {}", p.body_bytes);
+                }
+                for (k, list) in [("allow", &r.access.allow), ("deny", &r.access.deny)] {
+                    if !list.is_empty() {
+                        let shown: Vec<String> = list.iter().map(|c| q(&c.to_string())).collect();
+                        let _ = writeln!(o, "{k} = [{}]", shown.join(", "));
+                    }
                 }
             }
         }

@@ -276,3 +276,54 @@ fn check_validates_proxy_protocol() {
         "{out}"
     );
 }
+
+/// `allow` / `deny` per route, judged on the address the PROXY header names: 403 from Apex,
+/// nothing forwarded, keep-alive kept; other routes untouched.
+#[test]
+fn allow_and_deny_answer_403_on_the_real_address() {
+    let up = xff_upstream();
+    let cfg = Config::new().route("*", "/", "app").group("app", &[up.addr]).append(
+        "[[route]]\npath = \"/admin\"\nupstream = \"app\"\nallow = [\"198.51.100.0/24\"]\ndeny = [\"198.51.100.66\"]\n\
+             [[route]]\npath = \"/public\"\nupstream = \"app\"\ndeny = [\"203.0.113.0/24\", \"2001:db8::/32\"]\n\
+             [proxy_protocol]\nlisteners = [\"127.0.0.1:0\"]\ntrusted = [\"127.0.0.0/8\"]\n",
+    );
+    let apex = Apex::start(&cfg);
+    let as_client = |src: &str, paths: &[(&str, u16)]| {
+        let mut c = Client::connect(apex.addr);
+        let src: SocketAddr = src.parse().unwrap();
+        let mut h = [0u8; 108];
+        let n = apex::proxy_proto::write(true, src, apex.addr, &mut h).unwrap();
+        c.send(&h[..n]);
+        for (path, want) in paths {
+            let r = c.request(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+            assert_eq!(r.status, *want, "{src} {path}: {}", r.head_str());
+            if *want == 403 {
+                assert_apex_status(&r, 403);
+            }
+        }
+    };
+    let before = up.requests().len();
+    as_client("198.51.100.5:1", &[("/admin/x", 200), ("/public", 200), ("/", 200)]);
+    as_client("198.51.100.66:1", &[("/admin", 403), ("/public", 200)]); // deny wins over allow
+    as_client("192.0.2.1:1", &[("/admin", 403), ("/admin/y", 403), ("/public/z", 200)]);
+    as_client("203.0.113.9:1", &[("/public", 403), ("/", 200), ("/admin", 403)]);
+    as_client("[2001:db8::9]:1", &[("/public", 403), ("/", 200)]);
+    let forwarded = up.requests().len() - before;
+    assert_eq!(forwarded, 7, "only the admitted requests reach the upstream");
+    assert!(logged(&apex, "/public").starts_with("198.51.100.5 "));
+}
+
+#[test]
+fn check_validates_allow_and_deny() {
+    let dir = TempDir::new("edge-acl");
+    let base =
+        "listen = [\"127.0.0.1:8080\"]\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n[[route]]\nupstream = \"app\"\n";
+    let p = dir.write("bad.toml", &format!("{base}deny = [\"10.0.0.0/40\"]\n"));
+    let (code, _, err) = run_apex(&["--check", p.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains(":6: deny: \"10.0.0.0/40\": prefix length must be 0 to 32"), "{err}");
+    let p = dir.write("good.toml", &format!("{base}allow = [\"10.0.0.0/8\"]\ndeny = [\"10.9.0.0/16\"]\n"));
+    let (code, out, err) = run_apex(&["--check", p.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("allow = [\"10.0.0.0/8\"]\ndeny = [\"10.9.0.0/16\"]\n"), "{out}");
+}
