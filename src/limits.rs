@@ -97,3 +97,9 @@ pub const TLS_BUFS_PREALLOC: usize = 32;
 /// A binary upgrade's new process must say it is ready within this long, or it is stopped and
 /// the old one keeps serving (it loads the config, certificates included, and starts workers).
 pub const UPGRADE_READY_MS: u64 = 15_000;
+
+/// The longest PROXY v2 header Apex takes (its 16 fixed bytes, the addresses and TLVs). Its
+/// length field allows 64 KiB; load balancers send tens of bytes of TLVs (HAProxy with every
+/// SSL TLV, a few hundred). Bounded so the header is peeked in one buffer.
+pub const PROXY_V2_BYTES_MAX: usize = 4096;
+const _: () = assert!(PROXY_V2_BYTES_MAX <= BUF_BYTES);

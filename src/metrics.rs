@@ -156,9 +156,11 @@ pub enum Reject {
     UpstreamTimeout,
     /// Out of file descriptors for the upstream connection.
     NoFd,
+    /// The client's address is refused by its route's `allow` / `deny`.
+    Forbidden,
 }
 
-pub const REJECT_NAMES: [(&str, u16); 14] = [
+pub const REJECT_NAMES: [(&str, u16); 15] = [
     ("bad_request", 400),
     ("bad_framing", 400),
     ("smuggling", 400),
@@ -173,6 +175,7 @@ pub const REJECT_NAMES: [(&str, u16); 14] = [
     ("upstream_bad_response", 502),
     ("upstream_timeout", 504),
     ("out_of_fds", 502),
+    ("forbidden", 403),
 ];
 
 impl Reject {

@@ -349,6 +349,7 @@ impl Worker {
                 Fault::Client => (Level::Info, "the client's socket failed"),
                 Fault::Upstream => (Level::Info, "the upstream's socket failed"),
                 Fault::Internal(what) => (Level::Error, what.as_str()),
+                Fault::Proxy(e) => (Level::Info, e.as_str()),
             };
             log_fault(&mut self.cx, &mut self.faults, peer, level, format_args!("closed in {phase}: {cause}"));
         }
@@ -420,6 +421,14 @@ impl Worker {
             };
             match l.accept() {
                 Ok((mut sock, peer)) => {
+                    let proxy_wait = self.expects_proxy(li);
+                    if proxy_wait && !self.proxy_trusted(peer) {
+                        // Only trusted balancers may name a client; anyone else could forge one
+                        // (HAProxy's accept-proxy, restricted). Closed unread.
+                        let what = format_args!("not in proxy_protocol.trusted on a PROXY listener: refused");
+                        log_fault(&mut self.cx, &mut self.faults, peer, Level::Info, what);
+                        continue;
+                    }
                     let tls = if li >= self.plain_listeners {
                         // A TLS client on a config without TLS (cannot happen: reload refuses
                         // listener changes) is closed.
@@ -452,7 +461,7 @@ impl Worker {
                     if let Some(a) = self.cx.metrics.accepted.get(usize::from(tls.is_some())) {
                         a.inc();
                     }
-                    entry.insert(Conn::new(sock, peer, tls, redirect, &mut self.cx));
+                    entry.insert(Conn::new(sock, peer, tls, redirect, proxy_wait, &mut self.cx));
                     self.drive(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -470,6 +479,22 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether listener `li` is in `[proxy_protocol] listeners`: its address as configured
+    /// (plain ones first, then TLS, the order `bind_all` binds them in).
+    fn expects_proxy(&self, li: usize) -> bool {
+        let cfg = &self.cx.cfg;
+        let Some(p) = &cfg.proxy else { return false };
+        let addr = match li.checked_sub(self.plain_listeners) {
+            None => cfg.listen.get(li),
+            Some(t) => cfg.tls.as_ref().and_then(|tls| tls.listen.get(t)),
+        };
+        addr.is_some_and(|a| p.listeners.contains(a))
+    }
+
+    fn proxy_trusted(&self, peer: SocketAddr) -> bool {
+        self.cx.cfg.proxy.as_ref().is_some_and(|p| crate::cidr::any_contains(&p.trusted, peer.ip()))
     }
 
     /// This worker's TLS config for the current snapshot (see `Worker::tls`).

@@ -170,3 +170,39 @@ impl End<'_> {
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
     }
 }
+
+/// Looks at what is queued on `sock` without taking it (MSG_PEEK). A short look (or EAGAIN)
+/// clears `readable`, as `fill` does: more bytes raise a new edge.
+pub fn peek(sock: &TcpStream, io: &mut Io, spare: &mut [u8]) -> io::Result<Filled> {
+    if !io.readable {
+        return Ok(Filled::Idle);
+    }
+    loop {
+        match rustix::net::recv(sock, &mut *spare, RecvFlags::PEEK).map(|(n, _)| n) {
+            Ok(0) => return Ok(Filled::Eof),
+            Ok(n) => return Ok(Filled::Data(n)),
+            Err(Errno::AGAIN) => {
+                io.readable = false;
+                return Ok(Filled::Idle);
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Takes exactly `scratch.len()` bytes that a `peek` saw queued, and drops them.
+pub fn discard(sock: &TcpStream, scratch: &mut [u8]) -> io::Result<()> {
+    let mut left = scratch.len();
+    while left > 0 {
+        let Some(room) = scratch.get_mut(..left) else { break };
+        match rustix::net::recv(sock, room, RecvFlags::empty()).map(|(n, _)| n) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => left = left.saturating_sub(n),
+            Err(Errno::INTR) => {}
+            // Peeked bytes are queued: anything else (EAGAIN included) is a broken socket.
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

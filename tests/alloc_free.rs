@@ -436,6 +436,44 @@ fn hashed_and_least_requests_traffic_allocates_nothing() {
     check(&run("balance = \"least_requests\"", None, keep_alive_mix));
 }
 
+/// Behind a trusted PROXY protocol sender: each new connection starts with a header (v1 or v2,
+/// alternating) naming another client; taking it, and judging a route's allow/deny on its
+/// address, allocates nothing.
+#[test]
+fn proxied_traffic_allocates_nothing() {
+    // The small GETs go through a route with address rules, judged on the header's address.
+    let text = "[proxy_protocol]\nlisteners = [\"127.0.0.1:0\"]\ntrusted = [\"127.0.0.0/8\"]\n\
+                [[route]]\nhost = \"t\"\npath = \"/small\"\nupstream = \"app\"\n\
+                allow = [\"198.51.100.0/24\", \"2001:db8::/32\"]\ndeny = [\"10.0.0.0/8\", \"203.0.113.0/24\"]\n";
+    check(&run(text, None, |addrs, warmed| {
+        let addr = addrs[0];
+        let round = move |k: u8, big: bool| {
+            let mut r = connect(addr);
+            let src = std::net::SocketAddr::from(([198, 51, 100, k], 1000 + u16::from(k)));
+            let mut h = [0u8; 108];
+            let n = apex::proxy_proto::write(k.is_multiple_of(2), src, addr, &mut h).unwrap();
+            W(&mut r).write_all(&h[..n]).unwrap();
+            requests(&mut r, big) + reject(&mut r)
+        };
+        for _ in 0..2 {
+            let hs: Vec<_> = (0..4u8).map(|k| std::thread::spawn(move || round(k, true))).collect();
+            hs.into_iter().for_each(|h| {
+                h.join().unwrap();
+            });
+        }
+        warmed();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut total = 0;
+        let mut k = 0u8;
+        while total < 10_000 {
+            let hs: Vec<_> = (0..4u8).map(|i| std::thread::spawn(move || round(k.wrapping_add(i), i == 0))).collect();
+            total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
+            k = k.wrapping_add(4);
+        }
+        total
+    }));
+}
+
 fn keep_alive_mix(addrs: Vec<std::net::SocketAddr>, warmed: &dyn Fn()) -> usize {
     let addr = addrs[0];
     // Warm-up: every kind of request, on several connections at once, twice.

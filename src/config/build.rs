@@ -27,6 +27,15 @@ pub(super) struct RawConfig {
     upstream: BTreeMap<String, Spanned<RawGroup>>,
     tls: Option<Spanned<RawTls>>,
     admin: Option<RawAdmin>,
+    proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+}
+
+/// `[proxy_protocol] listeners = [ADDR…]`, `trusted = [CIDR…]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxyProtocol {
+    listeners: Spanned<Vec<Spanned<String>>>,
+    trusted: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +123,11 @@ struct RawRoute {
     upstream_body: Option<Spanned<toml::Value>>,
     client_body: Option<Spanned<toml::Value>>,
     body_bytes: Option<Spanned<toml::Value>>,
+    /// Client addresses this route serves (`allow`) or refuses (`deny`) with a 403.
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +432,40 @@ fn build_acme(raw: &Spanned<RawAcme>, base: &Path, sites: &[Site]) -> Result<cra
         None => crate::acme::Challenge::Auto,
     };
     Ok(crate::acme::AcmeSpec { email, directory, names, state, directory_ca, challenge })
+}
+
+/// A list of ranges (`trusted`, `allow`, …), each checked.
+fn cidrs(raw: &[Spanned<String>], what: &str) -> Result<Vec<crate::cidr::Cidr>, BuildError> {
+    raw.iter().map(|c| crate::cidr::Cidr::parse(c.get_ref()).map_err(|e| (at(c), format!("{what}: {e}")))).collect()
+}
+
+/// `[proxy_protocol]`: every listener named must be one Apex listens on (plain or TLS), and
+/// somebody must be trusted to send the header, or the listener would refuse everyone.
+fn build_proxy(
+    raw: Spanned<RawProxyProtocol>,
+    listen: &[SocketAddr],
+    tls: Option<&TlsListen>,
+) -> Result<ProxyProtocol, BuildError> {
+    let raw = raw.into_inner();
+    let mut listeners = Vec::new();
+    for a in raw.listeners.get_ref() {
+        let addr = parse_addr(a, "proxy_protocol.listeners")?;
+        let known = listen.contains(&addr) || tls.is_some_and(|t| t.listen.contains(&addr));
+        if !known {
+            return Err((at(a), format!("proxy_protocol.listeners: {addr} is not in `listen` or `tls.listen`")));
+        }
+        if !listeners.contains(&addr) {
+            listeners.push(addr);
+        }
+    }
+    let trusted = cidrs(raw.trusted.get_ref(), "proxy_protocol.trusted")?;
+    if trusted.is_empty() && !listeners.is_empty() {
+        return Err((
+            at(&raw.trusted),
+            "proxy_protocol.trusted: give the load balancers' addresses (e.g. [\"10.0.0.0/8\"]); with none, these listeners would refuse everyone".into(),
+        ));
+    }
+    Ok(ProxyProtocol { listeners, trusted })
 }
 
 fn at<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -821,7 +869,8 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         body_bytes_max = body_bytes_max.max(per.body_bytes);
         // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
         let slot = (raw_index + 1).min(crate::metrics::ROUTE_SLOTS - 1);
-        site.routes.push(Route { path, group, per, slot });
+        let access = Access { allow: cidrs(&r.allow, "allow")?.into(), deny: cidrs(&r.deny, "deny")?.into() };
+        site.routes.push(Route { path, group, per, slot, access });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -834,6 +883,10 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
 
     let tls = match raw.tls {
         Some(t) => Some(build_tls(t, base, &listen, &sites)?),
+        None => None,
+    };
+    let proxy = match raw.proxy_protocol {
+        Some(p) => Some(build_proxy(p, &listen, tls.as_ref())?),
         None => None,
     };
     let server_tls = server_tls(&raw.upstream, &groups, &servers)?;
@@ -882,5 +935,6 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         tls,
         server_slots,
         admin,
+        proxy,
     })
 }

@@ -64,6 +64,18 @@ pub struct Config {
     pub server_slots: Vec<usize>,
     /// `[admin] listen`: the address of /metrics, /status and /healthz, if any.
     pub admin: Option<SocketAddr>,
+    /// `[proxy_protocol]`: listeners whose peers announce the real client first, if any.
+    pub proxy: Option<ProxyProtocol>,
+}
+
+/// Which listeners expect a PROXY protocol header, and from whom. On such a listener a peer in
+/// `trusted` must send one (v1 or v2) before anything else; any other peer is refused at accept.
+/// Nothing is guessed: a header on another listener is just bytes (a 400 for HTTP).
+#[derive(Debug)]
+pub struct ProxyProtocol {
+    /// As configured (matched against `listen` / `tls.listen` entries, port 0 included).
+    pub listeners: Vec<SocketAddr>,
+    pub trusted: Vec<crate::cidr::Cidr>,
 }
 
 #[derive(Debug)]
@@ -146,6 +158,29 @@ pub struct Route {
     pub per: PerRequest,
     /// Its metrics slot (see `server_slots`).
     pub slot: usize,
+    /// `allow` / `deny`: who may use it.
+    pub access: Access,
+}
+
+/// A route's address rules. `deny` wins over `allow`; with `allow` given, only the addresses
+/// it lists get through. Both empty (the default): everyone, at the cost of one branch.
+#[derive(Debug, Default)]
+pub struct Access {
+    pub allow: Box<[crate::cidr::Cidr]>,
+    pub deny: Box<[crate::cidr::Cidr]>,
+}
+
+impl Access {
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether `client` may use the route.
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        !crate::cidr::any_contains(&self.deny, client)
+            && (self.allow.is_empty() || crate::cidr::any_contains(&self.allow, client))
+    }
 }
 
 /// What a `[[route]]` may set for its own requests, over the global `[timeouts]` / `[limits]`:
@@ -332,6 +367,16 @@ impl Config {
         if let Some(a) = self.admin {
             let _ = writeln!(o, "\n[admin]\nlisten = {}", q(&a.to_string()));
         }
+        if let Some(p) = &self.proxy {
+            let listeners: Vec<String> = p.listeners.iter().map(|a| q(&a.to_string())).collect();
+            let trusted: Vec<String> = p.trusted.iter().map(|c| q(&c.to_string())).collect();
+            let _ = writeln!(
+                o,
+                "\n[proxy_protocol]\nlisteners = [{}]\ntrusted = [{}]",
+                listeners.join(", "),
+                trusted.join(", ")
+            );
+        }
         for site in &self.sites {
             let host = site.host.to_string();
             for r in &site.routes {
@@ -355,6 +400,12 @@ impl Config {
                 }
                 if p.body_bytes != g.body_bytes {
                     let _ = writeln!(o, "body_bytes = {}", p.body_bytes);
+                }
+                for (k, list) in [("allow", &r.access.allow), ("deny", &r.access.deny)] {
+                    if !list.is_empty() {
+                        let shown: Vec<String> = list.iter().map(|c| q(&c.to_string())).collect();
+                        let _ = writeln!(o, "{k} = [{}]", shown.join(", "));
+                    }
                 }
             }
         }

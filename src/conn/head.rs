@@ -144,6 +144,14 @@ impl Conn {
             }
             return self.fail(rq, cx, Reject::NoRoute, close);
         };
+        // The real client's address (after a PROXY header) against the route's rules.
+        if !route.access.is_open() && !route.access.admits(self.peer.ip()) {
+            let close = has_body; // the body is not read, as for a 404
+            if let Some(b) = self.cin.as_mut() {
+                b.consume(end);
+            }
+            return self.fail(rq, cx, Reject::Forbidden, close);
+        }
         let group = route.group;
         rq.per = route.per;
         if let Framing::Length(n) = req.framing

@@ -40,6 +40,7 @@ mod body;
 mod connect;
 mod exchange;
 mod head;
+mod proxied;
 mod tunnel;
 
 use std::io;
@@ -230,6 +231,8 @@ pub enum Fault {
     Client,
     Upstream,
     Internal(Broken),
+    /// A PROXY protocol header that is not one, or cut short (`proxied.rs`).
+    Proxy(crate::proxy_proto::ProxyError),
 }
 
 /// A broken invariant, by what the code expected and did not find. Each is `debug_assert!`ed
@@ -280,6 +283,8 @@ pub struct Conn {
     tls: Option<Box<Tls>>,
     /// Came in on a listener in `tls.redirect_http`: every request gets a 308 to HTTPS.
     redirect: bool,
+    /// Came in on a `[proxy_protocol]` listener and its header is not taken yet (`proxied.rs`).
+    proxy_wait: bool,
     /// Why it entered `Close` (for the closed-connections counter).
     why: CloseWhy,
 }
@@ -319,7 +324,15 @@ fn up_conn(ups: &mut Upstreams, up: UpKey) -> Result<&mut UpConn, Fault> {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, peer: SocketAddr, tls: Option<Box<Tls>>, redirect: bool, cx: &mut Cx) -> Conn {
+    /// `proxy_wait`: a PROXY protocol header comes first, and names the client instead of `peer`.
+    pub fn new(
+        sock: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Box<Tls>>,
+        redirect: bool,
+        proxy_wait: bool,
+        cx: &mut Cx,
+    ) -> Conn {
         let deadline = cx.arm(cx.cfg.timeouts.client_head);
         Conn {
             sock,
@@ -334,6 +347,7 @@ impl Conn {
             rq: None,
             tls,
             redirect,
+            proxy_wait,
             why: CloseWhy::Client,
         }
     }
@@ -368,7 +382,7 @@ impl Conn {
     /// its turn budget ran out with work left (the worker steps it again after other work).
     pub fn step(&mut self, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
         let mut rq = self.rq.take().unwrap_or_else(|| cx.exchanges.take());
-        let mut r = self.run(&mut rq, cx, key);
+        let mut r = if self.proxy_wait { self.proxy_then_run(&mut rq, cx, key) } else { self.run(&mut rq, cx, key) };
         if let Err(Fault::Client) = r
             && self.tls_alerted()
         {

@@ -273,6 +273,7 @@ pub const fn reason(status: u16) -> &'static str {
         100 => "Continue",
         308 => "Permanent Redirect",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

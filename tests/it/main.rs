@@ -19,6 +19,7 @@ mod balance;
 mod bodies;
 mod catalogue;
 mod cli;
+mod edge;
 mod faults;
 mod framing;
 mod headers;
