@@ -663,7 +663,7 @@ mod tests {
         let line = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(
             line.contains(
-                "\"GET /a\\x22b\\x01 HTTP/1.1\" 200 120 \"-\" \"curl/8\" in=40 up=127.0.0.1:9000 us=250 end=-\n"
+                "\"GET /a\\x22b\\x01 HTTP/1.1\" 200 20 \"-\" \"curl/8\" in=40 out=120 up=127.0.0.1:9000 us=250 end=-\n"
             ),
             "{line}"
         );
@@ -673,5 +673,19 @@ mod tests {
         let line = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(line.contains("\"target\":\"/\\u0022x\""), "{line}");
         assert!(line.ends_with("\"ended_by\":\"-\"}\n"), "{line}");
+        assert!(line.contains("\"bytes_out\":120,\"body_bytes\":20,"), "{line}");
+    }
+
+    /// A head that did not parse: a well-formed request line is split, anything else kept whole;
+    /// the User-Agent is found among the lines before the blank one only.
+    #[test]
+    fn raw_heads_are_captured_as_far_as_they_go() {
+        let mut r = Rec::empty();
+        r.capture_raw(b"POST /x HTTP/1.0\r\nHost: a\r\nuser-agent:  ua/1 \r\n\r\nUser-Agent: body");
+        assert_eq!((r.method(), r.target(), r.minor, r.agent()), (&b"POST"[..], &b"/x"[..], 0, &b"ua/1"[..]));
+        r.capture_raw(b"GET  / HTTP/1.1\nUser-Agent\n\nUser-Agent: late");
+        assert_eq!((r.method(), r.target(), r.agent()), (&b""[..], &b"GET  / HTTP/1.1"[..], &b""[..]));
+        r.capture_raw(b"");
+        assert_eq!((r.method(), r.target()), (&b""[..], &b""[..]));
     }
 }

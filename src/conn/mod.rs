@@ -699,6 +699,11 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].iter().any(|x| x.raw_os_error() == code)
 }
 
+/// The body length of Apex's own answer with `status` to `rq` (none to a HEAD).
+pub(super) fn answer_body(rq: &Exchange, status: u16) -> usize {
+    if rq.is_head { 0 } else { crate::h1::write::answer_body_len(status) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,9 +759,4 @@ mod tests {
             assert!(!allowed(from, to), "{from:?} -> {to:?} should be refused");
         }
     }
-}
-
-/// The body length of Apex's own answer with `status` to `rq` (none to a HEAD).
-pub(super) fn answer_body(rq: &Exchange, status: u16) -> usize {
-    if rq.is_head { 0 } else { crate::h1::write::answer_body_len(status) }
 }
