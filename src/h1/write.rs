@@ -302,17 +302,22 @@ pub fn answer_body_len(status: u16) -> usize {
     3 + 1 + reason(status).len() + 1
 }
 
+/// The end of a head Apex writes itself: the connection's fate, then the blank line.
+fn end_own_head(close: bool, keep_alive_10: bool, out: &mut Out) {
+    if close {
+        out.put(b"Connection: close\r\n");
+    } else if keep_alive_10 {
+        out.put(b"Connection: keep-alive\r\n"); // an HTTP/1.0 client kept alive must be told
+    }
+    out.put(b"\r\n");
+}
+
 /// A 200 with a short text body Apex holds itself (an ACME HTTP-01 key authorization).
 pub fn write_text_answer(body: &[u8], close: bool, head_only: bool, keep_alive_10: bool, out: &mut Out) {
     out.put(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ");
     out.put_u64(body.len() as u64);
     out.put(b"\r\n");
-    if close {
-        out.put(b"Connection: close\r\n");
-    } else if keep_alive_10 {
-        out.put(b"Connection: keep-alive\r\n");
-    }
-    out.put(b"\r\n");
+    end_own_head(close, keep_alive_10, out);
     if !head_only {
         out.put(body);
     }
@@ -343,12 +348,7 @@ pub fn write_answer(
     if status == 405 {
         out.put(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE\r\n");
     }
-    if close {
-        out.put(b"Connection: close\r\n");
-    } else if keep_alive_10 {
-        out.put(b"Connection: keep-alive\r\n");
-    }
-    out.put(b"\r\n");
+    end_own_head(close, keep_alive_10, out);
     if !head_only {
         let _ = writeln!(out, "{status} {reason}");
     }
