@@ -119,13 +119,17 @@ static STORE: LazyLock<Store> = LazyLock::new(|| Store {
 
 /// The issued certificate for `name`, if there is one (the SNI resolver, on the handshake).
 pub fn issued(name: &str) -> Option<Arc<CertifiedKey>> {
-    let g = STORE.issued.load();
-    g.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, k)| Arc::clone(k))
+    by_name(&STORE.issued, name)
 }
 
 /// The TLS-ALPN-01 validation certificate for `name` while its challenge is pending.
 pub fn validation_cert(name: &str) -> Option<Arc<CertifiedKey>> {
-    let g = STORE.validation.load();
+    by_name(&STORE.validation, name)
+}
+
+/// The certificate published for `name` (case-insensitive, as DNS names compare) in `list`.
+fn by_name(list: &ArcSwap<Named<Arc<CertifiedKey>>>, name: &str) -> Option<Arc<CertifiedKey>> {
+    let g = list.load();
     g.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, k)| Arc::clone(k))
 }
 

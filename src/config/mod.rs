@@ -315,8 +315,7 @@ impl Config {
         };
         let q = |s: &str| format!("{s:?}");
         let mut o = String::new();
-        let listen: Vec<String> = self.listen.iter().map(|a| q(&a.to_string())).collect();
-        let _ = writeln!(o, "listen = [{}]", listen.join(", "));
+        let _ = writeln!(o, "listen = [{}]", quoted(&self.listen));
         let _ = writeln!(o, "workers = {}\nresolve_every = {}", self.workers, d(self.resolve_every));
         for (name, addrs) in &self.names {
             let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -368,13 +367,11 @@ impl Config {
             let _ = writeln!(o, "\n[admin]\nlisten = {}", q(&a.to_string()));
         }
         if let Some(p) = &self.proxy {
-            let listeners: Vec<String> = p.listeners.iter().map(|a| q(&a.to_string())).collect();
-            let trusted: Vec<String> = p.trusted.iter().map(|c| q(&c.to_string())).collect();
             let _ = writeln!(
                 o,
                 "\n[proxy_protocol]\nlisteners = [{}]\ntrusted = [{}]",
-                listeners.join(", "),
-                trusted.join(", ")
+                quoted(&p.listeners),
+                quoted(&p.trusted)
             );
         }
         for site in &self.sites {
@@ -403,8 +400,7 @@ impl Config {
                 }
                 for (k, list) in [("allow", &r.access.allow), ("deny", &r.access.deny)] {
                     if !list.is_empty() {
-                        let shown: Vec<String> = list.iter().map(|c| q(&c.to_string())).collect();
-                        let _ = writeln!(o, "{k} = [{}]", shown.join(", "));
+                        let _ = writeln!(o, "{k} = [{}]", quoted(list));
                     }
                 }
             }
@@ -461,35 +457,31 @@ impl Config {
             }
         }
         if let Some(t) = &self.tls {
-            let listen: Vec<String> = t.listen.iter().map(|a| q(&a.to_string())).collect();
-            let redirect: Vec<String> = t.redirect_http.iter().map(|a| q(&a.to_string())).collect();
             let _ = writeln!(
                 o,
                 "\n[tls]\nlisten = [{}]\nredirect_http = [{}]\nstrict_sni = {}\ngroups = [{}]",
-                listen.join(", "),
-                redirect.join(", "),
+                quoted(&t.listen),
+                quoted(&t.redirect_http),
                 t.strict_sni,
                 group_names(&t.groups)
             );
             for c in &t.certs {
-                let names: Vec<String> = c.names.iter().map(|n| q(n)).collect();
                 let _ = writeln!(
                     o,
                     "\n[[tls.cert]]\nchain = {}\nkey = {}\nnames = [{}]",
                     q(&c.chain.display().to_string()),
                     q(&c.key.display().to_string()),
-                    names.join(", ")
+                    quoted(&c.names)
                 );
             }
             if let Some(a) = &t.acme {
-                let names: Vec<String> = a.names.iter().map(|n| q(n)).collect();
                 // The contact is optional (RFC 8555 §7.3); shown commented out when absent.
                 let email = a.email.as_deref().map_or("# email = (none)".to_string(), |e| format!("email = {}", q(e)));
                 let _ = writeln!(
                     o,
                     "\n[tls.acme]\n{email}\ndirectory = {}\nnames = [{}]\nstate = {}\nchallenge = {}",
                     q(&a.directory),
-                    names.join(", "),
+                    quoted(&a.names),
                     q(&a.state.display().to_string()),
                     q(a.challenge.as_str())
                 );
@@ -508,6 +500,11 @@ impl Config {
 }
 
 /// Key exchange groups as the config names them, quoted, in effect order (the default if none).
+/// The inside of a TOML array of strings: each item quoted, comma-separated.
+fn quoted<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(|x| format!("{:?}", x.to_string())).collect::<Vec<_>>().join(", ")
+}
+
 fn group_names(named: &[rustls::NamedGroup]) -> String {
     let names: Vec<String> =
         crate::tls::kx::resolve(named).iter().map(|g| format!("\"{}\"", crate::tls::kx::name(g.name()))).collect();

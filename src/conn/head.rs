@@ -9,7 +9,7 @@ use crate::buf::{Buf, BufPool};
 use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request, parse_request_in};
 use crate::h1::response::{parse_response, parse_response_in};
-use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, write_response};
+use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, write_response, write_text_answer};
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
 use crate::log::{Kind, Level, Rec, Sink};
@@ -75,15 +75,11 @@ impl Conn {
         }
         rq.start = Some(cx.now);
         rq.bytes_in = end as u64;
-        if cx.cfg.log.access != Sink::Off && cx.recs.len() < cx.recs.capacity() {
+        if let Some(rec) = new_rec(&mut cx.recs, cx.cfg.log.access != Sink::Off, rq) {
             let header = |name: &str| {
                 req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map_or(&[][..], |h| h.value)
             };
-            let entry = cx.recs.vacant_entry();
-            let k = entry.key();
-            let rec = entry.insert(Rec::empty());
             rec.capture(req.method.as_bytes(), req.path.as_bytes(), req.minor, header("referer"), header("user-agent"));
-            rq.rec = u32::try_from(k).ok();
         }
         rq.keep_alive = req.keep_alive;
         rq.client_minor = req.minor;
@@ -112,13 +108,14 @@ impl Conn {
         if self.tls.is_none()
             && let Some(token) = path.strip_prefix(crate::acme::HTTP01_PREFIX)
             && let Some(n) = crate::acme::key_authorization(token, |ka| {
+                // RFC 8555 §8.3: a pending HTTP-01 token is answered on any plain listener,
+                // before the redirect and the routes. The body is not read: close after, like
+                // a 308's (decided before the head is written, which says so).
+                rq.close_after |= has_body || !rq.keep_alive || cx.draining;
                 let n = queue_body_answer(&mut self.cout, &mut cx.bufs, rq, ka)?;
                 Ok::<_, Fault>((n, if rq.is_head { 0 } else { ka.len() }))
             })
         {
-            // RFC 8555 §8.3: a pending HTTP-01 token is answered on any plain listener, before
-            // the redirect and the routes. The body is not read: close after, like a 308's.
-            rq.close_after |= has_body || !rq.keep_alive || cx.draining;
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
             }
@@ -258,11 +255,10 @@ impl Conn {
             format_args!("client {peer}: {} {}", e.status(), e.as_str()),
         );
         // Rejected before its head was captured (it did not parse): log what can be read of it.
-        if rq.rec.is_none() && cx.cfg.log.access != Sink::Off && cx.recs.len() < cx.recs.capacity() {
-            let entry = cx.recs.vacant_entry();
-            let k = entry.key();
-            entry.insert(Rec::empty()).capture_raw(self.cin.as_ref().map_or(&[][..], Buf::filled));
-            rq.rec = u32::try_from(k).ok();
+        if rq.rec.is_none()
+            && let Some(rec) = new_rec(&mut cx.recs, cx.cfg.log.access != Sink::Off, rq)
+        {
+            rec.capture_raw(self.cin.as_ref().map_or(&[][..], Buf::filled));
         }
         if let Some(b) = self.cin.as_mut() {
             b.clear();
@@ -396,10 +392,26 @@ pub(super) fn queue_answer(
     status: u16,
     to: Option<Location<'_>>,
 ) -> Result<usize, Fault> {
+    queue_own(cout, bufs, rq, |w, ka10| write_answer(status, to, rq.close_after, rq.is_head, ka10, w))
+}
+
+/// Writes an ACME HTTP-01 answer (RFC 8555 §8.3: 200, the key authorization as the body)
+/// into `cout`. Returns its length.
+fn queue_body_answer(cout: &mut Option<Buf>, bufs: &mut BufPool, rq: &Exchange, body: &[u8]) -> Result<usize, Fault> {
+    queue_own(cout, bufs, rq, |w, ka10| write_text_answer(body, rq.close_after, rq.is_head, ka10, w))
+}
+
+/// Queues a response Apex writes itself with `write(out, keep_alive_10)`. Returns its length.
+fn queue_own(
+    cout: &mut Option<Buf>,
+    bufs: &mut BufPool,
+    rq: &Exchange,
+    write: impl FnOnce(&mut Out, bool),
+) -> Result<usize, Fault> {
     let ka10 = rq.client_minor == 0 && !rq.close_after;
     let out = bufs.fill_slot(cout);
     let mut w = Out::new(out.spare());
-    write_answer(status, to, rq.close_after, rq.is_head, ka10, &mut w);
+    write(&mut w, ka10);
     // No room: the client has not read earlier responses (or a redirect's target is nearly a
     // whole buffer long); give up.
     let n = w.finish().ok_or(Fault::Client)?;
@@ -407,16 +419,15 @@ pub(super) fn queue_answer(
     Ok(n)
 }
 
-/// Writes an ACME HTTP-01 answer (RFC 8555 §8.3: 200, the key authorization as the body)
-/// into `cout`. Returns its length.
-fn queue_body_answer(cout: &mut Option<Buf>, bufs: &mut BufPool, rq: &Exchange, body: &[u8]) -> Result<usize, Fault> {
-    let ka10 = rq.client_minor == 0 && !rq.close_after;
-    let out = bufs.fill_slot(cout);
-    let mut w = Out::new(out.spare());
-    crate::h1::write::write_text_answer(body, rq.close_after, rq.is_head, ka10, &mut w);
-    let n = w.finish().ok_or(Fault::Client)?;
-    out.commit(n);
-    Ok(n)
+/// A free access-log record for this exchange (`rq.rec`), while the access log is on and the
+/// per-worker table has room (it never grows: no allocation).
+fn new_rec<'a>(recs: &'a mut slab::Slab<Rec>, logging: bool, rq: &mut Exchange) -> Option<&'a mut Rec> {
+    if !logging || recs.len() >= recs.capacity() {
+        return None;
+    }
+    let entry = recs.vacant_entry();
+    rq.rec = u32::try_from(entry.key()).ok();
+    Some(entry.insert(Rec::empty()))
 }
 
 /// A request's key for `balance = "hash"`: none without the header or cookie (it is then
