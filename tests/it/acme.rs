@@ -8,14 +8,13 @@
 use crate::harness::*;
 use crate::tls_kit::*;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A free loopback port: bound, read, closed (Pebble and the fixed-port listeners need one).
+/// A free loopback port, named up front (Pebble and the fixed-port listeners need one).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    spare_port()
 }
 
 /// Kills and reaps what it holds: the test ends exactly what it started.

@@ -8,7 +8,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -1243,12 +1243,27 @@ pub fn ok(body: &str) -> Vec<u8> {
     format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
 }
 
-/// An address on which nothing listens (a port bound and released).
+/// An address on which nothing listens.
 pub fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+    SocketAddr::from(([127, 0, 0, 1], spare_port()))
+}
+
+/// A loopback port on which nothing listens now, for a listener that must be named before it
+/// starts. It comes from below the kernel's ephemeral range (32768 and up) and is never handed
+/// out twice in this process, so no port-0 bind of a concurrent test (an upstream, a client)
+/// can take it between this check and the listener's own bind: a port bound at 0 and released
+/// once went to an upstream started a moment later, on what the test had made Apex's TLS port.
+/// Free means both TCP and UDP bind (Pebble's DNS uses both).
+pub fn spare_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 600) as u16 * 16, SeqCst, SeqCst);
+    loop {
+        let p = NEXT.fetch_add(1, SeqCst);
+        assert!(p < 32_768, "no spare port below the ephemeral range");
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A listener that never accepts and whose accept queue is full, so a new connect hangs
