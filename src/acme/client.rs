@@ -16,6 +16,7 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 
 use super::b64url;
+use crate::log::{Level, say};
 
 const RESP_BYTES_MAX: usize = 1 << 20;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,11 +27,13 @@ const NONCE_RETRIES: usize = 10;
 pub struct Failure {
     pub msg: String,
     pub retry_after: Option<Duration>,
+    /// The problem document's type (RFC 8555 §6.7), if the CA sent one.
+    pub problem: Option<String>,
 }
 
 impl Failure {
     pub fn new(msg: impl Into<String>) -> Failure {
-        Failure { msg: msg.into(), retry_after: None }
+        Failure { msg: msg.into(), retry_after: None, problem: None }
     }
 }
 
@@ -204,6 +207,31 @@ pub struct Directory {
     pub new_nonce: String,
     pub new_account: String,
     pub new_order: String,
+    /// RFC 9773 §3: where renewal information is, if the CA gives it.
+    pub renewal_info: Option<String>,
+}
+
+impl Directory {
+    /// GET the directory (§7.1.1: no signature). A refusal keeps the CA's Retry-After (§6.6).
+    pub fn get(http: &Https, url: &str) -> Result<Directory, Failure> {
+        let resp = http.send("GET", url, None)?;
+        if resp.status != 200 {
+            return Err(Failure {
+                msg: format!("directory {url}: {}", problem_text(resp.status, &resp.body)),
+                retry_after: resp.retry_after.map(Duration::from_secs),
+                problem: None,
+            });
+        }
+        let d = resp.json()?;
+        let get = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+        let need = |k: &str| get(k).ok_or_else(|| Failure::new(format!("directory {url}: no {k:?} in it")));
+        Ok(Directory {
+            new_nonce: need("newNonce")?,
+            new_account: need("newAccount")?,
+            new_order: need("newOrder")?,
+            renewal_info: get("renewalInfo"),
+        })
+    }
 }
 
 /// An account session: the key, its JWK and thumbprint, the next nonce, the account URL.
@@ -233,15 +261,7 @@ impl Session {
         let canon = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
         let thumbprint = b64url(ring::digest::digest(&ring::digest::SHA256, canon.as_bytes()).as_ref());
         let jwk = json!({"crv": "P-256", "kty": "EC", "x": x, "y": y});
-        let resp = http.send("GET", directory, None)?;
-        if resp.status != 200 {
-            return Err(Failure::new(format!("directory {directory}: {}", problem_text(resp.status, &resp.body))));
-        }
-        let d = resp.json()?;
-        let url = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-        let need = |k: &str| url(k).ok_or_else(|| Failure::new(format!("directory {directory}: no {k:?} in it")));
-        let dir =
-            Directory { new_nonce: need("newNonce")?, new_account: need("newAccount")?, new_order: need("newOrder")? };
+        let dir = Directory::get(&http, directory)?;
         Ok(Session { http, key, rng, jwk, thumbprint, dir, nonce: None, kid: None })
     }
 
@@ -291,11 +311,13 @@ impl Session {
                 .ok()
                 .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string));
             if ty.as_deref() == Some("urn:ietf:params:acme:error:badNonce") {
+                say(Level::Debug, format_args!("acme: POST {url}: badNonce; again with the nonce it carried"));
                 continue;
             }
             return Err(Failure {
                 msg: format!("POST {url}: {}", problem_text(resp.status, &resp.body)),
                 retry_after: resp.retry_after.map(Duration::from_secs),
+                problem: ty,
             });
         }
         Err(Failure::new(format!("POST {url}: the CA refused {NONCE_RETRIES} nonces in a row (badNonce)")))

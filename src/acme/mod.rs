@@ -22,11 +22,13 @@ use std::sync::{Arc, LazyLock};
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 
+mod ari;
 mod b64;
 mod client;
 mod run;
 mod state;
 
+pub use ari::{cert_id, parse as parse_renewal_info, rfc3339};
 pub use b64::b64url;
 pub use client::{Resp, parse_response, problem_text};
 pub use run::spawn;

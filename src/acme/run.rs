@@ -1,6 +1,6 @@
 //! The ACME thread: keeps one certificate for `tls.acme.names`, from `state` or the CA
 //! (RFC 8555 §7.4: order, authorizations, challenges, finalize, download), renewed at two thirds
-//! of its lifetime. A failure is logged with the CA's problem document and retried after a
+//! of its lifetime, or when the CA's renewal information says (RFC 9773, `ari.rs`). A failure is logged with the CA's problem document and retried after a
 //! back-off that doubles up to `BACKOFF_MAX` (or the CA's Retry-After, if longer); the
 //! certificate that serves is never dropped for a failure.
 
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
-use super::client::{Failure, Https, Session};
+use super::ari::{self, Answer, Window};
+use super::client::{Directory, Failure, Https, Session};
 use super::state::{self, Stored};
 use super::{AcmeSpec, Challenge, STORE};
 use crate::config::Config;
@@ -49,6 +50,29 @@ fn renew_at(s: &Stored) -> i64 {
     s.not_before + (s.not_after - s.not_before) * 2 / 3
 }
 
+/// First back-off after a temporary renewal-information failure (RFC 9773 §4.3.3).
+const ARI_BACKOFF_MIN: Duration = Duration::from_secs(60);
+
+/// What the CA's renewal information said about the serving certificate.
+struct Ari {
+    /// When to ask next.
+    next: Instant,
+    backoff: Duration,
+    /// The window last suggested, and the time picked in it: the renewal is due then.
+    window: Option<(Window, i64)>,
+}
+
+impl Ari {
+    /// For a certificate just issued or loaded: ask at once (§4.3).
+    fn fresh() -> Ari {
+        Ari { next: Instant::now(), backoff: ARI_BACKOFF_MIN, window: None }
+    }
+
+    fn due(&self, s: &Stored) -> i64 {
+        self.window.map_or_else(|| renew_at(s), |(_, at)| at)
+    }
+}
+
 fn run(shared: &ArcSwap<Config>) {
     // Snapshots this thread replaced, kept until no worker holds them.
     let mut retired: Vec<Arc<dyn std::any::Any + Send + Sync>> = Vec::new();
@@ -60,6 +84,7 @@ fn run(shared: &ArcSwap<Config>) {
     let mut blocked = false;
     let mut backoff = BACKOFF_MIN;
     let mut next = Instant::now();
+    let mut ari = Ari::fresh();
     loop {
         retired.retain(|a| Arc::strong_count(a) > 1);
         std::thread::sleep(Duration::from_millis(200));
@@ -80,6 +105,7 @@ fn run(shared: &ArcSwap<Config>) {
                     );
                     publish(&spec.names, &s, &mut retired);
                     current = Some(s);
+                    ari = Ari::fresh();
                 }
                 Ok(_) => current = None,
                 Err(e) => {
@@ -88,17 +114,26 @@ fn run(shared: &ArcSwap<Config>) {
                 }
             }
         }
-        if blocked || Instant::now() < next {
+        if blocked {
             continue;
         }
         if let Some(s) = &current
-            && now_unix() < renew_at(s)
+            && Instant::now() >= ari.next
+        {
+            ask_ari(&spec, s, &mut ari);
+        }
+        if Instant::now() < next {
+            continue;
+        }
+        if let Some(s) = &current
+            && now_unix() < ari.due(s)
             && !renew_forced(&spec)
         {
             continue;
         }
         let started = Instant::now();
-        match obtain(&spec, &mut retired) {
+        let replaces = current.as_ref().and_then(|s| s.id.as_deref());
+        match obtain(&spec, replaces, &mut retired) {
             Ok(s) => {
                 say(
                     Level::Info,
@@ -112,6 +147,7 @@ fn run(shared: &ArcSwap<Config>) {
                 );
                 publish(&spec.names, &s, &mut retired);
                 current = Some(s);
+                ari = Ari::fresh();
                 backoff = BACKOFF_MIN;
             }
             Err(f) => {
@@ -124,6 +160,67 @@ fn run(shared: &ArcSwap<Config>) {
             }
         }
     }
+}
+
+/// Asks the CA's renewal information about `s` (RFC 9773 §4) and schedules the next question.
+fn ask_ari(spec: &AcmeSpec, s: &Stored, ari: &mut Ari) {
+    // §4.3: not about a certificate that has expired, nor one it cannot name.
+    let Some(id) = s.id.as_deref().filter(|_| now_unix() < s.not_after) else {
+        ari.next = Instant::now() + ari::LONG_TERM;
+        return;
+    };
+    let answer = match https(spec).and_then(|h| Directory::get(&h, &spec.directory).map(|d| (h, d))) {
+        Ok((http, dir)) => match dir.renewal_info {
+            Some(base) => ari::query(&http, &base, id),
+            // The CA has no renewal information: two thirds it is; ask again later (a CA
+            // may add it).
+            None => Answer::LongTerm(String::new()),
+        },
+        Err(f) => Answer::Temporary(f.msg),
+    };
+    let names = spec.names.join(", ");
+    match answer {
+        Answer::Window(w, why, again) => {
+            if ari.window.is_none_or(|(seen, _)| seen != w) {
+                let mut random = [0u8; 8];
+                let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+                let at = ari::pick(w, u64::from_le_bytes(random));
+                ari.window = Some((w, at));
+                let why = why.map_or(String::new(), |u| format!(" (the CA explains: {u})"));
+                say(
+                    Level::Info,
+                    format_args!(
+                        "acme: the CA suggests renewing {names} between {} and {}{why}; renewal due at {}",
+                        iso(w.start),
+                        iso(w.end),
+                        iso(at)
+                    ),
+                );
+            }
+            ari.next = Instant::now() + again;
+            ari.backoff = ARI_BACKOFF_MIN;
+        }
+        Answer::Temporary(m) => {
+            say(
+                Level::Warn,
+                format_args!("acme: renewal information for {names}: {m}; asking again in {}s", ari.backoff.as_secs()),
+            );
+            ari.next = Instant::now() + ari.backoff;
+            ari.backoff = (ari.backoff * 2).min(ari::LONG_TERM);
+        }
+        Answer::LongTerm(m) => {
+            if !m.is_empty() {
+                say(Level::Warn, format_args!("acme: renewal information for {names}: {m}; asking again in 6h"));
+            }
+            ari.next = Instant::now() + ari::LONG_TERM;
+        }
+    }
+}
+
+fn https(spec: &AcmeSpec) -> Result<Https, Failure> {
+    let tls =
+        crate::tls::client_config(spec.directory_ca.as_deref(), &crate::tls::kx::resolve(&[])).map_err(Failure::new)?;
+    Ok(Https::new(tls))
 }
 
 /// A forced renewal (`renew` file in `state`, removed once seen): the operator's and the
@@ -143,16 +240,27 @@ fn publish(names: &[String], s: &Stored, retired: &mut Vec<Arc<dyn std::any::Any
     swap(&STORE.issued, list, retired);
 }
 
-/// One attempt: account, order, authorizations, finalize, download, store.
-fn obtain(spec: &AcmeSpec, retired: &mut Vec<Arc<dyn std::any::Any + Send + Sync>>) -> Result<Stored, Failure> {
-    let tls =
-        crate::tls::client_config(spec.directory_ca.as_deref(), &crate::tls::kx::resolve(&[])).map_err(Failure::new)?;
+/// One attempt: account, order, authorizations, finalize, download, store. `replaces`: the
+/// serving certificate's RFC 9773 identifier, named in the order where the CA has ARI.
+fn obtain(
+    spec: &AcmeSpec,
+    replaces: Option<&str>,
+    retired: &mut Vec<Arc<dyn std::any::Any + Send + Sync>>,
+) -> Result<Stored, Failure> {
     let pkcs8 = state::account_key(&spec.state).map_err(Failure::new)?;
-    let mut s = Session::open(Https::new(tls), &spec.directory, &pkcs8)?;
+    let mut s = Session::open(https(spec)?, &spec.directory, &pkcs8)?;
     s.account(spec.email.as_deref())?;
-    let ids: Vec<Value> = spec.names.iter().map(|n| json!({"type": "dns", "value": n})).collect();
     let url = s.dir.new_order.clone();
-    let resp = s.post(&url, Some(&json!({"identifiers": ids})))?;
+    // RFC 9773 §5: `replaces` only to a CA that advertises renewalInfo.
+    let replaces = replaces.filter(|_| s.dir.renewal_info.is_some());
+    let resp = match s.post(&url, Some(&new_order(&spec.names, replaces))) {
+        // §5: the CA says another order replaced it already (409 alreadyReplaced): this
+        // certificate is still wanted, so order it as a new one.
+        Err(f) if replaces.is_some() && f.problem.as_deref() == Some("urn:ietf:params:acme:error:alreadyReplaced") => {
+            s.post(&url, Some(&new_order(&spec.names, None)))?
+        }
+        r => r?,
+    };
     let order_url = resp.location.clone().ok_or_else(|| Failure::new("newOrder: no order URL (Location)"))?;
     let order = resp.json()?;
     let authzs: Vec<String> = order
@@ -195,6 +303,15 @@ fn obtain(spec: &AcmeSpec, retired: &mut Vec<Arc<dyn std::any::Any + Send + Sync
         .map_err(|e| Failure::new(format!("the CA's certificate: {e}")))?;
     state::save_cert(&spec.state, &chain, &der).map_err(Failure::new)?;
     Ok(stored)
+}
+
+/// A newOrder payload (RFC 8555 §7.4), naming the certificate it replaces (RFC 9773 §5).
+fn new_order(names: &[String], replaces: Option<&str>) -> Value {
+    let ids: Vec<Value> = names.iter().map(|n| json!({"type": "dns", "value": n})).collect();
+    match replaces {
+        Some(id) => json!({"identifiers": ids, "replaces": id}),
+        None => json!({"identifiers": ids}),
+    }
 }
 
 /// One authorization (§7.5): nothing to do if valid (the CA reuses them), else answer one
@@ -290,4 +407,34 @@ fn poll(s: &mut Session, url: &str, want: &[&str], what: &str) -> Result<Value, 
         std::thread::sleep(resp.retry_after.map_or(POLL_EVERY, |s| Duration::from_secs(s.min(60))));
     }
     Err(Failure::new(format!("{what}: still not done after {POLLS_MAX} polls")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_name_what_they_replace_only_when_asked() {
+        let names = vec!["a.test".to_string(), "b.test".to_string()];
+        let plain = new_order(&names, None);
+        assert_eq!(plain["identifiers"][1]["value"], "b.test");
+        assert!(plain.get("replaces").is_none());
+        assert_eq!(new_order(&names, Some("aYhb.AIdl"))["replaces"], "aYhb.AIdl");
+    }
+
+    #[test]
+    fn renewal_is_due_two_thirds_in_unless_the_ca_picked_a_time() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        p.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2030, 4, 1); // 90 days
+        let pem = format!("{}{}", p.self_signed(&key).unwrap().pem(), key.serialize_pem());
+        let stored = state::parse_cert(pem.as_bytes(), &["a.test".to_string()]).unwrap();
+        let start = 1_893_456_000; // 2030-01-01
+        assert_eq!(stored.not_before, start);
+        let mut ari = Ari::fresh();
+        assert_eq!(ari.due(&stored), start + 60 * 86_400, "day 60 of 90");
+        ari.window = Some((Window { start: start + 86_400, end: start + 2 * 86_400 }, start + 90_000));
+        assert_eq!(ari.due(&stored), start + 90_000);
+    }
 }

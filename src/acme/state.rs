@@ -28,6 +28,8 @@ pub struct Stored {
     pub not_after: i64,
     /// It covers every name of the spec.
     pub covers: bool,
+    /// Its RFC 9773 identifier (`ari::cert_id`), if it has an Authority Key Identifier.
+    pub id: Option<String>,
 }
 
 /// At start: every file in `state` that exists must read (an error names the file).
@@ -96,6 +98,7 @@ pub fn parse_cert(bytes: &[u8], names: &[String]) -> Result<Stored, String> {
         .map_err(|e| format!("not a certificate chain and key Apex wrote ({e})"))?;
     let leaf = chain.first().ok_or("no certificate in it")?;
     let (not_before, not_after) = crate::tls::validity(leaf).ok_or("the certificate's validity cannot be read")?;
+    let id = super::ari::cert_id(leaf);
     let key = PrivateKeyDer::from_pem_slice(bytes).map_err(|e| format!("no private key in it ({e})"))?;
     let provider = crate::tls::kx::provider(&crate::tls::kx::resolve(&[]));
     let ck = CertifiedKey::from_der(chain, key, &provider)
@@ -104,7 +107,7 @@ pub fn parse_cert(bytes: &[u8], names: &[String]) -> Result<Stored, String> {
         let mut check = rustls::server::ResolvesServerCertUsingSni::new();
         check.add(n, ck.clone()).is_ok()
     });
-    Ok(Stored { key: Arc::new(ck), not_before, not_after, covers })
+    Ok(Stored { key: Arc::new(ck), not_before, not_after, covers, id })
 }
 
 /// Stores a new chain (PEM, as the CA sent it) and its key (PKCS#8 DER).

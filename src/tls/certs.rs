@@ -254,7 +254,7 @@ fn show_time(t: i64) -> String {
 }
 
 /// One DER element at the front of `b`: (tag, contents, rest).
-fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, b) = b.split_first()?;
     let (&l0, mut b) = b.split_first()?;
     let len = if l0 < 0x80 {
@@ -301,6 +301,59 @@ pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     let start = time_of(tag, t)?;
     let (tag, t, _) = der(after)?;
     Some((start, time_of(tag, t)?))
+}
+
+/// The certificate's serial number (its DER contents, sign byte included) and the keyIdentifier
+/// of its Authority Key Identifier extension (RFC 5280 §4.1.2.2, §4.2.1.1): what names it to
+/// its CA (RFC 9773 §4.1, ACME renewal information).
+pub fn serial_and_aki(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (_, c, _) = der(cert)?; // Certificate
+    let (_, tbs, _) = der(c)?; // TBSCertificate
+    let (mut tag, mut body, mut rest) = der(tbs)?;
+    if tag == 0xa0 {
+        (tag, body, rest) = der(rest)?; // [0] version, then the serial number
+    }
+    if tag != 0x02 {
+        return None;
+    }
+    let serial = body;
+    // signature, issuer, validity, subject, subjectPublicKeyInfo, then the optional fields.
+    for _ in 0..5 {
+        rest = der(rest)?.2;
+    }
+    while !rest.is_empty() {
+        let (tag, body, next) = der(rest)?;
+        rest = next;
+        if tag != 0xa3 {
+            continue; // [1] issuerUniqueID, [2] subjectUniqueID
+        }
+        let (_, mut exts, _) = der(body)?; // Extensions ::= SEQUENCE OF Extension
+        while !exts.is_empty() {
+            let (_, ext, next) = der(exts)?;
+            exts = next;
+            let (_, oid, value) = der(ext)?;
+            if oid != [0x55, 0x1d, 0x23] {
+                continue; // not id-ce-authorityKeyIdentifier (2.5.29.35)
+            }
+            let (mut tag, mut v, after) = der(value)?; // critical BOOLEAN DEFAULT FALSE
+            if tag == 0x01 {
+                (tag, v, _) = der(after)?;
+            }
+            if tag != 0x04 {
+                return None;
+            }
+            let (_, mut aki, _) = der(v)?; // AuthorityKeyIdentifier ::= SEQUENCE
+            while !aki.is_empty() {
+                let (tag, id, next) = der(aki)?;
+                if tag == 0x80 {
+                    return Some((serial, id)); // keyIdentifier [0] IMPLICIT OCTET STRING
+                }
+                aki = next;
+            }
+            return None;
+        }
+    }
+    None
 }
 
 /// A UTCTime or GeneralizedTime, in seconds since the epoch.

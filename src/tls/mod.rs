@@ -35,7 +35,9 @@ mod handshake;
 pub mod kx;
 mod record;
 
-pub use certs::{CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, leaf_expiry, server_config, validity};
+pub use certs::{
+    CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, leaf_expiry, serial_and_aki, server_config, validity,
+};
 use handshake::{Handshake, Hs, drive, send};
 use record::{
     ALERT_BAD_RECORD_MAC, ALERT_DECODE_ERROR, ALERT_RECORD_OVERFLOW, ALERT_UNEXPECTED_MESSAGE, CIPHERTEXT_MAX,

@@ -8,8 +8,12 @@
 use crate::harness::*;
 use crate::tls_kit::*;
 use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A free loopback port, named up front (Pebble and the fixed-port listeners need one).
@@ -38,6 +42,11 @@ struct Pebble {
 
 impl Pebble {
     fn start(http: u16, tls: u16) -> Pebble {
+        Pebble::start_env(http, tls, &[])
+    }
+
+    /// With Pebble's environment knobs (README: `PEBBLE_WFE_NONCEREJECT`, …).
+    fn start_env(http: u16, tls: u16, env: &[(&str, &str)]) -> Pebble {
         let root = Root::new("acme-pebble", "Pebble listener test CA");
         let leaf = sign_leaf(&root.dir, "pebble", &["127.0.0.1", "localhost"], &new_key(), &root.issuer, &[], |_| {});
         let (dns, api, mgmt, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
@@ -67,6 +76,7 @@ impl Pebble {
             .arg(&conf)
             .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
             .env("PEBBLE_VA_NOSLEEP", "1")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -362,4 +372,265 @@ fn sighup_with_a_new_routed_name_orders_a_certificate_that_covers_it() {
     for name in ["a.test", "b.test", "c.test"] {
         assert_eq!(https_status(&root, name, tls).0, "200", "{name}");
     }
+}
+
+/// A front for Pebble's directory, on its own HTTPS port (a leaf of the same test root, so the
+/// same `directory_ca` trusts both): `/dir` is Pebble's directory plus a `renewalInfo` URL of
+/// its own (Debian's Pebble 2.4 predates RFC 9773), and `/ari/ID` answers renewal information:
+/// for the first certificate asked about, a window that has passed (renew now); for any other,
+/// one a month ahead. The first `refusals` directory requests get 503 with `Retry-After: 5`.
+/// Everything else in the directory still points at Pebble.
+struct Front {
+    url: String,
+    /// The request paths, in order.
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    addr: std::net::SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Front {
+    fn start(p: &Pebble, refusals: usize) -> Front {
+        let leaf = sign_leaf(&p.root.dir, "front", &["127.0.0.1"], &new_key(), &p.root.issuer, &[], |_| {});
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(leaf.ders.clone(), leaf.private_key())
+            .unwrap();
+        let cfg = Arc::new(cfg);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = format!("https://{addr}/dir");
+        let (code, dir) = curl(&p.root.ca, &p.dir_url, &[]);
+        assert_eq!(code, "200", "pebble's directory");
+        let mut dir: serde_json::Value = serde_json::from_str(&dir).unwrap();
+        dir["renewalInfo"] = format!("https://{addr}/ari").into();
+        let dir = dir.to_string();
+        let (seen, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (seen2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut refusals = refusals;
+            let mut first_id: Option<String> = None;
+            for sock in listener.incoming() {
+                if stop2.load(SeqCst) {
+                    return;
+                }
+                let Ok(sock) = sock else { continue };
+                sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut s = rustls::StreamOwned::new(rustls::ServerConnection::new(Arc::clone(&cfg)).unwrap(), sock);
+                let (mut req, mut tmp) = (Vec::new(), [0u8; 4096]);
+                while !contains(&req, b"\r\n\r\n") {
+                    match s.read(&mut tmp) {
+                        Ok(n) if n > 0 => req.extend_from_slice(&tmp[..n]),
+                        _ => break,
+                    }
+                }
+                let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                seen2.lock().unwrap().push(path.clone());
+                let now = unix_now();
+                let (status, extra, body) = if path == "/dir" && refusals > 0 {
+                    refusals -= 1;
+                    (
+                        "503 Service Unavailable",
+                        "Retry-After: 5\r\nContent-Type: application/problem+json\r\n",
+                        r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"busy, come back later"}"#
+                            .to_string(),
+                    )
+                } else if path == "/dir" {
+                    ("200 OK", "Content-Type: application/json\r\n", dir.clone())
+                } else if let Some(id) = path.strip_prefix("/ari/") {
+                    let first = first_id.get_or_insert_with(|| id.to_string()) == id;
+                    let (a, b) = if first { (now - 7200, now - 3600) } else { (now + 30 * 86_400, now + 31 * 86_400) };
+                    (
+                        "200 OK",
+                        "Content-Type: application/json\r\nRetry-After: 21600\r\n",
+                        format!(
+                            r#"{{"suggestedWindow": {{"start": "{}", "end": "{}"}}, "explanationURL": "https://ca.test/why"}}"#,
+                            rfc3339(a),
+                            rfc3339(b)
+                        ),
+                    )
+                } else {
+                    ("404 Not Found", "", String::new())
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.flush();
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+        });
+        Front { url, seen, stop, addr, thread: Some(thread) }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Unix seconds as an RFC 3339 UTC time, by the same civil-date arithmetic as Apex's log clock
+/// but written out here (days to y-m-d, H. Hinnant).
+fn rfc3339(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// The stored certificate's RFC 9773 identifier.
+fn stored_id(state: &Path) -> String {
+    let pem = std::fs::read(state.join("cert.pem")).unwrap();
+    let leaf = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem).next().unwrap().unwrap();
+    let leaf: rustls::pki_types::CertificateDer = leaf;
+    apex::acme::cert_id(&leaf).expect("the CA's certificate has an Authority Key Identifier")
+}
+
+#[test]
+fn ari_a_window_that_has_passed_renews_at_once_and_the_next_is_scheduled_inside_its_window() {
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start(http, tls);
+    let front = Front::start(&p, 0);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-ari");
+    let mut p2 = apex_toml(&up, &p, http, tls, &state.path().join("acme"), "auto");
+    p2 = p2.replace(&p.dir_url, &front.url);
+    let apex = Apex::start_toml(&p2);
+    // The first certificate's window has passed: a second order at once, then the CA's
+    // answer about the second one (a month ahead) is the schedule.
+    wait_issued(&apex, &p, 2);
+    let ok =
+        wait_until(Duration::from_secs(20), || apex.stderr().matches("acme: the CA suggests renewing").count() >= 2);
+    let err = apex.stderr();
+    assert!(ok, "{err}");
+    let ids: Vec<String> = front.seen().iter().filter_map(|p| p.strip_prefix("/ari/").map(str::to_string)).collect();
+    assert_eq!(ids.len(), 2, "one question per certificate: {ids:?}\n{err}");
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(ids[1], stored_id(&state.path().join("acme")), "the question names the serving certificate");
+    assert!(err.contains("(the CA explains: https://ca.test/why)"), "{err}");
+    assert_eq!(apex.stderr().matches("acme: certificate for").count(), 2, "no third order: {err}");
+    // The second schedule: a time inside the window it was given.
+    let line = err.lines().filter(|l| l.contains("acme: the CA suggests renewing")).nth(1).unwrap();
+    let field = |after: &str| {
+        line.split(after).nth(1).unwrap().split_whitespace().next().unwrap().trim_end_matches(';').to_string()
+    };
+    let (start, end, due) = (field(" between "), field(" and "), field("renewal due at "));
+    assert!(start <= due && due < end, "{start} <= {due} < {end}: {line}");
+    let root = p.issuing_root();
+    assert_eq!(https_status(&root, "a.test", tls).0, "200");
+}
+
+#[test]
+fn a_directory_refused_with_retry_after_is_asked_again_no_sooner() {
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start(http, tls);
+    let front = Front::start(&p, 1);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-retry");
+    let toml = apex_toml(&up, &p, http, tls, &state.path().join("acme"), "auto").replace(&p.dir_url, &front.url);
+    let apex = Apex::start_toml(&toml);
+    wait_issued(&apex, &p, 1);
+    let err = apex.stderr();
+    // RFC 8555 §6.6: the CA's 5 s, not the 2 s first back-off.
+    assert!(err.contains("busy, come back later") && err.contains("trying again in 5s"), "{err}");
+    assert!(front.seen().iter().filter(|p| *p == "/dir").count() >= 2);
+}
+
+#[test]
+fn bad_nonces_are_retried_with_the_nonce_they_carry_and_a_ca_refusing_all_is_a_clear_failure() {
+    // Half of all nonces refused: the order still completes, each refusal retried (debug log).
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start_env(http, tls, &[("PEBBLE_WFE_NONCEREJECT", "50")]);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-nonce");
+    let toml = apex_toml(&up, &p, http, tls, &state.path().join("acme"), "auto");
+    let apex = Apex::start_toml(&format!("{toml}[log]\nlevel = \"debug\"\n"));
+    wait_issued(&apex, &p, 1);
+    assert!(apex.stderr().contains("badNonce; again with the nonce it carried"), "{}", apex.stderr());
+    drop(apex);
+    drop(p);
+
+    // Every nonce refused: a bounded number of tries, then a failure that says so, and back-off.
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start_env(http, tls, &[("PEBBLE_WFE_NONCEREJECT", "100")]);
+    let state = TempDir::new("acme-nonce-all");
+    let toml = apex_toml(&up, &p, http, tls, &state.path().join("acme"), "auto");
+    let apex = Apex::start_toml(&format!("{toml}[log]\nlevel = \"debug\"\n"));
+    let ok = wait_until(Duration::from_secs(20), || {
+        apex.stderr().contains("nonces in a row (badNonce); trying again in 2s")
+    });
+    let err = apex.stderr();
+    assert!(ok, "{err}");
+    let first = err.split("nonces in a row").next().unwrap();
+    assert_eq!(first.matches("badNonce; again with the nonce it carried").count(), 10, "{err}");
+    assert!(!err.contains("acme: certificate for"), "{err}");
+}
+
+#[test]
+fn a_stored_certificate_is_renewed_two_thirds_into_its_lifetime() {
+    let (http, tls) = (free_port(), free_port());
+    let p = Pebble::start(http, tls);
+    let up = Upstream::ok("hello from app");
+    let state = TempDir::new("acme-two-thirds");
+    let dir = state.path().join("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A certificate of 150 s, 98 s old: two thirds (100 s) in 2 s.
+    let seed = |dir: &Path, age: u64, life: u64| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut cp = rcgen::CertificateParams::new(vec!["a.test".to_string(), "b.test".to_string()]).unwrap();
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        let born = unix_now() as u64 - age;
+        cp.not_before = epoch + Duration::from_secs(born);
+        cp.not_after = epoch + Duration::from_secs(born + life);
+        let pem = format!("{}{}", cp.self_signed(&key).unwrap().pem(), key.serialize_pem());
+        std::fs::write(dir.join("cert.pem"), pem).unwrap();
+    };
+    seed(&dir, 98, 150);
+    let toml = apex_toml(&up, &p, http, tls, &dir, "auto");
+    let apex = Apex::start_toml(&toml);
+    wait_issued(&apex, &p, 1);
+    let err = apex.stderr();
+    let due = err.split("renewal due in ").nth(1).unwrap().split('s').next().unwrap().parse::<i64>().unwrap();
+    assert!((1..=3).contains(&due), "due in {due}s, want about 2 s: {err}");
+    let root = p.issuing_root();
+    assert_eq!(https_status(&root, "b.test", tls).0, "200", "served by the renewed certificate");
+    drop(apex);
+
+    // One a day old of ninety: renewal due on day sixty, nothing ordered now.
+    let state = TempDir::new("acme-two-thirds-later");
+    let dir = state.path().join("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    seed(&dir, 86_400, 90 * 86_400);
+    let apex = Apex::start_toml(&apex_toml(&up, &p, http, tls, &dir, "auto"));
+    let ok = wait_until(Duration::from_secs(10), || apex.stderr().contains("acme: serving the stored certificate"));
+    let err = apex.stderr();
+    assert!(ok, "{err}");
+    let due = err.split("renewal due in ").nth(1).unwrap().split('s').next().unwrap().parse::<i64>().unwrap();
+    assert!((59 * 86_400 - 2..=59 * 86_400).contains(&due), "due in {due}s: {err}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!apex.stderr().contains("acme: answering"), "{}", apex.stderr());
 }
