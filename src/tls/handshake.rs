@@ -92,6 +92,7 @@ pub(super) fn drive<C: HsConn, const N: usize>(
                 // against what it has parsed (an empty slice panics).
                 consume_fed(rin, fed, discard);
                 let mut encoded = false;
+                let start = rout.len();
                 for _ in 0..8 {
                     if !hs.queued() {
                         break;
@@ -112,10 +113,11 @@ pub(super) fn drive<C: HsConn, const N: usize>(
                 if !encoded && e == rustls::Error::InvalidMessage(rustls::InvalidMessage::HandshakePayloadTooLarge) {
                     return Ok(Hs::Refuse(ALERT_DECODE_ERROR, "handshake message too large"));
                 }
+                let alert = if encoded { alert_sent(rout.filled().get(start..).unwrap_or(&[]), &e) } else { 0 };
                 *failed = encoded && send(sock, io, rout, spill).unwrap_or(false);
                 // rustls's reason (a certificate not valid for the name, no shared
                 // protocol, ...) is what an operator needs in the log.
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                return Ok(Hs::Alerted(alert, e));
             }
         };
         let next = match state {
@@ -210,7 +212,7 @@ pub(super) fn drive<C: HsConn, const N: usize>(
                     Filled::Eof => return Err(bad("peer closed during the handshake")),
                 }
             }
-            Hs::Eof | Hs::Grow | Hs::Refuse(..) => return Ok(next),
+            Hs::Eof | Hs::Grow | Hs::Refuse(..) | Hs::Alerted(..) => return Ok(next),
             Hs::Done => return Ok(Hs::Done),
         }
     }
@@ -321,4 +323,29 @@ pub(super) enum Hs {
     Grow,
     /// The handshake is refused with this fatal alert, which rustls has not sent.
     Refuse(u8, &'static str),
+    /// rustls failed the handshake and sent this alert (0: none went out).
+    Alerted(u8, rustls::Error),
+}
+
+/// The description of the fatal alert rustls just encoded into `out` (RFC 8446 §6), after
+/// whatever else it still had to send (a ServerHello): read from its record while that is
+/// plaintext (content type 21, length 2: level, description); once the handshake is encrypted,
+/// the alert rustls sends for `e` (the errors that come after the ServerHello: ALPN, RFC 7301
+/// §3.2, is decided with the EncryptedExtensions), else 0.
+fn alert_sent(mut out: &[u8], e: &rustls::Error) -> u8 {
+    while let [ty, 3, _, hi, lo, rest @ ..] = out {
+        let len = usize::from(*hi) << 8 | usize::from(*lo);
+        if let (21, [_, desc]) = (*ty, rest.get(..len).unwrap_or(&[])) {
+            return *desc;
+        }
+        out = rest.get(len..).unwrap_or(&[]);
+    }
+    match e {
+        rustls::Error::NoApplicationProtocol => 120,
+        rustls::Error::InvalidMessage(m) => u8::from(rustls::AlertDescription::from(*m)),
+        rustls::Error::InvalidCertificate(c) => u8::from(rustls::AlertDescription::from(c.clone())),
+        rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. } => 10,
+        rustls::Error::DecryptError => 20,
+        _ => 0,
+    }
 }

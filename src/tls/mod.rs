@@ -374,11 +374,15 @@ impl Tls {
             };
             if is_server {
                 match step {
-                    Hs::Refuse(alert, _) => pool.metrics.tls_failure(alert),
+                    Hs::Refuse(alert, _) | Hs::Alerted(alert, _) => pool.metrics.tls_failure(alert),
                     Hs::Grow if self.hs_in.is_some() => pool.metrics.tls_failure(ALERT_DECODE_ERROR),
                     _ => {}
                 }
             }
+            let step = match step {
+                Hs::Alerted(_, e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                s => s,
+            };
             if !matches!(step, Hs::Grow) {
                 self.shrink(pool, matches!(step, Hs::Done))?;
             }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
@@ -57,12 +57,6 @@ impl Scrape {
     }
 }
 
-/// An address nothing listens on: connects to it are refused.
-fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 struct Mix {
     apex: Apex,
     _up: Upstream,
@@ -81,7 +75,7 @@ const NAMES: &[&str] = &["app.test"];
 fn mix_apex() -> Mix {
     let up = Upstream::ok("hello");
     let slow = Upstream::silent();
-    let dead = refused_addr();
+    let dead = dead_addr();
     let pki = Root::new("metrics", "Apex Metrics Root");
     let leaf = sign_leaf(&pki.dir, "app", NAMES, &new_key(), &pki.issuer, &[], |_| {});
     let cfg = Config::new()
@@ -210,6 +204,32 @@ fn a_known_mix_is_counted_exactly() {
     assert!(s.get(&expiry) > 1.7e9, "{expiry}");
     s.eq("apex_config_generation", 1.0);
     assert!(s.get("process_open_fds") > 0.0 && s.get("process_resident_memory_bytes") > 0.0);
+}
+
+/// Handshakes that rustls itself refuses are counted by the alert it sent, not as "other":
+/// a client offering only h2 (no_application_protocol, RFC 7301 §3.2) and plain HTTP on the
+/// TLS port (a record header rustls refuses: decode_error).
+#[test]
+fn handshakes_rustls_refuses_are_counted_by_the_alert_it_sent() {
+    let m = mix_apex();
+    let admin = admin_addr(&m.apex);
+    let tls_addr = m.apex.tls_addr.unwrap();
+    for _ in 0..2 {
+        let e = tls_try(tls_addr, &m._pki, Hello::to("app.test").alpn(&["h2"])).err().expect("h2 only is refused");
+        let alert = rustls_error(&e).cloned();
+        assert_eq!(alert, Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)), "{e}");
+    }
+    let mut c = Client::connect(tls_addr);
+    c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    let (got, _) = c.read_until_close(Duration::from_secs(5));
+    assert_eq!(got.get(..7), Some(&[21u8, 3, 3, 0, 2, 2, 50][..]), "a decode_error alert: {got:?}");
+    let want = [("no_application_protocol", 2.0), ("decode_error", 1.0), ("other", 0.0)];
+    let ok = wait_until(Duration::from_secs(3), || {
+        let s = Scrape::take(admin);
+        want.iter().all(|(a, n)| s.0.get(&format!("apex_tls_handshake_failures_total{{alert=\"{a}\"}}")) == Some(n))
+    });
+    let s = Scrape::take(admin);
+    assert!(ok, "{want:?}:\n{}\n{}", s.1, m.apex.stderr());
 }
 
 #[test]
@@ -430,7 +450,7 @@ fn a_flood_of_bad_requests_writes_a_few_dozen_lines() {
 #[test]
 fn a_failure_the_next_server_made_good_is_one_warn_naming_both() {
     let up = Upstream::ok("x");
-    let dead = refused_addr();
+    let dead = dead_addr();
     let apex = Apex::start(&Config::new().route("*", "/", "app").group("app", &[dead, up.addr]).append(ADMIN));
     let admin = admin_addr(&apex);
     // Round-robin starts at the first server: the refused one, then the live one.
