@@ -47,7 +47,7 @@ impl Conn {
         cx.arena.reset();
         let fresh =
             if rq.head_scan == 0 { parse_request_in(cin.filled(), &cx.arena, limits.headers) } else { Ok(None) };
-        let (req, end) = match fresh {
+        let (mut req, end) = match fresh {
             Ok(Some(whole)) => whole,
             Err(e) => return self.reject(rq, cx, e),
             Ok(None) => {
@@ -197,26 +197,31 @@ impl Conn {
         };
         rq.snap = Some(Arc::clone(&cx.cfg));
         // strip_prefix / rewrite: the target that goes upstream, built in the arena.
-        let req = match rules.map(|r| &r.path) {
-            None | Some(PathRule::Keep) => req,
-            Some(p) => match p.apply(req.path, &cx.arena) {
-                Ok(Some(path)) => crate::h1::head::Request { path, ..req },
-                Ok(None) => req,
+        if let Some(r) = rules
+            && r.path != PathRule::Keep
+        {
+            match r.path.apply(req.path, &cx.arena) {
+                Ok(Some(path)) => req.path = path,
+                Ok(None) => {}
                 Err(e) => return self.reject(rq, cx, e),
-            },
-        };
+            }
+        }
 
         let uout = cx.bufs.fill_slot(&mut rq.uout);
         uout.clear();
         let mut w = Out::new(uout.spare());
-        let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
-        let vars =
-            Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: host_name(req.host), path: b"", id };
-        let edits = Edits {
-            rules: rules.filter(|r| !r.request.is_empty()).map(|r| (&r.request, &vars)),
-            id: rq.id_out.then_some(id),
+        // Built only for a route with request rules or with ids on: the common route pays a branch.
+        let req_rules = rules.map(|r| &r.request).filter(|r| !r.is_empty());
+        let (vars, edits);
+        let edits = if req_rules.is_some() || rq.id_out {
+            let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
+            vars =
+                Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: host_name(req.host), path: b"", id };
+            edits = Edits { rules: req_rules.map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
+            Some(&edits)
+        } else {
+            None
         };
-        let edits = (edits.rules.is_some() || edits.id.is_some()).then_some(&edits);
         write_request(&req, self.peer.ip(), self.tls.is_some(), edits, &mut w);
         let Some(n) = w.finish() else {
             return self.reject(rq, cx, H1Error::HeadTooLarge);
@@ -389,11 +394,16 @@ impl Conn {
         let cout = cx.bufs.fill_slot(&mut self.cout);
         let mut w = Out::new(cout.spare());
         // The route's response rules (their variables: what is still known now) and the id.
-        let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
-        let vars = Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: b"", path: b"", id };
-        let rules = rq.rules.and_then(|i| rq.snap.as_deref()?.rules.get(i as usize)).map(|r| &r.response);
-        let edits = Edits { rules: rules.filter(|r| !r.is_empty()).map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
-        let edits = (edits.rules.is_some() || edits.id.is_some()).then_some(&edits);
+        let (vars, edits);
+        let edits = if rq.rules.is_some() || rq.id_out {
+            let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
+            vars = Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: b"", path: b"", id };
+            let rules = rq.rules.and_then(|i| rq.snap.as_deref()?.rules.get(i as usize)).map(|r| &r.response);
+            edits = Edits { rules: rules.filter(|r| !r.is_empty()).map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
+            Some(&edits)
+        } else {
+            None
+        };
         write_response(&resp, mode, edits, &mut w);
         match w.finish() {
             Some(n) => {
