@@ -1,7 +1,9 @@
 //! Heads: the request head read, parsed and routed (`ReadHead`), the head sent upstream written
 //! from the parsed request, the response head parsed and rewritten for the client, and Apex's
-//! own answers (errors, redirects). Parsing and serialising live in `h1/`, without sockets; this
-//! file decides what a parsed head means for the connection.
+//! own answers (errors, redirects, a route's `redirect` / `respond`). A route's rules (`rules.rs`)
+//! are applied here: its path rewrite before the head is written, its header rules and the
+//! request id as the heads are written. Parsing and serialising live in `h1/`, without sockets;
+//! this file decides what a parsed head means for the connection.
 
 use std::sync::Arc;
 
