@@ -21,6 +21,7 @@ pub mod notify;
 pub mod proxy_proto;
 pub mod reactor;
 pub mod resolve;
+pub mod rules;
 pub mod server;
 pub mod splice;
 pub mod status;

@@ -103,3 +103,14 @@ pub const UPGRADE_READY_MS: u64 = 15_000;
 /// SSL TLV, a few hundred). Bounded so the header is peeked in one buffer.
 pub const PROXY_V2_BYTES_MAX: usize = 4096;
 const _: () = assert!(PROXY_V2_BYTES_MAX <= BUF_BYTES);
+
+/// An X-Request-Id taken from a request is at most this long (longer: replaced by Apex's own).
+/// UUIDs are 36 bytes, Apex's own ids 32; 64 leaves room for a prefix.
+pub const REQUEST_ID_MAX: usize = 64;
+/// A template in a route's rules (a header value, a redirect target), in bytes as written.
+pub const TEMPLATE_BYTES_MAX: usize = 1024;
+/// Header rules per direction of a route (`set`, `add` and `remove` together).
+pub const HEADER_RULES_MAX: usize = 32;
+/// A route's `respond` body.
+pub const RESPOND_BODY_MAX: usize = 4096;
+const _: () = assert!(REQUEST_ID_MAX < u8::MAX as usize);

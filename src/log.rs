@@ -274,6 +274,8 @@ pub struct Entry<'a> {
     pub agent: &'a [u8],
     /// Which side ended the exchange on an error: "client", "upstream", "timeout", or "-".
     pub ended_by: &'static str,
+    /// With `[log] request_id`: the request's id (empty: none, a request refused unparsed).
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// One worker's end of the logs.
@@ -489,7 +491,12 @@ fn combined(w: &mut Out, clf: &[u8], e: &Entry) {
         }
         None => w.put(b"-"),
     }
-    let _ = writeln!(w, " us={} end={}", e.micros, e.ended_by);
+    let _ = write!(w, " us={} end={}", e.micros, e.ended_by);
+    if let Some(id) = e.request_id {
+        w.put(b" id=");
+        dash_or(w, id, 64, false);
+    }
+    w.put(b"\n");
 }
 
 fn json(w: &mut Out, iso: &[u8], e: &Entry) {
@@ -514,7 +521,17 @@ fn json(w: &mut Out, iso: &[u8], e: &Entry) {
     escaped(w, e.referer, 512, true);
     w.put(b"\",\"agent\":\"");
     escaped(w, e.agent, 512, true);
-    let _ = writeln!(w, "\",\"ended_by\":\"{}\"}}", e.ended_by);
+    let _ = write!(w, "\",\"ended_by\":\"{}\"", e.ended_by);
+    if let Some(id) = e.request_id {
+        if id.is_empty() {
+            w.put(b",\"request_id\":null");
+        } else {
+            w.put(b",\"request_id\":\"");
+            escaped(w, id, 64, true);
+            w.put(b"\"");
+        }
+    }
+    w.put(b"}\n");
 }
 
 /// Parses the `[log]` access setting: "stdout", "off", or a file path.
@@ -619,6 +636,7 @@ mod tests {
             referer: b"",
             agent: b"curl/8",
             ended_by: "-",
+            request_id: None,
         }
     }
 

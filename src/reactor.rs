@@ -149,6 +149,7 @@ impl Worker {
                 next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
                 fd_freed: false,
                 metrics,
+                ids: crate::rules::Ids::from_os(),
             },
             accept_paused: false,
             handover: None,

@@ -292,6 +292,16 @@ fn run(
     upstream_tls: Option<Arc<rustls::ServerConfig>>,
     client: impl FnOnce(Vec<std::net::SocketAddr>, &dyn Fn()) -> usize + Send + 'static,
 ) -> Outcome {
+    run_with("", text, upstream_tls, client)
+}
+
+/// `run` with `log` (TOML lines) added to the `[log]` table.
+fn run_with(
+    log: &str,
+    text: &str,
+    upstream_tls: Option<Arc<rustls::ServerConfig>>,
+    client: impl FnOnce(Vec<std::net::SocketAddr>, &dyn Fn()) -> usize + Send + 'static,
+) -> Outcome {
     // The counter is global: one measured worker at a time.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,7 +313,7 @@ fn run(
     let log_path = std::env::temp_dir().join(format!("apex-alloc-free-{}-{}.log", std::process::id(), text.len()));
     let text = format!(
         "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[limits]\nconnections = 64\n\
-         [log]\naccess = \"{}\"\n[[route]]\nhost = \"t\"\nupstream = \"app\"\n[upstream.app]\nservers = [\"{up_addr}\"]\n{text}",
+         [log]\naccess = \"{}\"\n{log}\n[[route]]\nhost = \"t\"\nupstream = \"app\"\n[upstream.app]\nservers = [\"{up_addr}\"]\n{text}",
         log_path.display()
     );
     let cfg = Config::parse(&text, "test").unwrap();
@@ -472,6 +482,22 @@ fn proxied_traffic_allocates_nothing() {
         }
         total
     }));
+}
+
+/// A route's rules and request ids: the small GETs go through a rewrite and header rules both
+/// ways whose values name every header variable, with X-Request-Id made for each request,
+/// forwarded, returned and logged; the pipelined `GET /a` is answered by Apex itself
+/// (`respond`, with the route's response rules).
+#[test]
+fn rules_and_request_ids_allocate_nothing() {
+    let text = "[[route]]\nhost = \"t\"\npath = \"/small\"\nupstream = \"app\"\n\
+                rewrite = { prefix = \"/small\", to = \"/tiny\" }\n\
+                request_headers = { set = { \"X-Client\" = \"$client_ip\", \"X-Id\" = \"$request_id\", \"User-Agent\" = \"apex ${host}\" }, \
+                add = { \"X-Via\" = \"apex $scheme\" }, remove = [\"Accept\"] }\n\
+                response_headers = { set = { \"Strict-Transport-Security\" = \"max-age=63072000\" }, add = { \"X-Trace\" = \"$request_id\" } }\n\
+                [[route]]\nhost = \"t\"\npath = \"/a\"\nrespond = { status = 200, body = \"a\" }\n\
+                response_headers = { set = { \"Cache-Control\" = \"no-store\" } }\n";
+    check(&run_with("request_id = true", text, None, keep_alive_mix));
 }
 
 fn keep_alive_mix(addrs: Vec<std::net::SocketAddr>, warmed: &dyn Fn()) -> usize {

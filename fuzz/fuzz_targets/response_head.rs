@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
     let mode = RespMode { framing, keep_alive: flags & 4 == 4, client_minor: (flags >> 3) & 1, tunnel: false };
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Out::new(&mut buf);
-    write_response(&resp, mode, &mut out);
+    write_response(&resp, mode, None, &mut out);
     let Some(n) = out.finish() else { return };
     let mut s2 = 0;
     assert_eq!(find_head_end(&buf[..n], &mut s2), Ok(Some(n)));
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     // lines copied as they came are only those already in that form).
     let mut buf2 = vec![0u8; 64 * 1024];
     let mut out2 = Out::new(&mut buf2);
-    write_response(&again, mode, &mut out2);
+    write_response(&again, mode, None, &mut out2);
     let n2 = out2.finish().expect("fits as before");
     assert_eq!(&buf2[..n2], &buf[..n], "written twice, the same head");
     // And that form is `name: value` CRLF for every field line (RFC 9110 §5.5: no OWS kept).

@@ -7,7 +7,8 @@ use super::*;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::limits::{GROUP_SERVERS_CAP, HEAD_BYTES_CAP, HEAD_BYTES_FLOOR, HEADERS_CAP};
+use crate::limits::{GROUP_SERVERS_CAP, HEAD_BYTES_CAP, HEAD_BYTES_FLOOR, HEADERS_CAP, RESPOND_BODY_MAX};
+use crate::rules::{Answer, HEADER_VARS, HeaderRules, PathRule, RESPONSE_VARS, Rules, Template, Var};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +23,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
-    route: Vec<RawRoute>,
+    route: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     upstream: BTreeMap<String, Spanned<RawGroup>>,
     tls: Option<Spanned<RawTls>>,
@@ -110,6 +111,7 @@ struct RawLog {
     access: Option<Spanned<String>>,
     format: Option<Spanned<String>>,
     level: Option<Spanned<String>>,
+    request_id: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +119,8 @@ struct RawLog {
 struct RawRoute {
     host: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
-    upstream: Spanned<String>,
+    /// Where it goes; none for a route Apex answers itself (`redirect`, `respond`).
+    upstream: Option<Spanned<String>>,
     /// Overrides of the global `[timeouts]` and `[limits]` for this route's requests.
     upstream_head: Option<Spanned<toml::Value>>,
     upstream_body: Option<Spanned<toml::Value>>,
@@ -128,6 +131,159 @@ struct RawRoute {
     allow: Vec<Spanned<String>>,
     #[serde(default)]
     deny: Vec<Spanned<String>>,
+    /// The rules of `rules.rs`.
+    request_headers: Option<Spanned<RawHeaderRules>>,
+    response_headers: Option<Spanned<RawHeaderRules>>,
+    strip_prefix: Option<Spanned<bool>>,
+    rewrite: Option<Spanned<RawRewrite>>,
+    redirect: Option<Spanned<RawRedirect>>,
+    respond: Option<Spanned<RawRespond>>,
+}
+
+/// `{ set = { NAME = VALUE… }, add = { NAME = VALUE… }, remove = [NAME…] }`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderRules {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRewrite {
+    prefix: String,
+    to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedirect {
+    to: String,
+    status: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRespond {
+    status: i64,
+    #[serde(default)]
+    body: String,
+}
+
+/// `request_headers` or `response_headers`, checked: names (`HeaderRules::check_name`), values
+/// as templates of the variables known on that side.
+fn header_rules(raw: &Option<Spanned<RawHeaderRules>>, what: &str, vars: &[Var]) -> Result<HeaderRules, BuildError> {
+    let Some(raw) = raw else { return Ok(HeaderRules::default()) };
+    let err = |msg: String| (at(raw), format!("{what}: {msg}"));
+    let r = raw.get_ref();
+    let mut seen = Vec::new();
+    let list = |map: &BTreeMap<String, String>, seen: &mut Vec<String>| {
+        map.iter()
+            .map(|(name, value)| {
+                HeaderRules::check_name(name, seen).map_err(&err)?;
+                // RFC 9110 §5.5: no leading or trailing whitespace in a field value.
+                if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+                    return Err(err(format!("{name:?}: a value starts or ends with whitespace")));
+                }
+                let t = Template::parse(value, vars, crate::rules::value_byte)
+                    .map_err(|e| err(format!("{name:?}: {e}")))?;
+                Ok((name.as_bytes().into(), t))
+            })
+            .collect::<Result<Vec<_>, BuildError>>()
+    };
+    let set = list(&r.set, &mut seen)?.into();
+    let add = list(&r.add, &mut seen)?.into();
+    let mut remove = Vec::new();
+    for name in &r.remove {
+        HeaderRules::check_name(name, &mut seen).map_err(&err)?;
+        remove.push(name.as_bytes().into());
+    }
+    Ok(HeaderRules { set, add, remove: remove.into() })
+}
+
+/// A route's rules (`rules.rs`), or None when it has none. `path` is the route's path; with an
+/// `answer` there is no upstream, and nothing is forwarded to edit.
+fn route_rules(r: &Spanned<RawRoute>, path: &[u8]) -> Result<Option<Rules>, BuildError> {
+    let raw = r.get_ref();
+    let request = header_rules(&raw.request_headers, "request_headers", &HEADER_VARS)?;
+    let response = header_rules(&raw.response_headers, "response_headers", &RESPONSE_VARS)?;
+    let visible = |s: &str| s.starts_with('/') && s.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+    let path_rule = match (&raw.strip_prefix, &raw.rewrite) {
+        (Some(s), Some(_)) if *s.get_ref() => {
+            return Err((at(s), "strip_prefix and rewrite: give one (which would apply first is a guess)".into()));
+        }
+        (Some(s), _) if *s.get_ref() => PathRule::Strip(path.len()),
+        (_, Some(rw)) => {
+            let RawRewrite { prefix, to } = rw.get_ref();
+            if !visible(prefix) || !visible(to) {
+                return Err((
+                    at(rw),
+                    format!(
+                        "rewrite {prefix:?} -> {to:?}: both must start with '/' and be visible ASCII without '?' or '#'"
+                    ),
+                ));
+            }
+            PathRule::Rewrite { prefix: prefix.as_bytes().into(), to: to.as_bytes().into() }
+        }
+        _ => PathRule::Keep,
+    };
+    let answer = match (&raw.redirect, &raw.respond) {
+        (Some(x), Some(_)) => return Err((at(x), "redirect and respond: give one".into())),
+        (Some(rd), None) => {
+            let RawRedirect { to, status } = rd.get_ref();
+            // RFC 9110 §15.4: the redirections that carry a Location.
+            let status = match status.unwrap_or(308) {
+                s @ (301 | 302 | 303 | 307 | 308) => s as u16,
+                s => return Err((at(rd), format!("redirect status {s}: want 301, 302, 303, 307 or 308"))),
+            };
+            let to = Template::parse(to, &Var::ALL, crate::rules::uri_byte)
+                .map_err(|e| (at(rd), format!("redirect to {to:?}: {e}")))?;
+            if to.pieces.is_empty() {
+                return Err((at(rd), "redirect to: give a target".into()));
+            }
+            Some(Answer::Redirect { status, to })
+        }
+        (None, Some(rs)) => {
+            let RawRespond { status, body } = rs.get_ref();
+            let status = match *status {
+                s @ 200..=599 => s as u16,
+                s => return Err((at(rs), format!("respond status {s}: want 200 to 599"))),
+            };
+            // RFC 9110 §15.3.5, §15.4.5: 204 and 304 have no body.
+            if (status == 204 || status == 304) && !body.is_empty() {
+                return Err((at(rs), format!("respond: a {status} has no body")));
+            }
+            if body.len() > RESPOND_BODY_MAX {
+                return Err((at(rs), format!("respond body: at most {RESPOND_BODY_MAX} bytes")));
+            }
+            Some(Answer::Respond { status, body: body.as_bytes().into() })
+        }
+        (None, None) => None,
+    };
+    if answer.is_some() {
+        let forwarding = raw.upstream.as_ref().and_then(at).or_else(|| raw.request_headers.as_ref().and_then(at));
+        let forwarding = forwarding.or(if path_rule == PathRule::Keep { None } else { at(r) });
+        if forwarding.is_some() {
+            return Err((
+                forwarding,
+                "a route with redirect or respond is answered by Apex: no upstream, request_headers, strip_prefix or rewrite"
+                    .into(),
+            ));
+        }
+    } else if raw.upstream.is_none() {
+        return Err((at(r), "route: give `upstream`, or `redirect` / `respond` for an answer of Apex's own".into()));
+    }
+    if request.is_empty() && response.is_empty() && path_rule == PathRule::Keep && answer.is_none() {
+        return Ok(None);
+    }
+    let uses_id = request.uses(Var::RequestId)
+        || response.uses(Var::RequestId)
+        || matches!(&answer, Some(Answer::Redirect { to, .. }) if to.uses(Var::RequestId));
+    Ok(Some(Rules { request, response, path: path_rule, answer, uses_id }))
 }
 
 #[derive(Deserialize)]
@@ -691,6 +847,8 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             Some((_, "json")) => crate::log::Format::Json,
             Some((f, other)) => return Err((at(f), format!("log format {other:?}: want \"combined\" or \"json\""))),
         },
+        // Off unless asked for: on by default it would change every head Apex forwards.
+        request_id: raw.log.request_id.unwrap_or(false),
         level: match &raw.log.level {
             None => crate::log::Level::Info,
             Some(l) => crate::log::Level::parse(l.get_ref()).ok_or_else(|| {
@@ -829,7 +987,9 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
     }
     let mut sites: Vec<Site> = Vec::new();
     let mut body_bytes_max = limits.body_bytes;
-    for (raw_index, r) in raw.route.iter().enumerate() {
+    let mut rules = Vec::new();
+    for (raw_index, spanned) in raw.route.iter().enumerate() {
+        let r = spanned.get_ref();
         let host = match &r.host {
             Some(h) => host_pattern(h)?,
             None => HostPattern::Any,
@@ -843,8 +1003,14 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             }
             None => b"/"[..].into(),
         };
-        let Some(&group) = group_index.get(r.upstream.get_ref()) else {
-            return Err((at(&r.upstream), format!("route to unknown upstream group {:?}", r.upstream.get_ref())));
+        let route_rules = route_rules(spanned, &path)?;
+        // A route Apex answers itself has no group (`Route::group`).
+        let group = match &r.upstream {
+            Some(u) => match group_index.get(u.get_ref()) {
+                Some(&g) => g,
+                None => return Err((at(u), format!("route to unknown upstream group {:?}", u.get_ref()))),
+            },
+            None => usize::MAX,
         };
         let site = match sites.iter_mut().position(|s| s.host == host) {
             Some(i) => sites.get_mut(i),
@@ -857,7 +1023,8 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             return Err((None, "internal: site table".into()));
         };
         if site.routes.iter().any(|x| x.path == path) {
-            return Err((at(&r.upstream), "duplicate route: this host and path are already routed".to_string()));
+            let span = r.upstream.as_ref().map_or(at(spanned), at);
+            return Err((span, "duplicate route: this host and path are already routed".to_string()));
         }
         let ms = |d: Duration| d.as_millis() as u64;
         let per = PerRequest {
@@ -870,7 +1037,11 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
         let slot = (raw_index + 1).min(crate::metrics::ROUTE_SLOTS - 1);
         let access = Access { allow: cidrs(&r.allow, "allow")?.into(), deny: cidrs(&r.deny, "deny")?.into() };
-        site.routes.push(Route { path, group, per, slot, access });
+        let rules_at = route_rules.map(|x| {
+            rules.push(x);
+            rules.len() - 1
+        });
+        site.routes.push(Route { path, group, per, slot, access, rules: rules_at });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -928,6 +1099,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         body_bytes_max,
         log,
         sites,
+        rules,
         groups,
         servers,
         server_tls,

@@ -47,6 +47,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Most specific first: exact hosts, then wildcards by suffix length, then `*`.
     pub sites: Vec<Site>,
+    /// The routes' rules (`Route::rules` indexes this).
+    pub rules: Vec<crate::rules::Rules>,
     pub groups: Vec<Group>,
     /// Every distinct upstream address; groups refer to these by index, so passive health and
     /// pools belong to an address, whichever groups share it.
@@ -132,6 +134,8 @@ pub struct LogConfig {
     pub format: crate::log::Format,
     /// Error-log lines above this level are dropped (`[log] level`, default info).
     pub level: crate::log::Level,
+    /// `[log] request_id`: X-Request-Id taken or made, forwarded, returned and logged.
+    pub request_id: bool,
 }
 
 #[derive(Debug)]
@@ -153,6 +157,7 @@ pub enum HostPattern {
 #[derive(Debug)]
 pub struct Route {
     pub path: Box<[u8]>,
+    /// Its upstream group; `usize::MAX` for a route Apex answers itself (`Rules::answer`).
     pub group: usize,
     /// The global timeouts and body limit, with this route's overrides.
     pub per: PerRequest,
@@ -160,6 +165,8 @@ pub struct Route {
     pub slot: usize,
     /// `allow` / `deny`: who may use it.
     pub access: Access,
+    /// Its rules in `Config::rules`; None (the common case): none, at the cost of one branch.
+    pub rules: Option<usize>,
 }
 
 /// A route's address rules. `deny` wins over `allow`; with `allow` given, only the addresses
@@ -358,10 +365,11 @@ impl Config {
         };
         let _ = writeln!(
             o,
-            "\n[log]\naccess = {}\nformat = {}\nlevel = {}",
+            "\n[log]\naccess = {}\nformat = {}\nlevel = {}\nrequest_id = {}",
             q(&access),
             q(format),
-            q(self.log.level.as_str())
+            q(self.log.level.as_str()),
+            self.log.request_id
         );
         if let Some(a) = self.admin {
             let _ = writeln!(o, "\n[admin]\nlisten = {}", q(&a.to_string()));
@@ -377,14 +385,14 @@ impl Config {
         for site in &self.sites {
             let host = site.host.to_string();
             for r in &site.routes {
-                let group = self.groups.get(r.group).map_or("", |g| g.name.as_str());
-                let _ = writeln!(
-                    o,
-                    "\n[[route]]\nhost = {}\npath = {}\nupstream = {}",
-                    q(&host),
-                    q(&String::from_utf8_lossy(&r.path)),
-                    q(group)
-                );
+                let _ =
+                    writeln!(o, "\n[[route]]\nhost = {}\npath = {}", q(&host), q(&String::from_utf8_lossy(&r.path)));
+                if let Some(g) = self.groups.get(r.group) {
+                    let _ = writeln!(o, "upstream = {}", q(&g.name));
+                }
+                if let Some(rules) = r.rules.and_then(|i| self.rules.get(i)) {
+                    o += &rules_toml(rules);
+                }
                 let (p, g) = (&r.per, &self.per);
                 for (k, v, global) in [
                     ("upstream_head", p.upstream_head, g.upstream_head),
@@ -497,6 +505,56 @@ impl Config {
         }
         o
     }
+}
+
+/// A route's rules as the TOML that gives them (`effective`).
+fn rules_toml(r: &crate::rules::Rules) -> String {
+    use crate::rules::{Answer, HeaderRules, PathRule};
+    let s = |b: &[u8]| toml_str(&String::from_utf8_lossy(b));
+    let headers = |h: &HeaderRules| {
+        let map = |l: &[(Box<[u8]>, crate::rules::Template)]| {
+            let items: Vec<String> = l.iter().map(|(n, t)| format!("{} = {}", s(n), toml_str(&t.source))).collect();
+            format!("{{ {} }}", items.join(", "))
+        };
+        let remove: Vec<String> = h.remove.iter().map(|n| s(n)).collect();
+        format!("{{ set = {}, add = {}, remove = [{}] }}", map(&h.set), map(&h.add), remove.join(", "))
+    };
+    let mut o = String::new();
+    for (k, h) in [("request_headers", &r.request), ("response_headers", &r.response)] {
+        if !h.is_empty() {
+            o += &format!("{k} = {}\n", headers(h));
+        }
+    }
+    match &r.path {
+        PathRule::Keep => {}
+        PathRule::Strip(_) => o += "strip_prefix = true\n",
+        PathRule::Rewrite { prefix, to } => o += &format!("rewrite = {{ prefix = {}, to = {} }}\n", s(prefix), s(to)),
+    }
+    match &r.answer {
+        None => {}
+        Some(Answer::Redirect { status, to }) => {
+            o += &format!("redirect = {{ to = {}, status = {status} }}\n", toml_str(&to.source));
+        }
+        Some(Answer::Respond { status, body }) => {
+            o += &format!("respond = {{ status = {status}, body = {} }}\n", s(body));
+        }
+    }
+    o
+}
+
+/// A TOML basic string: `"`, `\` and control characters escaped, the rest as is.
+fn toml_str(text: &str) -> String {
+    let mut o = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => o += "\\\"",
+            '\\' => o += "\\\\",
+            c if c.is_control() => o += &format!("\\u{:04X}", c as u32),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
 }
 
 /// Key exchange groups as the config names them, quoted, in effect order (the default if none).
@@ -693,6 +751,30 @@ mod tests {
         assert_eq!(again.effective(), text);
         assert!(text.contains("client_head = \"10s\"\n"), "{text}");
         assert!(text.contains("[upstream.\"app\"]\nservers = [\"127.0.0.1:9000\"]"), "{text}");
+    }
+
+    /// A route's rules are built once, print back as TOML that parses to the same config, and
+    /// a route without any has none at all (nothing to look at per request).
+    #[test]
+    fn route_rules_round_trip() {
+        let text = "listen = [\"127.0.0.1:0\"]\n[log]\nrequest_id = true\n\
+            [[route]]\npath = \"/api\"\nupstream = \"app\"\nstrip_prefix = true\n\
+            request_headers = { set = { \"X-A\" = \"$client_ip \\\"q\\\" $$\" }, add = { \"X-B\" = \"b\" }, remove = [\"X-C\"] }\n\
+            response_headers = { set = { \"Strict-Transport-Security\" = \"max-age=1\" } }\n\
+            [[route]]\npath = \"/old\"\nupstream = \"app\"\nrewrite = { prefix = \"/old\", to = \"/new\" }\n\
+            [[route]]\npath = \"/r\"\nredirect = { to = \"https://x$path\", status = 301 }\n\
+            [[route]]\npath = \"/h\"\nrespond = { status = 200, body = \"ok\\n\\u0001\\\"\" }\n\
+            [[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
+        let c = Config::parse(text, "t").unwrap();
+        assert!(c.log.request_id);
+        assert_eq!(c.rules.len(), 4);
+        assert!(c.route(b"h", b"/").unwrap().rules.is_none(), "a route without rules has none");
+        assert_eq!(c.route(b"h", b"/r").unwrap().group, usize::MAX, "an answer has no group");
+        let eff = c.effective();
+        for want in ["strip_prefix = true\n", "remove = [\"X-C\"]", "status = 301", "body = \"ok\\u000A\\u0001\\\"\""] {
+            assert!(eff.contains(want), "{want}: {eff}");
+        }
+        assert_eq!(Config::parse(&eff, "effective").unwrap().effective(), eff);
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl Conn {
                 referer: r.map_or(&[][..], Rec::referer),
                 agent: r.map_or(&[][..], Rec::agent),
                 ended_by: rq.ended_by.as_str(),
+                request_id: cx.cfg.log.request_id.then(|| rq.id()),
             };
             cx.log.access(cx.now, cx.cfg.log.format, &e);
         }

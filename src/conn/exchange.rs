@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::buf::Buf;
 use crate::config::{Config, PerRequest};
 use crate::h1::chunked::Decoder;
+use crate::limits::REQUEST_ID_MAX;
 use crate::splice::Pipe;
 
 use super::Cx;
@@ -149,6 +150,13 @@ pub struct Exchange {
     pub(super) per: PerRequest,
     /// The request's key for `balance = "hash"` (balance.rs), when it has one.
     pub(super) key: Option<u64>,
+    /// Its route's rules in `snap`'s `Config::rules`, if it has any.
+    pub(super) rules: Option<u32>,
+    /// Its request id (`id_len` bytes; 0: none), taken or made once per request, and whether
+    /// it goes out as X-Request-Id (`[log] request_id`) or only into templates.
+    pub(super) id: [u8; REQUEST_ID_MAX],
+    pub(super) id_len: u8,
+    pub(super) id_out: bool,
     pub(super) head_len: u32,
     pub(super) req_body: Body,
     pub(super) resp_body: Body,
@@ -211,6 +219,10 @@ impl Exchange {
             failed: None,
             tried: 0,
             key: None,
+            rules: None,
+            id: [0; REQUEST_ID_MAX],
+            id_len: 0,
+            id_out: false,
             per: PerRequest {
                 upstream_head: Duration::ZERO,
                 upstream_body: Duration::ZERO,
@@ -275,6 +287,35 @@ impl Exchange {
             cx.recs.try_remove(k as usize);
         }
         *self = Exchange::new();
+    }
+
+    /// The request id, if it has one.
+    pub(super) fn id(&self) -> &[u8] {
+        self.id.get(..usize::from(self.id_len)).unwrap_or(&[])
+    }
+
+    /// Takes the request's X-Request-Id if it has exactly one and it is sane, else makes one.
+    pub(super) fn take_id(&mut self, headers: &[httparse::Header<'_>], ids: &mut crate::rules::Ids) {
+        let mut given = headers.iter().filter(|h| h.name.as_bytes().eq_ignore_ascii_case(crate::rules::REQUEST_ID));
+        if let (Some(h), None) = (given.next(), given.next())
+            && crate::rules::sane_id(h.value)
+            && let Some(dst) = self.id.get_mut(..h.value.len())
+        {
+            dst.copy_from_slice(h.value);
+            self.id_len = h.value.len() as u8; // at most REQUEST_ID_MAX
+            return;
+        }
+        self.make_id(ids);
+    }
+
+    /// A new id from the worker's generator.
+    pub(super) fn make_id(&mut self, ids: &mut crate::rules::Ids) {
+        let mut fresh = [0u8; 32];
+        ids.fill(&mut fresh);
+        if let Some(dst) = self.id.get_mut(..32) {
+            dst.copy_from_slice(&fresh);
+            self.id_len = 32;
+        }
     }
 
     /// Forgets what was buffered for or from the upstream (its connection is gone or pooled);

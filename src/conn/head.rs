@@ -1,7 +1,9 @@
 //! Heads: the request head read, parsed and routed (`ReadHead`), the head sent upstream written
 //! from the parsed request, the response head parsed and rewritten for the client, and Apex's
-//! own answers (errors, redirects). Parsing and serialising live in `h1/`, without sockets; this
-//! file decides what a parsed head means for the connection.
+//! own answers (errors, redirects, a route's `redirect` / `respond`). A route's rules (`rules.rs`)
+//! are applied here: its path rewrite before the head is written, its header rules and the
+//! request id as the heads are written. Parsing and serialising live in `h1/`, without sockets;
+//! this file decides what a parsed head means for the connection.
 
 use std::sync::Arc;
 
@@ -9,11 +11,14 @@ use crate::buf::{Buf, BufPool};
 use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request, parse_request_in};
 use crate::h1::response::{parse_response, parse_response_in};
-use crate::h1::write::{Location, Out, RespMode, write_answer, write_request, write_response, write_text_answer};
+use crate::h1::write::{
+    Location, Out, Own, RespMode, write_answer, write_request, write_response, write_route_answer, write_text_answer,
+};
 use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
 use crate::log::{Kind, Level, Rec, Sink};
 use crate::metrics::Reject;
+use crate::rules::{Edits, HeaderRules, PathRule, Vars};
 use crate::transport::{End, Filled};
 use crate::upstream::UpKey;
 
@@ -44,7 +49,7 @@ impl Conn {
         cx.arena.reset();
         let fresh =
             if rq.head_scan == 0 { parse_request_in(cin.filled(), &cx.arena, limits.headers) } else { Ok(None) };
-        let (req, end) = match fresh {
+        let (mut req, end) = match fresh {
             Ok(Some(whole)) => whole,
             Err(e) => return self.reject(rq, cx, e),
             Ok(None) => {
@@ -80,6 +85,10 @@ impl Conn {
                 req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map_or(&[][..], |h| h.value)
             };
             rec.capture(req.method.as_bytes(), req.path.as_bytes(), req.minor, header("referer"), header("user-agent"));
+        }
+        if cx.cfg.log.request_id {
+            rq.take_id(req.headers, &mut cx.ids);
+            rq.id_out = true;
         }
         rq.keep_alive = req.keep_alive;
         rq.client_minor = req.minor;
@@ -149,6 +158,33 @@ impl Conn {
             }
             return self.fail(rq, cx, Reject::Forbidden, close);
         }
+        rq.route = route.slot as u32; // below ROUTE_SLOTS
+        let rules = route.rules.and_then(|i| cx.cfg.rules.get(i));
+        if let Some(r) = rules {
+            rq.rules = route.rules.map(|i| i as u32); // config rules are few
+            if r.uses_id && rq.id_len == 0 {
+                rq.make_id(&mut cx.ids);
+            }
+            if let Some(a) = &r.answer {
+                // Apex answers this route itself. The body is not read: close after, as for a 404.
+                rq.close_after |= has_body || !rq.keep_alive || cx.draining;
+                let vars = Vars {
+                    client_ip: self.peer.ip(),
+                    https: self.tls.is_some(),
+                    host: host_name(req.host),
+                    path: req.path.as_bytes(),
+                    id: rq.id(),
+                };
+                let resp = (!r.response.is_empty()).then_some((&r.response, &vars));
+                let n =
+                    queue_own(&mut self.cout, &mut cx.bufs, rq, resp, |w, own| write_route_answer(a, &vars, own, w))?;
+                let (status, body) = (a.status(), a.body_len(rq.is_head));
+                if let Some(b) = self.cin.as_mut() {
+                    b.consume(end);
+                }
+                return self.answered(rq, cx, status, n, body);
+            }
+        }
         let group = route.group;
         rq.per = route.per;
         if let Framing::Length(n) = req.framing
@@ -161,13 +197,34 @@ impl Conn {
             Some(crate::balance::Balance::Hash(on)) => hash_key(on, &req, self.peer.ip()),
             _ => None,
         };
-        rq.route = route.slot as u32; // below ROUTE_SLOTS
         rq.snap = Some(Arc::clone(&cx.cfg));
+        // strip_prefix / rewrite: the target that goes upstream, built in the arena.
+        if let Some(r) = rules
+            && r.path != PathRule::Keep
+        {
+            match r.path.apply(req.path, &cx.arena) {
+                Ok(Some(path)) => req.path = path,
+                Ok(None) => {}
+                Err(e) => return self.reject(rq, cx, e),
+            }
+        }
 
         let uout = cx.bufs.fill_slot(&mut rq.uout);
         uout.clear();
         let mut w = Out::new(uout.spare());
-        write_request(&req, self.peer.ip(), self.tls.is_some(), &mut w);
+        // Built only for a route with request rules or with ids on: the common route pays a branch.
+        let req_rules = rules.map(|r| &r.request).filter(|r| !r.is_empty());
+        let (vars, edits);
+        let edits = if req_rules.is_some() || rq.id_out {
+            let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
+            vars =
+                Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: host_name(req.host), path: b"", id };
+            edits = Edits { rules: req_rules.map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
+            Some(&edits)
+        } else {
+            None
+        };
+        write_request(&req, self.peer.ip(), self.tls.is_some(), edits, &mut w);
         let Some(n) = w.finish() else {
             return self.reject(rq, cx, H1Error::HeadTooLarge);
         };
@@ -338,7 +395,18 @@ impl Conn {
         let mode = RespMode { framing, keep_alive, client_minor: rq.client_minor, tunnel };
         let cout = cx.bufs.fill_slot(&mut self.cout);
         let mut w = Out::new(cout.spare());
-        write_response(&resp, mode, &mut w);
+        // The route's response rules (their variables: what is still known now) and the id.
+        let (vars, edits);
+        let edits = if rq.rules.is_some() || rq.id_out {
+            let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
+            vars = Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: b"", path: b"", id };
+            let rules = rq.rules.and_then(|i| rq.snap.as_deref()?.rules.get(i as usize)).map(|r| &r.response);
+            edits = Edits { rules: rules.filter(|r| !r.is_empty()).map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
+            Some(&edits)
+        } else {
+            None
+        };
+        write_response(&resp, mode, edits, &mut w);
         match w.finish() {
             Some(n) => {
                 cout.commit(n);
@@ -392,26 +460,34 @@ pub(super) fn queue_answer(
     status: u16,
     to: Option<Location<'_>>,
 ) -> Result<usize, Fault> {
-    queue_own(cout, bufs, rq, |w, ka10| write_answer(status, to, rq.close_after, rq.is_head, ka10, w))
+    queue_own(cout, bufs, rq, None, |w, own| write_answer(status, to, own, w))
 }
 
 /// Writes an ACME HTTP-01 answer (RFC 8555 §8.3: 200, the key authorization as the body)
 /// into `cout`. Returns its length.
 fn queue_body_answer(cout: &mut Option<Buf>, bufs: &mut BufPool, rq: &Exchange, body: &[u8]) -> Result<usize, Fault> {
-    queue_own(cout, bufs, rq, |w, ka10| write_text_answer(body, rq.close_after, rq.is_head, ka10, w))
+    queue_own(cout, bufs, rq, None, |w, own| write_text_answer(body, own, w))
 }
 
-/// Queues a response Apex writes itself with `write(out, keep_alive_10)`. Returns its length.
+/// Queues a response Apex writes itself with `write(out, own)`, with the request's id and
+/// `rules` (a route's response rules). Returns its length.
 fn queue_own(
     cout: &mut Option<Buf>,
     bufs: &mut BufPool,
     rq: &Exchange,
-    write: impl FnOnce(&mut Out, bool),
+    rules: Option<(&HeaderRules, &Vars)>,
+    write: impl FnOnce(&mut Out, Own),
 ) -> Result<usize, Fault> {
-    let ka10 = rq.client_minor == 0 && !rq.close_after;
+    let edits = Edits { rules, id: rq.id_out.then(|| rq.id()) };
+    let own = Own {
+        edits: (edits.rules.is_some() || edits.id.is_some()).then_some(&edits),
+        close: rq.close_after,
+        head_only: rq.is_head,
+        keep_alive_10: rq.client_minor == 0 && !rq.close_after,
+    };
     let out = bufs.fill_slot(cout);
     let mut w = Out::new(out.spare());
-    write(&mut w, ka10);
+    write(&mut w, own);
     // No room: the client has not read earlier responses (or a redirect's target is nearly a
     // whole buffer long); give up.
     let n = w.finish().ok_or(Fault::Client)?;

@@ -94,6 +94,8 @@ pub struct Cx {
     pub fd_freed: bool,
     /// This worker's counters (the admin thread reads them).
     pub metrics: Arc<WorkerMetrics>,
+    /// This worker's request ids (X-Request-Id, `$request_id`).
+    pub ids: crate::rules::Ids,
 }
 
 impl Cx {
@@ -559,6 +561,11 @@ impl Conn {
             c.inc();
         }
         let status = why.status();
+        // An error ends the exchange early (a 404 is an answer like any; so are redirects and a
+        // route's own answers, which do not come here).
+        if rq.ended_by == EndedBy::Nobody && status != 404 {
+            rq.ended_by = if status < 500 { EndedBy::Client } else { EndedBy::Upstream };
+        }
         rq.close_after |= close || !rq.keep_alive || cx.draining;
         let n = head::queue_answer(&mut self.cout, &mut cx.bufs, rq, status, None)?;
         self.answered(rq, cx, status, n, answer_body(rq, status))
@@ -570,9 +577,6 @@ impl Conn {
         rq.status = status;
         rq.bytes_out += n as u64;
         rq.head_out += n.saturating_sub(body) as u64;
-        if rq.ended_by == EndedBy::Nobody && status != 404 && status != 308 {
-            rq.ended_by = if status < 500 { EndedBy::Client } else { EndedBy::Upstream };
-        }
         self.log_done(rq, cx);
         Ok(Next::Go(Phase::Respond))
     }

@@ -218,7 +218,7 @@ const DISGUISABLE: [&[u8]; 5] =
 const DISGUISE_MIN_LEN: usize = 14;
 
 /// A field Apex frames the message by or writes itself, spelled with `_` for some `-`.
-fn is_ours_in_disguise(name: &[u8]) -> bool {
+pub(crate) fn is_ours_in_disguise(name: &[u8]) -> bool {
     DISGUISABLE.iter().any(|n| {
         n.len() == name.len()
             && n.iter().zip(name).all(|(&a, &b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use super::head::{Request, named_in};
 use super::response::Response;
 use super::{Field, Framing, list_items};
+use crate::rules::{Answer, Edits, Vars};
 
 /// A cursor over a fixed output buffer. Any write that does not fit fails as a whole message:
 /// the caller checks `Out::finish`.
@@ -111,8 +112,8 @@ impl std::fmt::Write for Out<'_> {
     }
 }
 
-/// How the request body goes upstream.
-pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, out: &mut Out) {
+/// The head that goes upstream, with a route's edits (header rules, X-Request-Id) if any.
+pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, edits: Option<&Edits>, out: &mut Out) {
     out.put(req.method.as_bytes());
     out.put(b" ");
     out.put(req.path.as_bytes());
@@ -127,8 +128,14 @@ pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, out: &mut Ou
         matches!(f, Field::Host | Field::Expect | Field::XForwardedFor | Field::XForwardedProto | Field::XForwardedHost)
     };
     copy_kept_lines(req.raw, req.headers, req.fields, None, out, |h, f| {
-        rewritten(f) || f.hop_by_hop() || (!names.is_empty() && named_in(names, h.name.as_bytes()))
+        rewritten(f)
+            || f.hop_by_hop()
+            || (!names.is_empty() && named_in(names, h.name.as_bytes()))
+            || edits.is_some_and(|e| e.drops(h.name.as_bytes()))
     });
+    if let Some(e) = edits {
+        e.write(out);
+    }
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
     // append the client's address.
     out.put(b"X-Forwarded-For: ");
@@ -170,7 +177,7 @@ pub struct RespMode {
     pub tunnel: bool,
 }
 
-pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
+pub fn write_response(resp: &Response, mode: RespMode, edits: Option<&Edits>, out: &mut Out) {
     // RFC 9110 §2.5: Apex sends its own version. An HTTP/1.1 status line already in the form
     // written here ("HTTP/1.1 ", the code, SP, the reason, CRLF) starts the first copied run.
     let raw = resp.raw;
@@ -193,8 +200,13 @@ pub fn write_response(resp: &Response, mode: RespMode, out: &mut Out) {
     };
     let names = resp.connection_names;
     copy_kept_lines(raw, resp.headers, resp.fields, first, out, |h, f| {
-        f.hop_by_hop() || (!names.is_empty() && named_in(names, h.name.as_bytes()))
+        f.hop_by_hop()
+            || (!names.is_empty() && named_in(names, h.name.as_bytes()))
+            || edits.is_some_and(|e| e.drops(h.name.as_bytes()))
     });
+    if let Some(e) = edits {
+        e.write(out);
+    }
     match mode.framing {
         Framing::Length(n) => out.content_length(n),
         Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
@@ -271,14 +283,24 @@ fn copy_kept_lines(
 pub const fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
         308 => "Permanent Redirect",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        410 => "Gone",
         413 => "Content Too Large",
         417 => "Expectation Failed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -302,8 +324,12 @@ pub fn answer_body_len(status: u16) -> usize {
     3 + 1 + reason(status).len() + 1
 }
 
-/// The end of a head Apex writes itself: the connection's fate, then the blank line.
-fn end_own_head(close: bool, keep_alive_10: bool, out: &mut Out) {
+/// The end of a head Apex writes itself: its edits (X-Request-Id, a route's response rules),
+/// the connection's fate, then the blank line.
+fn end_own_head(edits: Option<&Edits>, close: bool, keep_alive_10: bool, out: &mut Out) {
+    if let Some(e) = edits {
+        e.write(out);
+    }
     if close {
         out.put(b"Connection: close\r\n");
     } else if keep_alive_10 {
@@ -313,25 +339,20 @@ fn end_own_head(close: bool, keep_alive_10: bool, out: &mut Out) {
 }
 
 /// A 200 with a short text body Apex holds itself (an ACME HTTP-01 key authorization).
-pub fn write_text_answer(body: &[u8], close: bool, head_only: bool, keep_alive_10: bool, out: &mut Out) {
+pub fn write_text_answer(body: &[u8], own: Own, out: &mut Out) {
     out.put(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ");
     out.put_u64(body.len() as u64);
     out.put(b"\r\n");
-    end_own_head(close, keep_alive_10, out);
+    let Own { edits, close, head_only, keep_alive_10 } = own;
+    end_own_head(edits, close, keep_alive_10, out);
     if !head_only {
         out.put(body);
     }
 }
 
 /// Apex's own answer: an error, or (with a location) a redirect.
-pub fn write_answer(
-    status: u16,
-    location: Option<Location<'_>>,
-    close: bool,
-    head_only: bool,
-    keep_alive_10: bool,
-    out: &mut Out,
-) {
+pub fn write_answer(status: u16, location: Option<Location<'_>>, own: Own, out: &mut Out) {
+    let Own { edits, close, head_only, keep_alive_10 } = own;
     let reason = reason(status);
     let body_len = answer_body_len(status);
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
@@ -348,10 +369,56 @@ pub fn write_answer(
     if status == 405 {
         out.put(b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE\r\n");
     }
-    end_own_head(close, keep_alive_10, out);
+    end_own_head(edits, close, keep_alive_10, out);
     if !head_only {
         let _ = writeln!(out, "{status} {reason}");
     }
+}
+
+/// A route's own answer (`redirect`, `respond`): its status, `Location` written from the
+/// template, the body, a Content-Type unless the route's response rules set or remove one.
+/// RFC 9110 §15.3.5, §6.4.1: a 204 or 304 has no body and no Content-Length.
+pub fn write_route_answer(a: &Answer, vars: &Vars, own: Own, out: &mut Out) {
+    let status = a.status();
+    out.put(b"HTTP/1.1 ");
+    out.put_u64(u64::from(status));
+    out.put(b" ");
+    // RFC 9112 §4: the reason phrase may be empty; Apex's fallback "Error" is for errors only.
+    let r = reason(status);
+    out.put(if status < 400 && r == "Error" { b"" } else { r.as_bytes() });
+    out.put(b"\r\n");
+    let Own { edits, close, head_only, keep_alive_10 } = own;
+    match a {
+        Answer::Redirect { to, .. } => {
+            out.put(b"Location: ");
+            to.write(vars, out);
+            out.put(b"\r\n");
+            out.content_length(0);
+        }
+        Answer::Respond { body, .. } => {
+            let typed = edits.and_then(|e| e.rules).is_some_and(|(r, _)| r.drops(b"content-type"));
+            if !body.is_empty() && !typed {
+                out.put(b"Content-Type: text/plain\r\n");
+            }
+            if status != 204 && status != 304 {
+                out.content_length(body.len() as u64);
+            }
+        }
+    }
+    end_own_head(edits, close, keep_alive_10, out);
+    if let (Answer::Respond { body, .. }, false) = (a, head_only) {
+        out.put(body);
+    }
+}
+
+/// How an answer of Apex's own ends: its edits, whether the connection closes after it, whether
+/// it answers a HEAD (no body), and whether an HTTP/1.0 client is kept alive.
+#[derive(Clone, Copy)]
+pub struct Own<'a> {
+    pub edits: Option<&'a Edits<'a>>,
+    pub close: bool,
+    pub head_only: bool,
+    pub keep_alive_10: bool,
 }
 
 /// Is `token` one of the comma-separated items of any value? Used for `Connection`.
@@ -370,7 +437,7 @@ mod tests {
         let req = parse_request(head, &arena, 32).unwrap();
         let mut buf = [0u8; 2048];
         let mut out = Out::new(&mut buf);
-        write_request(&req, "10.0.0.9".parse().unwrap(), false, &mut out);
+        write_request(&req, "10.0.0.9".parse().unwrap(), false, None, &mut out);
         let n = out.finish().unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
@@ -381,7 +448,7 @@ mod tests {
     fn own_error_to_head_has_length_and_no_body() {
         let mut buf = [0u8; 256];
         let mut out = Out::new(&mut buf);
-        write_answer(502, None, false, true, false, &mut out);
+        write_answer(502, None, Own { edits: None, close: false, head_only: true, keep_alive_10: false }, &mut out);
         let n = out.finish().unwrap();
         let text = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(text.ends_with("Content-Length: 16\r\n\r\n"), "{text:?}");
@@ -428,7 +495,7 @@ mod tests {
         let mut buf = [0u8; 512];
         let mut out = Out::new(&mut buf);
         let mode = RespMode { framing: resp.framing, keep_alive: true, client_minor: 1, tunnel: false };
-        write_response(&resp, mode, &mut out);
+        write_response(&resp, mode, None, &mut out);
         let n = out.finish().unwrap();
         assert_eq!(
             std::str::from_utf8(&buf[..n]).unwrap(),
@@ -444,7 +511,7 @@ mod tests {
             let head = [line, b"\r\nContent-Length: 0\r\n\r\n"].concat();
             let resp = crate::h1::response::parse_response(&head, &arena, 32, false).unwrap();
             let mut out = Out::new(&mut buf);
-            write_response(&resp, RespMode { framing: resp.framing, ..mode }, &mut out);
+            write_response(&resp, RespMode { framing: resp.framing, ..mode }, None, &mut out);
             let n = out.finish().unwrap();
             assert_eq!(
                 std::str::from_utf8(&buf[..n]).unwrap(),
@@ -456,7 +523,7 @@ mod tests {
         let plain = b"HTTP/1.1 204 No Content\r\nA: 1\r\nB: 2\r\n\r\n";
         let resp = crate::h1::response::parse_response(plain, &arena, 32, false).unwrap();
         let mut out = Out::new(&mut buf);
-        write_response(&resp, RespMode { framing: resp.framing, ..mode }, &mut out);
+        write_response(&resp, RespMode { framing: resp.framing, ..mode }, None, &mut out);
         let n = out.finish().unwrap();
         assert_eq!(&buf[..n], &plain[..]);
     }

@@ -32,6 +32,7 @@ mod ops;
 mod redirect;
 mod resolve;
 mod routing;
+mod rules;
 mod timeouts;
 mod tls;
 mod tls_edges;
