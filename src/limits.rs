@@ -103,3 +103,13 @@ pub const UPGRADE_READY_MS: u64 = 15_000;
 /// SSL TLV, a few hundred). Bounded so the header is peeked in one buffer.
 pub const PROXY_V2_BYTES_MAX: usize = 4096;
 const _: () = assert!(PROXY_V2_BYTES_MAX <= BUF_BYTES);
+
+/// Slots of each worker's table of rate-limit buckets (`per_ip`, 32 bytes each: 2 MiB at most,
+/// touched as addresses arrive). Distinct (route, address) pairs active within a bucket's
+/// refill time beyond this share slots, and the stalest is forgotten.
+pub const RATE_SLOTS: usize = 1 << 16;
+
+/// Slots of each worker's table of open connections per address, per allowed connection (two
+/// per connection keeps neighbourhoods sparse), within these bounds.
+pub const CONN_SLOTS_PER_CONN: usize = 2;
+pub const CONN_SLOTS_MAX: usize = 1 << 20;

@@ -28,6 +28,11 @@ pub(super) struct RawConfig {
     tls: Option<Spanned<RawTls>>,
     admin: Option<RawAdmin>,
     proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+    /// Peers whose X-Forwarded-For is believed (`h1::forwarded`).
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    /// `"replace"` (the default) or `"append"`: the X-Forwarded-For sent upstream.
+    forwarded_for: Option<Spanned<String>>,
 }
 
 /// `[proxy_protocol] listeners = [ADDR…]`, `trusted = [CIDR…]`.
@@ -102,6 +107,7 @@ struct RawLimits {
     connections: Option<Spanned<i64>>,
     upstream_idle_per_server: Option<Spanned<i64>>,
     client_send_buffer: Option<Spanned<toml::Value>>,
+    connections_per_ip: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,6 +134,9 @@ struct RawRoute {
     allow: Vec<Spanned<String>>,
     #[serde(default)]
     deny: Vec<Spanned<String>>,
+    /// Requests per client address: `"100/s"` or `"100/m"`, with `burst` (default: the count).
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -676,6 +685,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         connections_auto: connections == 0,
         upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 1024, 0, 100_000)?,
         client_send_buffer: size_in(&l.client_send_buffer, "client_send_buffer", 0, 0, 64 << 20)? as usize,
+        connections_per_ip: int_in(&l.connections_per_ip, "connections_per_ip", 0, 0, 1_000_000)? as u32,
     };
 
     let log = LogConfig {
@@ -870,7 +880,16 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
         let slot = (raw_index + 1).min(crate::metrics::ROUTE_SLOTS - 1);
         let access = Access { allow: cidrs(&r.allow, "allow")?.into(), deny: cidrs(&r.deny, "deny")?.into() };
-        site.routes.push(Route { path, group, per, slot, access });
+        let rate = match (&r.rate, &r.burst) {
+            (Some(rate), burst) => Some(
+                crate::per_ip::Rate::parse(rate.get_ref(), burst.as_ref().map(|b| *b.get_ref()))
+                    .map_err(|e| (Some(burst.as_ref().map_or(rate.span(), Spanned::span)), e))?,
+            ),
+            (None, Some(b)) => return Err((at(b), "burst needs a rate (e.g. rate = \"100/s\")".into())),
+            (None, None) => None,
+        };
+        let id = raw_index as u32; // routes are few (the file's length bounds them)
+        site.routes.push(Route { path, group, per, slot, access, rate, id });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -916,6 +935,14 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         body_bytes: limits.body_bytes,
     };
     let resolve_every = duration(&raw.resolve_every, "resolve_every", 30_000, false)?;
+    let trusted_proxies = cidrs(&raw.trusted_proxies, "trusted_proxies")?.into();
+    let forwarded_for = match raw.forwarded_for.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "replace")) => ForwardedFor::Replace,
+        Some((_, "append")) => ForwardedFor::Append,
+        Some((f, other)) => {
+            return Err((at(f), format!("forwarded_for {other:?}: want \"replace\" or \"append\"")));
+        }
+    };
     Ok(Config {
         listen,
         workers,
@@ -936,5 +963,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         server_slots,
         admin,
         proxy,
+        trusted_proxies,
+        forwarded_for,
     })
 }

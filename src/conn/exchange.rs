@@ -128,6 +128,8 @@ pub struct Exchange {
     pub(super) presp: Option<Pipe>,
     /// This request's access-log fields in `Cx::recs`.
     pub(super) rec: Option<u32>,
+    /// The client X-Forwarded-For named, from a peer in `trusted_proxies` (else the peer).
+    pub(super) client: Option<std::net::IpAddr>,
     pub(super) head_scan: u32,
     pub(super) head_timer: bool,
     pub(super) line_ok: bool,
@@ -196,6 +198,7 @@ impl Exchange {
             preq: None,
             presp: None,
             rec: None,
+            client: None,
             head_scan: 0,
             head_timer: false,
             line_ok: false,

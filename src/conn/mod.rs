@@ -94,6 +94,10 @@ pub struct Cx {
     pub fd_freed: bool,
     /// This worker's counters (the admin thread reads them).
     pub metrics: Arc<WorkerMetrics>,
+    /// Routes' `rate` buckets per client address (`per_ip`).
+    pub rates: crate::per_ip::AddrTable,
+    /// Open connections per client address, for `limits.connections_per_ip`.
+    pub conns_per_ip: crate::per_ip::AddrTable,
 }
 
 impl Cx {
@@ -233,6 +237,8 @@ pub enum Fault {
     Internal(Broken),
     /// A PROXY protocol header that is not one, or cut short (`proxied.rs`).
     Proxy(crate::proxy_proto::ProxyError),
+    /// The address a PROXY header named already has `limits.connections_per_ip` open.
+    PerIp,
 }
 
 /// A broken invariant, by what the code expected and did not find. Each is `debug_assert!`ed
@@ -287,6 +293,8 @@ pub struct Conn {
     proxy_wait: bool,
     /// Why it entered `Close` (for the closed-connections counter).
     why: CloseWhy,
+    /// Counted in `Cx::conns_per_ip` under `peer`'s address (uncounted on close).
+    counted: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -325,12 +333,14 @@ fn up_conn(ups: &mut Upstreams, up: UpKey) -> Result<&mut UpConn, Fault> {
 
 impl Conn {
     /// `proxy_wait`: a PROXY protocol header comes first, and names the client instead of `peer`.
+    /// `counted`: the worker counted it in `conns_per_ip` under `peer`'s address.
     pub fn new(
         sock: TcpStream,
         peer: SocketAddr,
         tls: Option<Box<Tls>>,
         redirect: bool,
         proxy_wait: bool,
+        counted: bool,
         cx: &mut Cx,
     ) -> Conn {
         let deadline = cx.arm(cx.cfg.timeouts.client_head);
@@ -349,6 +359,7 @@ impl Conn {
             redirect,
             proxy_wait,
             why: CloseWhy::Client,
+            counted,
         }
     }
 
@@ -517,6 +528,9 @@ impl Conn {
         }
         cx.bufs.release(&mut self.cin);
         cx.bufs.release(&mut self.cout);
+        if self.counted {
+            cx.conns_per_ip.close(self.peer.ip());
+        }
         if let Some(t) = self.tls.as_mut() {
             t.release_all(&mut cx.tls_bufs);
         }

@@ -27,6 +27,7 @@ mod health;
 mod hostile;
 mod keepalive;
 mod limits;
+mod limits_ip;
 mod metrics;
 mod ops;
 mod redirect;
