@@ -153,6 +153,8 @@ struct RawGroup {
     fail_after: Option<Spanned<i64>>,
     all_down: Option<Spanned<String>>,
     health: Option<Spanned<RawCheck>>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header naming the client on each new connection.
+    send_proxy: Option<Spanned<String>>,
 }
 
 /// A server: `"10.0.0.5:8080"` or `{ addr = "10.0.0.5:8080", weight = 3 }`.
@@ -783,6 +785,14 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             }
         };
         let check = check(name, g.get_ref())?;
+        let send_proxy = match g.get_ref().send_proxy.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None => None,
+            Some((_, "v1")) => Some(SendProxy::V1),
+            Some((_, "v2")) => Some(SendProxy::V2),
+            Some((v, other)) => {
+                return Err((at(v), format!("upstream {name:?}: send_proxy {other:?}: want \"v1\" or \"v2\"")));
+            }
+        };
         let balance = match (&g.get_ref().balance, &g.get_ref().hash_on) {
             (None, None) => Balance::RoundRobin,
             (Some(b), None) if b.get_ref() == "round_robin" => Balance::RoundRobin,
@@ -831,6 +841,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             fail_after,
             all_down,
             check,
+            send_proxy,
         });
     }
 

@@ -237,6 +237,16 @@ pub struct Group {
     pub all_down: AllDown,
     /// The active health check (`health = { … }`), if any.
     pub check: Option<Check>,
+    /// `send_proxy`: each new connection to these servers starts with a PROXY protocol header
+    /// naming the client. Such connections serve one client's request and are closed, never
+    /// pooled (`conn/connect.rs`).
+    pub send_proxy: Option<SendProxy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    V1,
+    V2,
 }
 
 /// What a request gets when every server of its group is out.
@@ -476,6 +486,9 @@ impl Config {
                     c.rise,
                     c.fall
                 );
+            }
+            if let Some(v) = g.send_proxy {
+                let _ = writeln!(o, "send_proxy = {}", q(if v == SendProxy::V2 { "v2" } else { "v1" }));
             }
             if let Some(t) = &g.tls {
                 let _ = writeln!(o, "tls = true");
@@ -764,6 +777,13 @@ mod tests {
             let e = err(&format!("{BASE}[[route]]\npath = \"/x\"\nupstream = \"app\"\n{bad}"));
             assert!(e.starts_with("t.toml:") && e.contains(want), "{bad:?}: {e}");
         }
+        let c = Config::parse(&format!("{BASE}send_proxy = \"v2\"\n"), "t").unwrap();
+        assert_eq!(c.groups[0].send_proxy, Some(SendProxy::V2));
+        let eff = c.effective();
+        assert!(eff.contains("send_proxy = \"v2\""), "{eff}");
+        assert_eq!(Config::parse(&eff, "effective").unwrap().effective(), eff);
+        let e = err(&format!("{BASE}send_proxy = \"v3\"\n"));
+        assert!(e.starts_with("t.toml:6: upstream \"app\": send_proxy \"v3\": want"), "{e}");
         let e = err(&format!("{BASE}[limits]\nconnections_per_ip = -1\n"));
         assert!(e.contains("connections_per_ip"), "{e}");
     }

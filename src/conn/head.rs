@@ -182,10 +182,12 @@ impl Conn {
             return self.reject(rq, cx, H1Error::BodyTooLarge);
         }
         rq.group = group as u32; // config groups are few
-        rq.key = match cx.cfg.groups.get(group).map(|g| &g.balance) {
+        let g = cx.cfg.groups.get(group);
+        rq.key = match g.map(|g| &g.balance) {
             Some(crate::balance::Balance::Hash(on)) => hash_key(on, &req, client),
             _ => None,
         };
+        rq.send_proxy = g.and_then(|g| g.send_proxy);
         rq.route = route.slot as u32; // below ROUTE_SLOTS
         rq.snap = Some(Arc::clone(&cx.cfg));
 

@@ -33,6 +33,7 @@ mod ops;
 mod redirect;
 mod resolve;
 mod routing;
+mod send_proxy;
 mod timeouts;
 mod tls;
 mod tls_edges;
