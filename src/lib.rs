@@ -18,6 +18,7 @@ pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod notify;
+pub mod per_ip;
 pub mod proxy_proto;
 pub mod reactor;
 pub mod resolve;

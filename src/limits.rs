@@ -114,3 +114,12 @@ pub const HEADER_RULES_MAX: usize = 32;
 /// A route's `respond` body.
 pub const RESPOND_BODY_MAX: usize = 4096;
 const _: () = assert!(REQUEST_ID_MAX < u8::MAX as usize);
+/// Slots of each worker's table of rate-limit buckets (`per_ip`, 32 bytes each: 2 MiB at most,
+/// touched as addresses arrive). Distinct (route, address) pairs active within a bucket's
+/// refill time beyond this share slots, and the stalest is forgotten.
+pub const RATE_SLOTS: usize = 1 << 16;
+
+/// Slots of each worker's table of open connections per address, per allowed connection (two
+/// per connection keeps neighbourhoods sparse), within these bounds.
+pub const CONN_SLOTS_PER_CONN: usize = 2;
+pub const CONN_SLOTS_MAX: usize = 1 << 20;

@@ -158,9 +158,11 @@ pub enum Reject {
     NoFd,
     /// The client's address is refused by its route's `allow` / `deny`.
     Forbidden,
+    /// The client's address is over its route's `rate`.
+    RateLimited,
 }
 
-pub const REJECT_NAMES: [(&str, u16); 15] = [
+pub const REJECT_NAMES: [(&str, u16); 16] = [
     ("bad_request", 400),
     ("bad_framing", 400),
     ("smuggling", 400),
@@ -176,6 +178,7 @@ pub const REJECT_NAMES: [(&str, u16); 15] = [
     ("upstream_timeout", 504),
     ("out_of_fds", 502),
     ("forbidden", 403),
+    ("rate_limited", 429),
 ];
 
 impl Reject {

@@ -150,6 +150,10 @@ impl Worker {
                 fd_freed: false,
                 metrics,
                 ids: crate::rules::Ids::from_os(),
+                rates: crate::per_ip::AddrTable::new(crate::limits::RATE_SLOTS),
+                conns_per_ip: crate::per_ip::AddrTable::new(
+                    (cap * crate::limits::CONN_SLOTS_PER_CONN).min(crate::limits::CONN_SLOTS_MAX),
+                ),
             },
             accept_paused: false,
             handover: None,
@@ -351,6 +355,7 @@ impl Worker {
                 Fault::Upstream => (Level::Info, "the upstream's socket failed"),
                 Fault::Internal(what) => (Level::Error, what.as_str()),
                 Fault::Proxy(e) => (Level::Info, e.as_str()),
+                Fault::PerIp => (Level::Info, "limits.connections_per_ip reached: refused"),
             };
             log_fault(&mut self.cx, &mut self.faults, peer, level, format_args!("closed in {phase}: {cause}"));
         }
@@ -430,6 +435,12 @@ impl Worker {
                         log_fault(&mut self.cx, &mut self.faults, peer, Level::Info, what);
                         continue;
                     }
+                    let Some(counted) = self.count_peer(peer, proxy_wait) else {
+                        // Over `connections_per_ip`: closed unread, without a byte.
+                        let what = format_args!("limits.connections_per_ip reached: refused at accept");
+                        log_fault(&mut self.cx, &mut self.faults, peer, Level::Info, what);
+                        continue;
+                    };
                     let tls = if li >= self.plain_listeners {
                         // A TLS client on a config without TLS (cannot happen: reload refuses
                         // listener changes) is closed.
@@ -462,7 +473,7 @@ impl Worker {
                     if let Some(a) = self.cx.metrics.accepted.get(usize::from(tls.is_some())) {
                         a.inc();
                     }
-                    entry.insert(Conn::new(sock, peer, tls, redirect, proxy_wait, &mut self.cx));
+                    entry.insert(Conn::new(sock, peer, tls, redirect, proxy_wait, counted, &mut self.cx));
                     self.drive(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -492,6 +503,22 @@ impl Worker {
             Some(t) => cfg.tls.as_ref().and_then(|tls| tls.listen.get(t)),
         };
         addr.is_some_and(|a| p.listeners.contains(a))
+    }
+
+    /// `limits.connections_per_ip` at accept: `None` over the limit, else whether it was
+    /// counted. A PROXY listener's peer is a balancer (the header's client is counted when it
+    /// is read, `proxied.rs`), and a peer in `trusted_proxies` carries many clients' requests:
+    /// neither is counted.
+    fn count_peer(&mut self, peer: SocketAddr, proxy_wait: bool) -> Option<bool> {
+        let max = self.cx.cfg.limits.connections_per_ip;
+        if max == 0 || proxy_wait || crate::cidr::any_contains(&self.cx.cfg.trusted_proxies, peer.ip()) {
+            return Some(false);
+        }
+        match self.cx.conns_per_ip.open(peer.ip(), max) {
+            crate::per_ip::Open::Over => None,
+            crate::per_ip::Open::Counted => Some(true),
+            crate::per_ip::Open::Uncounted => Some(false),
+        }
     }
 
     fn proxy_trusted(&self, peer: SocketAddr) -> bool {

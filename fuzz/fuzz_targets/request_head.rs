@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((req, _)) = slow else { return };
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Out::new(&mut buf);
-    write_request(&req, "192.0.2.1".parse().unwrap(), false, None, &mut out);
+    write_request(&req, "192.0.2.1".parse().unwrap(), data.len() % 2 == 0, false, None, &mut out);
     let Some(n) = out.finish() else { return };
     let again = &buf[..n];
     let mut s2 = 0;

@@ -29,6 +29,11 @@ pub(super) struct RawConfig {
     tls: Option<Spanned<RawTls>>,
     admin: Option<RawAdmin>,
     proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+    /// Peers whose X-Forwarded-For is believed (`h1::forwarded`).
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    /// `"replace"` (the default) or `"append"`: the X-Forwarded-For sent upstream.
+    forwarded_for: Option<Spanned<String>>,
 }
 
 /// `[proxy_protocol] listeners = [ADDR…]`, `trusted = [CIDR…]`.
@@ -103,6 +108,7 @@ struct RawLimits {
     connections: Option<Spanned<i64>>,
     upstream_idle_per_server: Option<Spanned<i64>>,
     client_send_buffer: Option<Spanned<toml::Value>>,
+    connections_per_ip: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -138,6 +144,9 @@ struct RawRoute {
     rewrite: Option<Spanned<RawRewrite>>,
     redirect: Option<Spanned<RawRedirect>>,
     respond: Option<Spanned<RawRespond>>,
+    /// Requests per client address: `"100/s"` or `"100/m"`, with `burst` (default: the count).
+    rate: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
 }
 
 /// `{ set = { NAME = VALUE… }, add = { NAME = VALUE… }, remove = [NAME…] }`
@@ -300,6 +309,8 @@ struct RawGroup {
     fail_after: Option<Spanned<i64>>,
     all_down: Option<Spanned<String>>,
     health: Option<Spanned<RawCheck>>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header naming the client on each new connection.
+    send_proxy: Option<Spanned<String>>,
 }
 
 /// A server: `"10.0.0.5:8080"` or `{ addr = "10.0.0.5:8080", weight = 3 }`.
@@ -832,6 +843,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         connections_auto: connections == 0,
         upstream_idle_per_server: int_in(&l.upstream_idle_per_server, "upstream_idle_per_server", 1024, 0, 100_000)?,
         client_send_buffer: size_in(&l.client_send_buffer, "client_send_buffer", 0, 0, 64 << 20)? as usize,
+        connections_per_ip: int_in(&l.connections_per_ip, "connections_per_ip", 0, 0, 1_000_000)? as u32,
     };
 
     let log = LogConfig {
@@ -931,6 +943,14 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             }
         };
         let check = check(name, g.get_ref())?;
+        let send_proxy = match g.get_ref().send_proxy.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None => None,
+            Some((_, "v1")) => Some(SendProxy::V1),
+            Some((_, "v2")) => Some(SendProxy::V2),
+            Some((v, other)) => {
+                return Err((at(v), format!("upstream {name:?}: send_proxy {other:?}: want \"v1\" or \"v2\"")));
+            }
+        };
         let balance = match (&g.get_ref().balance, &g.get_ref().hash_on) {
             (None, None) => Balance::RoundRobin,
             (Some(b), None) if b.get_ref() == "round_robin" => Balance::RoundRobin,
@@ -979,6 +999,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             fail_after,
             all_down,
             check,
+            send_proxy,
         });
     }
 
@@ -1037,11 +1058,21 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
         let slot = (raw_index + 1).min(crate::metrics::ROUTE_SLOTS - 1);
         let access = Access { allow: cidrs(&r.allow, "allow")?.into(), deny: cidrs(&r.deny, "deny")?.into() };
+        let rate = match (&r.rate, &r.burst) {
+            (Some(rate), burst) => Some(
+                crate::per_ip::Rate::parse(rate.get_ref(), burst.as_ref().map(|b| *b.get_ref()))
+                    .map_err(|e| (Some(burst.as_ref().map_or(rate.span(), Spanned::span)), e))?,
+            ),
+            (None, Some(b)) => return Err((at(b), "burst needs a rate (e.g. rate = \"100/s\")".into())),
+            (None, None) => None,
+        };
+        let id = raw_index as u32; // routes are few (the file's length bounds them)
+
         let rules_at = route_rules.map(|x| {
             rules.push(x);
             rules.len() - 1
         });
-        site.routes.push(Route { path, group, per, slot, access, rules: rules_at });
+        site.routes.push(Route { path, group, per, slot, access, rules: rules_at, rate, id });
     }
     for s in &mut sites {
         s.routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
@@ -1087,6 +1118,14 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         body_bytes: limits.body_bytes,
     };
     let resolve_every = duration(&raw.resolve_every, "resolve_every", 30_000, false)?;
+    let trusted_proxies = cidrs(&raw.trusted_proxies, "trusted_proxies")?.into();
+    let forwarded_for = match raw.forwarded_for.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "replace")) => ForwardedFor::Replace,
+        Some((_, "append")) => ForwardedFor::Append,
+        Some((f, other)) => {
+            return Err((at(f), format!("forwarded_for {other:?}: want \"replace\" or \"append\"")));
+        }
+    };
     Ok(Config {
         listen,
         workers,
@@ -1108,5 +1147,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         server_slots,
         admin,
         proxy,
+        trusted_proxies,
+        forwarded_for,
     })
 }

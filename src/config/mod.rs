@@ -68,6 +68,22 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// `[proxy_protocol]`: listeners whose peers announce the real client first, if any.
     pub proxy: Option<ProxyProtocol>,
+    /// `trusted_proxies`: peers (after any PROXY header) whose X-Forwarded-For names the client
+    /// (`h1::forwarded`). Empty: nobody's is believed.
+    pub trusted_proxies: Box<[crate::cidr::Cidr]>,
+    /// `forwarded_for`: what X-Forwarded-For goes upstream.
+    pub forwarded_for: ForwardedFor,
+}
+
+/// The X-Forwarded-For Apex sends upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// The client address Apex decided on, alone: an incoming list is dropped, so a client
+    /// cannot forge its address to the backend (the default).
+    Replace,
+    /// The incoming list (several lines joined), then the peer's address: the classic chain,
+    /// for backends that walk it themselves against their own trusted proxies.
+    Append,
 }
 
 /// Which listeners expect a PROXY protocol header, and from whom. On such a listener a peer in
@@ -126,6 +142,9 @@ pub struct Limits {
     pub upstream_idle_per_server: usize,
     /// SO_SNDBUF for client sockets; 0 leaves the kernel's autotuning (up to tcp_wmem's max).
     pub client_send_buffer: usize,
+    /// Open connections per client address and worker; 0: no limit. Over it, a connection is
+    /// closed at accept without a byte (`per_ip`).
+    pub connections_per_ip: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +186,10 @@ pub struct Route {
     pub access: Access,
     /// Its rules in `Config::rules`; None (the common case): none, at the cost of one branch.
     pub rules: Option<usize>,
+    /// `rate` / `burst`: requests per client address (`per_ip`), if limited.
+    pub rate: Option<crate::per_ip::Rate>,
+    /// Its index in the file: tells its buckets from other routes' in the per-worker table.
+    pub id: u32,
 }
 
 /// A route's address rules. `deny` wins over `allow`; with `allow` given, only the addresses
@@ -221,6 +244,16 @@ pub struct Group {
     pub all_down: AllDown,
     /// The active health check (`health = { … }`), if any.
     pub check: Option<Check>,
+    /// `send_proxy`: each new connection to these servers starts with a PROXY protocol header
+    /// naming the client. Such connections serve one client's request and are closed, never
+    /// pooled (`conn/connect.rs`).
+    pub send_proxy: Option<SendProxy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    V1,
+    V2,
 }
 
 /// What a request gets when every server of its group is out.
@@ -324,6 +357,11 @@ impl Config {
         let mut o = String::new();
         let _ = writeln!(o, "listen = [{}]", quoted(&self.listen));
         let _ = writeln!(o, "workers = {}\nresolve_every = {}", self.workers, d(self.resolve_every));
+        let ff = match self.forwarded_for {
+            ForwardedFor::Replace => "replace",
+            ForwardedFor::Append => "append",
+        };
+        let _ = writeln!(o, "trusted_proxies = [{}]\nforwarded_for = {}", quoted(&self.trusted_proxies), q(ff));
         for (name, addrs) in &self.names {
             let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             let _ = writeln!(o, "# {name} -> {}", shown.join(", "));
@@ -346,13 +384,14 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(
             o,
-            "\n[limits]\nhead_bytes = {}\nheaders = {}\nbody_bytes = {}\nconnections = {}\nupstream_idle_per_server = {}\nclient_send_buffer = {}",
+            "\n[limits]\nhead_bytes = {}\nheaders = {}\nbody_bytes = {}\nconnections = {}\nupstream_idle_per_server = {}\nclient_send_buffer = {}\nconnections_per_ip = {}",
             l.head_bytes,
             l.headers,
             l.body_bytes,
             if l.connections_auto { 0 } else { l.connections },
             l.upstream_idle_per_server,
-            l.client_send_buffer
+            l.client_send_buffer,
+            l.connections_per_ip
         );
         let access = match &self.log.access {
             crate::log::Sink::Off => "off".to_string(),
@@ -411,6 +450,9 @@ impl Config {
                         let _ = writeln!(o, "{k} = [{}]", quoted(list));
                     }
                 }
+                if let Some(rate) = &r.rate {
+                    let _ = writeln!(o, "rate = {}\nburst = {}", q(&rate.show()), rate.burst);
+                }
             }
         }
         for g in &self.groups {
@@ -452,6 +494,9 @@ impl Config {
                     c.rise,
                     c.fall
                 );
+            }
+            if let Some(v) = g.send_proxy {
+                let _ = writeln!(o, "send_proxy = {}", q(if v == SendProxy::V2 { "v2" } else { "v1" }));
             }
             if let Some(t) = &g.tls {
                 let _ = writeln!(o, "tls = true");
@@ -775,6 +820,54 @@ mod tests {
             assert!(eff.contains(want), "{want}: {eff}");
         }
         assert_eq!(Config::parse(&eff, "effective").unwrap().effective(), eff);
+    }
+
+    #[test]
+    fn client_address_and_limits_are_validated_and_round_trip() {
+        let text = "listen = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nforwarded_for = \"append\"\n\
+            [limits]\nconnections_per_ip = 8\n[[route]]\nupstream = \"app\"\nrate = \"100/s\"\nburst = 200\n\
+            [[route]]\npath = \"/x\"\nupstream = \"app\"\nrate = \"5/m\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
+        let c = Config::parse(text, "t").unwrap();
+        assert_eq!(
+            (c.trusted_proxies.len(), c.forwarded_for, c.limits.connections_per_ip),
+            (2, ForwardedFor::Append, 8)
+        );
+        let r = c.route(b"h", b"/").unwrap().rate.unwrap();
+        assert_eq!((r.count, r.per_secs, r.burst), (100, 1, 200));
+        assert_eq!(c.route(b"h", b"/x").unwrap().rate.unwrap().burst, 5, "burst defaults to the count");
+        let eff = c.effective();
+        assert!(eff.contains("forwarded_for = \"append\"") && eff.contains("rate = \"5/m\"\nburst = 5"), "{eff}");
+        assert_eq!(Config::parse(&eff, "effective").unwrap().effective(), eff);
+        let d = Config::parse(BASE, "t").unwrap();
+        assert_eq!(
+            (d.forwarded_for, d.trusted_proxies.len(), d.limits.connections_per_ip),
+            (ForwardedFor::Replace, 0, 0)
+        );
+        for (bad, want) in [
+            ("trusted_proxies = [\"10.0.0.1/8\"]\n", "t.toml:1: trusted_proxies: \"10.0.0.1/8\": host bits"),
+            ("forwarded_for = \"keep\"\n", "t.toml:1: forwarded_for \"keep\": want"),
+        ] {
+            let e = err(&format!("{bad}{BASE}"));
+            assert!(e.starts_with(want), "{bad:?}: {e}");
+        }
+        for (bad, want) in [
+            ("rate = \"100/h\"\n", "rate \"100/h\": want N/s or N/m"),
+            ("rate = \"0/s\"\n", "rate \"0/s\""),
+            ("rate = \"1/s\"\nburst = 0\n", "burst 0: must be between 1"),
+            ("burst = 5\n", "burst needs a rate"),
+        ] {
+            let e = err(&format!("{BASE}[[route]]\npath = \"/x\"\nupstream = \"app\"\n{bad}"));
+            assert!(e.starts_with("t.toml:") && e.contains(want), "{bad:?}: {e}");
+        }
+        let c = Config::parse(&format!("{BASE}send_proxy = \"v2\"\n"), "t").unwrap();
+        assert_eq!(c.groups[0].send_proxy, Some(SendProxy::V2));
+        let eff = c.effective();
+        assert!(eff.contains("send_proxy = \"v2\""), "{eff}");
+        assert_eq!(Config::parse(&eff, "effective").unwrap().effective(), eff);
+        let e = err(&format!("{BASE}send_proxy = \"v3\"\n"));
+        assert!(e.starts_with("t.toml:6: upstream \"app\": send_proxy \"v3\": want"), "{e}");
+        let e = err(&format!("{BASE}[limits]\nconnections_per_ip = -1\n"));
+        assert!(e.contains("connections_per_ip"), "{e}");
     }
 
     #[test]

@@ -56,7 +56,8 @@ impl Conn {
         if cx.cfg.log.access != Sink::Off {
             let r = rec.and_then(|k| cx.recs.get(k as usize));
             let e = Entry {
-                client: self.peer,
+                // Port 0: the client X-Forwarded-For named (its port is not known).
+                client: rq.client.map_or(self.peer, |ip| std::net::SocketAddr::new(ip, 0)),
                 method: r.map_or(&[][..], Rec::method),
                 target: r.map_or(&[][..], Rec::target),
                 minor: r.map_or(rq.client_minor, |r| r.minor),

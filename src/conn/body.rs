@@ -341,7 +341,9 @@ impl Conn {
             // a handshake per HEAD would be an amplification, and allocates.
             cx.ups.reset(up);
             cx.fd_freed = true;
-        } else if clean {
+        } else if clean && rq.send_proxy.is_none() {
+            // A connection that began with a PROXY header names its client for its whole
+            // life: it is never pooled for another (`send_proxy`).
             let at = cx.arm(cx.cfg.timeouts.upstream_idle);
             cx.ups.release(up, at);
         } else {

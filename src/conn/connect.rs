@@ -57,6 +57,10 @@ impl Conn {
                 _ => Some(false),
             }
         };
+        if ok == Some(true) && !u.tcp_up && rq.send_proxy.is_some() && !self.send_proxy_header(rq, u) {
+            return Ok(self.connect_failed(rq, cx, up, false));
+        }
+        let Some(u) = cx.ups.get_mut(up) else { return Err(Fault::Internal(Broken::UpstreamSlot)) };
         match ok {
             Some(true) if !u.tcp_up && u.tls.is_some() => {
                 u.tcp_up = true;
@@ -77,6 +81,22 @@ impl Conn {
         }
     }
 
+    /// `send_proxy`: the PROXY header naming this request's client (its port when the client is
+    /// the peer, else 0) and the address it connected to, written once the TCP connect is up and
+    /// before anything else (TLS included). It fits one segment of a fresh socket's empty send
+    /// buffer: a short write is a failed connection, never a guess.
+    #[cold]
+    fn send_proxy_header(&self, rq: &Exchange, u: &UpConn) -> bool {
+        use std::io::Write as _;
+        let src = rq.client.map_or(self.peer, |ip| SocketAddr::new(ip, 0));
+        let Ok(dst) = self.sock.local_addr() else { return false };
+        let mut h = [0u8; 108]; // v1's longest line with CRLF; v2 with IPv6 is 52
+        let v2 = rq.send_proxy == Some(crate::config::SendProxy::V2);
+        let Some(n) = crate::proxy_proto::write(v2, src, dst, &mut h) else { return false };
+        let Some(bytes) = h.get(..n) else { return false };
+        matches!((&u.sock).write(bytes), Ok(w) if w == n)
+    }
+
     /// Picks a server: a pooled connection to it, else a new one.
     pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
@@ -92,6 +112,7 @@ impl Conn {
             rq.server = server as u32;
             // A retry goes to a fresh connection: the pooled one just failed us.
             if rq.retry != Retry::Used
+                && rq.send_proxy.is_none()
                 && let Some(up) = cx.ups.take_idle(server, key, rq.retry == Retry::Never)
             {
                 if let Some(s) = stats {

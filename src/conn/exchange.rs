@@ -129,6 +129,10 @@ pub struct Exchange {
     pub(super) presp: Option<Pipe>,
     /// This request's access-log fields in `Cx::recs`.
     pub(super) rec: Option<u32>,
+    /// The client X-Forwarded-For named, from a peer in `trusted_proxies` (else the peer).
+    pub(super) client: Option<std::net::IpAddr>,
+    /// Its group's `send_proxy`: a fresh upstream connection of its own, header first, closed after.
+    pub(super) send_proxy: Option<crate::config::SendProxy>,
     pub(super) head_scan: u32,
     pub(super) head_timer: bool,
     pub(super) line_ok: bool,
@@ -204,6 +208,8 @@ impl Exchange {
             preq: None,
             presp: None,
             rec: None,
+            client: None,
+            send_proxy: None,
             head_scan: 0,
             head_timer: false,
             line_ok: false,

@@ -8,13 +8,15 @@
 use std::sync::Arc;
 
 use crate::buf::{Buf, BufPool};
+use crate::config::ForwardedFor;
 use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request, parse_request_in};
 use crate::h1::response::{parse_response, parse_response_in};
 use crate::h1::write::{
     Location, Out, Own, RespMode, write_answer, write_request, write_response, write_route_answer, write_text_answer,
+    write_too_many,
 };
-use crate::h1::{Framing, H1Error, check_request_line, find_head_end, token_hash};
+use crate::h1::{Field, Framing, H1Error, check_request_line, find_head_end, token_hash};
 use crate::limits::{HEADERS_CAP, INTERIM_MAX, LEADING_CRLF_MAX};
 use crate::log::{Kind, Level, Rec, Sink};
 use crate::metrics::Reject;
@@ -80,6 +82,18 @@ impl Conn {
         }
         rq.start = Some(cx.now);
         rq.bytes_in = end as u64;
+        // The client: the peer (after any PROXY header), or, from a peer in `trusted_proxies`,
+        // the right-most untrusted X-Forwarded-For entry (`h1::forwarded`).
+        let peer = self.peer.ip();
+        let trusted = &cx.cfg.trusted_proxies;
+        let client = if trusted.is_empty() || !crate::cidr::any_contains(trusted, peer) {
+            peer
+        } else {
+            let lines = req.headers.iter().zip(req.fields).filter(|(_, f)| **f == Field::XForwardedFor);
+            let client = crate::h1::forwarded::client(lines.map(|(h, _)| h.value), peer, trusted);
+            rq.client = Some(client);
+            client
+        };
         if let Some(rec) = new_rec(&mut cx.recs, cx.cfg.log.access != Sink::Off, rq) {
             let header = |name: &str| {
                 req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map_or(&[][..], |h| h.value)
@@ -151,12 +165,21 @@ impl Conn {
             return self.fail(rq, cx, Reject::NoRoute, close);
         };
         // The real client's address (after a PROXY header) against the route's rules.
-        if !route.access.is_open() && !route.access.admits(self.peer.ip()) {
+        if !route.access.is_open() && !route.access.admits(client) {
             let close = has_body; // the body is not read, as for a 404
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
             }
             return self.fail(rq, cx, Reject::Forbidden, close);
+        }
+        if let Some(rate) = &route.rate
+            && let Err(secs) = cx.rates.take(client, route.id, rate, cx.now)
+        {
+            let close = has_body; // the body is not read, as for a 403
+            if let Some(b) = self.cin.as_mut() {
+                b.consume(end);
+            }
+            return self.limited(rq, cx, secs, close);
         }
         rq.route = route.slot as u32; // below ROUTE_SLOTS
         let rules = route.rules.and_then(|i| cx.cfg.rules.get(i));
@@ -169,7 +192,7 @@ impl Conn {
                 // Apex answers this route itself. The body is not read: close after, as for a 404.
                 rq.close_after |= has_body || !rq.keep_alive || cx.draining;
                 let vars = Vars {
-                    client_ip: self.peer.ip(),
+                    client_ip: client,
                     https: self.tls.is_some(),
                     host: host_name(req.host),
                     path: req.path.as_bytes(),
@@ -193,10 +216,12 @@ impl Conn {
             return self.reject(rq, cx, H1Error::BodyTooLarge);
         }
         rq.group = group as u32; // config groups are few
-        rq.key = match cx.cfg.groups.get(group).map(|g| &g.balance) {
-            Some(crate::balance::Balance::Hash(on)) => hash_key(on, &req, self.peer.ip()),
+        let g = cx.cfg.groups.get(group);
+        rq.key = match g.map(|g| &g.balance) {
+            Some(crate::balance::Balance::Hash(on)) => hash_key(on, &req, client),
             _ => None,
         };
+        rq.send_proxy = g.and_then(|g| g.send_proxy);
         rq.snap = Some(Arc::clone(&cx.cfg));
         // strip_prefix / rewrite: the target that goes upstream, built in the arena.
         if let Some(r) = rules
@@ -217,14 +242,19 @@ impl Conn {
         let (vars, edits);
         let edits = if req_rules.is_some() || rq.id_out {
             let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
-            vars =
-                Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: host_name(req.host), path: b"", id };
+            vars = Vars { client_ip: client, https: self.tls.is_some(), host: host_name(req.host), path: b"", id };
             edits = Edits { rules: req_rules.map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
             Some(&edits)
         } else {
             None
         };
-        write_request(&req, self.peer.ip(), self.tls.is_some(), edits, &mut w);
+        // `forwarded_for = "append"`: the list as received, then the peer Apex saw; "replace":
+        // the client Apex decided on, alone.
+        let (xff, append) = match cx.cfg.forwarded_for {
+            ForwardedFor::Append => (peer, true),
+            ForwardedFor::Replace => (client, false),
+        };
+        write_request(&req, xff, append, self.tls.is_some(), edits, &mut w);
         let Some(n) = w.finish() else {
             return self.reject(rq, cx, H1Error::HeadTooLarge);
         };
@@ -323,6 +353,17 @@ impl Conn {
         self.fail(rq, cx, Reject::of(e), true)
     }
 
+    /// Over its route's `rate`: 429 (RFC 6585 §4) with Retry-After in whole seconds, when the
+    /// bucket will hold a token again (RFC 9110 §10.2.3). Nothing is forwarded.
+    fn limited(&mut self, rq: &mut Exchange, cx: &mut Cx, secs: u32, close: bool) -> Step {
+        if let Some(c) = cx.metrics.rejected.get(Reject::RateLimited as usize) {
+            c.inc();
+        }
+        rq.close_after |= close || !rq.keep_alive || cx.draining;
+        let n = queue_own(&mut self.cout, &mut cx.bufs, rq, None, |w, own| write_too_many(secs, own, w))?;
+        self.answered(rq, cx, 429, n, super::answer_body(rq, 429))
+    }
+
     // ---- The response head ----------------------------------------------------------------
 
     /// Finds the response head in `uin` (parsed straight from the buffer when it came whole,
@@ -399,7 +440,13 @@ impl Conn {
         let (vars, edits);
         let edits = if rq.rules.is_some() || rq.id_out {
             let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
-            vars = Vars { client_ip: self.peer.ip(), https: self.tls.is_some(), host: b"", path: b"", id };
+            vars = Vars {
+                client_ip: rq.client.unwrap_or(self.peer.ip()),
+                https: self.tls.is_some(),
+                host: b"",
+                path: b"",
+                id,
+            };
             let rules = rq.rules.and_then(|i| rq.snap.as_deref()?.rules.get(i as usize)).map(|r| &r.response);
             edits = Edits { rules: rules.filter(|r| !r.is_empty()).map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
             Some(&edits)

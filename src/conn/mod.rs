@@ -96,6 +96,10 @@ pub struct Cx {
     pub metrics: Arc<WorkerMetrics>,
     /// This worker's request ids (X-Request-Id, `$request_id`).
     pub ids: crate::rules::Ids,
+    /// Routes' `rate` buckets per client address (`per_ip`).
+    pub rates: crate::per_ip::AddrTable,
+    /// Open connections per client address, for `limits.connections_per_ip`.
+    pub conns_per_ip: crate::per_ip::AddrTable,
 }
 
 impl Cx {
@@ -235,6 +239,8 @@ pub enum Fault {
     Internal(Broken),
     /// A PROXY protocol header that is not one, or cut short (`proxied.rs`).
     Proxy(crate::proxy_proto::ProxyError),
+    /// The address a PROXY header named already has `limits.connections_per_ip` open.
+    PerIp,
 }
 
 /// A broken invariant, by what the code expected and did not find. Each is `debug_assert!`ed
@@ -289,6 +295,8 @@ pub struct Conn {
     proxy_wait: bool,
     /// Why it entered `Close` (for the closed-connections counter).
     why: CloseWhy,
+    /// Counted in `Cx::conns_per_ip` under `peer`'s address (uncounted on close).
+    counted: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -327,12 +335,14 @@ fn up_conn(ups: &mut Upstreams, up: UpKey) -> Result<&mut UpConn, Fault> {
 
 impl Conn {
     /// `proxy_wait`: a PROXY protocol header comes first, and names the client instead of `peer`.
+    /// `counted`: the worker counted it in `conns_per_ip` under `peer`'s address.
     pub fn new(
         sock: TcpStream,
         peer: SocketAddr,
         tls: Option<Box<Tls>>,
         redirect: bool,
         proxy_wait: bool,
+        counted: bool,
         cx: &mut Cx,
     ) -> Conn {
         let deadline = cx.arm(cx.cfg.timeouts.client_head);
@@ -351,6 +361,7 @@ impl Conn {
             redirect,
             proxy_wait,
             why: CloseWhy::Client,
+            counted,
         }
     }
 
@@ -519,6 +530,9 @@ impl Conn {
         }
         cx.bufs.release(&mut self.cin);
         cx.bufs.release(&mut self.cout);
+        if self.counted {
+            cx.conns_per_ip.close(self.peer.ip());
+        }
         if let Some(t) = self.tls.as_mut() {
             t.release_all(&mut cx.tls_bufs);
         }

@@ -62,6 +62,16 @@ impl Conn {
             self.peer = src;
         }
         self.proxy_wait = false;
+        // `limits.connections_per_ip` counts the client the header names, not the balancer
+        // (which was not counted at accept): over it, closed before a byte is answered.
+        let max = cx.cfg.limits.connections_per_ip;
+        if max > 0 {
+            match cx.conns_per_ip.open(self.peer.ip(), max) {
+                crate::per_ip::Open::Over => return Err(Fault::PerIp),
+                crate::per_ip::Open::Counted => self.counted = true,
+                crate::per_ip::Open::Uncounted => {}
+            }
+        }
         Ok(Some(true))
     }
 }

@@ -2,6 +2,7 @@
 //! every function takes bytes and returns a decision, so all of it is unit-tested and fuzzed.
 
 pub mod chunked;
+pub mod forwarded;
 pub mod head;
 pub mod response;
 pub mod write;

@@ -112,8 +112,18 @@ impl std::fmt::Write for Out<'_> {
     }
 }
 
-/// The head that goes upstream, with a route's edits (header rules, X-Request-Id) if any.
-pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, edits: Option<&Edits>, out: &mut Out) {
+/// The head sent upstream, with a route's edits (header rules, X-Request-Id) if any.
+/// X-Forwarded-For: with `append`, the client's list (several lines joined) then `client_ip`
+/// (the peer Apex saw); without, `client_ip` alone (the client Apex decided on), the client's
+/// list dropped so that it cannot forge its address.
+pub fn write_request(
+    req: &Request,
+    client_ip: IpAddr,
+    append: bool,
+    https: bool,
+    edits: Option<&Edits>,
+    out: &mut Out,
+) {
     out.put(req.method.as_bytes());
     out.put(b" ");
     out.put(req.path.as_bytes());
@@ -139,7 +149,7 @@ pub fn write_request(req: &Request, client_ip: IpAddr, https: bool, edits: Optio
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
     // append the client's address.
     out.put(b"X-Forwarded-For: ");
-    let xff = req.headers.iter().zip(req.fields).filter(|(_, f)| **f == Field::XForwardedFor);
+    let xff = req.headers.iter().zip(req.fields).filter(|(_, f)| append && **f == Field::XForwardedFor);
     for (h, _) in xff {
         let v = super::trim_ows(h.value);
         if !v.is_empty() {
@@ -421,6 +431,19 @@ pub struct Own<'a> {
     pub keep_alive_10: bool,
 }
 
+/// 429 Too Many Requests (RFC 6585 §4), with Retry-After in delay-seconds (RFC 9110 §10.2.3).
+pub fn write_too_many(retry_secs: u32, own: Own, out: &mut Out) {
+    let (reason, body_len) = (reason(429), answer_body_len(429));
+    let _ = write!(
+        out,
+        "HTTP/1.1 429 {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\nRetry-After: {retry_secs}\r\n"
+    );
+    end_own_head(own.edits, own.close, own.keep_alive_10, out);
+    if !own.head_only {
+        let _ = writeln!(out, "429 {reason}");
+    }
+}
+
 /// Is `token` one of the comma-separated items of any value? Used for `Connection`.
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     list_items(value).any(|t| t.eq_ignore_ascii_case(token))
@@ -437,7 +460,7 @@ mod tests {
         let req = parse_request(head, &arena, 32).unwrap();
         let mut buf = [0u8; 2048];
         let mut out = Out::new(&mut buf);
-        write_request(&req, "10.0.0.9".parse().unwrap(), false, None, &mut out);
+        write_request(&req, "10.0.0.9".parse().unwrap(), true, false, None, &mut out);
         let n = out.finish().unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
@@ -526,6 +549,32 @@ mod tests {
         write_response(&resp, RespMode { framing: resp.framing, ..mode }, None, &mut out);
         let n = out.finish().unwrap();
         assert_eq!(&buf[..n], &plain[..]);
+    }
+
+    /// `forwarded_for = "replace"`: the client's list is dropped, whatever it says.
+    #[test]
+    fn forwarded_for_replaced() {
+        let arena = Bump::new();
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n";
+        let req = parse_request(head, &arena, 32).unwrap();
+        let mut buf = [0u8; 512];
+        let mut out = Out::new(&mut buf);
+        write_request(&req, "10.0.0.9".parse().unwrap(), false, false, None, &mut out);
+        let n = out.finish().unwrap();
+        let text = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(text.contains("\r\nX-Forwarded-For: 10.0.0.9\r\n") && !text.contains("6.6.6.6"), "{text}");
+    }
+
+    #[test]
+    fn too_many_requests_says_when_to_retry() {
+        let mut buf = [0u8; 256];
+        let mut out = Out::new(&mut buf);
+        write_too_many(7, Own { edits: None, close: false, head_only: false, keep_alive_10: false }, &mut out);
+        let n = out.finish().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nRetry-After: 7\r\n\r\n429 Too Many Requests\n"
+        );
     }
 
     #[test]

@@ -613,8 +613,9 @@ const FIELDS: &[Case] = &[
     case("hop_by_hop_fields_dropped", "RFC 9110 §7.6.1", b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nTrailer: X-T\r\nProxy-Connection: keep-alive\r\nKeep-Alive: 1\r\nX-B: 2\r\n\r\n", Forward(canon!("GET /", "h", "X-B: 2\r\n", "\r\n"))),
     // Host can never be removed by naming it in Connection (it is what the upstream routes on).
     case("connection_names_host", "RFC 9110 §7.6.1", b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Host\r\n\r\n", Forward(GET_H)),
-    // A client cannot forge Apex's X-Forwarded-Proto/Host; X-Forwarded-For is appended to.
-    case("x_forwarded_spoofed", "RFC 7239 §5.2", b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: admin\r\n\r\n", Forward(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.9.9.9, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n")),
+    // A client cannot forge Apex's X-Forwarded-Proto/Host, nor X-Forwarded-For: from a peer not
+    // in trusted_proxies it is replaced (forwarded_for = "replace", the default).
+    case("x_forwarded_spoofed", "RFC 7239 §5.2", b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: admin\r\n\r\n", Forward(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\n")),
     // Nor in disguise: `X_Forwarded_Proto` is another field to Apex, and the same one as
     // Apex's own to a backend that maps `_` to `-` (CGI, WSGI, PHP); which copy wins is the
     // backend's guess, so the request is refused, as framing fields in disguise are.

@@ -513,7 +513,16 @@ impl Client {
         Client::from_stream(TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to apex"))
     }
 
-    fn from_stream(s: TcpStream) -> Client {
+    /// Connects from the loopback address `local` (any of 127.0.0.0/8): a distinct client address.
+    pub fn connect_from(local: std::net::Ipv4Addr, addr: SocketAddr) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from((local, 0)).into()).unwrap();
+        s.connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect to apex");
+        Client::from_stream(s.into())
+    }
+
+    pub fn from_stream(s: TcpStream) -> Client {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_nodelay(true).unwrap();

@@ -36,9 +36,21 @@ fn x_forwarded_for_is_set() {
     assert_eq!(req.headers_named("x-forwarded-for"), vec!["127.0.0.1"], "{}", req.head_str());
 }
 
+/// By default (`forwarded_for = "replace"`) a client's own X-Forwarded-For never reaches the
+/// upstream: it would be a forged address.
+#[test]
+fn x_forwarded_for_is_replaced() {
+    let req = forward(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n");
+    assert_eq!(req.headers_named("x-forwarded-for"), vec!["127.0.0.1"], "{}", req.head_str());
+}
+
 #[test]
 fn x_forwarded_for_is_appended() {
-    let req = forward(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n");
+    let up = Upstream::ok("ok");
+    let apex = Apex::start_toml(&format!("forwarded_for = \"append\"\n{}", Config::to(up.addr).render()));
+    let r = apex.client().request(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let req = up.one_request();
     assert_eq!(req.headers_named("x-forwarded-for"), vec!["10.0.0.1, 127.0.0.1"], "{}", req.head_str());
 }
 
