@@ -102,6 +102,11 @@ impl Health {
         }
     }
 
+    /// The active check's verdict (true without a check): for /status and `apex_upstream_up`.
+    pub fn checked_up(&self) -> bool {
+        self.checked_up.load(Relaxed)
+    }
+
     /// When it comes back if nothing probes it: for `all_down = "try"`, the least recently failed.
     pub fn down_until(&self) -> u64 {
         self.down_until.load(Relaxed)

@@ -1,12 +1,15 @@
 //! `GET /status`: one JSON object for people and scripts, written by hand (RFC 8259 strings,
-//! escaped below) rather than through serde_json, which Apex does not otherwise need.
+//! escaped below) rather than through serde_json (which only the ACME
+//! client needs).
 //!
 //! ```text
 //! {"version", "pid", "uptime_seconds", "draining", "workers",
 //!  "config": {"file", "generation", "last_reload": {"at", "result", "error"}},
 //!  "connections": {"open", "by_state": {"read_head", ...}},
-//!  "upstreams": [{"group", "servers": [{"address", "healthy", "in_flight", "idle_pooled",
+//!  "upstreams": [{"group", "servers": [{"address", "healthy", "passive": "up" | "down",
+//!                 "check": null | "up" | "down", "in_flight", "idle_pooled",
 //!                 "last_error": null | {"reason", "at"}}]}],
+//! (`healthy`: neither the passive view nor the group's active check has it out.)
 //!  "certificates": [{"chain", "names", "not_after"}]}
 //! ```
 //! Times are RFC 3339 in UTC.
@@ -86,6 +89,17 @@ pub fn render(sh: &Shared) -> String {
             let busy: i64 = stats.iter().map(|s| s.busy.get() as i64).sum();
             let idle: i64 = stats.iter().map(|s| s.idle.get() as i64).sum();
             let down = stats.iter().any(|s| s.down_until_ms.get() > now_ms);
+            // The active check's verdict, where the group has one (null: no check).
+            let check = match (&g.check, cfg.health.get(si)) {
+                (Some(_), Some(h)) => {
+                    if h.checked_up() {
+                        "\"up\""
+                    } else {
+                        "\"down\""
+                    }
+                }
+                _ => "null",
+            };
             // The most recent error among the workers.
             let last = stats.iter().filter(|s| s.last_error.get() > 0).max_by_key(|s| s.last_error_at.get());
             let last_error = match last {
@@ -102,10 +116,11 @@ pub fn render(sh: &Shared) -> String {
             let shared = labels.servers.get(slot).is_some_and(|a| *a != addr);
             let _ = write!(
                 o,
-                "{}{{\"address\":{},\"healthy\":{},\"in_flight\":{busy},\"idle_pooled\":{idle},\"last_error\":{last_error}{}}}",
+                "{}{{\"address\":{},\"healthy\":{},\"passive\":{},\"check\":{check},\"in_flight\":{busy},\"idle_pooled\":{idle},\"last_error\":{last_error}{}}}",
                 if k > 0 { "," } else { "" },
                 json_str(&addr),
-                !down,
+                !down && check != "\"down\"",
+                if down { "\"down\"" } else { "\"up\"" },
                 if shared { ",\"counted_as\":\"(other)\"" } else { "" }
             );
         }

@@ -97,7 +97,7 @@ pub fn render(sh: &Shared, om: bool) -> String {
 
     clients(&mut o, ws);
     requests(&mut o, ws, &labels);
-    upstreams(&mut o, ws, &labels);
+    upstreams(&mut o, ws, &labels, &cfg);
     tls(&mut o, ws, &cfg);
     process(&mut o, sh);
     if om {
@@ -181,7 +181,7 @@ fn requests(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>], labels: &LabelSet
     }
 }
 
-fn upstreams(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>], labels: &LabelSet) {
+fn upstreams(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>], labels: &LabelSet, cfg: &crate::config::Config) {
     let servers: Vec<(usize, String)> =
         labels.servers.iter().enumerate().map(|(i, a)| (i, format!("server=\"{}\"", escape(a)))).collect();
     let each = |o: &mut Out, name: &str, kind: &str, help: &str, f: &dyn Fn(&super::ServerStats) -> u64| {
@@ -248,11 +248,21 @@ fn upstreams(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>], labels: &LabelSe
         &|s| s.busy.get(),
     );
     let now_ms = super::unix_now().1;
-    o.family("apex_upstream_up", "gauge", "0 while a server is skipped after a failure (passive health), else 1.");
+    o.family(
+        "apex_upstream_up",
+        "gauge",
+        "0 while a server is skipped: after a failure (passive health) or failed by its active check; else 1.",
+    );
     for (i, l) in &servers {
-        let down = ws.iter().any(|w| w.server(*i).is_some_and(|s| s.down_until_ms.get() > now_ms));
-        o.sample("apex_upstream_up", l, u8::from(!down));
+        let passive_down = ws.iter().any(|w| w.server(*i).is_some_and(|s| s.down_until_ms.get() > now_ms));
+        o.sample("apex_upstream_up", l, u8::from(!passive_down && !checked_down(cfg, *i)));
     }
+}
+
+/// Has an active check taken the server of metrics slot `slot` out? (Servers sharing a slot:
+/// any of them.)
+pub fn checked_down(cfg: &crate::config::Config, slot: usize) -> bool {
+    cfg.server_slots.iter().zip(&cfg.health).any(|(&s, h)| s == slot && !h.checked_up())
 }
 
 /// A TLS alert's name (RFC 8446 §6).

@@ -283,7 +283,7 @@ fn status_tells_version_reloads_upstreams_and_certificates() {
         "\"result\":\"ok\",\"error\":null",
         "\"by_state\":{\"read_head\":0,",
         "\"group\":\"dead\"",
-        &format!("\"address\":\"{}\",\"healthy\":true,\"in_flight\":0,\"idle_pooled\":0,\"last_error\":null", m.dead),
+        &format!("\"address\":\"{}\",\"healthy\":true,\"passive\":\"up\",\"check\":null,\"in_flight\":0,\"idle_pooled\":0,\"last_error\":null", m.dead),
         "\"names\":[\"app.test\"],\"not_after\":\"",
     ] {
         assert!(s.contains(want), "{want} not in {s}");
@@ -297,7 +297,7 @@ fn status_tells_version_reloads_upstreams_and_certificates() {
     assert!(wait_until(Duration::from_secs(3), || st(&m.apex).contains(idle)), "{idle} not in {}", st(&m.apex));
     let s = st(&m.apex);
     let dead = format!(
-        "\"address\":\"{}\",\"healthy\":false,\"in_flight\":0,\"idle_pooled\":0,\"last_error\":{{\"reason\":\"connect_failed\",\"at\":\"20",
+        "\"address\":\"{}\",\"healthy\":false,\"passive\":\"down\",\"check\":null,\"in_flight\":0,\"idle_pooled\":0,\"last_error\":{{\"reason\":\"connect_failed\",\"at\":\"20",
         m.dead
     );
     assert!(s.contains(&dead), "{dead} not in {s}");
@@ -462,4 +462,40 @@ fn a_failure_the_next_server_made_good_is_one_warn_naming_both() {
     let s = Scrape::take(admin);
     s.eq(&format!("apex_upstream_errors_total{{server=\"{dead}\",reason=\"connect_failed\"}}"), 1.0);
     s.eq(&format!("apex_upstream_responses_total{{server=\"{}\",class=\"2xx\"}}", up.addr), 1.0);
+}
+
+/// An active check's verdict shows: /status says which view has a server out (`check`,
+/// `passive`) and `healthy` is false, and `apex_upstream_up` is 0, until it passes again.
+#[test]
+fn status_and_the_up_gauge_show_the_active_checks_verdict() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let sick = Arc::new(AtomicBool::new(true));
+    let flag = sick.clone();
+    let a = Upstream::http(move |r| match r.target.as_str() {
+        "/healthz" if flag.load(SeqCst) => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        _ => ok("a"),
+    });
+    let b = Upstream::ok("b");
+    let apex = Apex::start(
+        &Config::new()
+            .route("app.test", "/", "g")
+            .group("g", &[a.addr, b.addr])
+            .append("health = { path = \"/healthz\", every = \"50ms\", timeout = \"1s\", rise = 1, fall = 1 }\n")
+            .append(ADMIN),
+    );
+    let admin = admin_addr(&apex);
+    let up = |s: SocketAddr| format!("apex_upstream_up{{server=\"{s}\"}}");
+    let seen = |healthy: bool, check: &str, gauge: f64| {
+        wait_until(Duration::from_secs(5), || {
+            let status = admin_get(admin, "/status", "").body_str();
+            let want =
+                format!("{{\"address\":\"{}\",\"healthy\":{healthy},\"passive\":\"up\",\"check\":\"{check}\",", a.addr);
+            status.contains(&want) && Scrape::take(admin).get(&up(a.addr)) == gauge
+        })
+    };
+    assert!(seen(false, "down", 0.0), "{}", admin_get(admin, "/status", "").body_str());
+    Scrape::take(admin).eq(&up(b.addr), 1.0);
+    sick.store(false, SeqCst);
+    assert!(seen(true, "up", 1.0), "{}", admin_get(admin, "/status", "").body_str());
 }
