@@ -283,7 +283,10 @@ fn status_tells_version_reloads_upstreams_and_certificates() {
         "\"result\":\"ok\",\"error\":null",
         "\"by_state\":{\"read_head\":0,",
         "\"group\":\"dead\"",
-        &format!("\"address\":\"{}\",\"healthy\":true,\"passive\":\"up\",\"check\":null,\"in_flight\":0,\"idle_pooled\":0,\"last_error\":null", m.dead),
+        &format!(
+            "\"address\":\"{}\",\"healthy\":true,\"passive\":\"up\",\"check\":null,\"in_flight\":0,\"idle_pooled\":0,\"last_error\":null",
+            m.dead
+        ),
         "\"names\":[\"app.test\"],\"not_after\":\"",
     ] {
         assert!(s.contains(want), "{want} not in {s}");
