@@ -291,12 +291,22 @@ pub struct Conn {
     tls: Option<Box<Tls>>,
     /// Came in on a listener in `tls.redirect_http`: every request gets a 308 to HTTPS.
     redirect: bool,
-    /// Came in on a `[proxy_protocol]` listener and its header is not taken yet (`proxied.rs`).
-    proxy_wait: bool,
+    /// Who its client is, as far as the PROXY header and `connections_per_ip` go.
+    admit: Admit,
     /// Why it entered `Close` (for the closed-connections counter).
     why: CloseWhy,
+}
+
+/// A connection's standing before its first request: one byte, not two flags, so that `Conn`
+/// stays within its budget (`idle_connection_fits_budget`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Admit {
+    /// Came in on a `[proxy_protocol]` listener and its header is not taken yet (`proxied.rs`).
+    AwaitsProxyHeader,
     /// Counted in `Cx::conns_per_ip` under `peer`'s address (uncounted on close).
-    counted: bool,
+    Counted,
+    /// Neither.
+    Plain,
 }
 
 impl std::fmt::Debug for Conn {
@@ -359,9 +369,12 @@ impl Conn {
             rq: None,
             tls,
             redirect,
-            proxy_wait,
+            admit: match (proxy_wait, counted) {
+                (true, _) => Admit::AwaitsProxyHeader,
+                (false, true) => Admit::Counted,
+                (false, false) => Admit::Plain,
+            },
             why: CloseWhy::Client,
-            counted,
         }
     }
 
@@ -395,7 +408,11 @@ impl Conn {
     /// its turn budget ran out with work left (the worker steps it again after other work).
     pub fn step(&mut self, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
         let mut rq = self.rq.take().unwrap_or_else(|| cx.exchanges.take());
-        let mut r = if self.proxy_wait { self.proxy_then_run(&mut rq, cx, key) } else { self.run(&mut rq, cx, key) };
+        let mut r = if self.admit == Admit::AwaitsProxyHeader {
+            self.proxy_then_run(&mut rq, cx, key)
+        } else {
+            self.run(&mut rq, cx, key)
+        };
         if let Err(Fault::Client) = r
             && self.tls_alerted()
         {
@@ -530,7 +547,7 @@ impl Conn {
         }
         cx.bufs.release(&mut self.cin);
         cx.bufs.release(&mut self.cout);
-        if self.counted {
+        if self.admit == Admit::Counted {
             cx.conns_per_ip.close(self.peer.ip());
         }
         if let Some(t) = self.tls.as_mut() {

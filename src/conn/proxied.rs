@@ -61,14 +61,14 @@ impl Conn {
         if let Some(src) = h.source {
             self.peer = src;
         }
-        self.proxy_wait = false;
+        self.admit = super::Admit::Plain;
         // `limits.connections_per_ip` counts the client the header names, not the balancer
         // (which was not counted at accept): over it, closed before a byte is answered.
         let max = cx.cfg.limits.connections_per_ip;
         if max > 0 {
             match cx.conns_per_ip.open(self.peer.ip(), max) {
                 crate::per_ip::Open::Over => return Err(Fault::PerIp),
-                crate::per_ip::Open::Counted => self.counted = true,
+                crate::per_ip::Open::Counted => self.admit = super::Admit::Counted,
                 crate::per_ip::Open::Uncounted => {}
             }
         }
