@@ -43,6 +43,9 @@ pub struct Health {
     checked_up: AtomicBool,
     /// The active checker's streak: > 0 successes in a row, < 0 failures in a row.
     streak: AtomicI32,
+    /// When it came back (ms on `epoch`, at least 1) after being out by either view; 0 once
+    /// its group's `slow_start` has passed, or if it never was out.
+    up_since: AtomicU64,
 }
 
 impl Default for Health {
@@ -52,6 +55,7 @@ impl Default for Health {
             fails: AtomicU32::new(0),
             checked_up: AtomicBool::new(true),
             streak: AtomicI32::new(0),
+            up_since: AtomicU64::new(0),
         }
     }
 }
@@ -92,14 +96,27 @@ impl Health {
 
     /// A request connected to it: it is up. Writes only when something changes, so the cache
     /// line stays shared between workers while all is well.
+    /// `now_ms` is asked only when it was out: it is back now (its slow start begins).
     #[inline]
-    pub fn ok(&self) {
+    pub fn ok(&self, now_ms: impl FnOnce() -> u64) {
         if self.fails.load(Relaxed) != 0 {
             self.fails.store(0, Relaxed);
         }
         if self.down_until.load(Relaxed) != 0 {
             self.down_until.store(0, Relaxed);
+            self.up_since.store(now_ms().max(1), Relaxed);
         }
+    }
+
+    /// When it came back, if it may still be in its slow start (0: it is not).
+    #[inline]
+    pub fn up_since(&self) -> u64 {
+        self.up_since.load(Relaxed)
+    }
+
+    /// Its slow start that began at `since` is over: later picks need not look again.
+    pub fn ramped(&self, since: u64) {
+        let _ = self.up_since.compare_exchange(since, 0, Relaxed, Relaxed);
     }
 
     /// The active check's verdict (true without a check): for /status and `apex_upstream_up`.
@@ -121,7 +138,7 @@ impl Health {
     }
 
     /// Records one active check; returns the new verdict when it changed.
-    fn checked(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    fn checked(&self, ok: bool, rise: u32, fall: u32, now_ms: u64) -> Option<bool> {
         let s = self.streak.load(Relaxed);
         let s = match (ok, s > 0) {
             (true, true) => s.saturating_add(1),
@@ -133,6 +150,9 @@ impl Health {
         let up = self.checked_up.load(Relaxed);
         let flip = if up { s <= -(fall.max(1) as i32) } else { s >= rise.max(1) as i32 };
         if flip {
+            if !up {
+                self.up_since.store(now_ms.max(1), Relaxed);
+            }
             self.checked_up.store(!up, Relaxed);
             return Some(!up);
         }
@@ -249,7 +269,7 @@ fn run_check(cfg: &Config, si: usize, check: &Check) {
     let tls = cfg.server_tls.get(si).cloned().flatten();
     let verdict = probe(*addr, check, tls.as_deref());
     let ok = matches!(verdict, Ok(status) if check.expect.iter().any(|e| e.accepts(status)));
-    if let Some(up) = health.checked(ok, check.rise, check.fall) {
+    if let Some(up) = health.checked(ok, check.rise, check.fall, ms(epoch(), Instant::now())) {
         let what = match &verdict {
             Ok(status) => format!("status {status}"),
             Err(e) => e.clone(),
@@ -343,8 +363,11 @@ mod tests {
         assert!(h.claim(1010, 1000), "past the cooldown: the first caller probes");
         assert!(!h.claim(1011, 1000), "the others keep skipping it while the probe runs");
         assert!(!h.claim(2000, 1000), "for one more cooldown");
-        h.ok();
+        h.ok(|| 2001);
         assert!(h.claim(2001, 1000), "the probe succeeded: up for all");
+        assert_eq!(h.up_since(), 2001, "back: its slow start begins");
+        h.ramped(2001);
+        assert_eq!(h.up_since(), 0);
     }
 
     #[test]
@@ -352,7 +375,8 @@ mod tests {
         let h = Health::default();
         assert!(!h.failed(0, 1000, 3));
         assert!(!h.failed(0, 1000, 3));
-        h.ok();
+        h.ok(|| 5);
+        assert_eq!(h.up_since(), 0, "it never was out: no slow start");
         assert!(!h.failed(0, 1000, 3), "a success resets the count");
         assert!(!h.failed(0, 1000, 3));
         assert!(h.failed(0, 1000, 3));
@@ -362,16 +386,18 @@ mod tests {
     #[test]
     fn active_checks_fall_and_rise() {
         let h = Health::default();
-        assert_eq!(h.checked(false, 2, 3), None);
-        assert_eq!(h.checked(false, 2, 3), None);
-        assert_eq!(h.checked(true, 2, 3), None, "a success breaks the streak");
-        assert_eq!(h.checked(false, 2, 3), None);
-        assert_eq!(h.checked(false, 2, 3), None);
-        assert_eq!(h.checked(false, 2, 3), Some(false));
+        assert_eq!(h.checked(false, 2, 3, 5), None);
+        assert_eq!(h.checked(false, 2, 3, 5), None);
+        assert_eq!(h.checked(true, 2, 3, 5), None, "a success breaks the streak");
+        assert_eq!(h.checked(false, 2, 3, 5), None);
+        assert_eq!(h.checked(false, 2, 3, 5), None);
+        assert_eq!(h.checked(false, 2, 3, 5), Some(false));
         assert!(!h.claim(0, 0), "out by the active check");
-        assert_eq!(h.checked(true, 2, 3), None);
-        assert_eq!(h.checked(true, 2, 3), Some(true));
+        assert_eq!(h.checked(true, 2, 3, 5), None);
+        assert_eq!(h.up_since(), 0);
+        assert_eq!(h.checked(true, 2, 3, 5), Some(true));
         assert!(h.claim(0, 0));
+        assert_eq!(h.up_since(), 5, "risen: its slow start begins");
     }
 
     #[test]

@@ -245,6 +245,8 @@ pub struct ServerStats {
     pub connects: Counter,
     pub errors: [Counter; 6],
     pub retries: Counter,
+    /// Retries a route's `retry` allowed and the worker's retry budget refused.
+    pub retries_denied: Counter,
     pub pool_hits: Counter,
     pub pool_misses: Counter,
     /// Gauges, as of the worker's last sweep: pooled idle connections, and connections
@@ -299,6 +301,7 @@ impl WorkerMetrics {
                     connects: Counter::new(),
                     errors: [const { Counter::new() }; 6],
                     retries: Counter::new(),
+                    retries_denied: Counter::new(),
                     pool_hits: Counter::new(),
                     pool_misses: Counter::new(),
                     idle: Counter::new(),

@@ -48,12 +48,45 @@ impl UpKey {
     }
 }
 
+/// `slow_start`: a server back from being out gets a share of picks that grows with the time
+/// since, and its full share once `slow_start` has passed.
+#[cfg(test)]
+#[test]
+fn slow_start_ramps_a_server_that_is_back() {
+    let text = "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"g\"\n\
+        [upstream.g]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nslow_start = \"10s\"\n";
+    let cfg = Arc::new(Config::parse(text, "t").unwrap_or_else(|e| panic!("{e}")));
+    let mut ups = Upstreams::new(&cfg, 8);
+    let t0 = Instant::now();
+    assert!(ups.failed(0, t0, std::time::Duration::from_secs(1), 1));
+    ups.ok(0, t0);
+    let share = |ups: &mut Upstreams, at: std::time::Duration| {
+        let picks = 20_000;
+        let to_a = (0..picks).filter(|_| ups.pick(&cfg, 0, 0, t0 + at, None).map(|(i, _)| i) == Some(0)).count();
+        to_a as f64 / picks as f64
+    };
+    let at = |s: u64| std::time::Duration::from_secs(s);
+    // As if its weight were f = t / 10 s of the other's (from a twentieth): a share of
+    // f / (1 + f) of the picks.
+    let early = share(&mut ups, at(0));
+    assert!((0.035..0.06).contains(&early), "weight 1/20: 0.048, got {early}");
+    let half = share(&mut ups, at(5));
+    assert!((0.30..0.37).contains(&half), "weight 1/2: 0.333, got {half}");
+    assert_ne!(ups.servers.first().map(|s| s.health.up_since()), Some(0), "still ramping");
+    let full = share(&mut ups, at(11));
+    assert!((full - 0.5).abs() < 0.001, "its whole share: {full}");
+    assert_eq!(ups.servers.first().map(|s| s.health.up_since()), Some(0), "done: no more looking");
+}
+
 /// Nothing is queued to read on this socket, not even an EOF: an idle connection still usable.
 fn is_quiet(sock: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
     matches!(rustix::net::recv(sock, &mut byte, flags), Err(rustix::io::Errno::AGAIN))
 }
+
+/// Retries a group may have in flight in a worker whatever its load (`retry_budget`).
+pub const RETRY_FLOOR: u32 = 3;
 
 pub struct UpConn {
     pub sock: TcpStream,
@@ -67,6 +100,8 @@ pub struct UpConn {
     /// It has carried a complete exchange before: a failure before any response byte may be
     /// the upstream closing an idle connection, so an idempotent request may be retried.
     pub reused: bool,
+    /// It carries a retry the budget counts (`Upstreams::retry_budget`).
+    pub retry: bool,
     pub idle_deadline: Instant,
     /// TLS to this server; `connected` only once its handshake is done.
     pub tls: Option<Box<crate::tls::Tls>>,
@@ -90,6 +125,8 @@ pub struct ServerState {
     pub health: Arc<Health>,
     /// This worker's connections to it that serve a request (for `least_requests`).
     pub busy: u32,
+    /// Of those, the ones that carry a retry (`retry_budget`).
+    pub retrying: u32,
     /// In the current config. A removed server's connections close once idle.
     pub live: bool,
     /// How to speak TLS to it (from the current config), if at all.
@@ -156,6 +193,7 @@ impl Upstreams {
                         idle: Vec::with_capacity(self.idle_cap),
                         health: Arc::default(),
                         busy: 0,
+                        retrying: 0,
                         live: true,
                         tls: None,
                         slot: 0,
@@ -273,7 +311,57 @@ impl Upstreams {
         key: Option<u64>,
     ) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
-        let picked = match (&g.balance, key, &g.maglev) {
+        let mut picked = self.choose(cfg, group, tried, now, key);
+        if !g.slow_start.is_zero()
+            && let Some((i, id)) = picked
+            && self.held_back(id, now, g.slow_start)
+        {
+            // In its slow start, and not its turn this time: another one, if there is one.
+            picked = self.choose(cfg, group, tried | (1u64 << i), now, key).or(picked);
+        }
+        if picked.is_some() || g.all_down != AllDown::Try {
+            return picked;
+        }
+        let n = g.servers.len();
+        (0..n)
+            .filter(|&i| tried & (1u64 << i) == 0)
+            .filter_map(|i| Some((i, self.id_of(cfg, *g.servers.get(i)?)?)))
+            .min_by_key(|&(_, id)| self.servers.get(id).map_or(u64::MAX, |s| s.health.down_until()))
+    }
+
+    /// `slow_start`: server `id` came back less than `span` ago, and this pick passes it by.
+    /// A pick keeps it with a chance that grows in proportion to the time since (from a
+    /// twentieth, so that it is tried from the start), and otherwise goes to another server:
+    /// its share is that of a weight ramped the same way, as HAProxy's `slowstart` ramps it
+    /// (two equal servers: f / (1 + f) of the picks at fraction f of the span). Not for
+    /// `hash` groups (see `Group::slow_start`).
+    #[cold]
+    fn held_back(&mut self, id: usize, now: Instant, span: std::time::Duration) -> bool {
+        let Some(h) = self.servers.get(id).map(|s| &s.health) else { return false };
+        let since = h.up_since();
+        if since == 0 {
+            return false;
+        }
+        let (elapsed, span) = (crate::health::ms(self.epoch, now).saturating_sub(since), span.as_millis() as u64);
+        if elapsed >= span {
+            h.ramped(since);
+            return false;
+        }
+        let share = (elapsed * 1000 / span.max(1)).max(50);
+        crate::balance::next_random(&mut self.rng) % 1000 >= share
+    }
+
+    /// `pick` by the group's `balance`, without `slow_start` and `all_down`.
+    fn choose(
+        &mut self,
+        cfg: &Config,
+        group: usize,
+        tried: u64,
+        now: Instant,
+        key: Option<u64>,
+    ) -> Option<(usize, usize)> {
+        let g = cfg.groups.get(group)?;
+        match (&g.balance, key, &g.maglev) {
             (Balance::RoundRobin, ..) if g.uniform => self.rotate(cfg, group, tried, now),
             (Balance::Hash(_), Some(key), Some(table)) => {
                 // The key's server, else the next in table order: the same in every worker.
@@ -297,15 +385,7 @@ impl Upstreams {
             (Balance::LeastRequests, ..) => self.least_requests(cfg, g, tried, now),
             _ if !g.uniform => self.smooth(cfg, group, tried, now),
             _ => self.rotate(cfg, group, tried, now),
-        };
-        if picked.is_some() || g.all_down != AllDown::Try {
-            return picked;
         }
-        let n = g.servers.len();
-        (0..n)
-            .filter(|&i| tried & (1u64 << i) == 0)
-            .filter_map(|i| Some((i, self.id_of(cfg, *g.servers.get(i)?)?)))
-            .min_by_key(|&(_, id)| self.servers.get(id).map_or(u64::MAX, |s| s.health.down_until()))
     }
 
     /// Member `i` of `g`, if it is in: its worker id. A server past its cooldown is claimed for
@@ -390,6 +470,34 @@ impl Upstreams {
         (up != 0).then_some(up)
     }
 
+    /// The retry budget of `group` in this worker: a retry may start while the retries in
+    /// flight to its servers are fewer than a fifth of its requests in flight, or than
+    /// `RETRY_FLOOR` (so that a quiet group can still retry; Envoy's min_retry_concurrency).
+    /// Per worker, as the in-flight counts are: no cache line is shared for it. A retry is
+    /// rare: the sums over the group run only then.
+    pub fn retry_budget(&self, cfg: &Config, group: usize) -> bool {
+        let Some(g) = cfg.groups.get(group) else { return false };
+        let (mut busy, mut retrying) = (0u32, 0u32);
+        for s in g.servers.iter().filter_map(|&x| self.servers.get(self.id_of(cfg, x)?)) {
+            busy = busy.saturating_add(s.busy);
+            retrying = retrying.saturating_add(s.retrying);
+        }
+        retrying < (busy / 5).max(RETRY_FLOOR)
+    }
+
+    /// Connection `up` now carries a retry: it counts against the budget until it is released.
+    pub fn mark_retry(&mut self, up: UpKey) {
+        let Some(c) = self.conns.get_mut(up.index()) else { return };
+        if c.retry || c.owner.is_none() {
+            return;
+        }
+        c.retry = true;
+        let server = c.server;
+        if let Some(s) = self.servers.get_mut(server) {
+            s.retrying = s.retrying.saturating_add(1);
+        }
+    }
+
     /// How to speak TLS to server `id`, if at all.
     pub fn tls(&self, id: usize) -> Option<Arc<crate::tls::UpstreamTls>> {
         self.servers.get(id).and_then(|s| s.tls.clone())
@@ -416,14 +524,14 @@ impl Upstreams {
     }
 
     /// A connection to server `id` came up.
-    pub fn ok(&self, id: usize) {
+    pub fn ok(&self, id: usize, now: Instant) {
         if let Some(s) = self.servers.get(id) {
             if s.health.down_until() != 0
                 && let Some(st) = self.metrics.server(s.slot)
             {
                 st.down_until_ms.set(0);
             }
-            s.health.ok();
+            s.health.ok(|| crate::health::ms(self.epoch, now));
         }
     }
 
@@ -461,6 +569,11 @@ impl Upstreams {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
+        if std::mem::take(&mut c.retry)
+            && let Some(s) = self.servers.get_mut(server)
+        {
+            s.retrying = s.retrying.saturating_sub(1);
+        }
         // A read that filled its buffer left `readable` set: confirm the socket is quiet now.
         if c.io.readable || c.io.hup {
             let mut scratch = [0u8; 64];
@@ -497,6 +610,11 @@ impl Upstreams {
         let Some(c) = self.conns.try_remove(key) else { return };
         if c.owner.is_some() {
             self.busy(c.server, false);
+            if c.retry
+                && let Some(s) = self.servers.get_mut(c.server)
+            {
+                s.retrying = s.retrying.saturating_sub(1);
+            }
         } else if let Some(s) = self.servers.get_mut(c.server) {
             s.idle.retain(|&k| k != key);
         }
@@ -576,6 +694,7 @@ mod tests {
                 connected: true,
                 tcp_up: true,
                 reused: false,
+                retry: false,
                 idle_deadline: Instant::now(),
                 tls: None,
             };

@@ -147,6 +147,46 @@ struct RawRoute {
     /// Requests per client address: `"100/s"` or `"100/m"`, with `burst` (default: the count).
     rate: Option<Spanned<String>>,
     burst: Option<Spanned<i64>>,
+    /// `{ attempts = 2, on = ["connect", "reset", "503"] }` (`RetryPolicy`).
+    retry: Option<Spanned<RawRetry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: Option<i64>,
+    on: Option<Vec<String>>,
+}
+
+/// A route's `retry`, checked: attempts 1..=GROUP_SERVERS_CAP (default 2: one retry), `on` from
+/// `RetryPolicy::NAMES` (default connect and reset).
+fn retry(raw: &Option<Spanned<RawRetry>>) -> Result<RetryPolicy, BuildError> {
+    let Some(raw) = raw else { return Ok(RetryPolicy::DEFAULT) };
+    let RawRetry { attempts, on } = raw.get_ref();
+    let attempts = match attempts.unwrap_or(2) {
+        n @ 1..=64 => n as u8, // GROUP_SERVERS_CAP
+        n => {
+            return Err((
+                at(raw),
+                format!("retry attempts {n}: want 1 to {GROUP_SERVERS_CAP} (the first try included)"),
+            ));
+        }
+    };
+    let on = match on {
+        None => RetryPolicy::CONNECT | RetryPolicy::RESET,
+        Some(list) => {
+            let mut bits = 0;
+            for name in list {
+                let Some(&(_, b)) = RetryPolicy::NAMES.iter().find(|(n, _)| n == name) else {
+                    let known: Vec<&str> = RetryPolicy::NAMES.iter().map(|(n, _)| *n).collect();
+                    return Err((at(raw), format!("retry on {name:?}: want some of {}", known.join(", "))));
+                };
+                bits |= b;
+            }
+            bits
+        }
+    };
+    Ok(RetryPolicy { attempts, on })
 }
 
 /// `{ set = { NAME = VALUE… }, add = { NAME = VALUE… }, remove = [NAME…] }`
@@ -302,6 +342,7 @@ struct RawGroup {
     balance: Option<Spanned<String>>,
     hash_on: Option<Spanned<String>>,
     cooldown: Option<Spanned<toml::Value>>,
+    slow_start: Option<Spanned<toml::Value>>,
     tls: Option<bool>,
     tls_name: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
@@ -981,6 +1022,17 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             }
             (None, Some(h)) => return Err((at(h), format!("upstream {name:?}: hash_on needs balance = \"hash\""))),
         };
+        let slow_start = duration(&g.get_ref().slow_start, "slow_start", 0, true)?;
+        if let (Some(ss), Balance::Hash(_)) = (&g.get_ref().slow_start, &balance)
+            && !slow_start.is_zero()
+        {
+            return Err((
+                at(ss),
+                format!(
+                    "upstream {name:?}: slow_start with balance = \"hash\": keys would move away from a server that is back"
+                ),
+            ));
+        }
         let maglev = matches!(balance, Balance::Hash(_)).then(|| {
             let names: Vec<String> = members.iter().filter_map(|&i| servers.get(i)).map(|a| a.to_string()).collect();
             crate::balance::Maglev::new(&names, &weights)
@@ -995,6 +1047,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             balance,
             maglev,
             cooldown,
+            slow_start,
             tls,
             fail_after,
             all_down,
@@ -1053,6 +1106,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             upstream_body: duration(&r.upstream_body, "upstream_body", ms(timeouts.upstream_body), false)?,
             client_body: duration(&r.client_body, "client_body", ms(timeouts.client_body), false)?,
             body_bytes: size_in(&r.body_bytes, "body_bytes", limits.body_bytes, 0, u64::MAX)?,
+            retry: retry(&r.retry)?,
         };
         body_bytes_max = body_bytes_max.max(per.body_bytes);
         // Until `metrics::Labels::assign` gives it one: slot 0 is "no route".
@@ -1116,6 +1170,7 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
         upstream_body: timeouts.upstream_body,
         client_body: timeouts.client_body,
         body_bytes: limits.body_bytes,
+        retry: RetryPolicy::DEFAULT,
     };
     let resolve_every = duration(&raw.resolve_every, "resolve_every", 30_000, false)?;
     let trusted_proxies = cidrs(&raw.trusted_proxies, "trusted_proxies")?.into();

@@ -221,6 +221,86 @@ pub struct PerRequest {
     pub upstream_body: Duration,
     pub client_body: Duration,
     pub body_bytes: u64,
+    pub retry: RetryPolicy,
+}
+
+/// A route's `retry = { attempts, on }`: which failures send a request on to the next server of
+/// its group, and to how many servers it may go in all (`conn/connect.rs`).
+///
+/// Without `retry` a failed connect moves on to every other server in turn (nothing was sent:
+/// nginx's and HAProxy's default) and nothing else does. With it, only what `on` lists moves on,
+/// up to `attempts` servers, the first included. What the upstream may have acted on (`reset`,
+/// `timeout`, a status) is retried only for a request that is safe to repeat and that Apex
+/// still holds whole: an idempotent method without a body (RFC 9110 §9.2.2), and only before
+/// any response byte reached the client. Those retries also answer to the worker's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Servers a request may go to in all, the first included; 0: each server of its group once.
+    pub attempts: u8,
+    /// `RetryPolicy::CONNECT` … `S504` bits.
+    pub on: u8,
+}
+
+impl RetryPolicy {
+    /// The connect failed, timed out, or its TLS handshake did: the request was not sent.
+    pub const CONNECT: u8 = 1;
+    /// The connection failed (a reset, an end, a failed write) before any response byte.
+    pub const RESET: u8 = 2;
+    /// No response head within `upstream_head`.
+    pub const TIMEOUT: u8 = 4;
+    pub const S500: u8 = 8;
+    pub const S502: u8 = 16;
+    pub const S503: u8 = 32;
+    pub const S504: u8 = 64;
+    pub const NAMES: [(&'static str, u8); 7] = [
+        ("connect", Self::CONNECT),
+        ("reset", Self::RESET),
+        ("timeout", Self::TIMEOUT),
+        ("500", Self::S500),
+        ("502", Self::S502),
+        ("503", Self::S503),
+        ("504", Self::S504),
+    ];
+    /// No `retry` on the route.
+    pub const DEFAULT: RetryPolicy = RetryPolicy { attempts: 0, on: Self::CONNECT };
+    /// Retries that need the budget: the upstream got the request.
+    pub const SENT: u8 = Self::RESET | Self::TIMEOUT | Self::STATUS;
+    const STATUS: u8 = Self::S500 | Self::S502 | Self::S503 | Self::S504;
+
+    #[inline]
+    pub fn on(self, what: u8) -> bool {
+        self.on & what != 0
+    }
+
+    /// The bit of a response status `on` may list.
+    #[inline]
+    pub fn status_bit(code: u16) -> u8 {
+        match code {
+            500 => Self::S500,
+            502 => Self::S502,
+            503 => Self::S503,
+            504 => Self::S504,
+            _ => 0,
+        }
+    }
+
+    /// Does `on` list this response status? (Most routes list none: one test.)
+    #[inline]
+    pub fn on_status(self, code: u16) -> bool {
+        self.on & Self::STATUS != 0 && self.on(Self::status_bit(code))
+    }
+
+    /// May a request that failed `failed` times (servers tried in vain) go to one more?
+    #[inline]
+    pub fn another(self, failed: u8) -> bool {
+        self.attempts == 0 || failed < self.attempts
+    }
+
+    pub fn show(self) -> String {
+        let on: Vec<String> =
+            Self::NAMES.iter().filter(|(_, b)| self.on(*b)).map(|(n, _)| format!("\"{n}\"")).collect();
+        format!("{{ attempts = {}, on = [{}] }}", self.attempts, on.join(", "))
+    }
 }
 
 #[derive(Debug)]
@@ -237,6 +317,11 @@ pub struct Group {
     /// The consistent-hash table, for `balance = "hash"`.
     pub maglev: Option<Maglev>,
     pub cooldown: Duration,
+    /// `slow_start`: a server back from being out (by its active check, or a probe after its
+    /// cooldown) gets a share of new requests that grows over this long (0: its full share
+    /// at once). A `hash` group has none: moving keys away from a server that is back would
+    /// undo what hashing is for.
+    pub slow_start: Duration,
     /// TLS to these servers (`tls = true`), as written.
     pub tls: Option<crate::tls::UpstreamTlsSpec>,
     /// Failed requests in a row that take a server out for `cooldown`.
@@ -445,6 +530,9 @@ impl Config {
                 if p.body_bytes != g.body_bytes {
                     let _ = writeln!(o, "body_bytes = {}", p.body_bytes);
                 }
+                if p.retry != RetryPolicy::DEFAULT {
+                    let _ = writeln!(o, "retry = {}", p.retry.show());
+                }
                 for (k, list) in [("allow", &r.access.allow), ("deny", &r.access.deny)] {
                     if !list.is_empty() {
                         let _ = writeln!(o, "{k} = [{}]", quoted(list));
@@ -474,6 +562,9 @@ impl Config {
                 g.fail_after,
                 q(all_down)
             );
+            if !g.slow_start.is_zero() {
+                let _ = writeln!(o, "slow_start = {}", d(g.slow_start));
+            }
             match &g.balance {
                 Balance::RoundRobin => {}
                 Balance::LeastRequests => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use mio::Interest;
 use mio::net::TcpStream;
 
+use crate::config::RetryPolicy;
 use crate::log::{Kind, Level};
 use crate::metrics::{Reject, UpError};
 use crate::tls::Tls;
@@ -69,7 +70,7 @@ impl Conn {
             Some(true) => {
                 u.connected = true;
                 let server = u.server;
-                cx.ups.ok(server);
+                cx.ups.ok(server, cx.now);
                 failover(rq, cx, Some(server));
                 Ok(Next::Go(Phase::Exchange(up)))
             }
@@ -118,6 +119,9 @@ impl Conn {
                 if let Some(s) = stats {
                     s.pool_hits.inc();
                 }
+                if rq.retrying {
+                    cx.ups.mark_retry(up);
+                }
                 failover(rq, cx, Some(server));
                 return Ok(Next::Go(Phase::Exchange(up)));
             }
@@ -129,6 +133,9 @@ impl Conn {
                 Ok(up) => {
                     if let Some(s) = cx.ups.slot(server).and_then(|i| cx.metrics.server(i)) {
                         s.connects.inc();
+                    }
+                    if rq.retrying {
+                        cx.ups.mark_retry(up);
                     }
                     return Ok(Next::Go(Phase::Opening(up)));
                 }
@@ -153,6 +160,7 @@ impl Conn {
                         Kind::Upstream,
                         format_args!("upstream {addr}: connect: {e}; {then}"),
                     );
+                    connect_retry(rq);
                 }
             }
         }
@@ -180,6 +188,27 @@ impl Conn {
         rq.timed_out = timed_out;
         cx.ups.close(up);
         cx.fd_freed = true;
+        connect_retry(rq);
+        Next::Go(Phase::Connect)
+    }
+
+    /// Sends the request again, to another server (`may_retry` said it may): lets go of the
+    /// failed connection, forgets what came from it, and rewinds the head for the next.
+    pub(super) fn retry(&mut self, rq: &mut Exchange, cx: &mut Cx, said: &str) -> Next {
+        let server = rq.server as usize;
+        rq.fails = rq.fails.saturating_add(1);
+        rq.retrying = true;
+        if let Some(s) = cx.ups.slot(server).and_then(|i| cx.metrics.server(i)) {
+            s.retries.inc();
+        }
+        if let Some(a) = cx.ups.addr(server) {
+            cx.log.event_of(cx.now, Level::Info, Kind::Upstream, format_args!("upstream {a}: {said}; retried"));
+        }
+        self.drop_upstream(rq, cx);
+        rq.again();
+        if let Some(b) = rq.uout.as_mut() {
+            b.rewind(rq.head_len as usize);
+        }
         Next::Go(Phase::Connect)
     }
 
@@ -214,6 +243,9 @@ impl Conn {
                     format_args!("upstream {addr}: connection failed before a response; {then}"),
                 );
             }
+        }
+        if !rq.resp_seen && may_retry(rq, cx, RetryPolicy::RESET) {
+            return Ok(self.retry(rq, cx, "connection failed before a response"));
         }
         let close = !rq.req_done();
         self.fail(rq, cx, Reject::UpstreamFailed, close)
@@ -296,6 +328,39 @@ impl std::fmt::Display for Then {
     }
 }
 
+/// The route's `retry` for a request the upstream may have acted on (`what`: a reset, a
+/// timeout, a status): may it go on to another server? It must be safe to repeat and held
+/// whole by Apex (idempotent, no body: RFC 9110 §9.2.2; `Retry::Never` otherwise), within
+/// `attempts`, and within the worker's budget for its group, so that a sick group is not sent
+/// more than a fifth over what it is asked (`Upstreams::retry_budget`; a refusal is counted).
+/// Nothing has reached the client: interim responses are not relayed, and the callers run
+/// before the response head is written.
+pub(super) fn may_retry(rq: &Exchange, cx: &Cx, what: u8) -> bool {
+    let p = rq.per.retry;
+    if !p.on(what) || rq.retry == Retry::Never || !p.another(rq.fails.saturating_add(1)) {
+        return false;
+    }
+    let Some(cfg) = rq.snap.as_deref() else { return false };
+    if cx.ups.retry_budget(cfg, rq.group as usize) {
+        return true;
+    }
+    if let Some(s) = cx.ups.slot(rq.server as usize).and_then(|i| cx.metrics.server(i)) {
+        s.retries_denied.inc();
+    }
+    false
+}
+
+/// A connect failed: with the route's `retry`, the request goes to another server only if `on`
+/// lists `connect` and `attempts` are left; otherwise no server is left for it (its 502 or 504
+/// comes from the next pick).
+fn connect_retry(rq: &mut Exchange) {
+    rq.fails = rq.fails.saturating_add(1);
+    let p = rq.per.retry;
+    if !p.on(RetryPolicy::CONNECT) || !p.another(rq.fails) {
+        rq.tried = u64::MAX;
+    }
+}
+
 /// Starts a connection to `addr` for client `owner`, registered for both directions once.
 fn open(cx: &mut Cx, owner: ClientKey, server: usize, addr: SocketAddr) -> io::Result<UpKey> {
     let tls = match cx.ups.tls(server) {
@@ -314,6 +379,7 @@ fn open(cx: &mut Cx, owner: ClientKey, server: usize, addr: SocketAddr) -> io::R
         connected: false,
         tcp_up: false,
         reused: false,
+        retry: false,
         idle_deadline: cx.now,
         tls,
     });

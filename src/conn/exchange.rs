@@ -150,8 +150,13 @@ pub struct Exchange {
     /// A connect that failed (server, timed out), not yet logged: see `connect::failover`.
     pub(super) failed: Option<(u32, bool)>,
     pub(super) tried: u64,
-    /// Its route's timeouts and body limit (the global ones until it is routed).
+    /// Its route's timeouts, body limit and retry policy (the global ones until it is routed).
     pub(super) per: PerRequest,
+    /// Servers it failed on, as its route's `retry` counts them (`RetryPolicy::another`).
+    pub(super) fails: u8,
+    /// Sent again after the upstream may have acted on it: its connections count against the
+    /// worker's retry budget (`Upstreams::retry_budget`).
+    pub(super) retrying: bool,
     /// The request's key for `balance = "hash"` (balance.rs), when it has one.
     pub(super) key: Option<u64>,
     /// Its route's rules in `snap`'s `Config::rules`, if it has any.
@@ -234,7 +239,10 @@ impl Exchange {
                 upstream_body: Duration::ZERO,
                 client_body: Duration::ZERO,
                 body_bytes: 0,
+                retry: crate::config::RetryPolicy::DEFAULT,
             },
+            fails: 0,
+            retrying: false,
             head_len: 0,
             req_body: Body::Done,
             resp_body: Body::Done,
@@ -340,6 +348,14 @@ impl Exchange {
     pub(super) fn reset_for_retry(&mut self) {
         self.retry = Retry::Used;
         self.tried = 0;
+        self.again();
+    }
+
+    /// Sent again, to another server (the route's `retry`): as `reset_for_retry`, but the
+    /// servers it failed on stay tried.
+    pub(super) fn again(&mut self) {
+        self.resp_seen = false;
+        self.first_byte = None;
         self.up_wr_failed = false;
         self.up_end = UpEnd::Open;
         self.up_shut = false;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::buf::{Buf, BufPool};
-use crate::config::ForwardedFor;
+use crate::config::{ForwardedFor, RetryPolicy};
 use crate::h1::chunked::Decoder;
 use crate::h1::head::{host_name, parse_request, parse_request_in};
 use crate::h1::response::{parse_response, parse_response_in};
@@ -417,6 +417,17 @@ impl Conn {
             }
             rq.resp_scan = 0;
             return Ok(Next::Again);
+        } else if rq.per.retry.on_status(resp.code) {
+            // The route's `retry` on this status: nothing of it has reached the client yet.
+            let said = match resp.code {
+                500 => "answered 500",
+                502 => "answered 502",
+                503 => "answered 503",
+                _ => "answered 504",
+            };
+            if super::connect::may_retry(rq, cx, RetryPolicy::status_bit(resp.code)) {
+                return Ok(self.retry(rq, cx, said));
+            }
         }
         let tunnel = resp.code == 101;
         let (framing, body) = match resp.framing {

@@ -709,7 +709,12 @@ impl Conn {
                         cx.ups.slot(rq.server as usize).unwrap_or(usize::MAX),
                         crate::metrics::UpError::Timeout,
                     );
-                    self.fail(rq, cx, Reject::UpstreamTimeout, !rq.req_done())? // RFC 9110 §15.6.5
+                    let what = crate::config::RetryPolicy::TIMEOUT;
+                    if !rq.resp_seen && connect::may_retry(rq, cx, what) {
+                        self.retry(rq, cx, "no response head within upstream_head")
+                    } else {
+                        self.fail(rq, cx, Reject::UpstreamTimeout, !rq.req_done())? // RFC 9110 §15.6.5
+                    }
                 }
             }
             Phase::RespBody(_) | Phase::Tunnel(_) => {

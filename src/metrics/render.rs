@@ -226,8 +226,15 @@ fn upstreams(o: &mut Out, ws: &[std::sync::Arc<WorkerMetrics>], labels: &LabelSe
         o,
         "apex_upstream_retries",
         "counter",
-        "Requests retried on a fresh connection after this server's reused one failed.",
+        "Requests sent again after failing on this server: on a fresh connection after a reused one failed, or to another server by the route's retry.",
         &|s| s.retries.get(),
+    );
+    each(
+        o,
+        "apex_upstream_retries_denied",
+        "counter",
+        "Requests failed on this server that the route's retry allowed and the retry budget refused.",
+        &|s| s.retries_denied.get(),
     );
     each(o, "apex_upstream_pool_hits", "counter", "Requests sent on a pooled (reused) connection.", &|s| {
         s.pool_hits.get()

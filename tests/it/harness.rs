@@ -60,7 +60,7 @@ pub struct Config {
     workers: u32,
     timeouts: Vec<(String, String)>,
     limits: Vec<(String, String)>,
-    routes: Vec<[String; 3]>,
+    routes: Vec<[String; 4]>,
     groups: Vec<(String, Vec<SocketAddr>, Option<String>)>,
     extra: String,
 }
@@ -88,7 +88,15 @@ impl Config {
         self
     }
     pub fn route(mut self, host: &str, path: &str, group: &str) -> Self {
-        self.routes.push([host.into(), path.into(), group.into()]);
+        self.routes.push([host.into(), path.into(), group.into(), String::new()]);
+        self
+    }
+    /// Raw TOML lines for the last route added (`retry = { … }`).
+    pub fn route_extra(mut self, toml: &str) -> Self {
+        if let Some(r) = self.routes.last_mut() {
+            r[3] += toml;
+            r[3] += "\n";
+        }
         self
     }
     pub fn group(mut self, name: &str, servers: &[SocketAddr]) -> Self {
@@ -120,8 +128,8 @@ impl Config {
                 t += &format!("{k} = {v}\n");
             }
         }
-        for [h, p, g] in &self.routes {
-            t += &format!("\n[[route]]\nhost = \"{h}\"\npath = \"{p}\"\nupstream = \"{g}\"\n");
+        for [h, p, g, extra] in &self.routes {
+            t += &format!("\n[[route]]\nhost = \"{h}\"\npath = \"{p}\"\nupstream = \"{g}\"\n{extra}");
         }
         for (name, servers, cooldown) in &self.groups {
             let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();

@@ -154,3 +154,41 @@ fn a_reload_keeps_a_server_out() {
     let log = apex.stderr();
     assert_eq!(log.matches(&format!("upstream {dead}: connect")).count(), 1, "no new connect after the reload:\n{log}");
 }
+
+/// A server back in after failing its check gets `slow_start`: its share of new requests
+/// starts as if its weight were a twentieth of the other's (about 1 in 21), where without it
+/// it takes every other request at once.
+#[test]
+fn a_server_back_in_ramps_up_over_slow_start() {
+    for (slow_start, range) in [(Some("60s"), 1..=60), (None, 200..=200)] {
+        let sick = Arc::new(AtomicBool::new(true));
+        let flag = sick.clone();
+        let a = Upstream::http(move |r| match r.target.as_str() {
+            "/healthz" if flag.load(SeqCst) => {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec()
+            }
+            "/healthz" => ok("fine"),
+            _ => ok("a"),
+        });
+        let b = Upstream::http(|r| ok(if r.target == "/healthz" { "fine" } else { "b" }));
+        let mut group = String::from(
+            r#"health = { path = "/healthz", every = "50ms", timeout = "1s", expect = "2xx", rise = 1, fall = 1 }"#,
+        );
+        if let Some(s) = slow_start {
+            group += &format!("\nslow_start = \"{s}\"");
+        }
+        let apex = Apex::start(&Config::new().route("app.test", "/", "g").group("g", &[a.addr, b.addr]).append(&group));
+        apex.wait_stderr(&format!("upstream {}: health check failed 1 times", a.addr), 1);
+        sick.store(false, SeqCst);
+        apex.wait_stderr(&format!("upstream {}: health check passed 1 times", a.addr), 1);
+        let mut c = apex.client();
+        let to_a = (0..400)
+            .filter(|_| {
+                let r = c.request(&get("app.test", "/"));
+                assert_eq!(r.status, 200);
+                r.body_str() == "a"
+            })
+            .count();
+        assert!(range.contains(&to_a), "slow_start {slow_start:?}: {to_a} of 400 to the server back in");
+    }
+}

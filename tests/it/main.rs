@@ -32,6 +32,7 @@ mod metrics;
 mod ops;
 mod redirect;
 mod resolve;
+mod retry;
 mod routing;
 mod rules;
 mod send_proxy;
