@@ -10,7 +10,7 @@
 //! Labels: series are keyed by slots, and a slot's label value comes from the configuration
 //! only (a route's host and path, a group's name, a server's address), never from a request,
 //! so a client cannot create series. `Labels` maps names to slots: assigned by the main thread
-//! at start and on each reload, append-only (a name keeps its slot, so its counters stay
+//! at start and on each reload, and by the resolver when a name gains an address, append-only (a name keeps its slot, so its counters stay
 //! monotonic across reloads), capped: past `ROUTE_SLOTS` or `SERVER_SLOTS` names share the
 //! last slot, labelled `(other)`.
 
@@ -367,7 +367,8 @@ pub struct LabelSet {
     pub servers: Vec<String>,
 }
 
-/// Slot assignment, written by the main thread, read by the admin thread.
+/// Slot assignment, written by the main thread (reloads) and the resolver (a name's new
+/// addresses), read by the admin thread.
 #[derive(Debug)]
 pub struct Labels {
     pub set: ArcSwap<LabelSet>,
@@ -386,26 +387,35 @@ impl Labels {
     }
 
     /// Gives every route and server of `cfg` its slot (old names keep theirs, new ones are
-    /// appended), writes the slots into `cfg`, and publishes the names. Main thread only.
+    /// appended), writes the slots into `cfg`, and publishes the names. Two threads assign:
+    /// the main one on reload, the resolver when a name's addresses change; a compare-and-swap
+    /// makes the one that loses the race assign again over the other's names, so no name is
+    /// lost and none gets two slots.
     pub fn assign(&self, cfg: &mut Config) {
-        let mut set = LabelSet::clone(&self.set.load());
-        let groups: Vec<String> = cfg.groups.iter().map(|g| g.name.clone()).collect();
-        for site in &mut cfg.sites {
-            let host = site.host.to_string();
-            for r in &mut site.routes {
-                let key = (
-                    format!("{host}{}", String::from_utf8_lossy(&r.path)),
-                    groups.get(r.group).cloned().unwrap_or_default(),
-                );
-                r.slot = slot_of(&mut set.routes, key, ROUTE_SLOTS, || ("(other)".into(), "(other)".into()));
+        loop {
+            let current = self.set.load_full();
+            let mut set = LabelSet::clone(&current);
+            let groups: Vec<String> = cfg.groups.iter().map(|g| g.name.clone()).collect();
+            for site in &mut cfg.sites {
+                let host = site.host.to_string();
+                for r in &mut site.routes {
+                    let key = (
+                        format!("{host}{}", String::from_utf8_lossy(&r.path)),
+                        groups.get(r.group).cloned().unwrap_or_default(),
+                    );
+                    r.slot = slot_of(&mut set.routes, key, ROUTE_SLOTS, || ("(other)".into(), "(other)".into()));
+                }
+            }
+            cfg.server_slots = cfg
+                .servers
+                .iter()
+                .map(|a| slot_of(&mut set.servers, a.to_string(), SERVER_SLOTS, || "(other)".into()))
+                .collect();
+            let prev = self.set.compare_and_swap(&current, Arc::new(set));
+            if Arc::ptr_eq(&prev, &current) {
+                return;
             }
         }
-        cfg.server_slots = cfg
-            .servers
-            .iter()
-            .map(|a| slot_of(&mut set.servers, a.to_string(), SERVER_SLOTS, || "(other)".into()))
-            .collect();
-        self.set.store(Arc::new(set));
     }
 }
 

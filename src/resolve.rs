@@ -14,7 +14,12 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::log::{Level, say};
 
-pub fn spawn_resolver(shared: Arc<ArcSwap<Config>>) -> std::io::Result<()> {
+/// `assign` gives a new snapshot's servers their metrics slots (`metrics::Labels::assign`), so
+/// that an address a name gained has its own series from its first request.
+pub fn spawn_resolver(
+    shared: Arc<ArcSwap<Config>>,
+    assign: impl Fn(&mut Config) + Send + 'static,
+) -> std::io::Result<()> {
     std::thread::Builder::new().name("apex-resolve".into()).spawn(move || {
         // Snapshots this thread replaced: kept, like the main thread's, so that the last
         // reference to a config is never dropped by a worker in the middle of its work.
@@ -23,7 +28,7 @@ pub fn spawn_resolver(shared: Arc<ArcSwap<Config>>) -> std::io::Result<()> {
             let every = shared.load().resolve_every.max(Duration::from_millis(10));
             std::thread::sleep(every);
             let current = shared.load_full();
-            if let Some(old) = refresh(&shared, &current) {
+            if let Some(old) = refresh(&shared, &current, &assign) {
                 retired.push(old);
             }
         }
@@ -33,7 +38,7 @@ pub fn spawn_resolver(shared: Arc<ArcSwap<Config>>) -> std::io::Result<()> {
 
 /// Resolves `current`'s names again; publishes a new snapshot if an address set changed.
 /// Returns the snapshot it replaced.
-fn refresh(shared: &ArcSwap<Config>, current: &Arc<Config>) -> Option<Arc<Config>> {
+fn refresh(shared: &ArcSwap<Config>, current: &Arc<Config>, assign: &dyn Fn(&mut Config)) -> Option<Arc<Config>> {
     let (text, file) = current.source.as_ref()?;
     let mut new = match Config::parse(text, file) {
         Ok(c) => c,
@@ -46,6 +51,7 @@ fn refresh(shared: &ArcSwap<Config>, current: &Arc<Config>) -> Option<Arc<Config
         return None;
     }
     new.keep_health(current);
+    assign(&mut new);
     let changes: Vec<String> = new
         .names
         .iter()

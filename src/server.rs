@@ -199,7 +199,8 @@ pub fn run(path: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // Upstream names resolved again every `resolve_every` (resolve.rs); idle without names.
-    if let Err(e) = crate::resolve::spawn_resolver(Arc::clone(&shared)) {
+    let labels = Arc::clone(&admin);
+    if let Err(e) = crate::resolve::spawn_resolver(Arc::clone(&shared), move |c| labels.labels.assign(c)) {
         eprintln!("apex: cannot start the resolver: {e}");
         return ExitCode::FAILURE;
     }

@@ -11,17 +11,17 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::tls_kit::*;
 
-const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+pub const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
 /// The admin address, from `TIME apex: info: admin on http://ADDR/ ...` on stderr.
-fn admin_addr(apex: &Apex) -> SocketAddr {
+pub fn admin_addr(apex: &Apex) -> SocketAddr {
     apex.wait_stderr("apex: info: admin on http://", 1);
     let err = apex.stderr();
     let line = err.lines().find_map(|l| l.split_once("apex: info: admin on http://")).unwrap().1;
     line.split('/').next().unwrap().parse().unwrap()
 }
 
-fn admin_get(addr: SocketAddr, path: &str, headers: &str) -> Response {
+pub fn admin_get(addr: SocketAddr, path: &str, headers: &str) -> Response {
     let mut c = Client::connect(addr);
     c.request(format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{headers}\r\n").as_bytes())
 }

@@ -101,3 +101,30 @@ fn check_prints_what_a_name_resolves_to() {
         "{text}"
     );
 }
+
+/// An address a name gains is its own `server` in /metrics from its first request, without a
+/// reload (the resolver assigns its slot when it publishes the new addresses).
+#[test]
+fn an_address_a_name_gains_has_its_own_metrics_series() {
+    use crate::metrics::{ADMIN, admin_addr, admin_get};
+    let a = on("127.0.0.2", 0, "a");
+    let port = a.addr.port();
+    let b = on("127.0.0.3", port, "b");
+    let dir = TempDir::new("hosts");
+    let hosts = dir.write("hosts", "127.0.0.2 app.apex-test\n");
+    let apex = Apex::start_with_hosts(&conf(port, ADMIN), &hosts);
+    let admin = admin_addr(&apex);
+    assert_eq!(body(&apex), "a");
+    std::fs::write(&hosts, "127.0.0.3 app.apex-test\n").unwrap();
+    apex.wait_stderr("now resolves to 127.0.0.3", 1);
+    for _ in 0..3 {
+        assert_eq!(body(&apex), "b");
+    }
+    let series =
+        |addr: std::net::SocketAddr| format!("apex_upstream_responses_total{{server=\"{addr}\",class=\"2xx\"}} ");
+    // Counters reach a scrape within a worker's next batch: wait for them, then check exactly.
+    let text = || admin_get(admin, "/metrics", "").body_str();
+    assert!(wait_until(ms(5000), || text().contains(&format!("{}3", series(b.addr)))), "{}", text());
+    assert!(text().contains(&format!("{}1", series(a.addr))), "{}", text());
+    assert!(!text().contains("(other)"), "{}", text());
+}
