@@ -72,17 +72,6 @@ fn apex_proxied(up: SocketAddr, trusted: &str, tls: Option<&str>) -> Apex {
     Apex::start(&cfg)
 }
 
-fn xff_upstream() -> Upstream {
-    Upstream::http(|r| ok(r.header("x-forwarded-for").unwrap_or("-")))
-}
-
-/// The access-log line of request `path`, once written.
-fn logged(apex: &Apex, path: &str) -> String {
-    let find = || apex.stdout_lines().into_iter().find(|l| l.contains(&format!("GET {path} ")));
-    wait_until(Duration::from_secs(5), || find().is_some());
-    find().unwrap_or_else(|| panic!("no access-log line for {path}: {:#?}", apex.stdout_lines()))
-}
-
 #[test]
 fn haproxy_send_proxy_v1_and_v2_name_the_client() {
     for send in ["send-proxy", "send-proxy-v2"] {

@@ -778,6 +778,19 @@ pub fn wait_until(d: Duration, cond: impl Fn() -> bool) -> bool {
     }
 }
 
+/// An upstream that answers with the X-Forwarded-For it got ("-": none).
+pub fn xff_upstream() -> Upstream {
+    Upstream::http(|r| ok(r.header("x-forwarded-for").unwrap_or("-")))
+}
+
+/// The access-log line (Apex's stdout) of the request `GET path`, once written, in either format.
+pub fn logged(apex: &Apex, path: &str) -> String {
+    let (combined, json) = (format!("GET {path} "), format!("\"target\":\"{path}\""));
+    let find = || apex.stdout_lines().into_iter().find(|l| l.contains(&combined) || l.contains(&json));
+    wait_until(Duration::from_secs(5), || find().is_some());
+    find().unwrap_or_else(|| panic!("no access-log line for {path}: {:#?}", apex.stdout_lines()))
+}
+
 /// `n` clients at once, client `i` sending `GET /i` with `Connection: close`; their responses
 /// in client order (a burst that needs more upstream connections than a pool keeps).
 pub fn burst(addr: SocketAddr, n: usize) -> Vec<Response> {
