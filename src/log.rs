@@ -276,6 +276,20 @@ pub struct Entry<'a> {
     pub ended_by: &'static str,
     /// With `[log] request_id`: the request's id (empty: none, a request refused unparsed).
     pub request_id: Option<&'a [u8]>,
+    /// The connection's TLS, if it came over TLS.
+    pub tls: Option<TlsFields>,
+}
+
+/// What a TLS connection's handshake agreed on, by name (`tls::Agreed::fields`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsFields {
+    /// `TLSv1.3`, `TLSv1.2` (nginx's `$ssl_protocol`).
+    pub version: &'static str,
+    /// IANA's name of the cipher suite.
+    pub cipher: &'static str,
+    /// The key exchange group, as `tls.groups` names it; None: no key exchange (a resumed TLS
+    /// 1.2 session).
+    pub group: Option<&'static str>,
 }
 
 /// One worker's end of the logs.
@@ -496,6 +510,14 @@ fn combined(w: &mut Out, clf: &[u8], e: &Entry) {
         w.put(b" id=");
         dash_or(w, id, 64, false);
     }
+    if let Some(t) = e.tls {
+        w.put(b" tls=");
+        w.put(t.version.as_bytes());
+        w.put(b" cipher=");
+        w.put(t.cipher.as_bytes());
+        w.put(b" group=");
+        w.put(t.group.unwrap_or("-").as_bytes());
+    }
     w.put(b"\n");
 }
 
@@ -530,6 +552,26 @@ fn json(w: &mut Out, iso: &[u8], e: &Entry) {
             escaped(w, id, 64, true);
             w.put(b"\"");
         }
+    }
+    // Always there, null over plain HTTP, as `upstream` is with no upstream. The names are
+    // Apex's own (static, plain ASCII): nothing to escape.
+    match e.tls {
+        Some(t) => {
+            w.put(b",\"tls_version\":\"");
+            w.put(t.version.as_bytes());
+            w.put(b"\",\"tls_cipher\":\"");
+            w.put(t.cipher.as_bytes());
+            w.put(b"\",\"tls_group\":");
+            match t.group {
+                Some(g) => {
+                    w.put(b"\"");
+                    w.put(g.as_bytes());
+                    w.put(b"\"");
+                }
+                None => w.put(b"null"),
+            }
+        }
+        None => w.put(b",\"tls_version\":null,\"tls_cipher\":null,\"tls_group\":null"),
     }
     w.put(b"}\n");
 }
@@ -637,6 +679,7 @@ mod tests {
             agent: b"curl/8",
             ended_by: "-",
             request_id: None,
+            tls: None,
         }
     }
 
@@ -690,8 +733,54 @@ mod tests {
         let n = w.finish().unwrap();
         let line = std::str::from_utf8(&buf[..n]).unwrap();
         assert!(line.contains("\"target\":\"/\\u0022x\""), "{line}");
-        assert!(line.ends_with("\"ended_by\":\"-\"}\n"), "{line}");
+        assert!(
+            line.ends_with("\"ended_by\":\"-\",\"tls_version\":null,\"tls_cipher\":null,\"tls_group\":null}\n"),
+            "{line}"
+        );
         assert!(line.contains("\"bytes_out\":120,\"body_bytes\":20,"), "{line}");
+    }
+
+    /// TLS fields end a combined line (after the request id), `-` for no group; in JSON they
+    /// are strings, or null.
+    #[test]
+    fn tls_fields_end_the_line() {
+        let mut clock = Clock::default();
+        clock.update();
+        let mut buf = [0u8; 1024];
+        let tls = TlsFields { version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", group: Some("X25519MLKEM768") };
+        let e = Entry { request_id: Some(&b"abc"[..]), tls: Some(tls), ..entry(b"/") };
+        let mut w = Out::new(&mut buf);
+        combined(&mut w, &clock.clf, &e);
+        let n = w.finish().unwrap();
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            line.ends_with(" end=- id=abc tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768\n"),
+            "{line}"
+        );
+        let resumed = TlsFields { version: "TLSv1.2", cipher: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", group: None };
+        let e = Entry { tls: Some(resumed), ..entry(b"/") };
+        let mut w = Out::new(&mut buf);
+        combined(&mut w, &clock.clf, &e);
+        let n = w.finish().unwrap();
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(
+            line.ends_with(" end=- tls=TLSv1.2 cipher=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 group=-\n"),
+            "{line}"
+        );
+        let mut w = Out::new(&mut buf);
+        json(&mut w, &clock.iso, &e);
+        let n = w.finish().unwrap();
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        let want = ",\"tls_version\":\"TLSv1.2\",\"tls_cipher\":\"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\",\"tls_group\":null}\n";
+        assert!(line.ends_with(want), "{line}");
+        let e = Entry { tls: Some(tls), ..entry(b"/") };
+        let mut w = Out::new(&mut buf);
+        json(&mut w, &clock.iso, &e);
+        let n = w.finish().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+        assert_eq!(v["tls_group"], "X25519MLKEM768");
+        assert_eq!(v["tls_cipher"], "TLS_AES_128_GCM_SHA256");
+        assert_eq!(v["tls_version"], "TLSv1.3");
     }
 
     /// A head that did not parse: a well-formed request line is split, anything else kept whole;
