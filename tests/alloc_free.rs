@@ -484,22 +484,7 @@ fn proxied_traffic_allocates_nothing() {
             W(&mut r).write_all(&h[..n]).unwrap();
             requests(&mut r, big) + reject(&mut r)
         };
-        for _ in 0..2 {
-            let hs: Vec<_> = (0..4u8).map(|k| std::thread::spawn(move || round(k, true))).collect();
-            hs.into_iter().for_each(|h| {
-                h.join().unwrap();
-            });
-        }
-        warmed();
-        std::thread::sleep(Duration::from_millis(50));
-        let mut total = 0;
-        let mut k = 0u8;
-        while total < 10_000 {
-            let hs: Vec<_> = (0..4u8).map(|i| std::thread::spawn(move || round(k.wrapping_add(i), i == 0))).collect();
-            total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
-            k = k.wrapping_add(4);
-        }
-        total
+        rounds(round, warmed)
     }));
 }
 
@@ -544,30 +529,22 @@ fn rate_limited_traffic_behind_trusted_proxies_allocates_nothing() {
             }
             n + requests(&mut r, big) + reject(&mut r)
         };
-        for _ in 0..2 {
-            let hs: Vec<_> = (0..4u8).map(|k| std::thread::spawn(move || round(k, true))).collect();
-            hs.into_iter().for_each(|h| {
-                h.join().unwrap();
-            });
-        }
-        warmed();
-        std::thread::sleep(Duration::from_millis(50));
-        let mut total = 0;
-        let mut k = 0u8;
-        while total < 10_000 {
-            let hs: Vec<_> = (0..4u8).map(|i| std::thread::spawn(move || round(k.wrapping_add(i), i == 0))).collect();
-            total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
-            k = k.wrapping_add(4);
-        }
-        total
+        rounds(round, warmed)
     }));
 }
 
 fn keep_alive_mix(addrs: Vec<std::net::SocketAddr>, warmed: &dyn Fn()) -> usize {
     let addr = addrs[0];
-    // Warm-up: every kind of request, on several connections at once, twice.
+    rounds(move |_, big| mix(addr, big), warmed)
+}
+
+/// The client side's driver: `round(k, big)` runs one connection's requests (`k` numbers the
+/// round, `big` adds the 10 MiB bodies) and returns how many. Warm-up: every kind of request,
+/// four rounds at once, twice; then `warmed()`, and four rounds at once (the first of them
+/// big) until 10,000 requests are measured. Returns the requests measured.
+fn rounds(round: impl Fn(u8, bool) -> usize + Copy + Send + 'static, warmed: &dyn Fn()) -> usize {
     for _ in 0..2 {
-        let hs: Vec<_> = (0..4).map(|_| std::thread::spawn(move || mix(addr, true))).collect();
+        let hs: Vec<_> = (0..4u8).map(|k| std::thread::spawn(move || round(k, true))).collect();
         hs.into_iter().for_each(|h| {
             h.join().unwrap();
         });
@@ -575,9 +552,11 @@ fn keep_alive_mix(addrs: Vec<std::net::SocketAddr>, warmed: &dyn Fn()) -> usize 
     warmed();
     std::thread::sleep(Duration::from_millis(50));
     let mut total = 0;
+    let mut k = 0u8;
     while total < 10_000 {
-        let hs: Vec<_> = (0..4).map(|k| std::thread::spawn(move || mix(addr, k == 0))).collect();
+        let hs: Vec<_> = (0..4u8).map(|i| std::thread::spawn(move || round(k.wrapping_add(i), i == 0))).collect();
         total += hs.into_iter().map(|h| h.join().unwrap()).sum::<usize>();
+        k = k.wrapping_add(4);
     }
     total
 }
