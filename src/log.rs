@@ -713,25 +713,31 @@ mod tests {
         assert_eq!(text.lines().count(), lines + 1);
     }
 
-    #[test]
-    fn lines_are_escaped() {
+    /// One line for `e`, as the worker writes it: JSON or combined.
+    fn render(json_format: bool, e: &Entry) -> String {
         let mut clock = Clock::default();
         clock.update();
         let mut buf = [0u8; 1024];
         let mut w = Out::new(&mut buf);
-        combined(&mut w, &clock.clf, &entry(b"/a\"b\x01"));
+        if json_format {
+            json(&mut w, &clock.iso, e)
+        } else {
+            combined(&mut w, &clock.clf, e)
+        }
         let n = w.finish().unwrap();
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn lines_are_escaped() {
+        let line = render(false, &entry(b"/a\"b\x01"));
         assert!(
             line.contains(
                 "\"GET /a\\x22b\\x01 HTTP/1.1\" 200 20 \"-\" \"curl/8\" in=40 out=120 up=127.0.0.1:9000 us=250 end=-\n"
             ),
             "{line}"
         );
-        let mut w = Out::new(&mut buf);
-        json(&mut w, &clock.iso, &entry(b"/\"x"));
-        let n = w.finish().unwrap();
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        let line = render(true, &entry(b"/\"x"));
         assert!(line.contains("\"target\":\"/\\u0022x\""), "{line}");
         assert!(
             line.ends_with("\"ended_by\":\"-\",\"tls_version\":null,\"tls_cipher\":null,\"tls_group\":null}\n"),
@@ -744,43 +750,22 @@ mod tests {
     /// are strings, or null.
     #[test]
     fn tls_fields_end_the_line() {
-        let mut clock = Clock::default();
-        clock.update();
-        let mut buf = [0u8; 1024];
         let tls = TlsFields { version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", group: Some("X25519MLKEM768") };
         let e = Entry { request_id: Some(&b"abc"[..]), tls: Some(tls), ..entry(b"/") };
-        let mut w = Out::new(&mut buf);
-        combined(&mut w, &clock.clf, &e);
-        let n = w.finish().unwrap();
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
-        assert!(
-            line.ends_with(" end=- id=abc tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768\n"),
-            "{line}"
+        let l = render(false, &e);
+        assert!(l.ends_with(" end=- id=abc tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768\n"), "{l}");
+        let v: serde_json::Value = serde_json::from_str(&render(true, &e)).unwrap();
+        assert_eq!(
+            (&v["tls_version"], &v["tls_cipher"], &v["tls_group"]),
+            (&"TLSv1.3".into(), &"TLS_AES_128_GCM_SHA256".into(), &"X25519MLKEM768".into())
         );
         let resumed = TlsFields { version: "TLSv1.2", cipher: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", group: None };
         let e = Entry { tls: Some(resumed), ..entry(b"/") };
-        let mut w = Out::new(&mut buf);
-        combined(&mut w, &clock.clf, &e);
-        let n = w.finish().unwrap();
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
-        assert!(
-            line.ends_with(" end=- tls=TLSv1.2 cipher=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 group=-\n"),
-            "{line}"
-        );
-        let mut w = Out::new(&mut buf);
-        json(&mut w, &clock.iso, &e);
-        let n = w.finish().unwrap();
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        let l = render(false, &e);
+        assert!(l.ends_with(" end=- tls=TLSv1.2 cipher=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 group=-\n"), "{l}");
+        let l = render(true, &e);
         let want = ",\"tls_version\":\"TLSv1.2\",\"tls_cipher\":\"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\",\"tls_group\":null}\n";
-        assert!(line.ends_with(want), "{line}");
-        let e = Entry { tls: Some(tls), ..entry(b"/") };
-        let mut w = Out::new(&mut buf);
-        json(&mut w, &clock.iso, &e);
-        let n = w.finish().unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
-        assert_eq!(v["tls_group"], "X25519MLKEM768");
-        assert_eq!(v["tls_cipher"], "TLS_AES_128_GCM_SHA256");
-        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert!(l.ends_with(want), "{l}");
     }
 
     /// A head that did not parse: a well-formed request line is split, anything else kept whole;
