@@ -506,10 +506,6 @@ fn combined(w: &mut Out, clf: &[u8], e: &Entry) {
         None => w.put(b"-"),
     }
     let _ = write!(w, " us={} end={}", e.micros, e.ended_by);
-    if let Some(id) = e.request_id {
-        w.put(b" id=");
-        dash_or(w, id, 64, false);
-    }
     if let Some(t) = e.tls {
         w.put(b" tls=");
         w.put(t.version.as_bytes());
@@ -517,6 +513,10 @@ fn combined(w: &mut Out, clf: &[u8], e: &Entry) {
         w.put(t.cipher.as_bytes());
         w.put(b" group=");
         w.put(t.group.unwrap_or("-").as_bytes());
+    }
+    if let Some(id) = e.request_id {
+        w.put(b" id=");
+        dash_or(w, id, 64, false);
     }
     w.put(b"\n");
 }
@@ -544,15 +544,6 @@ fn json(w: &mut Out, iso: &[u8], e: &Entry) {
     w.put(b"\",\"agent\":\"");
     escaped(w, e.agent, 512, true);
     let _ = write!(w, "\",\"ended_by\":\"{}\"", e.ended_by);
-    if let Some(id) = e.request_id {
-        if id.is_empty() {
-            w.put(b",\"request_id\":null");
-        } else {
-            w.put(b",\"request_id\":\"");
-            escaped(w, id, 64, true);
-            w.put(b"\"");
-        }
-    }
     // Always there, null over plain HTTP, as `upstream` is with no upstream. The names are
     // Apex's own (static, plain ASCII): nothing to escape.
     match e.tls {
@@ -572,6 +563,15 @@ fn json(w: &mut Out, iso: &[u8], e: &Entry) {
             }
         }
         None => w.put(b",\"tls_version\":null,\"tls_cipher\":null,\"tls_group\":null"),
+    }
+    if let Some(id) = e.request_id {
+        if id.is_empty() {
+            w.put(b",\"request_id\":null");
+        } else {
+            w.put(b",\"request_id\":\"");
+            escaped(w, id, 64, true);
+            w.put(b"\"");
+        }
     }
     w.put(b"}\n");
 }
@@ -746,15 +746,17 @@ mod tests {
         assert!(line.contains("\"bytes_out\":120,\"body_bytes\":20,"), "{line}");
     }
 
-    /// TLS fields end a combined line (after the request id), `-` for no group; in JSON they
-    /// are strings, or null.
+    /// TLS fields follow `end=` in a combined line (a request id still ends it), `-` for no
+    /// group; in JSON they are strings, or null.
     #[test]
-    fn tls_fields_end_the_line() {
+    fn tls_fields_follow_end() {
         let tls = TlsFields { version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", group: Some("X25519MLKEM768") };
         let e = Entry { request_id: Some(&b"abc"[..]), tls: Some(tls), ..entry(b"/") };
         let l = render(false, &e);
-        assert!(l.ends_with(" end=- id=abc tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768\n"), "{l}");
-        let v: serde_json::Value = serde_json::from_str(&render(true, &e)).unwrap();
+        assert!(l.ends_with(" end=- tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768 id=abc\n"), "{l}");
+        let l = render(true, &e);
+        assert!(l.ends_with(",\"tls_group\":\"X25519MLKEM768\",\"request_id\":\"abc\"}\n"), "{l}");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(
             (&v["tls_version"], &v["tls_cipher"], &v["tls_group"]),
             (&"TLSv1.3".into(), &"TLS_AES_128_GCM_SHA256".into(), &"X25519MLKEM768".into())

@@ -13,9 +13,9 @@
 //! The parts, one job each: `handshake` (rustls's unbuffered handshake on our buffers),
 //! `record` (sealing and opening records after it, alerts), `certs` (certificates and rustls
 //! configurations, built at start and on reload, off the hot path), `kx` (the key exchange
-//! groups, among them the post-quantum hybrid X25519MLKEM768), `agreed` (what a client's handshake
-//! agreed on, for the access log). This file is the socket-like
-//! `Tls` that joins them, and the only public face: other modules use `crate::tls::*` paths.
+//! groups, among them the post-quantum hybrid X25519MLKEM768), `agreed` (what a client's
+//! handshake agreed on, for the access log). This file is the socket-like `Tls` that joins
+//! them, and the only public face: other modules use `crate::tls::*` paths.
 //! Invariants: no allocation per record (the handshake's `spill` aside, see `handshake`); no
 //! byte after a fatal alert or our close_notify; a record that fails ends the connection.
 
