@@ -276,6 +276,20 @@ pub struct Entry<'a> {
     pub ended_by: &'static str,
     /// With `[log] request_id`: the request's id (empty: none, a request refused unparsed).
     pub request_id: Option<&'a [u8]>,
+    /// The connection's TLS, if it came over TLS.
+    pub tls: Option<TlsFields>,
+}
+
+/// What a TLS connection's handshake agreed on, by name (`tls::Agreed::fields`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsFields {
+    /// `TLSv1.3`, `TLSv1.2` (nginx's `$ssl_protocol`).
+    pub version: &'static str,
+    /// IANA's name of the cipher suite.
+    pub cipher: &'static str,
+    /// The key exchange group, as `tls.groups` names it; None: no key exchange (a resumed TLS
+    /// 1.2 session).
+    pub group: Option<&'static str>,
 }
 
 /// One worker's end of the logs.
@@ -492,6 +506,14 @@ fn combined(w: &mut Out, clf: &[u8], e: &Entry) {
         None => w.put(b"-"),
     }
     let _ = write!(w, " us={} end={}", e.micros, e.ended_by);
+    if let Some(t) = e.tls {
+        w.put(b" tls=");
+        w.put(t.version.as_bytes());
+        w.put(b" cipher=");
+        w.put(t.cipher.as_bytes());
+        w.put(b" group=");
+        w.put(t.group.unwrap_or("-").as_bytes());
+    }
     if let Some(id) = e.request_id {
         w.put(b" id=");
         dash_or(w, id, 64, false);
@@ -522,6 +544,26 @@ fn json(w: &mut Out, iso: &[u8], e: &Entry) {
     w.put(b"\",\"agent\":\"");
     escaped(w, e.agent, 512, true);
     let _ = write!(w, "\",\"ended_by\":\"{}\"", e.ended_by);
+    // Always there, null over plain HTTP, as `upstream` is with no upstream. The names are
+    // Apex's own (static, plain ASCII): nothing to escape.
+    match e.tls {
+        Some(t) => {
+            w.put(b",\"tls_version\":\"");
+            w.put(t.version.as_bytes());
+            w.put(b"\",\"tls_cipher\":\"");
+            w.put(t.cipher.as_bytes());
+            w.put(b"\",\"tls_group\":");
+            match t.group {
+                Some(g) => {
+                    w.put(b"\"");
+                    w.put(g.as_bytes());
+                    w.put(b"\"");
+                }
+                None => w.put(b"null"),
+            }
+        }
+        None => w.put(b",\"tls_version\":null,\"tls_cipher\":null,\"tls_group\":null"),
+    }
     if let Some(id) = e.request_id {
         if id.is_empty() {
             w.put(b",\"request_id\":null");
@@ -637,6 +679,7 @@ mod tests {
             agent: b"curl/8",
             ended_by: "-",
             request_id: None,
+            tls: None,
         }
     }
 
@@ -670,28 +713,61 @@ mod tests {
         assert_eq!(text.lines().count(), lines + 1);
     }
 
-    #[test]
-    fn lines_are_escaped() {
+    /// One line for `e`, as the worker writes it: JSON or combined.
+    fn render(json_format: bool, e: &Entry) -> String {
         let mut clock = Clock::default();
         clock.update();
         let mut buf = [0u8; 1024];
         let mut w = Out::new(&mut buf);
-        combined(&mut w, &clock.clf, &entry(b"/a\"b\x01"));
+        if json_format {
+            json(&mut w, &clock.iso, e)
+        } else {
+            combined(&mut w, &clock.clf, e)
+        }
         let n = w.finish().unwrap();
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn lines_are_escaped() {
+        let line = render(false, &entry(b"/a\"b\x01"));
         assert!(
             line.contains(
                 "\"GET /a\\x22b\\x01 HTTP/1.1\" 200 20 \"-\" \"curl/8\" in=40 out=120 up=127.0.0.1:9000 us=250 end=-\n"
             ),
             "{line}"
         );
-        let mut w = Out::new(&mut buf);
-        json(&mut w, &clock.iso, &entry(b"/\"x"));
-        let n = w.finish().unwrap();
-        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        let line = render(true, &entry(b"/\"x"));
         assert!(line.contains("\"target\":\"/\\u0022x\""), "{line}");
-        assert!(line.ends_with("\"ended_by\":\"-\"}\n"), "{line}");
+        assert!(
+            line.ends_with("\"ended_by\":\"-\",\"tls_version\":null,\"tls_cipher\":null,\"tls_group\":null}\n"),
+            "{line}"
+        );
         assert!(line.contains("\"bytes_out\":120,\"body_bytes\":20,"), "{line}");
+    }
+
+    /// TLS fields follow `end=` in a combined line (a request id still ends it), `-` for no
+    /// group; in JSON they are strings, or null.
+    #[test]
+    fn tls_fields_follow_end() {
+        let tls = TlsFields { version: "TLSv1.3", cipher: "TLS_AES_128_GCM_SHA256", group: Some("X25519MLKEM768") };
+        let e = Entry { request_id: Some(&b"abc"[..]), tls: Some(tls), ..entry(b"/") };
+        let l = render(false, &e);
+        assert!(l.ends_with(" end=- tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256 group=X25519MLKEM768 id=abc\n"), "{l}");
+        let l = render(true, &e);
+        assert!(l.ends_with(",\"tls_group\":\"X25519MLKEM768\",\"request_id\":\"abc\"}\n"), "{l}");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(
+            (&v["tls_version"], &v["tls_cipher"], &v["tls_group"]),
+            (&"TLSv1.3".into(), &"TLS_AES_128_GCM_SHA256".into(), &"X25519MLKEM768".into())
+        );
+        let resumed = TlsFields { version: "TLSv1.2", cipher: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", group: None };
+        let e = Entry { tls: Some(resumed), ..entry(b"/") };
+        let l = render(false, &e);
+        assert!(l.ends_with(" end=- tls=TLSv1.2 cipher=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 group=-\n"), "{l}");
+        let l = render(true, &e);
+        let want = ",\"tls_version\":\"TLSv1.2\",\"tls_cipher\":\"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\",\"tls_group\":null}\n";
+        assert!(l.ends_with(want), "{l}");
     }
 
     /// A head that did not parse: a well-formed request line is split, anything else kept whole;

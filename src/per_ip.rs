@@ -196,6 +196,13 @@ mod tests {
         IpAddr::V4(std::net::Ipv4Addr::from(0x0A00_0000 + i))
     }
 
+    /// A table of `slots`, the rate `rate` with `burst`, and the table's time zero.
+    fn bucket(slots: usize, rate: &str, burst: i64) -> (AddrTable, Rate, Instant) {
+        let t = AddrTable::new(slots);
+        let t0 = t.epoch;
+        (t, Rate::parse(rate, Some(burst)).unwrap(), t0)
+    }
+
     #[test]
     fn rate_strings() {
         let r = Rate::parse("100/s", Some(200)).unwrap();
@@ -211,9 +218,7 @@ mod tests {
 
     #[test]
     fn bucket_allows_burst_then_rate() {
-        let mut t = AddrTable::new(64);
-        let r = Rate::parse("10/s", Some(5)).unwrap();
-        let t0 = t.epoch;
+        let (mut t, r, t0) = bucket(64, "10/s", 5);
         for _ in 0..5 {
             assert_eq!(t.take(ip(1), 0, &r, t0), Ok(()));
         }
@@ -230,9 +235,7 @@ mod tests {
 
     #[test]
     fn accepted_never_exceeds_burst_plus_rate() {
-        let mut t = AddrTable::new(64);
-        let r = Rate::parse("50/s", Some(20)).unwrap();
-        let t0 = t.epoch;
+        let (mut t, r, t0) = bucket(64, "50/s", 20);
         let mut ok = 0u64;
         for ms in 0..3000u64 {
             for _ in 0..3 {
@@ -245,9 +248,7 @@ mod tests {
 
     #[test]
     fn bounded_whatever_the_addresses() {
-        let mut t = AddrTable::new(1024);
-        let r = Rate::parse("1/m", Some(1)).unwrap();
-        let t0 = t.epoch;
+        let (mut t, r, t0) = bucket(1024, "1/m", 1);
         for i in 0..100_000 {
             let _ = t.take(ip(i), 0, &r, t0);
         }

@@ -71,6 +71,7 @@ impl Conn {
                 agent: r.map_or(&[][..], Rec::agent),
                 ended_by: rq.ended_by.as_str(),
                 request_id: cx.cfg.log.request_id.then(|| rq.id()),
+                tls: self.tls.as_deref().and_then(crate::tls::Tls::agreed).map(crate::tls::Agreed::fields),
             };
             cx.log.access(cx.now, cx.cfg.log.format, &e);
         }

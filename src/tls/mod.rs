@@ -13,8 +13,9 @@
 //! The parts, one job each: `handshake` (rustls's unbuffered handshake on our buffers),
 //! `record` (sealing and opening records after it, alerts), `certs` (certificates and rustls
 //! configurations, built at start and on reload, off the hot path), `kx` (the key exchange
-//! groups, among them the post-quantum hybrid X25519MLKEM768). This file is the socket-like
-//! `Tls` that joins them, and the only public face: other modules use `crate::tls::*` paths.
+//! groups, among them the post-quantum hybrid X25519MLKEM768), `agreed` (what a client's
+//! handshake agreed on, for the access log). This file is the socket-like `Tls` that joins
+//! them, and the only public face: other modules use `crate::tls::*` paths.
 //! Invariants: no allocation per record (the handshake's `spill` aside, see `handshake`); no
 //! byte after a fatal alert or our close_notify; a record that fails ends the connection.
 
@@ -30,11 +31,13 @@ use crate::buf::{Buf, BufPool};
 use crate::limits::{TLS_BUF_BYTES, TLS_HS_BUF_BYTES};
 use crate::transport::{Filled, Io, fill};
 
+mod agreed;
 mod certs;
 mod handshake;
 pub mod kx;
 mod record;
 
+pub use agreed::Agreed;
 pub use certs::{
     CertSpec, UpstreamTls, UpstreamTlsSpec, client_config, leaf_expiry, serial_and_aki, server_config, validity,
 };
@@ -122,6 +125,8 @@ pub struct Tls {
     notified: bool,
     /// The handshake has sent a protected record: the peer reads no plaintext alert from us.
     protected: bool,
+    /// What the handshake agreed on (the access log's TLS fields), once it is done.
+    agreed: Option<Agreed>,
 }
 
 impl Tls {
@@ -153,7 +158,14 @@ impl Tls {
             broken: false,
             notified: false,
             protected: false,
+            agreed: None,
         }
+    }
+
+    /// The version, cipher suite and key exchange group a client's handshake agreed on (as the
+    /// server only: an upstream's is not logged); None until it is done.
+    pub fn agreed(&self) -> Option<Agreed> {
+        self.agreed
     }
 
     /// A fatal alert told the client why the connection ends: close gracefully (linger) so
@@ -404,6 +416,7 @@ impl Tls {
                     let (secrets, kernel) = match self.hs.take() {
                         Some(Handshake::Server(hs)) => {
                             count_handshake(&pool.metrics, false, &hs);
+                            self.agreed = Agreed::of(&hs);
                             validation = hs.alpn_protocol() == Some(crate::acme::ALPN);
                             hs.dangerous_into_kernel_connection().map(|(s, k)| (s, Kernel::Server(k)))
                         }

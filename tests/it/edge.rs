@@ -8,7 +8,6 @@
 //! socket on this machine has, so the address that arrives can only have come from the header.
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -17,48 +16,21 @@ use crate::tls_kit::{Hello, Pki, client_conn, tls_over, tls_section};
 /// The client HAProxy announces.
 const SPOOFED: &str = "192.0.2.77";
 
-struct Haproxy {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Haproxy {
-    /// HAProxy in TCP mode relaying to `to` with `send` (`send-proxy` or `send-proxy-v2`), or
-    /// `None` when it is not installed (.ci/run installs it; the caller says SKIPPED).
-    fn start(to: SocketAddr, send: &str) -> Option<Haproxy> {
-        let dir = TempDir::new("haproxy");
-        let addr = dead_addr();
-        let conf = dir.write(
-            "haproxy.cfg",
-            &format!(
-                "global\n    maxconn 64\n\
-                 defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
-                 frontend f\n    bind {addr}\n    tcp-request connection set-src ipv4({SPOOFED})\n    default_backend b\n\
-                 backend b\n    server apex {to} {send}\n"
-            ),
-        );
-        // /usr/sbin is not on every user's PATH.
-        let spawn = |bin: &str| {
-            Command::new(bin).arg("-db").arg("-f").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).spawn()
-        };
-        let child = match spawn("haproxy").or_else(|_| spawn("/usr/sbin/haproxy")) {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => panic!("spawn haproxy: {e}"),
-        };
-        let h = Haproxy { child, addr, _dir: dir };
-        let up = wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
-        assert!(up, "haproxy did not listen on {addr} within 10 s");
-        Some(h)
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// HAProxy in TCP mode relaying to `to` with `send` (`send-proxy` or `send-proxy-v2`), or
+/// `None` when it is not installed (.ci/run installs it; the caller says SKIPPED).
+fn haproxy(to: SocketAddr, send: &str) -> Option<Daemon> {
+    let dir = TempDir::new("haproxy");
+    let addr = dead_addr();
+    let conf = dir.write(
+        "haproxy.cfg",
+        &format!(
+            "global\n    maxconn 64\n\
+             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 10s\n    timeout server 10s\n\
+             frontend f\n    bind {addr}\n    tcp-request connection set-src ipv4({SPOOFED})\n    default_backend b\n\
+             backend b\n    server apex {to} {send}\n"
+        ),
+    );
+    Daemon::start("haproxy", &["-db".as_ref(), "-f".as_ref(), conf.as_os_str()], addr, dir)
 }
 
 /// Apex with `[proxy_protocol]` on its listeners (plain, and TLS if `tls` is given), trusting
@@ -72,23 +44,12 @@ fn apex_proxied(up: SocketAddr, trusted: &str, tls: Option<&str>) -> Apex {
     Apex::start(&cfg)
 }
 
-fn xff_upstream() -> Upstream {
-    Upstream::http(|r| ok(r.header("x-forwarded-for").unwrap_or("-")))
-}
-
-/// The access-log line of request `path`, once written.
-fn logged(apex: &Apex, path: &str) -> String {
-    let find = || apex.stdout_lines().into_iter().find(|l| l.contains(&format!("GET {path} ")));
-    wait_until(Duration::from_secs(5), || find().is_some());
-    find().unwrap_or_else(|| panic!("no access-log line for {path}: {:#?}", apex.stdout_lines()))
-}
-
 #[test]
 fn haproxy_send_proxy_v1_and_v2_name_the_client() {
     for send in ["send-proxy", "send-proxy-v2"] {
         let up = xff_upstream();
         let apex = apex_proxied(up.addr, "\"127.0.0.0/8\"", None);
-        let Some(hap) = Haproxy::start(apex.addr, send) else {
+        let Some(hap) = haproxy(apex.addr, send) else {
             eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy); .ci/run installs it");
             return;
         };
@@ -111,7 +72,7 @@ fn haproxy_in_front_of_tls() {
     let apex = apex_proxied(up.addr, "\"127.0.0.1\"", Some(&tls_section(None, &[(&pki.a, &["a.test"])])));
     let tls_at = apex.tls_addr.expect("tls listener");
     for send in ["send-proxy", "send-proxy-v2"] {
-        let Some(hap) = Haproxy::start(tls_at, send) else {
+        let Some(hap) = haproxy(tls_at, send) else {
             eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy); .ci/run installs it");
             return;
         };

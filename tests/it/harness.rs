@@ -143,6 +143,49 @@ impl Config {
     }
 }
 
+// ---------------------------------------------------------------- other servers
+
+/// A server program a test runs in the foreground (nginx, HAProxy) on `addr`; killed when it
+/// drops.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Runs `bin` (from PATH, else /usr/sbin, which is not on every user's PATH) with `args`,
+    /// its stderr kept in `dir` (which lives as long as it does), and waits up to 10 s for it
+    /// to listen on `addr`. `None` when it is not installed (the caller says SKIPPED).
+    pub fn start(bin: &str, args: &[&std::ffi::OsStr], addr: SocketAddr, dir: TempDir) -> Option<Daemon> {
+        let stderr = dir.path().join(format!("{bin}.stderr"));
+        let spawn = |path: &str| {
+            Command::new(path)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&stderr).unwrap())
+                .spawn()
+        };
+        let child = match spawn(bin).or_else(|_| spawn(&format!("/usr/sbin/{bin}"))) {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("spawn {bin}: {e}"),
+        };
+        let d = Daemon { child, addr, _dir: dir };
+        let up = wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
+        assert!(up, "{bin} did not listen on {addr} within 10 s: {}", fs::read_to_string(&stderr).unwrap_or_default());
+        Some(d)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // ---------------------------------------------------------------- the Apex process
 
 /// A running `apex FILE`; killed on drop.
@@ -784,6 +827,19 @@ pub fn wait_until(d: Duration, cond: impl Fn() -> bool) -> bool {
         }
         thread::sleep(ms(20));
     }
+}
+
+/// An upstream that answers with the X-Forwarded-For it got ("-": none).
+pub fn xff_upstream() -> Upstream {
+    Upstream::http(|r| ok(r.header("x-forwarded-for").unwrap_or("-")))
+}
+
+/// The access-log line (Apex's stdout) of the request `GET path`, once written, in either format.
+pub fn logged(apex: &Apex, path: &str) -> String {
+    let (combined, json) = (format!("GET {path} "), format!("\"target\":\"{path}\""));
+    let find = || apex.stdout_lines().into_iter().find(|l| l.contains(&combined) || l.contains(&json));
+    wait_until(Duration::from_secs(5), || find().is_some());
+    find().unwrap_or_else(|| panic!("no access-log line for {path}: {:#?}", apex.stdout_lines()))
 }
 
 /// `n` clients at once, client `i` sending `GET /i` with `Connection: close`; their responses

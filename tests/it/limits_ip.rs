@@ -9,17 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-fn xff_upstream() -> Upstream {
-    Upstream::http(|r| ok(r.header("x-forwarded-for").unwrap_or("-")))
-}
-
-/// The access-log line of request `path`, once written.
-fn logged(apex: &Apex, path: &str) -> String {
-    let find = || apex.stdout_lines().into_iter().find(|l| l.contains(&format!("GET {path} ")));
-    wait_until(Duration::from_secs(5), || find().is_some());
-    find().unwrap_or_else(|| panic!("no access-log line for {path}: {:#?}", apex.stdout_lines()))
-}
-
 /// Apex in front of `up` with `top` (top-level keys) and one route to "app" carrying `route`.
 fn apex_with(up: &Upstream, top: &str, route: &str, workers: u32) -> Apex {
     let text = format!(

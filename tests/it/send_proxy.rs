@@ -4,68 +4,33 @@
 //! connections are never pooled: each request gets its own.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::harness::*;
 
-struct Nginx {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Nginx {
-    /// nginx in the foreground on a spare port, its one server block behind `proxy_protocol`,
-    /// answering each request with the PROXY header's address and port and its peer. `None`
-    /// when it is not installed (the caller says SKIPPED).
-    fn start() -> Option<Nginx> {
-        let dir = TempDir::new("nginx");
-        let addr = dead_addr();
-        let d = dir.path().display();
-        let conf = dir.write(
-            "nginx.conf",
-            &format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-                 events {{ worker_connections 64; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {d}/b;\n  proxy_temp_path {d}/p;\n\
-                 fastcgi_temp_path {d}/f;\n  uwsgi_temp_path {d}/u;\n  scgi_temp_path {d}/s;\n\
-                 server {{\n    listen {addr} proxy_protocol;\n\
-                 location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\"; }}\n  }}\n}}\n"
-            ),
-        );
-        let spawn = |bin: &str| {
-            Command::new(bin)
-                .arg("-p")
-                .arg(dir.path())
-                .arg("-e")
-                .arg(dir.path().join("error.log"))
-                .arg("-c")
-                .arg(&conf)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-        };
-        let child = match spawn("nginx").or_else(|_| spawn("/usr/sbin/nginx")) {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => panic!("spawn nginx: {e}"),
-        };
-        let n = Nginx { child, addr, _dir: dir };
-        let up = wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
-        assert!(up, "nginx did not listen on {addr} within 10 s");
-        Some(n)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// nginx in the foreground on a spare port, its one server block behind `proxy_protocol`,
+/// answering each request with the PROXY header's address and port and its peer. `None` when it
+/// is not installed (the caller says SKIPPED).
+fn nginx() -> Option<Daemon> {
+    let dir = TempDir::new("nginx");
+    let addr = dead_addr();
+    let d = dir.path().display();
+    let conf = dir.write(
+        "nginx.conf",
+        &format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/b;\n  proxy_temp_path {d}/p;\n\
+             fastcgi_temp_path {d}/f;\n  uwsgi_temp_path {d}/u;\n  scgi_temp_path {d}/s;\n\
+             server {{\n    listen {addr} proxy_protocol;\n\
+             location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\"; }}\n  }}\n}}\n"
+        ),
+    );
+    let (prefix, log) = (dir.path().to_path_buf(), dir.path().join("error.log"));
+    let args = ["-p".as_ref(), prefix.as_os_str(), "-e".as_ref(), log.as_os_str(), "-c".as_ref(), conf.as_os_str()];
+    Daemon::start("nginx", &args, addr, dir)
 }
 
 fn apex_to(up: SocketAddr, send: &str, top: &str) -> Apex {
@@ -78,7 +43,7 @@ fn apex_to(up: SocketAddr, send: &str, top: &str) -> Apex {
 #[test]
 fn nginx_reads_the_client_apex_sends() {
     for send in ["v1", "v2"] {
-        let Some(nginx) = Nginx::start() else {
+        let Some(nginx) = nginx() else {
             eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
             return;
         };

@@ -1,7 +1,8 @@
 //! Post-quantum key exchange (issue #20): X25519MLKEM768 (draft-ietf-tls-ecdhe-mlkem, 0x11EC)
 //! offered and negotiated on the TLS listener and to TLS upstreams, then X25519, P-256, P-384;
 //! classical clients and origins unaffected; `tls.groups` and an upstream's `tls_groups` change
-//! the list; and when a HelloRetryRequest happens (rustls follows the client's order).
+//! the list; and when a HelloRetryRequest happens (rustls follows the client's order). The
+//! access log names the group a client's connection negotiated, with its version and cipher.
 //! The clients and origins are rustls with Apex's own provider (`apex::tls::kx`: rustls's ring
 //! provider plus the hybrid), or with rustls's plain ring provider for classical peers. Every
 //! check reads the negotiated group and the handshake kind off the peer's connection.
@@ -13,10 +14,12 @@ use crate::tls_upstream::{TlsUpstream, tls_group};
 use apex::tls::kx;
 use rustls::client::ClientSessionStore;
 use rustls::client::{Tls12ClientSessionValue, Tls13ClientSessionValue};
-use rustls::crypto::SupportedKxGroup;
 use rustls::crypto::ring::kx_group;
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, NamedGroup, RootCertStore, ServerConfig};
+use rustls::{
+    ClientConfig, ClientConnection, HandshakeKind, NamedGroup, RootCertStore, ServerConfig, SupportedCipherSuite,
+};
 use std::sync::Arc;
 
 /// Apex with a `[tls]` listener for a.test (plus `extra` lines in `[tls]`), routing to `up`.
@@ -57,10 +60,20 @@ fn client(
     v: Option<&'static rustls::SupportedProtocolVersion>,
     hint: Option<NamedGroup>,
 ) -> Arc<ClientConfig> {
+    client_of(pki, kx::provider(groups), v, hint)
+}
+
+/// `client` with the provider `p` (its groups and cipher suites).
+fn client_of(
+    pki: &Pki,
+    p: CryptoProvider,
+    v: Option<&'static rustls::SupportedProtocolVersion>,
+    hint: Option<NamedGroup>,
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(pki.root.der.clone()).unwrap();
     let versions = v.map_or(rustls::ALL_VERSIONS.to_vec(), |v| vec![v]);
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(kx::provider(groups)))
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(p))
         .with_protocol_versions(&versions)
         .unwrap()
         .with_root_certificates(roots)
@@ -86,6 +99,93 @@ fn handshake(apex: &Apex, cfg: Arc<ClientConfig>) -> (NamedGroup, HandshakeKind)
 }
 
 const HYBRID: NamedGroup = NamedGroup::X25519MLKEM768;
+
+/// A client of a.test offering `groups` and the one cipher suite `suite` (so only its version).
+fn client_suite(pki: &Pki, groups: &[&'static dyn SupportedKxGroup], suite: SupportedCipherSuite) -> Arc<ClientConfig> {
+    let p = CryptoProvider { cipher_suites: vec![suite], ..kx::provider(groups) };
+    client_of(pki, p, Some(suite.version()), None)
+}
+
+/// The access-log line of one request for `path` on a new TLS connection made with `cfg`.
+fn logged_over_tls(apex: &Apex, cfg: Arc<ClientConfig>, path: &str) -> String {
+    let conn = ClientConnection::new(cfg, ServerName::try_from("a.test").unwrap()).unwrap();
+    let mut t = tls_over(connect(tls_addr(apex), None), conn).expect("handshake with apex");
+    let r = t.request(&get("a.test", path));
+    assert_eq!(r.status, 200, "{path}: {}", r.head_str());
+    logged(apex, path)
+}
+
+/// Issue #20: the access log names the TLS version, the cipher suite (IANA's name) and the key
+/// exchange group of the connection each request came on: ` tls= cipher= group=` at the end of
+/// a combined line, `tls_version`, `tls_cipher`, `tls_group` in JSON. A request over plain HTTP
+/// has none of them in a combined line, and nulls in JSON (as `upstream` is for no upstream).
+#[test]
+fn the_access_log_names_the_tls_version_cipher_and_group() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let pki = Pki::new("pq");
+    let up = Upstream::ok("pq");
+    for format in ["combined", "json"] {
+        let section = tls_section(None, &[(&pki.a, &["a.test"])]);
+        let log = format!("[log]\naccess = \"stdout\"\nformat = \"{format}\"\n");
+        let apex = Apex::start(&Config::to(up.addr).append(&section).append(&log));
+        // Fresh clients per Apex: nothing to resume, every handshake agrees on a group.
+        let cases = [
+            (
+                "hybrid",
+                client_suite(&pki, &kx::DEFAULT, cs::TLS13_AES_128_GCM_SHA256),
+                ["TLSv1.3", "TLS_AES_128_GCM_SHA256", "X25519MLKEM768"],
+            ),
+            (
+                "x25519",
+                client_suite(&pki, &[kx_group::X25519], cs::TLS13_CHACHA20_POLY1305_SHA256),
+                ["TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256", "X25519"],
+            ),
+            // TLS 1.2 has no hybrid: the client offering it gets X25519.
+            (
+                "tls12",
+                client_suite(&pki, &kx::DEFAULT, cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+                ["TLSv1.2", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "X25519"],
+            ),
+            (
+                "tls12-p256",
+                client_suite(&pki, &[kx_group::SECP256R1], cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+                ["TLSv1.2", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "secp256r1"],
+            ),
+            (
+                "p384",
+                client_suite(&pki, &[kx_group::SECP384R1], cs::TLS13_AES_256_GCM_SHA384),
+                ["TLSv1.3", "TLS_AES_256_GCM_SHA384", "secp384r1"],
+            ),
+        ];
+        for (name, cfg, [version, cipher, group]) in cases {
+            let line = logged_over_tls(&apex, cfg, &format!("/{format}-{name}"));
+            if format == "combined" {
+                let want = format!(" end=- tls={version} cipher={cipher} group={group}");
+                assert!(line.ends_with(&want), "{name}: the line should end with {want:?}: {line}");
+            } else {
+                let v: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"));
+                assert_eq!(
+                    (&v["tls_version"], &v["tls_cipher"], &v["tls_group"]),
+                    (&version.into(), &cipher.into(), &group.into()),
+                    "{name}: {line}"
+                );
+            }
+        }
+        let path = format!("/{format}-plain");
+        let r = apex.client().request(&get("a.test", &path));
+        assert_eq!(r.status, 200, "{}", r.head_str());
+        let line = logged(&apex, &path);
+        if format == "combined" {
+            assert!(line.ends_with(" end=-") && !line.contains("tls="), "plain: no TLS fields: {line}");
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("plain: {e}: {line}"));
+            for k in ["tls_version", "tls_cipher", "tls_group"] {
+                assert_eq!(v.get(k), Some(&serde_json::Value::Null), "plain: {k} is null: {line}");
+            }
+        }
+    }
+}
 
 #[test]
 fn a_client_offering_the_hybrid_negotiates_it_without_a_retry() {
