@@ -179,11 +179,41 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    /// SIGKILL: the process and its sockets go at once, as a crashed server's do.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// nginx in the foreground as one process (`master_process off`: a kill ends all of it) on a
+/// spare port, its one server block's directives from `server(addr)`. `None` when it is not
+/// installed (the caller says SKIPPED).
+pub fn nginx_with(server: impl Fn(SocketAddr) -> String) -> Option<Daemon> {
+    let dir = TempDir::new("nginx");
+    let addr = dead_addr();
+    let d = dir.path().display();
+    let conf = dir.write(
+        "nginx.conf",
+        &format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/b;\n\
+             proxy_temp_path {d}/p;\n  fastcgi_temp_path {d}/f;\n  uwsgi_temp_path {d}/u;\n  scgi_temp_path {d}/s;\n\
+             server {{\n{}\n  }}\n}}\n",
+            server(addr)
+        ),
+    );
+    let (prefix, log) = (dir.path().to_path_buf(), dir.path().join("error.log"));
+    let args = ["-p".as_ref(), prefix.as_os_str(), "-e".as_ref(), log.as_os_str(), "-c".as_ref(), conf.as_os_str()];
+    Daemon::start("nginx", &args, addr, dir)
 }
 
 // ---------------------------------------------------------------- the Apex process

@@ -10,27 +10,15 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// nginx in the foreground on a spare port, its one server block behind `proxy_protocol`,
-/// answering each request with the PROXY header's address and port and its peer. `None` when it
-/// is not installed (the caller says SKIPPED).
+/// nginx behind `proxy_protocol`, answering each request with the PROXY header's address and
+/// port. `None` when it is not installed (the caller says SKIPPED).
 fn nginx() -> Option<Daemon> {
-    let dir = TempDir::new("nginx");
-    let addr = dead_addr();
-    let d = dir.path().display();
-    let conf = dir.write(
-        "nginx.conf",
-        &format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/b;\n  proxy_temp_path {d}/p;\n\
-             fastcgi_temp_path {d}/f;\n  uwsgi_temp_path {d}/u;\n  scgi_temp_path {d}/s;\n\
-             server {{\n    listen {addr} proxy_protocol;\n\
-             location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\"; }}\n  }}\n}}\n"
-        ),
-    );
-    let (prefix, log) = (dir.path().to_path_buf(), dir.path().join("error.log"));
-    let args = ["-p".as_ref(), prefix.as_os_str(), "-e".as_ref(), log.as_os_str(), "-c".as_ref(), conf.as_os_str()];
-    Daemon::start("nginx", &args, addr, dir)
+    nginx_with(|addr| {
+        format!(
+            "listen {addr} proxy_protocol;\n\
+             location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\"; }}"
+        )
+    })
 }
 
 fn apex_to(up: SocketAddr, send: &str, top: &str) -> Apex {
