@@ -283,6 +283,8 @@ pub(crate) fn rate(o: &Opts) -> io::Result<()> {
     let cpu = cpu_secs_self() - cpu0;
     lat.sort_unstable();
     let pct = |p: f64| percentile_us(&lat, p);
+    // Requests slower than `ms` (bench/failover: how many a failure delayed, and by how much).
+    let over = |ms: u64| lat.len() - lat.partition_point(|&ns| ns <= ms * 1_000_000);
     let mean = if lat.is_empty() { 0.0 } else { lat.iter().sum::<u64>() as f64 / lat.len() as f64 / 1000.0 };
     // Throughput of the measured requests: answered ones over the time from the window's
     // start to the window's end or the last answer, whichever is later (a server that falls
@@ -294,12 +296,17 @@ pub(crate) fn rate(o: &Opts) -> io::Result<()> {
 \"scheduled\":{sent_measured},\"ok\":{ok},\"bad_status\":{bad_status},\"errors\":{errors},\"reconnects\":{reconnects},\
 \"incomplete\":{incomplete},\"warmup_done\":{done_warm},\"achieved_rps\":{achieved:.1},\
 \"lat_us\":{{\"mean\":{mean:.1},\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},\
+\"over_ms\":{{\"1\":{},\"10\":{},\"100\":{},\"1000\":{}}},\
 \"tls\":\"{tls_info}\",\"loadgen_cpu_s\":{cpu:.3}}}",
         pct(50.0),
         pct(90.0),
         pct(99.0),
         pct(99.9),
-        pct(100.0)
+        pct(100.0),
+        over(1),
+        over(10),
+        over(100),
+        over(1000)
     );
     Ok(())
 }
