@@ -73,6 +73,8 @@ fn upstream(l: TcpListener, counts: Arc<UpCounts>, tls: Option<Arc<rustls::Serve
 struct UpCounts {
     accepts: AtomicUsize,
     heads: AtomicUsize,
+    /// Answers `/sick` 503 (the first server only: the second answers it 200).
+    sick: bool,
 }
 
 fn serve_upstream<S: Read + Write>(s: S, counts: &UpCounts) -> std::io::Result<()> {
@@ -128,7 +130,9 @@ fn serve_upstream<S: Read + Write>(s: S, counts: &UpCounts) -> std::io::Result<(
             }
             got = cl;
         }
-        if path == "/chunked" {
+        if path == "/sick" && counts.sick {
+            W(&mut r).write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick")?;
+        } else if path == "/chunked" {
             W(&mut r).write_all(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
             )?;
@@ -309,9 +313,15 @@ fn run_with(
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let up = TcpListener::bind("127.0.0.1:0").unwrap();
     let up_addr = up.local_addr().unwrap();
-    let counts = Arc::new(UpCounts::default());
+    let counts = Arc::new(UpCounts { sick: true, ..UpCounts::default() });
     let up_counts = Arc::clone(&counts);
     std::thread::spawn(move || upstream(up, up_counts, upstream_tls));
+    // A second server, for a group that retries (`{UP}` and `{UP2}` in `text`).
+    let up2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up2_addr = up2.local_addr().unwrap();
+    std::thread::spawn(move || upstream(up2, Arc::new(UpCounts::default()), None));
+    let text = text.replace("{UP}", &up_addr.to_string()).replace("{UP2}", &up2_addr.to_string());
+    let text = text.as_str();
     let log_path = std::env::temp_dir().join(format!("apex-alloc-free-{}-{}.log", std::process::id(), text.len()));
     // Top-level keys first: what comes before a line `---` in `text`.
     let (top, text) = text.split_once("\n---\n").unwrap_or(("", text));
@@ -528,6 +538,30 @@ fn rate_limited_traffic_behind_trusted_proxies_allocates_nothing() {
                 n += 2;
             }
             n + requests(&mut r, big) + reject(&mut r)
+        };
+        rounds(round, warmed)
+    }));
+}
+
+/// A route whose 503s are retried on the group's other server (`retry`, with its budget), in a
+/// group with `slow_start`: the retry (the failed connection let go, the head rewound, the
+/// next pick, a fresh connection) allocates nothing.
+#[test]
+fn retried_requests_allocate_nothing() {
+    let text = "[[route]]\nhost = \"t\"\npath = \"/sick\"\nupstream = \"pair\"\n\
+                retry = { attempts = 2, on = [\"reset\", \"503\"] }\n\
+                [upstream.pair]\nservers = [\"{UP}\", \"{UP2}\"]\nslow_start = \"10s\"\n";
+    check(&run(text, None, |addrs, warmed| {
+        let addr = addrs[0];
+        let round = move |_: u8, big: bool| {
+            let mut r = connect(addr);
+            for _ in 0..40 {
+                W(&mut r).write_all(b"GET /sick HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                // 503 only when the budget (3 retries in flight at this load) refused.
+                let status = read_response(&mut r).0;
+                assert!(status == 200 || status == 503, "{status}");
+            }
+            40 + requests(&mut r, big)
         };
         rounds(round, warmed)
     }));
