@@ -140,7 +140,7 @@ fn a_failed_connect_moves_on_unless_retry_leaves_connect_out() {
     }
 }
 
-/// The budget: of 60 GETs in flight at once, the 30 that a answers 503 may not all go to b.
+/// The budget: of 60 GETs in flight at once, the 30 or so that a answers 503 may not all go to b.
 /// Retries stay under a fifth of the group's requests in flight (here at most 60 / 5 = 12),
 /// and at least 3 (the floor) are let through. Without it every one of the 30 would be sent
 /// twice.
@@ -174,10 +174,13 @@ fn retries_stay_within_the_budget() {
     }
     let (ok200, got503) = (ok200.load(SeqCst), got503.load(SeqCst));
     assert_eq!(ok200 + got503, 60);
-    assert_eq!(a.requests().len(), 30, "round-robin: every other request to a");
-    let retried = b.requests().len() - 30;
-    assert_eq!(ok200, 30 + retried);
-    assert!((3..=12).contains(&retried), "{retried} of a's 30 503s retried (budget: 3 to 12)");
+    // a never gets a retry (it is the one each retry left), b never fails: every request
+    // beyond the 60 is a retry of one of a's 503s, and each ended 200 on b.
+    let (to_a, to_b) = (a.requests().len(), b.requests().len());
+    let retried = to_a + to_b - 60;
+    assert_eq!(ok200, to_b);
+    assert!(to_a >= 20, "round-robin sent a its share: {to_a}");
+    assert!((3..=12).contains(&retried), "{retried} of a's {to_a} 503s retried (budget: 3 to 12)");
 }
 
 /// A route's `retry` is checked at load, and `--check` shows it.
