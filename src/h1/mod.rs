@@ -293,6 +293,11 @@ impl<'a> MessageFields<'a> {
             Field::ContentLength if self.content_length.is_some() => return Err(H1Error::BadContentLength),
             Field::ContentLength => self.content_length = Some(parse_content_length(value)?),
             Field::TransferEncoding => self.te_seen = true,
+            // The usual values, one option and nothing around it, without splitting a list.
+            // `eq_token_lower` is exact here too: a field value holds no CR (RFC 9112 §5), and
+            // only CR besides '-' folds onto '-'.
+            Field::Connection if eq_token_lower(value, b"keep-alive") => self.keep_alive = true,
+            Field::Connection if eq_token_lower(value, b"close") => self.close = true,
             Field::Connection => {
                 for item in list_items(value) {
                     if item.eq_ignore_ascii_case(b"close") {
