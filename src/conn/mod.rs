@@ -455,12 +455,12 @@ impl Conn {
             let next = match self.phase {
                 Phase::ReadHead => self.read_head(rq, cx)?,
                 Phase::Connect => self.connect(rq, cx, key)?,
-                Phase::Opening(up) => self.opening(rq, cx, up)?,
+                Phase::Opening(up) => apart(|| self.opening(rq, cx, up))?,
                 Phase::Exchange(up) => self.exchange(rq, cx, up)?,
                 Phase::RespBody(up) => self.resp_body(rq, cx, up)?,
-                Phase::Tunnel(up) => self.tunnel(rq, cx, up)?,
-                Phase::Respond => self.respond(rq, cx)?,
-                Phase::Linger => self.linger(cx)?,
+                Phase::Tunnel(up) => apart(|| self.tunnel(rq, cx, up))?,
+                Phase::Respond => apart(|| self.respond(rq, cx))?,
+                Phase::Linger => apart(|| self.linger(cx))?,
                 Phase::Close => return Ok(false),
             };
             match next {
@@ -723,6 +723,15 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Runs a phase function out of line. `run` is entered once per event, and LLVM hoists the
+/// field addresses its inlined phases use into its prologue: the phases a keep-alive request
+/// never visits (Opening, Tunnel, Respond, Linger) are kept out of it. Putting every phase out
+/// of line cost more (bench/profile get: 9,572 against 9,372); these four saved 31.
+#[inline(never)]
+fn apart<T>(f: impl FnOnce() -> T) -> T {
+    f()
 }
 
 /// Out of file descriptors or socket memory: nobody's fault but the machine's.
