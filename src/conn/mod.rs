@@ -453,6 +453,7 @@ impl Conn {
     fn run(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
         for _ in 0..STEP_TURNS_MAX {
             let next = match self.phase {
+                Phase::ReadHead if self.nothing_to_read() => return Ok(false),
                 Phase::ReadHead => self.read_head(rq, cx)?,
                 Phase::Connect => self.connect(rq, cx, key)?,
                 Phase::Opening(up) => apart(|| self.opening(rq, cx, up))?,
@@ -470,6 +471,13 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+
+    /// Between requests, nothing buffered either way, and a plain socket drained (its last read
+    /// was short): `read_head` would take a buffer, read nothing, give it back and wait. Waits
+    /// for the client's next edge without that (a TLS client may hold bytes already read).
+    fn nothing_to_read(&self) -> bool {
+        !self.io.readable && self.tls.is_none() && self.cin.is_none() && self.cout.as_ref().is_none_or(Buf::is_empty)
     }
 
     /// The one place the phase changes: checks the transition, then runs the entry actions of
