@@ -237,8 +237,10 @@ impl Worker {
 
     /// `turn`, waiting in `poll` at most `max_wait` (tests and fuzzing drive a worker by hand).
     pub fn turn_within(&mut self, events: &mut Events, max_wait: Duration) -> io::Result<()> {
+        // From the batch's clock, not a fresh one: the sweep may come one batch's work late,
+        // well inside its own granularity (`SWEEP_MIN_MS`), and a turn reads the clock once.
         let timeout = if self.again.is_empty() {
-            self.cx.next_sweep.saturating_duration_since(Instant::now()).min(max_wait)
+            self.cx.next_sweep.saturating_duration_since(self.cx.now).min(max_wait)
         } else {
             Duration::ZERO
         };

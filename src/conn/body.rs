@@ -66,6 +66,24 @@ impl Conn {
                 rq.up_end = if end.is_err() || !u.ended_cleanly() { UpEnd::Cut } else { UpEnd::Clean };
             }
         }
+        // The request has just gone out and no response byte is in: what `response_head` would
+        // do (no head in an empty buffer: re-arm on progress, run again), without its pass over
+        // an empty buffer, and without the pass after it when that one can do nothing either:
+        // all of the request sent, nothing queued for the client, and neither socket with
+        // anything to take without a new edge (plain sockets only: TLS may hold bytes).
+        let quiet = progress
+            && self.tls.is_none()
+            && u.tls.is_none()
+            && !u.io.readable
+            && !rq.up_end.ended()
+            && rq.uin.as_ref().is_some_and(Buf::is_empty)
+            && rq.resp_scan == 0
+            && rq.req_sent()
+            && self.cout.as_ref().is_none_or(Buf::is_empty);
+        if quiet {
+            self.deadline = cx.arm(rq.per.upstream_head); // `await_response`'s, as `sent_all` holds
+            return Ok(Next::Wait);
+        }
         self.response_head(rq, cx, up, progress)
     }
 

@@ -453,14 +453,15 @@ impl Conn {
     fn run(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Result<bool, Fault> {
         for _ in 0..STEP_TURNS_MAX {
             let next = match self.phase {
+                Phase::ReadHead if self.nothing_to_read() => return Ok(false),
                 Phase::ReadHead => self.read_head(rq, cx)?,
                 Phase::Connect => self.connect(rq, cx, key)?,
-                Phase::Opening(up) => self.opening(rq, cx, up)?,
+                Phase::Opening(up) => apart(|| self.opening(rq, cx, up))?,
                 Phase::Exchange(up) => self.exchange(rq, cx, up)?,
                 Phase::RespBody(up) => self.resp_body(rq, cx, up)?,
-                Phase::Tunnel(up) => self.tunnel(rq, cx, up)?,
-                Phase::Respond => self.respond(rq, cx)?,
-                Phase::Linger => self.linger(cx)?,
+                Phase::Tunnel(up) => apart(|| self.tunnel(rq, cx, up))?,
+                Phase::Respond => apart(|| self.respond(rq, cx))?,
+                Phase::Linger => apart(|| self.linger(cx))?,
                 Phase::Close => return Ok(false),
             };
             match next {
@@ -470,6 +471,13 @@ impl Conn {
             }
         }
         Ok(true)
+    }
+
+    /// Between requests, nothing buffered either way, and a plain socket drained (its last read
+    /// was short): `read_head` would take a buffer, read nothing, give it back and wait. Waits
+    /// for the client's next edge without that (a TLS client may hold bytes already read).
+    fn nothing_to_read(&self) -> bool {
+        !self.io.readable && self.tls.is_none() && self.cin.is_none() && self.cout.as_ref().is_none_or(Buf::is_empty)
     }
 
     /// The one place the phase changes: checks the transition, then runs the entry actions of
@@ -728,6 +736,15 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Runs a phase function out of line. `run` is entered once per event, and LLVM hoists the
+/// field addresses its inlined phases use into its prologue: the phases a keep-alive request
+/// never visits (Opening, Tunnel, Respond, Linger) are kept out of it. Putting every phase out
+/// of line cost more (bench/profile get: 9,572 against 9,372); these four saved 31.
+#[inline(never)]
+fn apart<T>(f: impl FnOnce() -> T) -> T {
+    f()
 }
 
 /// Out of file descriptors or socket memory: nobody's fault but the machine's.

@@ -283,7 +283,8 @@ const REG_NAME: [bool; 256] = {
 /// RFC 9110 §7.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]`, with uri-host an IP-literal in
 /// brackets or a reg-name (unreserved, pct-encoded, sub-delims). No userinfo, no spaces.
 pub fn valid_host(h: &[u8]) -> bool {
-    let (host, port) = if h.first() == Some(&b'[') {
+    let port_ok = |port: &[u8]| port.iter().all(u8::is_ascii_digit) && port.len() <= 5;
+    if h.first() == Some(&b'[') {
         let Some(close) = h.iter().position(|&b| b == b']') else {
             return false;
         };
@@ -292,19 +293,18 @@ pub fn valid_host(h: &[u8]) -> bool {
         if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
             return false;
         }
-        match rest.split_first() {
-            None => return true,
-            Some((b':', port)) => (lit, port),
-            Some(_) => return false,
-        }
-    } else {
-        match h.iter().position(|&b| b == b':') {
-            Some(i) => (h.get(..i).unwrap_or(&[]), h.get(i + 1..).unwrap_or(&[])),
-            None => (h, &[][..]),
-        }
-    };
-    let reg_name_ok = host.first() == Some(&b'[') || host.iter().all(|&b| REG_NAME.get(usize::from(b)) == Some(&true));
-    reg_name_ok && port.iter().all(u8::is_ascii_digit) && port.len() <= 5
+        return match rest.split_first() {
+            None => true,
+            Some((b':', port)) => port_ok(port),
+            Some(_) => false,
+        };
+    }
+    // A reg-name up to the first byte that is not one (':' is not), in one pass; that byte
+    // must be the ':' before the port.
+    match h.iter().position(|&b| REG_NAME.get(usize::from(b)) != Some(&true)) {
+        None => true,
+        Some(i) => h.get(i) == Some(&b':') && port_ok(h.get(i + 1..).unwrap_or(&[])),
+    }
 }
 
 /// The host part of a Host value, without the port, for routing.

@@ -28,12 +28,14 @@ impl<'b> Out<'b> {
     }
 
     pub fn put(&mut self, bytes: &[u8]) {
+        // After a failure `buf` is empty and `len` past it (or 0): nothing fits any more, so
+        // the flag is not looked at here, only set.
         match self.buf.get_mut(self.len..self.len + bytes.len()) {
-            Some(dst) if !self.overflow => {
+            Some(dst) => {
                 dst.copy_from_slice(bytes);
                 self.len += bytes.len();
             }
-            _ => self.overflow = true,
+            None => self.fail(),
         }
     }
 
@@ -97,6 +99,7 @@ impl<'b> Out<'b> {
     /// Makes the message fail as a whole, as an overflow does.
     pub fn fail(&mut self) {
         self.overflow = true;
+        self.buf = &mut [];
     }
 
     /// Bytes written, or None if the message did not fit.
