@@ -778,10 +778,17 @@ fn upstream_faults_cost_only_their_own_request() {
     let stale_kills = Arc::new(AtomicUsize::new(0));
     let upload_cut = Arc::new(AtomicBool::new(false));
     let up = multi_up(stale_kills.clone(), upload_cut.clone());
+    // The upload has a server of its own: on the shared one, a connection "/stale/arm" armed
+    // may still be idle in the pool when the upload comes (which connection the stale GETs
+    // reuse depends on the normal client's timing), and that server would drop the upload
+    // itself, unread.
+    let upload_up = multi_up(Arc::new(AtomicUsize::new(0)), upload_cut.clone());
     let apex = Apex::start(
         &Config::to(up.addr)
             .route("*", "/down", "down")
             .group("down", &[dead_addr()])
+            .route("*", "/upload", "upload")
+            .group("upload", &[upload_up.addr])
             .workers(1)
             .timeout("upstream_head", "500ms"),
     );
