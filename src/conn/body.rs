@@ -53,7 +53,7 @@ impl Conn {
             Ok(Filled::Data(_)) => {
                 if !rq.resp_seen {
                     // The upstream's time to first byte is counted with the exchange (log_done).
-                    rq.first_byte = Some(cx.now);
+                    rq.first_byte = Some(cx.now_ns);
                 }
                 rq.resp_seen = true;
                 progress = true;
