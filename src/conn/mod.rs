@@ -497,9 +497,13 @@ impl Conn {
 
     /// Between requests, nothing buffered either way, and a plain socket drained (its last read
     /// was short): `read_head` would take a buffer, read nothing, give it back and wait. Waits
-    /// for the client's next edge without that (a TLS client may hold bytes already read).
+    /// for the client's next edge without that. A TLS client qualifies only when its session
+    /// holds no bytes read or sealed (`Tls::is_quiet`): then its read and flush do nothing either.
     fn nothing_to_read(&self) -> bool {
-        !self.io.readable && self.tls.is_none() && self.cin.is_none() && self.cout.as_ref().is_none_or(Buf::is_empty)
+        !self.io.readable
+            && self.tls.as_deref().is_none_or(Tls::is_quiet)
+            && self.cin.is_none()
+            && self.cout.as_ref().is_none_or(Buf::is_empty)
     }
 
     /// The one place the phase changes: checks the transition, then runs the entry actions of
