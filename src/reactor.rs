@@ -132,6 +132,8 @@ impl Worker {
             conns: Slab::with_capacity(cap),
             cx: Cx {
                 now,
+                now_ns: 0,
+                epoch: now,
                 cfg,
                 published: arc_swap::Cache::new(shared),
                 draining: false,
@@ -146,7 +148,7 @@ impl Worker {
                 https_port,
                 log,
                 recs: Slab::with_capacity(cap),
-                next_sweep: now + Duration::from_millis(SWEEP_MAX_MS),
+                next_sweep: SWEEP_MAX_MS * 1_000_000,
                 fd_freed: false,
                 metrics,
                 ids: crate::rules::Ids::from_os(),
@@ -240,7 +242,7 @@ impl Worker {
         // From the batch's clock, not a fresh one: the sweep may come one batch's work late,
         // well inside its own granularity (`SWEEP_MIN_MS`), and a turn reads the clock once.
         let timeout = if self.again.is_empty() {
-            self.cx.next_sweep.saturating_duration_since(self.cx.now).min(max_wait)
+            Duration::from_nanos(self.cx.next_sweep.saturating_sub(self.cx.now_ns)).min(max_wait)
         } else {
             Duration::ZERO
         };
@@ -249,7 +251,7 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-        self.cx.now = Instant::now();
+        self.cx.set_now(Instant::now());
         // One snapshot per batch (and again per request head: `Cx::refresh`).
         self.cx.refresh();
 
@@ -290,13 +292,14 @@ impl Worker {
             }
         }
 
-        if self.cx.now >= self.cx.next_sweep {
+        if self.cx.now_ns >= self.cx.next_sweep {
             self.sweep();
         }
-        if let Some(due) = self.cx.log.tick(self.cx.now)
-            && due < self.cx.next_sweep
-        {
-            self.cx.next_sweep = due;
+        if let Some(due) = self.cx.log.tick(self.cx.now) {
+            let due = self.cx.now_ns.saturating_add(crate::conn::nanos(due.saturating_duration_since(self.cx.now)));
+            if due < self.cx.next_sweep {
+                self.cx.next_sweep = due;
+            }
         }
         if self.accept_paused && self.cx.fd_freed {
             self.resume_accept();
@@ -565,8 +568,8 @@ impl Worker {
     }
 
     fn sweep(&mut self) {
-        let now = self.cx.now;
-        let mut next = now + Duration::from_millis(SWEEP_MAX_MS);
+        let now = self.cx.now_ns;
+        let mut next = now.saturating_add(SWEEP_MAX_MS * 1_000_000);
         self.expired.clear();
         for (key, c) in self.conns.iter() {
             if c.deadline <= now {
@@ -593,7 +596,7 @@ impl Worker {
             next = next.min(t);
         }
         self.publish_gauges();
-        self.cx.next_sweep = self.cx.next_sweep.min(next).max(now + Duration::from_millis(SWEEP_MIN_MS));
+        self.cx.next_sweep = self.cx.next_sweep.min(next).max(now.saturating_add(SWEEP_MIN_MS * 1_000_000));
         if self.cx.draining && self.close_idle {
             // Connections that went idle since: nothing more will come on them.
             for (key, c) in self.conns.iter() {

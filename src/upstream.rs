@@ -102,7 +102,8 @@ pub struct UpConn {
     pub reused: bool,
     /// It carries a retry the budget counts (`Upstreams::retry_budget`).
     pub retry: bool,
-    pub idle_deadline: Instant,
+    /// Nanoseconds since the worker's epoch (`Cx::now_ns`).
+    pub idle_deadline: u64,
     /// TLS to this server; `connected` only once its handshake is done.
     pub tls: Option<Box<crate::tls::Tls>>,
 }
@@ -560,7 +561,7 @@ impl Upstreams {
     }
 
     /// Returns a connection whose exchange ended cleanly to the pool, or closes it if full.
-    pub fn release(&mut self, up: UpKey, deadline: Instant) {
+    pub fn release(&mut self, up: UpKey, deadline: u64) {
         let key = up.index();
         let Some(server) = self.conns.get(key).filter(|c| c.owner.is_some()).map(|c| c.server) else {
             return;
@@ -646,12 +647,12 @@ impl Upstreams {
     }
 
     /// Closes idle connections past their deadline; returns the earliest deadline left.
-    pub fn sweep(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
+    pub fn sweep(&mut self, now_ns: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
         for s in &mut self.servers {
             let conns = &mut self.conns;
             s.idle.retain(|&k| match conns.get(k) {
-                Some(c) if c.idle_deadline <= now => {
+                Some(c) if c.idle_deadline <= now_ns => {
                     conns.try_remove(k);
                     false
                 }
@@ -695,11 +696,11 @@ mod tests {
                 tcp_up: true,
                 reused: false,
                 retry: false,
-                idle_deadline: Instant::now(),
+                idle_deadline: 0,
                 tls: None,
             };
             let key = ups.insert(conn);
-            ups.release(key, Instant::now() + Duration::from_secs(4));
+            ups.release(key, 4_000_000_000);
             (key, peer)
         };
 
@@ -713,7 +714,7 @@ mod tests {
         drop(peer);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(ups.take_idle(0, ClientKey(2), false), Some(dead), "the flags alone cannot see the close");
-        ups.release(dead, Instant::now() + Duration::from_secs(4));
+        ups.release(dead, 4_000_000_000);
         assert_eq!(ups.take_idle(0, ClientKey(2), true), None, "the probe must see the close");
         assert!(ups.get(dead).is_none(), "a dead connection is dropped, not pooled again");
     }

@@ -21,7 +21,7 @@ impl Conn {
         rq.logged = true;
         // A connect failure still held (the client left before the next pick) is said now.
         super::connect::failover(rq, cx, None);
-        let micros = cx.now.saturating_duration_since(start).as_micros() as u64;
+        let micros = cx.now_ns.saturating_sub(start) / 1_000;
         let m = &cx.metrics;
         let class = class_of(rq.status);
         if let Some(r) = m.routes.get(rq.route as usize) {
@@ -37,13 +37,7 @@ impl Conn {
                 c.inc();
             }
             if let Some(at) = rq.first_byte {
-                // A response that came whole in one batch ended when it began: no second
-                // clock subtraction on the common path.
-                s.ttfb.observe(if at == cx.now {
-                    micros
-                } else {
-                    at.saturating_duration_since(start).as_micros() as u64
-                });
+                s.ttfb.observe(at.saturating_sub(start) / 1_000);
             }
         }
         // [in, out] x [all, spliced]: the scrape shows copied bytes as all - spliced.

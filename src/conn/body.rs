@@ -10,6 +10,7 @@
 use crate::buf::Buf;
 use crate::limits::{PIPE_BYTES, SPLICE_MIN_BYTES};
 use crate::splice::Spliced;
+use crate::tls::Tls;
 use crate::transport::{End, Filled};
 use crate::upstream::{UpConn, UpKey};
 
@@ -53,7 +54,7 @@ impl Conn {
             Ok(Filled::Data(_)) => {
                 if !rq.resp_seen {
                     // The upstream's time to first byte is counted with the exchange (log_done).
-                    rq.first_byte = Some(cx.now);
+                    rq.first_byte = Some(cx.now_ns);
                 }
                 rq.resp_seen = true;
                 progress = true;
@@ -70,10 +71,11 @@ impl Conn {
         // do (no head in an empty buffer: re-arm on progress, run again), without its pass over
         // an empty buffer, and without the pass after it when that one can do nothing either:
         // all of the request sent, nothing queued for the client, and neither socket with
-        // anything to take without a new edge (plain sockets only: TLS may hold bytes).
+        // anything to take without a new edge (a TLS session only when it holds no bytes read
+        // or sealed: `Tls::is_quiet`).
         let quiet = progress
-            && self.tls.is_none()
-            && u.tls.is_none()
+            && self.tls.as_deref().is_none_or(Tls::is_quiet)
+            && u.tls.as_deref().is_none_or(Tls::is_quiet)
             && !u.io.readable
             && !rq.up_end.ended()
             && rq.uin.as_ref().is_some_and(Buf::is_empty)

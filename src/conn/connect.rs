@@ -380,7 +380,7 @@ fn open(cx: &mut Cx, owner: ClientKey, server: usize, addr: SocketAddr) -> io::R
         tcp_up: false,
         reused: false,
         retry: false,
-        idle_deadline: cx.now,
+        idle_deadline: cx.now_ns,
         tls,
     });
     debug_assert_eq!(inserted, up, "the vacant key is the one inserted");

@@ -8,7 +8,7 @@
 //! connection) stays within its 128-byte budget (`conn::tests::idle_connection_fits_budget`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::buf::Buf;
 use crate::config::{Config, PerRequest};
@@ -187,10 +187,10 @@ pub struct Exchange {
     /// or sent), but what the upstream already answered is still read and relayed.
     pub(super) up_wr_failed: bool,
     /// For the access log: when the head was complete, what was answered, bytes each way,
-    /// and which side ended the exchange on an error.
-    pub(super) start: Option<Instant>,
+    /// and which side ended the exchange on an error. Times are nanoseconds since `Cx::epoch`.
+    pub(super) start: Option<u64>,
     /// When the response's first byte came from the upstream (its time to first byte).
-    pub(super) first_byte: Option<Instant>,
+    pub(super) first_byte: Option<u64>,
     pub(super) status: u16,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,

@@ -80,7 +80,7 @@ impl Conn {
         if end > limits.head_bytes {
             return self.reject(rq, cx, H1Error::HeadTooLarge);
         }
-        rq.start = Some(cx.now);
+        rq.start = Some(cx.now_ns);
         rq.bytes_in = end as u64;
         // The client: the peer (after any PROXY header), or, from a peer in `trusted_proxies`,
         // the right-most untrusted X-Forwarded-For entry (`h1::forwarded`).

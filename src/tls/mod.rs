@@ -188,6 +188,23 @@ impl Tls {
             || self.hs_in.as_ref().is_some_and(|b| !b.is_empty())
     }
 
+    /// Nothing a read or a flush could act on without a new socket edge: the handshake is over,
+    /// no plaintext or record from the peer is held (`has_unread`), no sealed record waits to be
+    /// written (`rout`, `spill`), and the stream has neither ended nor failed. Then, with the
+    /// socket drained, `read` returns `Idle` and a write of nothing does nothing, as on a plain
+    /// socket; a KeyUpdate owed is sealed only in front of data (`write`), so none is skipped.
+    /// Out of line: plain connections, which never call it, keep their checks short.
+    #[inline(never)]
+    pub fn is_quiet(&self) -> bool {
+        self.hs.is_none()
+            && !self.eof
+            && !self.failed
+            && !self.broken
+            && !self.has_unread()
+            && self.rout.as_ref().is_none_or(|b| b.is_empty())
+            && self.spill.is_empty()
+    }
+
     /// Gives both record buffers back (the connection is closing).
     pub fn release_all(&mut self, pool: &mut TlsBufPool) {
         pool.rec.release(&mut self.rin);
