@@ -206,9 +206,6 @@ impl Conn {
         }
         self.drop_upstream(rq, cx);
         rq.again();
-        if let Some(b) = rq.uout.as_mut() {
-            b.rewind(rq.head_len as usize);
-        }
         Next::Go(Phase::Connect)
     }
 
@@ -224,9 +221,6 @@ impl Conn {
             }
             self.drop_upstream(rq, cx);
             rq.reset_for_retry();
-            if let Some(b) = rq.uout.as_mut() {
-                b.rewind(rq.head_len as usize);
-            }
             return Ok(Next::Go(Phase::Connect));
         }
         cx.metrics.up_error(slot, UpError::Reset);

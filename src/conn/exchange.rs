@@ -352,8 +352,12 @@ impl Exchange {
     }
 
     /// Sent again, to another server (the route's `retry`): as `reset_for_retry`, but the
-    /// servers it failed on stay tried.
+    /// servers it failed on stay tried. The head, still at the start of `uout` (a request
+    /// without a body put nothing after it), goes out again.
     pub(super) fn again(&mut self) {
+        if let Some(b) = self.uout.as_mut() {
+            b.rewind(self.head_len as usize);
+        }
         self.resp_seen = false;
         self.first_byte = None;
         self.up_wr_failed = false;
