@@ -8,8 +8,8 @@
 
 use std::io;
 
-use mio::event::Event;
 use mio::net::TcpStream;
+use rustix::event::epoll::EventFlags;
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
@@ -25,14 +25,17 @@ pub struct Io {
 }
 
 impl Io {
-    pub fn on_event(&mut self, ev: &Event) {
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+    /// Takes what epoll said about this socket, read as mio's `Event` reads it: readable on
+    /// IN or PRI, read-closed on HUP or IN with RDHUP, writable on OUT, write-closed on HUP or
+    /// ERR; an error is all three (the syscall that follows says what it was).
+    pub fn on_event(&mut self, ev: EventFlags) {
+        if ev.intersects(EventFlags::IN | EventFlags::PRI | EventFlags::HUP | EventFlags::ERR) {
             self.readable = true;
         }
-        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+        if ev.intersects(EventFlags::OUT | EventFlags::HUP | EventFlags::ERR) {
             self.writable = true;
         }
-        if ev.is_read_closed() || ev.is_error() {
+        if ev.intersects(EventFlags::HUP | EventFlags::ERR) || ev.contains(EventFlags::IN | EventFlags::RDHUP) {
             self.hup = true;
         }
     }
@@ -205,4 +208,36 @@ pub fn discard(sock: &TcpStream, scratch: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Io::on_event` on every combination of the flags epoll reports, against the readiness
+    /// that mio's `Event` methods give for them (mio 1.x, sys/unix/selector/epoll.rs), composed
+    /// as `on_event` composed them when it took a mio `Event`.
+    #[test]
+    fn flags_read_as_mio_reads_them() {
+        let all =
+            [EventFlags::IN, EventFlags::PRI, EventFlags::OUT, EventFlags::ERR, EventFlags::HUP, EventFlags::RDHUP];
+        for bits in 0u32..1 << all.len() {
+            let f = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits >> i & 1 == 1)
+                .fold(EventFlags::empty(), |f, (_, &x)| f | x);
+            let has = |x: EventFlags| f.contains(x);
+            let readable = has(EventFlags::IN) || has(EventFlags::PRI);
+            let error = has(EventFlags::ERR);
+            let read_closed = has(EventFlags::HUP) || (has(EventFlags::IN) && has(EventFlags::RDHUP));
+            let write_closed =
+                has(EventFlags::HUP) || (has(EventFlags::OUT) && has(EventFlags::ERR)) || f == EventFlags::ERR;
+            let mut io = Io::default();
+            io.on_event(f);
+            let want =
+                (readable || read_closed || error, has(EventFlags::OUT) || write_closed || error, read_closed || error);
+            assert_eq!((io.readable, io.writable, io.hup), want, "{f:?}");
+        }
+    }
 }

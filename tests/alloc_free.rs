@@ -390,7 +390,7 @@ fn run_with(
         }
         scrapes
     });
-    let mut events = mio::Events::with_capacity(1024);
+    let mut events = apex::reactor::Events::new();
     let start = Instant::now();
     let mut armed = false;
     let mut before = 0;

@@ -41,7 +41,7 @@ fn upstream(l: TcpListener) {
     }
 }
 
-fn read_response(s: &mut TcpStream, worker: &mut Worker, events: &mut mio::Events) -> Vec<u8> {
+fn read_response(s: &mut TcpStream, worker: &mut Worker, events: &mut apex::reactor::Events) -> Vec<u8> {
     s.set_nonblocking(true).unwrap();
     let mut got = Vec::new();
     let end = Instant::now() + Duration::from_secs(10);
@@ -80,7 +80,7 @@ fn out_of_fds_an_idle_client_is_closed_for_an_active_request() {
     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
     let (_logger, mut logs) = apex::log::Logger::start(apex::log::Sink::Off, 1).unwrap();
     let mut worker = Worker::new(shared, ls.remove(0), logs.remove(0)).unwrap();
-    let mut events = mio::Events::with_capacity(256);
+    let mut events = apex::reactor::Events::new();
 
     // An established client, served once; its pooled upstream connection then idles out.
     let mut active = TcpStream::connect(addrs[0]).unwrap();

@@ -26,7 +26,7 @@ use check::{check_stream, drain};
 
 struct Harness {
     worker: Worker,
-    events: mio::Events,
+    events: apex::reactor::Events,
     addr: SocketAddr,
     upstream: TcpListener,
 }
@@ -48,7 +48,7 @@ fn harness() -> Harness {
     let (logger, mut logs) = apex::log::Logger::start(apex::log::Sink::Off, 1).unwrap();
     std::mem::forget(logger);
     let worker = Worker::new(shared, ls.remove(0), logs.remove(0)).unwrap();
-    Harness { worker, events: mio::Events::with_capacity(256), addr: addrs[0], upstream }
+    Harness { worker, events: apex::reactor::Events::new(), addr: addrs[0], upstream }
 }
 
 fuzz_target!(|data: &[u8]| {

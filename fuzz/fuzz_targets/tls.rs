@@ -35,7 +35,7 @@ use check::{check_stream, drain};
 
 struct Harness {
     worker: Worker,
-    events: mio::Events,
+    events: apex::reactor::Events,
     addr: SocketAddr,
     upstream: TcpListener,
     clients: Vec<Arc<rustls::ClientConfig>>,
@@ -92,7 +92,7 @@ fn harness() -> Harness {
             Arc::new(c)
         })
         .collect();
-    Harness { worker, events: mio::Events::with_capacity(256), addr: addrs[1], upstream, clients, _dir: dir }
+    Harness { worker, events: apex::reactor::Events::new(), addr: addrs[1], upstream, clients, _dir: dir }
 }
 
 /// Every byte is part of a TLS record with a known content type and version 3.x.

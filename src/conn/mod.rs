@@ -404,7 +404,7 @@ impl Conn {
         self.peer
     }
 
-    pub fn on_event(&mut self, ev: &mio::event::Event) {
+    pub fn on_event(&mut self, ev: rustix::event::epoll::EventFlags) {
         self.io.on_event(ev);
     }
 
