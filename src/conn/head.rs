@@ -27,23 +27,37 @@ use crate::upstream::UpKey;
 use super::exchange::{Body, Retry};
 use super::{Conn, Cx, Exchange, Fault, Next, Phase, Step};
 
+/// RFC 9112 §2.2: a few empty lines before a request line are ignored.
+fn skip_empty_lines(cin: &mut crate::buf::Buf<{ crate::limits::BUF_BYTES }>) {
+    for _ in 0..LEADING_CRLF_MAX {
+        if cin.filled().starts_with(b"\r\n") {
+            cin.consume(2);
+        } else {
+            break;
+        }
+    }
+}
+
 impl Conn {
     // ---- ReadHead -------------------------------------------------------------------------
 
     pub(super) fn read_head(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
         let progress = self.flush_client(cx)? > 0;
         let limits = cx.cfg.limits;
-        let cin = cx.bufs.fill_slot(&mut self.cin);
-        // RFC 9112 §2.2: ignore a few empty lines before a request line.
-        for _ in 0..LEADING_CRLF_MAX {
-            if cin.filled().starts_with(b"\r\n") {
-                cin.consume(2);
-            } else {
-                break;
-            }
-        }
+        let mut cin = cx.bufs.fill_slot(&mut self.cin);
+        skip_empty_lines(cin);
         if cin.is_empty() {
-            return self.await_head(rq, cx, progress); // between requests: nothing to look at
+            // Between requests: read, and parse what came in this same pass rather than on a
+            // second trip through the phase loop (issue #21).
+            let next = self.await_head(rq, cx, progress)?;
+            match self.cin.as_mut() {
+                Some(b) if matches!(next, Next::Again) && !b.is_empty() => cin = b,
+                _ => return Ok(next),
+            }
+            skip_empty_lines(cin);
+            if cin.is_empty() {
+                return Ok(Next::Again); // only empty lines came: read again
+            }
         }
         // A whole head in one read, the common case, is parsed straight from the buffer; the
         // resumable scan takes over for a head that arrives in pieces (a scan started, or none

@@ -19,6 +19,29 @@ fn http11_is_keep_alive_by_default() {
     }
 }
 
+/// RFC 9112 §2.2: empty lines before a request line are ignored, whether they arrive on their
+/// own between requests (read, nothing to parse, wait) or in front of the request they precede
+/// (read and parsed in the same pass).
+#[test]
+fn empty_lines_between_keep_alive_requests_are_ignored() {
+    let up = Upstream::echo_path();
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    assert_eq!(c.request(&get("h", "/0")).body_str(), "/0");
+    c.send(b"\r\n");
+    thread::sleep(ms(50));
+    c.send(b"\r\n");
+    thread::sleep(ms(50));
+    let r = c.request(&get("h", "/1"));
+    assert_eq!((r.status, r.body_str()), (200, "/1".to_string()));
+    let mut both = b"\r\n\r\n".to_vec();
+    both.extend_from_slice(&get("h", "/2"));
+    let r = c.request(&both);
+    assert_eq!((r.status, r.body_str()), (200, "/2".to_string()));
+    assert!(!r.has_token("connection", "close"), "{}", r.head_str());
+    assert_eq!(up.requests().len(), 3, "empty lines are not requests");
+}
+
 #[test]
 fn http11_connection_close_closes_after_response() {
     let up = Upstream::ok("x");
