@@ -57,10 +57,29 @@ impl<'b> Out<'b> {
         self.put(digits.get(i..).unwrap_or(&[]));
     }
 
-    pub fn content_length(&mut self, n: u64) {
-        self.put(b"Content-Length: ");
-        self.put_u64(n);
-        self.put(b"\r\n");
+    /// `Content-Length: n` CRLF, built on the stack and written in one copy.
+    pub fn content_length(&mut self, mut n: u64) {
+        const NAME: &[u8; 16] = b"Content-Length: ";
+        let mut line = [0u8; 16 + 20 + 2];
+        let mut at = line.len() - 2;
+        if let Some(end) = line.last_chunk_mut::<2>() {
+            *end = *b"\r\n";
+        }
+        loop {
+            at -= 1;
+            if let Some(d) = line.get_mut(at) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || at == NAME.len() {
+                break;
+            }
+        }
+        at -= NAME.len();
+        if let Some(name) = line.get_mut(at..at + NAME.len()) {
+            name.copy_from_slice(NAME);
+        }
+        self.put(line.get(at..).unwrap_or(&[]));
     }
 
     pub fn put_ip(&mut self, ip: IpAddr) {
@@ -161,9 +180,11 @@ pub fn write_request(
         }
     }
     out.put_ip(client_ip);
-    out.put(b"\r\n");
-    out.put(if https { &b"X-Forwarded-Proto: https\r\n"[..] } else { &b"X-Forwarded-Proto: http\r\n"[..] });
-    out.put(b"X-Forwarded-Host: ");
+    out.put(if https {
+        &b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "[..]
+    } else {
+        &b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "[..]
+    });
     out.put(req.host);
     out.put(b"\r\n");
     match req.framing {
@@ -493,6 +514,22 @@ mod tests {
         out.put_ip("::1".parse().unwrap());
         let n = out.finish().unwrap();
         assert_eq!(&buf[..n], b"0 7 10 65535 18446744073709551615 10.0.255.1 ::1");
+    }
+
+    #[test]
+    fn content_length_lines() {
+        for n in [0, 7, 10, 24, 99, 100, 1_234_567_890, u64::MAX - 1, u64::MAX] {
+            let mut buf = [0u8; 64];
+            let mut out = Out::new(&mut buf);
+            out.content_length(n);
+            let len = out.finish().unwrap();
+            assert_eq!(&buf[..len], format!("Content-Length: {n}\r\n").as_bytes());
+        }
+        let mut small = [0u8; 20];
+        let mut out = Out::new(&mut small);
+        out.content_length(123);
+        out.content_length(4);
+        assert_eq!(out.finish(), None, "a line that does not fit fails the message");
     }
 
     #[test]
