@@ -261,18 +261,19 @@ impl Worker {
     pub fn turn_within(&mut self, events: &mut Events, max_wait: Duration) -> io::Result<()> {
         // From the batch's clock, not a fresh one: the sweep may come one batch's work late,
         // well inside its own granularity (`SWEEP_MIN_MS`), and a turn reads the clock once.
-        let timeout = if self.again.is_empty() {
-            Duration::from_nanos(self.cx.next_sweep.saturating_sub(self.cx.now_ns)).min(max_wait)
+        let timeout_ns = if self.again.is_empty() {
+            self.cx.next_sweep.saturating_sub(self.cx.now_ns).min(crate::conn::nanos(max_wait))
         } else {
-            Duration::ZERO
+            0
         };
         // epoll_wait on mio's epoll fd, straight (rustix's raw syscall): mio's `poll` goes through
         // glibc's cancellation wrapper and rounds the timeout in u128, about 45 instructions a
         // call more (issue #21). Registration stays mio's, and so does the meaning of the flags
         // (`Io::on_event` reads them as mio's `Event` does); a token is the u64 mio registered.
-        let wait = (timeout != Duration::MAX).then(|| rustix::time::Timespec {
-            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(timeout.subsec_nanos()),
+        // No deadline and no limit (`turn`): wait for an event.
+        let wait = (timeout_ns != u64::MAX).then_some(rustix::time::Timespec {
+            tv_sec: (timeout_ns / 1_000_000_000) as i64,
+            tv_nsec: (timeout_ns % 1_000_000_000) as i64,
         });
         let ready = match epoll::wait(self.poll.registry(), &mut events.0[..], wait.as_ref()) {
             Ok(n) => n,
