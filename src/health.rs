@@ -18,7 +18,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -27,10 +26,10 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::log::{Level, say};
 
-/// The process clock `Health` counts milliseconds on; every worker reads the same one.
+/// The process clock `Health` counts milliseconds on; every worker reads the same one (workers
+/// as `Cx::now_ms`, on the same epoch).
 pub fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    crate::clock::epoch()
 }
 
 #[derive(Debug)]

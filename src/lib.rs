@@ -9,6 +9,7 @@ pub mod admin;
 pub mod balance;
 pub mod buf;
 pub mod cidr;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod h1;

@@ -426,6 +426,13 @@ impl WorkerLog {
         }
     }
 
+    /// Lines wait to be shipped, or held-back lines to be summarised: `tick` has work to do.
+    /// The worker asks first, so that a turn with nothing logged reads no `Instant`.
+    #[inline]
+    pub fn pending(&self) -> bool {
+        self.holding || self.since.is_some()
+    }
+
     /// Ships lines older than `LOG_FLUSH_MS`. Returns when to call again.
     pub fn tick(&mut self, now: Instant) -> Option<Instant> {
         if self.holding {

@@ -136,7 +136,7 @@ impl Worker {
         let uses_tls = cfg.tls.is_some() || cfg.server_tls.iter().any(Option::is_some);
         let arena = Bump::with_capacity(ARENA_BYTES);
         arena.set_allocation_limit(Some(ARENA_BYTES));
-        let now = Instant::now();
+        let now_ns = crate::clock::now_ns();
         let metrics = crate::metrics::WorkerMetrics::new();
         let mut ups = Upstreams::new(&cfg, cap + cfg.servers.len() * cfg.limits.upstream_idle_per_server);
         ups.metrics = Arc::clone(&metrics);
@@ -151,9 +151,7 @@ impl Worker {
             tls: None,
             conns: Slab::with_capacity(cap),
             cx: Cx {
-                now,
-                now_ns: 0,
-                epoch: now,
+                now_ns,
                 cfg,
                 published: arc_swap::Cache::new(shared),
                 draining: false,
@@ -168,7 +166,7 @@ impl Worker {
                 https_port,
                 log,
                 recs: Slab::with_capacity(cap),
-                next_sweep: SWEEP_MAX_MS * 1_000_000,
+                next_sweep: now_ns.saturating_add(SWEEP_MAX_MS * 1_000_000),
                 fd_freed: false,
                 metrics,
                 ids: crate::rules::Ids::from_os(),
@@ -184,7 +182,7 @@ impl Worker {
             again: Vec::with_capacity(cap),
             again_now: Vec::with_capacity(cap),
             expired: Vec::with_capacity(cap),
-            faults: Throttle { window: now, lines: 0, held: 0 },
+            faults: Throttle { window: crate::clock::instant(now_ns), lines: 0, held: 0 },
         })
     }
 
@@ -280,7 +278,7 @@ impl Worker {
             Err(Errno::INTR) => 0,
             Err(e) => return Err(e.into()),
         };
-        self.cx.set_now(Instant::now());
+        self.cx.set_now();
         // One snapshot per batch (and again per request head: `Cx::refresh`).
         self.cx.refresh();
 
@@ -325,10 +323,13 @@ impl Worker {
         if self.cx.now_ns >= self.cx.next_sweep {
             self.sweep();
         }
-        if let Some(due) = self.cx.log.tick(self.cx.now) {
-            let due = self.cx.now_ns.saturating_add(crate::conn::nanos(due.saturating_duration_since(self.cx.now)));
-            if due < self.cx.next_sweep {
-                self.cx.next_sweep = due;
+        if self.cx.log.pending() {
+            let now = self.cx.now();
+            if let Some(due) = self.cx.log.tick(now) {
+                let due = self.cx.now_ns.saturating_add(crate::conn::nanos(due.saturating_duration_since(now)));
+                if due < self.cx.next_sweep {
+                    self.cx.next_sweep = due;
+                }
             }
         }
         if self.accept_paused && self.cx.fd_freed {
@@ -646,10 +647,11 @@ impl Worker {
 
 /// One fault line through the worker's throttle, with the count of lines it held back before.
 fn log_fault(cx: &mut Cx, throttle: &mut Throttle, peer: SocketAddr, level: Level, what: std::fmt::Arguments) {
-    match throttle.admit(cx.now) {
-        Some(0) => cx.log.event(cx.now, level, format_args!("client {peer}: {what}")),
+    let now = cx.now();
+    match throttle.admit(now) {
+        Some(0) => cx.log.event(now, level, format_args!("client {peer}: {what}")),
         Some(held) => {
-            cx.log.event(cx.now, level, format_args!("client {peer}: {what} (and {held} more such lines held back)"))
+            cx.log.event(now, level, format_args!("client {peer}: {what} (and {held} more such lines held back)"))
         }
         None => {}
     }

@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use mio::net::TcpStream;
 use slab::Slab;
@@ -57,15 +56,16 @@ fn slow_start_ramps_a_server_that_is_back() {
         [upstream.g]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nslow_start = \"10s\"\n";
     let cfg = Arc::new(Config::parse(text, "t").unwrap_or_else(|e| panic!("{e}")));
     let mut ups = Upstreams::new(&cfg, 8);
-    let t0 = Instant::now();
+    // Milliseconds on `Health`'s clock, as workers pass them (`Cx::now_ms`).
+    let t0 = crate::clock::now_ns() / 1_000_000;
     assert!(ups.failed(0, t0, std::time::Duration::from_secs(1), 1));
     ups.ok(0, t0);
-    let share = |ups: &mut Upstreams, at: std::time::Duration| {
+    let share = |ups: &mut Upstreams, at: u64| {
         let picks = 20_000;
         let to_a = (0..picks).filter(|_| ups.pick(&cfg, 0, 0, t0 + at, None).map(|(i, _)| i) == Some(0)).count();
         to_a as f64 / picks as f64
     };
-    let at = |s: u64| std::time::Duration::from_secs(s);
+    let at = |s: u64| s * 1000;
     // As if its weight were f = t / 10 s of the other's (from a twentieth): a share of
     // f / (1 + f) of the picks.
     let early = share(&mut ups, at(0));
@@ -145,8 +145,6 @@ pub struct Upstreams {
     /// Per group of the current config: the next server to try.
     rr: Vec<usize>,
     idle_cap: usize,
-    /// `Health` counts milliseconds from here (the same instant in every worker).
-    epoch: Instant,
     /// Per group of the current config, weighted groups only: smooth round-robin scores.
     scores: Vec<Vec<i64>>,
     /// For `least_requests` (balance.rs `two_choices`).
@@ -166,7 +164,6 @@ impl Upstreams {
             map_for: 0,
             rr: Vec::new(),
             idle_cap: 0,
-            epoch: crate::health::epoch(),
             scores: Vec::new(),
             // Any non-zero seed; per worker, so that workers do not pick in lockstep.
             rng: (std::ptr::from_ref(&conns_cap) as u64) | 1,
@@ -308,17 +305,17 @@ impl Upstreams {
         cfg: &Config,
         group: usize,
         tried: u64,
-        now: Instant,
+        now_ms: u64,
         key: Option<u64>,
     ) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
-        let mut picked = self.choose(cfg, group, tried, now, key);
+        let mut picked = self.choose(cfg, group, tried, now_ms, key);
         if !g.slow_start.is_zero()
             && let Some((i, id)) = picked
-            && self.held_back(id, now, g.slow_start)
+            && self.held_back(id, now_ms, g.slow_start)
         {
             // In its slow start, and not its turn this time: another one, if there is one.
-            picked = self.choose(cfg, group, tried | (1u64 << i), now, key).or(picked);
+            picked = self.choose(cfg, group, tried | (1u64 << i), now_ms, key).or(picked);
         }
         if picked.is_some() || g.all_down != AllDown::Try {
             return picked;
@@ -337,13 +334,13 @@ impl Upstreams {
     /// (two equal servers: f / (1 + f) of the picks at fraction f of the span). Not for
     /// `hash` groups (see `Group::slow_start`).
     #[cold]
-    fn held_back(&mut self, id: usize, now: Instant, span: std::time::Duration) -> bool {
+    fn held_back(&mut self, id: usize, now_ms: u64, span: std::time::Duration) -> bool {
         let Some(h) = self.servers.get(id).map(|s| &s.health) else { return false };
         let since = h.up_since();
         if since == 0 {
             return false;
         }
-        let (elapsed, span) = (crate::health::ms(self.epoch, now).saturating_sub(since), span.as_millis() as u64);
+        let (elapsed, span) = (now_ms.saturating_sub(since), span.as_millis() as u64);
         if elapsed >= span {
             h.ramped(since);
             return false;
@@ -358,12 +355,12 @@ impl Upstreams {
         cfg: &Config,
         group: usize,
         tried: u64,
-        now: Instant,
+        now_ms: u64,
         key: Option<u64>,
     ) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
         match (&g.balance, key, &g.maglev) {
-            (Balance::RoundRobin, ..) if g.uniform => self.rotate(cfg, group, tried, now),
+            (Balance::RoundRobin, ..) if g.uniform => self.rotate(cfg, group, tried, now_ms),
             (Balance::Hash(_), Some(key), Some(table)) => {
                 // The key's server, else the next in table order: the same in every worker.
                 let mut seen = tried;
@@ -373,7 +370,7 @@ impl Upstreams {
                         continue;
                     }
                     seen |= 1u64 << i;
-                    if let Some(id) = self.usable(cfg, g, i, now) {
+                    if let Some(id) = self.usable(cfg, g, i, now_ms) {
                         found = Some((i, id));
                         break;
                     }
@@ -383,24 +380,24 @@ impl Upstreams {
                 }
                 found
             }
-            (Balance::LeastRequests, ..) => self.least_requests(cfg, g, tried, now),
-            _ if !g.uniform => self.smooth(cfg, group, tried, now),
-            _ => self.rotate(cfg, group, tried, now),
+            (Balance::LeastRequests, ..) => self.least_requests(cfg, g, tried, now_ms),
+            _ if !g.uniform => self.smooth(cfg, group, tried, now_ms),
+            _ => self.rotate(cfg, group, tried, now_ms),
         }
     }
 
     /// Member `i` of `g`, if it is in: its worker id. A server past its cooldown is claimed for
     /// this request, the one probe (`Health::claim`).
     #[inline]
-    fn usable(&self, cfg: &Config, g: &crate::config::Group, i: usize, now: Instant) -> Option<usize> {
+    fn usable(&self, cfg: &Config, g: &crate::config::Group, i: usize, now_ms: u64) -> Option<usize> {
         let id = self.id_of(cfg, *g.servers.get(i)?)?;
         let h = &self.servers.get(id)?.health;
-        (h.is_up() || h.claim(crate::health::ms(self.epoch, now), g.cooldown.as_millis() as u64)).then_some(id)
+        (h.is_up() || h.claim(now_ms, g.cooldown.as_millis() as u64)).then_some(id)
     }
 
     /// Equal weights: the next member in turn.
     #[inline]
-    fn rotate(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
+    fn rotate(&mut self, cfg: &Config, group: usize, tried: u64, now_ms: u64) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
         let n = g.servers.len();
         let start = self.rr.get(group).copied().unwrap_or(0);
@@ -409,7 +406,7 @@ impl Upstreams {
             if tried & (1u64 << i) != 0 {
                 continue;
             }
-            let Some(id) = self.usable(cfg, g, i, now) else { continue };
+            let Some(id) = self.usable(cfg, g, i, now_ms) else { continue };
             if let Some(r) = self.rr.get_mut(group) {
                 *r = (i + 1) % n;
             }
@@ -420,9 +417,9 @@ impl Upstreams {
 
     /// Weighted round-robin over the members that are up; one past its cooldown gets its probe
     /// first.
-    fn smooth(&mut self, cfg: &Config, group: usize, tried: u64, now: Instant) -> Option<(usize, usize)> {
+    fn smooth(&mut self, cfg: &Config, group: usize, tried: u64, now_ms: u64) -> Option<(usize, usize)> {
         let g = cfg.groups.get(group)?;
-        let up = self.up_members(cfg, g, tried, now)?;
+        let up = self.up_members(cfg, g, tried, now_ms)?;
         let scores = self.scores.get_mut(group)?;
         let i = crate::balance::smooth_pick(scores, &g.weights, |i| up & (1u64 << i) != 0)?;
         Some((i, self.id_of(cfg, *g.servers.get(i)?)?))
@@ -433,9 +430,9 @@ impl Upstreams {
         cfg: &Config,
         g: &crate::config::Group,
         tried: u64,
-        now: Instant,
+        now_ms: u64,
     ) -> Option<(usize, usize)> {
-        let up = self.up_members(cfg, g, tried, now)?;
+        let up = self.up_members(cfg, g, tried, now_ms)?;
         let mut cands = std::mem::take(&mut self.cands);
         cands.clear();
         cands.extend((0..g.servers.len()).filter(|&i| up & (1u64 << i) != 0));
@@ -454,7 +451,7 @@ impl Upstreams {
 
     /// The members not tried and up, as a bit set; or, if one is past its cooldown and this
     /// request claims its probe, that one alone.
-    fn up_members(&self, cfg: &Config, g: &crate::config::Group, tried: u64, now: Instant) -> Option<u64> {
+    fn up_members(&self, cfg: &Config, g: &crate::config::Group, tried: u64, now_ms: u64) -> Option<u64> {
         let mut up = 0u64;
         for i in 0..g.servers.len() {
             if tried & (1u64 << i) != 0 {
@@ -464,7 +461,7 @@ impl Upstreams {
             let Some(h) = self.servers.get(id).map(|s| &s.health) else { continue };
             if h.is_up() {
                 up |= 1u64 << i;
-            } else if h.claim(crate::health::ms(self.epoch, now), g.cooldown.as_millis() as u64) {
+            } else if h.claim(now_ms, g.cooldown.as_millis() as u64) {
                 return Some(1u64 << i);
             }
         }
@@ -509,8 +506,7 @@ impl Upstreams {
     }
 
     /// A request failed on server `id`; true when that takes it out (`fail_after` in a row).
-    pub fn failed(&self, id: usize, now: Instant, cooldown: std::time::Duration, fail_after: u32) -> bool {
-        let now_ms = crate::health::ms(self.epoch, now);
+    pub fn failed(&self, id: usize, now_ms: u64, cooldown: std::time::Duration, fail_after: u32) -> bool {
         let Some(s) = self.servers.get(id) else { return false };
         let out = s.health.failed(now_ms, cooldown.as_millis() as u64, fail_after);
         if out && let Some(st) = self.metrics.server(s.slot) {
@@ -525,14 +521,14 @@ impl Upstreams {
     }
 
     /// A connection to server `id` came up.
-    pub fn ok(&self, id: usize, now: Instant) {
+    pub fn ok(&self, id: usize, now_ms: u64) {
         if let Some(s) = self.servers.get(id) {
             if s.health.down_until() != 0
                 && let Some(st) = self.metrics.server(s.slot)
             {
                 st.down_until_ms.set(0);
             }
-            s.health.ok(|| crate::health::ms(self.epoch, now));
+            s.health.ok(|| now_ms);
         }
     }
 

@@ -67,7 +67,7 @@ impl Conn {
                 request_id: cx.cfg.log.request_id.then(|| rq.id()),
                 tls: self.tls.as_deref().and_then(crate::tls::Tls::agreed).map(crate::tls::Agreed::fields),
             };
-            cx.log.access(cx.now, cx.cfg.log.format, &e);
+            cx.log.access(cx.now(), cx.cfg.log.format, &e);
         }
         if let Some(k) = rec {
             cx.recs.try_remove(k as usize);

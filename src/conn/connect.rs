@@ -40,7 +40,8 @@ impl Conn {
                 Ok(false) => return Ok(Next::Wait),
                 Err(e) => {
                     if let Ok(addr) = u.sock.peer_addr() {
-                        cx.log.event_of(cx.now, Level::Warn, Kind::Upstream, format_args!("upstream {addr}: tls: {e}"));
+                        let now = crate::clock::instant(cx.now_ns);
+                        cx.log.event_of(now, Level::Warn, Kind::Upstream, format_args!("upstream {addr}: tls: {e}"));
                     }
                     Some(false)
                 }
@@ -70,7 +71,7 @@ impl Conn {
             Some(true) => {
                 u.connected = true;
                 let server = u.server;
-                cx.ups.ok(server, cx.now);
+                cx.ups.ok(server, cx.now_ms());
                 failover(rq, cx, Some(server));
                 Ok(Next::Go(Phase::Exchange(up)))
             }
@@ -102,7 +103,7 @@ impl Conn {
     pub(super) fn connect(&mut self, rq: &mut Exchange, cx: &mut Cx, key: ClientKey) -> Step {
         for _ in 0..=crate::limits::GROUP_SERVERS_CAP {
             let cfg = rq.snap()?;
-            let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now, rq.key) else {
+            let Some((idx, server)) = cx.ups.pick(cfg, rq.group as usize, rq.tried, cx.now_ms(), rq.key) else {
                 failover(rq, cx, None);
                 let why = if rq.timed_out { Reject::UpstreamTimeout } else { Reject::UpstreamFailed };
                 let close = !rq.req_done();
@@ -155,7 +156,7 @@ impl Conn {
                     cx.metrics.up_error(cx.ups.slot(server).unwrap_or(usize::MAX), UpError::ConnectRefused);
                     let then = count_failure(rq, cx, server);
                     cx.log.event_of(
-                        cx.now,
+                        cx.now(),
                         Level::Warn,
                         Kind::Upstream,
                         format_args!("upstream {addr}: connect: {e}; {then}"),
@@ -202,7 +203,7 @@ impl Conn {
             s.retries.inc();
         }
         if let Some(a) = cx.ups.addr(server) {
-            cx.log.event_of(cx.now, Level::Info, Kind::Upstream, format_args!("upstream {a}: {said}; retried"));
+            cx.log.event_of(cx.now(), Level::Info, Kind::Upstream, format_args!("upstream {a}: {said}; retried"));
         }
         self.drop_upstream(rq, cx);
         rq.again();
@@ -231,7 +232,7 @@ impl Conn {
             let then = count_failure(rq, cx, server);
             if let Some(addr) = cx.ups.addr(server) {
                 cx.log.event_of(
-                    cx.now,
+                    cx.now(),
                     Level::Warn,
                     Kind::Upstream,
                     format_args!("upstream {addr}: connection failed before a response; {then}"),
@@ -249,7 +250,7 @@ impl Conn {
     pub(super) fn upstream_bad(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
         if let Some(addr) = cx.ups.addr(rq.server as usize) {
             cx.log.event_of(
-                cx.now,
+                cx.now(),
                 Level::Warn,
                 Kind::Upstream,
                 format_args!("upstream {addr}: malformed or unexpected response; 502"),
@@ -286,12 +287,14 @@ fn failover_line(rq: &Exchange, cx: &mut Cx, server: usize, timed_out: bool, nex
     };
     match next.and_then(|n| cx.ups.addr(n)) {
         Some(b) => cx.log.event_of(
-            cx.now,
+            cx.now(),
             Level::Warn,
             Kind::Upstream,
             format_args!("upstream {addr}: {what}; retried on {b}; {addr} {}", then),
         ),
-        None => cx.log.event_of(cx.now, Level::Warn, Kind::Upstream, format_args!("upstream {addr}: {what}; {}", then)),
+        None => {
+            cx.log.event_of(cx.now(), Level::Warn, Kind::Upstream, format_args!("upstream {addr}: {what}; {}", then))
+        }
     }
 }
 
@@ -306,7 +309,7 @@ fn passive(rq: &Exchange) -> (std::time::Duration, u32) {
 /// Counts a failure against `server` for every worker (health.rs); what that did, for the log.
 fn count_failure(rq: &Exchange, cx: &mut Cx, server: usize) -> Then {
     let (cooldown, fail_after) = passive(rq);
-    Then(cx.ups.failed(server, cx.now, cooldown, fail_after), cooldown, fail_after)
+    Then(cx.ups.failed(server, cx.now_ms(), cooldown, fail_after), cooldown, fail_after)
 }
 
 /// What a failure did to its server: "skipped for 10s", or "out after 3 in a row" while it has

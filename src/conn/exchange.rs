@@ -187,7 +187,7 @@ pub struct Exchange {
     /// or sent), but what the upstream already answered is still read and relayed.
     pub(super) up_wr_failed: bool,
     /// For the access log: when the head was complete, what was answered, bytes each way,
-    /// and which side ended the exchange on an error. Times are nanoseconds since `Cx::epoch`.
+    /// and which side ended the exchange on an error. Times are on `Cx::now_ns`'s clock.
     pub(super) start: Option<u64>,
     /// When the response's first byte came from the upstream (its time to first byte).
     pub(super) first_byte: Option<u64>,

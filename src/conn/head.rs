@@ -187,7 +187,7 @@ impl Conn {
             return self.fail(rq, cx, Reject::Forbidden, close);
         }
         if let Some(rate) = &route.rate
-            && let Err(secs) = cx.rates.take(client, route.id, rate, cx.now)
+            && let Err(secs) = cx.rates.take(client, route.id, rate, cx.now())
         {
             let close = has_body; // the body is not read, as for a 403
             if let Some(b) = self.cin.as_mut() {
@@ -350,7 +350,7 @@ impl Conn {
     fn reject(&mut self, rq: &mut Exchange, cx: &mut Cx, e: H1Error) -> Step {
         let peer = self.peer;
         cx.log.event_of(
-            cx.now,
+            cx.now(),
             Level::Info,
             Kind::Request,
             format_args!("client {peer}: {} {}", e.status(), e.as_str()),

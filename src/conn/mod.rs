@@ -68,13 +68,11 @@ use exchange::{EndedBy, FdReclaim};
 
 /// What a worker lends a connection while it steps.
 pub struct Cx {
-    pub now: Instant,
-    /// `now` as nanoseconds since `epoch` (`Cx::set_now`). Deadlines are kept in this unit: an
-    /// integer add and compare, where `Instant + Duration` and `saturating_duration_since` cost
-    /// ~30 instructions each (a connection arms about seven deadlines per request).
+    /// The batch's clock: nanoseconds since the process's epoch (`clock::now_ns`, read by
+    /// `Cx::set_now`). Deadlines are kept in this unit: an integer add and compare, where
+    /// `Instant + Duration` and `saturating_duration_since` cost ~30 instructions each (a
+    /// connection arms about seven deadlines per request). `now()` is it as an `Instant`.
     pub now_ns: u64,
-    /// The worker's start: the origin of `now_ns` and of every deadline.
-    pub epoch: Instant,
     pub cfg: Arc<Config>,
     /// The published config, read through arc-swap's `Cache`: while nothing was published, a
     /// check is one atomic load and a compare (a full `load` was ~37 instructions).
@@ -94,7 +92,7 @@ pub struct Cx {
     pub log: WorkerLog,
     /// Request fields kept for the access log while their request is in flight.
     pub recs: Slab<Rec>,
-    /// Earliest deadline armed since the last sweep (nanoseconds since `epoch`).
+    /// Earliest deadline armed since the last sweep (on `now_ns`'s clock).
     pub next_sweep: u64,
     /// An fd was closed: a paused accept loop may resume.
     pub fd_freed: bool,
@@ -128,14 +126,25 @@ impl Cx {
         self.ups.sync(&self.cfg);
     }
 
-    /// Reads the batch's clock into `now` and `now_ns`.
+    /// Reads the batch's clock into `now_ns`.
     #[inline]
-    pub fn set_now(&mut self, now: Instant) {
-        self.now = now;
-        self.now_ns = nanos(now.saturating_duration_since(self.epoch));
+    pub fn set_now(&mut self) {
+        self.now_ns = crate::clock::now_ns();
     }
 
-    /// A deadline `d` from now, in nanoseconds since `epoch`; the sweep is brought forward to it.
+    /// The batch's clock as an `Instant`, for what keeps `Instant`s (the log's timers, per-IP
+    /// rates); the request path reads `now_ns` or `now_ms`.
+    pub fn now(&self) -> Instant {
+        crate::clock::instant(self.now_ns)
+    }
+
+    /// The batch's clock in milliseconds since the process's epoch: `Health`'s unit.
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        self.now_ns / 1_000_000
+    }
+
+    /// A deadline `d` from now, on `now_ns`'s clock; the sweep is brought forward to it.
     fn arm(&mut self, d: Duration) -> u64 {
         let at = self.now_ns.saturating_add(nanos(d));
         if at < self.next_sweep {
@@ -301,7 +310,7 @@ pub struct Conn {
     pub phase: Phase,
     cin: Option<Buf>,
     cout: Option<Buf>,
-    /// Nanoseconds since `Cx::epoch`.
+    /// On `Cx::now_ns`'s clock.
     pub deadline: u64,
     /// On the worker's run-again list.
     pub queued: bool,
@@ -717,7 +726,7 @@ impl Conn {
         if rq.start.is_some() || self.phase != Phase::ReadHead {
             let (peer, phase) = (self.peer, self.phase.name());
             let (name, value) = self.timeout_fired(rq, cx);
-            cx.log.event(cx.now, Level::Info, format_args!("client {peer}: timeout in {phase} ({name} = {value:?})"));
+            cx.log.event(cx.now(), Level::Info, format_args!("client {peer}: timeout in {phase} ({name} = {value:?})"));
         }
         let next = match self.phase {
             Phase::ReadHead => {
