@@ -7,8 +7,16 @@
 //! fewest syscalls a recv/send proxy can make (2 per direction), so its CPU per request is what
 //! the kernel's loopback TCP costs a proxy here. One thread, edge-triggered epoll via mio.
 //! Not a proxy anyone should run: it has no HTTP, no limits, and allocates per connection.
+//!
+//!   relay --listen 127.0.0.1:P --upstream 127.0.0.1:U --http
+//!
+//! With `--http`, each message read whole is also parsed once by httparse (a request head one
+//! way, a response head the other, into uninitialised header slots, as Apex parses them) and
+//! forwarded unchanged: the floor under any httparse-based proxy's instructions per request,
+//! for bench/floor (issue #21). It still forwards bytes whatever the parse says.
 
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,8 +38,9 @@ impl Dir {
         Dir { buf: vec![0u8; BUF].into_boxed_slice(), start: 0, end: 0, readable: true }
     }
 
-    /// Moves what `src` has to `dst`. Ok(true) when `src` closed.
-    fn pump(&mut self, src: &TcpStream, dst: &TcpStream) -> io::Result<bool> {
+    /// Moves what `src` has to `dst`. Ok(true) when `src` closed. `parse`: what each read is
+    /// parsed as (`--http`); the parse's result is only counted, never acted on.
+    fn pump(&mut self, src: &TcpStream, dst: &TcpStream, parse: Parse, parsed: &mut u64) -> io::Result<bool> {
         loop {
             while self.start < self.end {
                 match (&*dst).write(&self.buf[self.start..self.end]) {
@@ -52,12 +61,45 @@ impl Dir {
                     if n < BUF {
                         self.readable = false; // a short read drained the socket
                     }
+                    *parsed += u64::from(parse.head(&self.buf[..n]));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Ok(false);
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// What a direction's bytes are parsed as.
+#[derive(Clone, Copy)]
+enum Parse {
+    Nothing,
+    Request,
+    Response,
+}
+
+impl Parse {
+    /// Parses a head at the start of `buf`; true if one was there whole. 100 slots, as Apex's
+    /// default `limits.headers`.
+    #[inline(never)]
+    fn head(self, buf: &[u8]) -> bool {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 100];
+        match self {
+            Parse::Nothing => false,
+            Parse::Request => {
+                let mut req = httparse::Request::new(&mut []);
+                let r = req.parse_with_uninit_headers(buf, &mut slots);
+                std::hint::black_box(&req);
+                matches!(r, Ok(httparse::Status::Complete(_)))
+            }
+            Parse::Response => {
+                let mut resp = httparse::Response::new(&mut []);
+                let r = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+                std::hint::black_box(&resp);
+                matches!(r, Ok(httparse::Status::Complete(_)))
             }
         }
     }
@@ -78,16 +120,19 @@ fn arg(args: &[String], name: &str) -> Option<SocketAddr> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(upstream)) = (arg(&args, "--listen"), arg(&args, "--upstream")) else {
-        eprintln!("usage: relay --listen ADDR --upstream ADDR");
+        eprintln!("usage: relay --listen ADDR --upstream ADDR [--http]");
         std::process::exit(2);
     };
-    if let Err(e) = run(listen, upstream) {
+    let http = args.iter().any(|a| a == "--http");
+    if let Err(e) = run(listen, upstream, http) {
         eprintln!("relay: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
+fn run(listen: SocketAddr, upstream: SocketAddr, http: bool) -> io::Result<()> {
+    let (up, down) = if http { (Parse::Request, Parse::Response) } else { (Parse::Nothing, Parse::Nothing) };
+    let mut parsed = 0u64;
     let mut poll = Poll::new()?;
     let mut l = TcpListener::bind(listen)?;
     poll.registry().register(&mut l, LISTENER, Interest::READABLE)?;
@@ -95,7 +140,12 @@ fn run(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
     let mut events = Events::with_capacity(1024);
     println!("relay: listening on {listen}");
     loop {
-        poll.poll(&mut events, Some(Duration::from_secs(1)))?;
+        match poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            Ok(()) => {}
+            // callgrind_control (bench/floor) interrupts the wait.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 while let Ok((mut c, _)) = l.accept() {
@@ -125,7 +175,7 @@ fn run(listen: SocketAddr, upstream: SocketAddr) -> io::Result<()> {
                     p.down.readable = true;
                 }
             }
-            let closed = match (p.up.pump(&p.c, &p.u), p.down.pump(&p.u, &p.c)) {
+            let closed = match (p.up.pump(&p.c, &p.u, up, &mut parsed), p.down.pump(&p.u, &p.c, down, &mut parsed)) {
                 (Ok(a), Ok(b)) => a || b,
                 _ => true,
             };
