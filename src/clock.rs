@@ -47,6 +47,12 @@ pub fn now_ns() -> u64 {
     raw_ns().saturating_sub(origin)
 }
 
+/// Milliseconds since `epoch`, now: the unit `Health` counts in (the checker thread reads it
+/// here; workers take it from their batch's clock, `Cx::now_ms`).
+pub fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
 /// The `Instant` `ns` nanoseconds after `epoch`, for code that keeps `Instant`s (the log's
 /// timers, per-IP rates). Saturates at `epoch` where `Instant` could not hold it.
 pub fn instant(ns: u64) -> Instant {

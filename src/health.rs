@@ -26,15 +26,9 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::log::{Level, say};
 
-/// The process clock `Health` counts milliseconds on; every worker reads the same one (workers
-/// as `Cx::now_ms`, on the same epoch).
-pub fn epoch() -> Instant {
-    crate::clock::epoch()
-}
-
 #[derive(Debug)]
 pub struct Health {
-    /// 0 while up; otherwise the millisecond (on `epoch`) until which requests skip it.
+    /// 0 while up; otherwise the millisecond (on `clock::epoch`) until which requests skip it.
     down_until: AtomicU64,
     /// Requests that failed on it in a row.
     fails: AtomicU32,
@@ -42,7 +36,7 @@ pub struct Health {
     checked_up: AtomicBool,
     /// The active checker's streak: > 0 successes in a row, < 0 failures in a row.
     streak: AtomicI32,
-    /// When it came back (ms on `epoch`, at least 1) after being out by either view; 0 once
+    /// When it came back (ms on `clock::epoch`, at least 1) after being out by either view; 0 once
     /// its group's `slow_start` has passed, or if it never was out.
     up_since: AtomicU64,
 }
@@ -159,12 +153,6 @@ impl Health {
     }
 }
 
-/// Milliseconds since `epoch`.
-#[inline]
-pub fn ms(epoch: Instant, now: Instant) -> u64 {
-    now.saturating_duration_since(epoch).as_millis() as u64
-}
-
 /// A group's active check, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -268,7 +256,7 @@ fn run_check(cfg: &Config, si: usize, check: &Check) {
     let tls = cfg.server_tls.get(si).cloned().flatten();
     let verdict = probe(*addr, check, tls.as_deref());
     let ok = matches!(verdict, Ok(status) if check.expect.iter().any(|e| e.accepts(status)));
-    if let Some(up) = health.checked(ok, check.rise, check.fall, ms(epoch(), Instant::now())) {
+    if let Some(up) = health.checked(ok, check.rise, check.fall, crate::clock::now_ms()) {
         let what = match &verdict {
             Ok(status) => format!("status {status}"),
             Err(e) => e.clone(),

@@ -57,7 +57,7 @@ fn slow_start_ramps_a_server_that_is_back() {
     let cfg = Arc::new(Config::parse(text, "t").unwrap_or_else(|e| panic!("{e}")));
     let mut ups = Upstreams::new(&cfg, 8);
     // Milliseconds on `Health`'s clock, as workers pass them (`Cx::now_ms`).
-    let t0 = crate::clock::now_ns() / 1_000_000;
+    let t0 = crate::clock::now_ms();
     assert!(ups.failed(0, t0, std::time::Duration::from_secs(1), 1));
     ups.ok(0, t0);
     let share = |ups: &mut Upstreams, at: u64| {
