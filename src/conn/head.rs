@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::buf::{Buf, BufPool};
 use crate::config::{ForwardedFor, RetryPolicy};
 use crate::h1::chunked::Decoder;
-use crate::h1::head::{host_name, parse_request, parse_request_in};
+use crate::h1::head::{parse_request, parse_request_in};
 use crate::h1::response::{parse_response, parse_response_in};
 use crate::h1::write::{
     Location, Out, Own, RespMode, write_answer, write_request, write_response, write_route_answer, write_text_answer,
@@ -163,7 +163,7 @@ impl Conn {
             // A plain listener that sends everyone to HTTPS: 308 keeps the method and body
             // (RFC 9110 §15.4.9). The body is not read: close after, like a 404's.
             rq.close_after |= has_body || !rq.keep_alive || cx.draining;
-            let to = Location { host: host_name(req.host), port: cx.https_port, target: path };
+            let to = Location { host: req.host_name, port: cx.https_port, target: path };
             let n = queue_answer(&mut self.cout, &mut cx.bufs, rq, 308, Some(to))?;
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
@@ -171,7 +171,7 @@ impl Conn {
             return self.answered(rq, cx, 308, n, super::answer_body(rq, 308));
         }
         let path_only = path.split(|&b| b == b'?').next().unwrap_or(path);
-        let Some(route) = cx.cfg.route(host_name(req.host), path_only) else {
+        let Some(route) = cx.cfg.route(req.host_name, path_only) else {
             let close = has_body; // the body was not read: it cannot be told from the next request
             if let Some(b) = self.cin.as_mut() {
                 b.consume(end);
@@ -208,7 +208,7 @@ impl Conn {
                 let vars = Vars {
                     client_ip: client,
                     https: self.tls.is_some(),
-                    host: host_name(req.host),
+                    host: req.host_name,
                     path: req.path.as_bytes(),
                     id: rq.id(),
                 };
@@ -256,7 +256,7 @@ impl Conn {
         let (vars, edits);
         let edits = if req_rules.is_some() || rq.id_out {
             let id = rq.id.get(..usize::from(rq.id_len)).unwrap_or(&[]);
-            vars = Vars { client_ip: client, https: self.tls.is_some(), host: host_name(req.host), path: b"", id };
+            vars = Vars { client_ip: client, https: self.tls.is_some(), host: req.host_name, path: b"", id };
             edits = Edits { rules: req_rules.map(|r| (r, &vars)), id: rq.id_out.then_some(id) };
             Some(&edits)
         } else {

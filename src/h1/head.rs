@@ -16,6 +16,8 @@ pub struct Request<'a> {
     pub minor: u8,
     /// The Host value, as sent (or the authority of an absolute-form target).
     pub host: &'a [u8],
+    /// Its host part, without the port: what routes match.
+    pub host_name: &'a [u8],
     pub framing: Framing,
     /// The client wants the connection kept open after this exchange (RFC 9112 §9.3).
     pub keep_alive: bool,
@@ -178,11 +180,10 @@ pub fn parse_request_in<'a>(
         return Err(H1Error::BadTarget);
     };
 
-    let host = match host {
-        Some(h) if valid_host(h) => h,
-        Some(_) => return Err(H1Error::BadHost),
+    let (host, host_name) = match host {
+        Some(h) => (h, host_name_of(h).ok_or(H1Error::BadHost)?),
         None if minor == 1 => return Err(H1Error::BadHost), // RFC 9112 §3.2: Host is required
-        None => b"",
+        None => (&b""[..], &b""[..]),
     };
 
     // RFC 9112 §9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
@@ -199,6 +200,7 @@ pub fn parse_request_in<'a>(
         path,
         minor,
         host,
+        host_name,
         framing,
         keep_alive,
         expect_continue,
@@ -283,39 +285,32 @@ const REG_NAME: [bool; 256] = {
 /// RFC 9110 §7.2 / RFC 3986 §3.2.2: `uri-host [ ":" port ]`, with uri-host an IP-literal in
 /// brackets or a reg-name (unreserved, pct-encoded, sub-delims). No userinfo, no spaces.
 pub fn valid_host(h: &[u8]) -> bool {
+    host_name_of(h).is_some()
+}
+
+/// The host part of a valid Host value (`valid_host`), without the port, for routing: found
+/// in the pass that checks it. None if the value is not valid.
+pub fn host_name_of(h: &[u8]) -> Option<&[u8]> {
     let port_ok = |port: &[u8]| port.iter().all(u8::is_ascii_digit) && port.len() <= 5;
     if h.first() == Some(&b'[') {
-        let Some(close) = h.iter().position(|&b| b == b']') else {
-            return false;
-        };
+        let close = h.iter().position(|&b| b == b']')?;
         let (lit, rest) = h.split_at(close + 1);
         let inner = lit.get(1..lit.len() - 1).unwrap_or(&[]);
         if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
-            return false;
+            return None;
         }
         return match rest.split_first() {
-            None => true,
-            Some((b':', port)) => port_ok(port),
-            Some(_) => false,
+            None => Some(lit),
+            Some((b':', port)) if port_ok(port) => Some(lit),
+            Some(_) => None,
         };
     }
     // A reg-name up to the first byte that is not one (':' is not), in one pass; that byte
     // must be the ':' before the port.
     match h.iter().position(|&b| REG_NAME.get(usize::from(b)) != Some(&true)) {
-        None => true,
-        Some(i) => h.get(i) == Some(&b':') && port_ok(h.get(i + 1..).unwrap_or(&[])),
-    }
-}
-
-/// The host part of a Host value, without the port, for routing.
-pub fn host_name(h: &[u8]) -> &[u8] {
-    if h.first() == Some(&b'[') {
-        let end = h.iter().position(|&b| b == b']').map_or(h.len(), |e| e + 1);
-        return h.get(..end).unwrap_or(h);
-    }
-    match h.iter().position(|&b| b == b':') {
-        Some(i) => h.get(..i).unwrap_or(h),
-        None => h,
+        None => Some(h),
+        Some(i) if h.get(i) == Some(&b':') && port_ok(h.get(i + 1..).unwrap_or(&[])) => h.get(..i),
+        Some(_) => None,
     }
 }
 
@@ -485,7 +480,19 @@ mod tests {
         for bad in [&b"a b"[..], b"u@a", b"a:x", b"[::1", b"[]", b"a:123456", b"a/b"] {
             assert!(!valid_host(bad), "{:?}", bad);
         }
-        assert_eq!(host_name(b"a.com:80"), b"a.com");
-        assert_eq!(host_name(b"[::1]:80"), b"[::1]");
+        assert_eq!(host_name_of(b"a.com:80"), Some(&b"a.com"[..]));
+        assert_eq!(host_name_of(b"a.com"), Some(&b"a.com"[..]));
+        assert_eq!(host_name_of(b"[::1]:80"), Some(&b"[::1]"[..]));
+        assert_eq!(host_name_of(b"[::1]"), Some(&b"[::1]"[..]));
+        assert_eq!(host_name_of(b"a.com:8x"), None);
+        // Through the parser: the name routes see, with an absolute-form target's authority
+        // in place of Host.
+        let arena = Bump::new();
+        let req = parse_request(b"GET / HTTP/1.1\r\nHost: A.example:8080\r\n\r\n", &arena, 8).unwrap();
+        assert_eq!((req.host, req.host_name), (&b"A.example:8080"[..], &b"A.example"[..]));
+        let req = parse_request(b"GET http://b.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n", &arena, 8).unwrap();
+        assert_eq!((req.host_name, req.path), (&b"b.example"[..], "/x"));
+        let req = parse_request(b"GET / HTTP/1.0\r\n\r\n", &arena, 8).unwrap();
+        assert_eq!(req.host_name, b"");
     }
 }
