@@ -1,4 +1,4 @@
-# bench/lib.sh: helpers shared by bench/run, bench/tls and bench/profile (sourced, not run).
+# bench/lib.sh: helpers shared by bench/run, bench/tls, bench/profile and bench/floor (sourced, not run).
 #
 #   BENCH=...; ROOT=...; LOG_TAG=bench; . "$BENCH/lib.sh"
 #
@@ -86,6 +86,11 @@ set_affinity() { # set_affinity CPUS ROOTPID: every thread of the process and it
 # ---------------------------------------------------------------- ports
 # The first free ports at or above a start (below the ephemeral range); other people's servers
 # may be listening on this machine, so each is checked before use.
+build_loadgen() { # build_loadgen: bench/loadgen's release binaries (loadgen, relay)
+    # From the tree, so that .cargo/config.toml's flags apply to the relay as to Apex.
+    (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo build --release -q --manifest-path "$BENCH/loadgen/Cargo.toml") >&2 \
+        || die "building bench/loadgen failed"
+}
 port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 free_port() { # free_port START: first port >= START with no listener
     local p=$1
