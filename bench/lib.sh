@@ -87,8 +87,9 @@ set_affinity() { # set_affinity CPUS ROOTPID: every thread of the process and it
 # The first free ports at or above a start (below the ephemeral range); other people's servers
 # may be listening on this machine, so each is checked before use.
 build_loadgen() { # build_loadgen: bench/loadgen's release binaries (loadgen, relay)
-    # From the tree, so that .cargo/config.toml's flags apply to the relay as to Apex.
-    (cd "$ROOT" && env -u CARGO_TARGET_DIR cargo build --release -q --manifest-path "$BENCH/loadgen/Cargo.toml") >&2 \
+    # From the tree, so that .cargo/config.toml's flags apply to the relay as to Apex; without
+    # Apex's profile (APEX_PGO=0, bench/pgo/rustc): it is Apex's, trained on Apex's code.
+    (cd "$ROOT" && env -u CARGO_TARGET_DIR APEX_PGO=0 cargo build --release -q --manifest-path "$BENCH/loadgen/Cargo.toml") >&2 \
         || die "building bench/loadgen failed"
 }
 port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
