@@ -1,4 +1,5 @@
-# bench/lib.sh: helpers shared by bench/run, bench/tls, bench/profile and bench/floor (sourced, not run).
+# bench/lib.sh: helpers shared by bench/run, bench/tls, bench/profile, bench/floor and bench/pgo/train
+# (sourced, not run).
 #
 #   BENCH=...; ROOT=...; LOG_TAG=bench; . "$BENCH/lib.sh"
 #
@@ -83,15 +84,17 @@ set_affinity() { # set_affinity CPUS ROOTPID: every thread of the process and it
     for p in "$2" $(children "$2"); do taskset -a -p -c "$1" "$p" >/dev/null 2>&1 || true; done
 }
 
-# ---------------------------------------------------------------- ports
-# The first free ports at or above a start (below the ephemeral range); other people's servers
-# may be listening on this machine, so each is checked before use.
+# ---------------------------------------------------------------- building
 build_loadgen() { # build_loadgen: bench/loadgen's release binaries (loadgen, relay)
     # From the tree, so that .cargo/config.toml's flags apply to the relay as to Apex; without
     # Apex's profile (APEX_PGO=0, bench/pgo/rustc): it is Apex's, trained on Apex's code.
     (cd "$ROOT" && env -u CARGO_TARGET_DIR APEX_PGO=0 cargo build --release -q --manifest-path "$BENCH/loadgen/Cargo.toml") >&2 \
         || die "building bench/loadgen failed"
 }
+
+# ---------------------------------------------------------------- ports
+# The first free ports at or above a start (below the ephemeral range); other people's servers
+# may be listening on this machine, so each is checked before use.
 port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 free_port() { # free_port START: first port >= START with no listener
     local p=$1
