@@ -41,6 +41,9 @@ fn skip_empty_lines(cin: &mut crate::buf::Buf<{ crate::limits::BUF_BYTES }>) {
 impl Conn {
     // ---- ReadHead -------------------------------------------------------------------------
 
+    /// Out of line, as `response_head` is: the two largest bodies of the request path, each
+    /// with its own frame and registers instead of adding to `Conn::run`'s (see `apart`).
+    #[inline(never)]
     pub(super) fn read_head(&mut self, rq: &mut Exchange, cx: &mut Cx) -> Step {
         let progress = self.flush_client(cx)? > 0;
         let limits = cx.cfg.limits;
@@ -382,7 +385,9 @@ impl Conn {
 
     /// Finds the response head in `uin` (parsed straight from the buffer when it came whole,
     /// as in `read_head`), checks it, writes the client's, and goes on to the body (or the
-    /// tunnel, after a 101). Without a whole head yet, waits for more.
+    /// tunnel, after a 101). Without a whole head yet, waits for more. Out of line: see
+    /// `read_head`.
+    #[inline(never)]
     pub(super) fn response_head(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey, progress: bool) -> Step {
         cx.arena.reset();
         let buf = rq.uin.as_ref().map_or(&[][..], Buf::filled);
