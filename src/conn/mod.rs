@@ -779,7 +779,7 @@ impl Conn {
 /// of line cost more (bench/profile get: 9,572 against 9,372); these four saved 31.
 /// Under the profile-guided build (bench/pgo), the request path's two largest bodies are kept
 /// out too, `read_head` and `response_head` (`#[inline(never)]` on each): `run`'s prologue
-/// went from 108 to 46 instructions a request and get from 6,026 to 5,909. `connect`,
+/// went from 108 to 46 instructions a request and get from 6,026 to 5,908. `connect`,
 /// `exchange` and `resp_body` out of line as well cost more (6,032); `resp_body` alone on
 /// top, 5,958 (bench/README.md, round 9).
 #[inline(never)]
