@@ -58,9 +58,10 @@ pub fn parse_request<'a>(head: &'a [u8], arena: &'a Bump, headers_max: usize) ->
 /// Parses the head at the start of `buf`, which may hold more (a body, the next request):
 /// `Some((request, head length))`, or None while no whole head is there yet, or when the buffer
 /// starts with an empty line (`super::starts_a_head`: `find_head_end` decides on those).
-// Always inlined into `read_head`, its one caller on the request path: left to the profile,
-// LLVM keeps it out of line when a change elsewhere tips its estimate, a call and the loss of
-// what the two share (get 5,947 against 5,892 instructions a request; bench/README.md, round 10).
+// Always inlined into `read_head` (directly, and through `parse_request` for a head that came in
+// pieces): left to the profile, LLVM keeps it out of line when a change elsewhere tips its
+// estimate, a call and the loss of what the two share (get 5,947 against 5,892 instructions a
+// request; bench/README.md, round 10).
 #[inline(always)]
 pub fn parse_request_in<'a>(
     buf: &'a [u8],
