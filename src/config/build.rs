@@ -726,6 +726,11 @@ pub(super) fn duration_value(v: &toml::Value) -> Option<Duration> {
     }
 }
 
+/// A `[timeouts]` value or a route's override of one (zero refused), in deadlines' unit.
+fn timeout(v: &Option<Spanned<toml::Value>>, name: &str, default_ms: u64) -> Result<Timeout, BuildError> {
+    duration(v, name, default_ms, false).map(Timeout::from_duration)
+}
+
 fn duration(
     v: &Option<Spanned<toml::Value>>,
     name: &str,
@@ -856,14 +861,14 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
 
     let t = &raw.timeouts;
     let timeouts = Timeouts {
-        client_head: duration(&t.client_head, "client_head", 10_000, false)?,
-        client_idle: duration(&t.client_idle, "client_idle", 60_000, false)?,
-        client_body: duration(&t.client_body, "client_body", 30_000, false)?,
-        client_send: duration(&t.client_send, "client_send", 30_000, false)?,
-        upstream_connect: duration(&t.upstream_connect, "upstream_connect", 5_000, false)?,
-        upstream_head: duration(&t.upstream_head, "upstream_head", 60_000, false)?,
-        upstream_body: duration(&t.upstream_body, "upstream_body", 60_000, false)?,
-        upstream_idle: duration(&t.upstream_idle, "upstream_idle", 4_000, false)?,
+        client_head: timeout(&t.client_head, "client_head", 10_000)?,
+        client_idle: timeout(&t.client_idle, "client_idle", 60_000)?,
+        client_body: timeout(&t.client_body, "client_body", 30_000)?,
+        client_send: timeout(&t.client_send, "client_send", 30_000)?,
+        upstream_connect: timeout(&t.upstream_connect, "upstream_connect", 5_000)?,
+        upstream_head: timeout(&t.upstream_head, "upstream_head", 60_000)?,
+        upstream_body: timeout(&t.upstream_body, "upstream_body", 60_000)?,
+        upstream_idle: timeout(&t.upstream_idle, "upstream_idle", 4_000)?,
         shutdown: duration(&t.shutdown, "shutdown", 30_000, false)?,
     };
 
@@ -1100,11 +1105,11 @@ pub(super) fn build(raw: RawConfig, base: &Path) -> Result<Config, BuildError> {
             let span = r.upstream.as_ref().map_or(at(spanned), at);
             return Err((span, "duplicate route: this host and path are already routed".to_string()));
         }
-        let ms = |d: Duration| d.as_millis() as u64;
+        let ms = |t: Timeout| t.duration().as_millis() as u64;
         let per = PerRequest {
-            upstream_head: duration(&r.upstream_head, "upstream_head", ms(timeouts.upstream_head), false)?,
-            upstream_body: duration(&r.upstream_body, "upstream_body", ms(timeouts.upstream_body), false)?,
-            client_body: duration(&r.client_body, "client_body", ms(timeouts.client_body), false)?,
+            upstream_head: timeout(&r.upstream_head, "upstream_head", ms(timeouts.upstream_head))?,
+            upstream_body: timeout(&r.upstream_body, "upstream_body", ms(timeouts.upstream_body))?,
+            client_body: timeout(&r.client_body, "client_body", ms(timeouts.client_body))?,
             body_bytes: size_in(&r.body_bytes, "body_bytes", limits.body_bytes, 0, u64::MAX)?,
             retry: retry(&r.retry)?,
         };

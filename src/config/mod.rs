@@ -115,16 +115,42 @@ pub struct TlsListen {
     pub acme: Option<crate::acme::AcmeSpec>,
 }
 
+/// A configured timeout in nanoseconds: the unit deadlines are armed in (`Cx::arm`), so that
+/// arming one, about seven times a request, is an add and not a conversion (issue #21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timeout(u64);
+
+impl Timeout {
+    pub const fn from_millis(ms: u64) -> Timeout {
+        Timeout(ms.saturating_mul(1_000_000))
+    }
+
+    /// Saturating: u64 nanoseconds span 584 years, so only a timeout near `Duration::MAX`
+    /// saturates, and it never fires either way.
+    pub fn from_duration(d: Duration) -> Timeout {
+        Timeout(d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos())))
+    }
+
+    #[inline]
+    pub const fn nanos(self) -> u64 {
+        self.0
+    }
+
+    pub const fn duration(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    pub client_head: Duration,
-    pub client_idle: Duration,
-    pub client_body: Duration,
-    pub client_send: Duration,
-    pub upstream_connect: Duration,
-    pub upstream_head: Duration,
-    pub upstream_body: Duration,
-    pub upstream_idle: Duration,
+    pub client_head: Timeout,
+    pub client_idle: Timeout,
+    pub client_body: Timeout,
+    pub client_send: Timeout,
+    pub upstream_connect: Timeout,
+    pub upstream_head: Timeout,
+    pub upstream_body: Timeout,
+    pub upstream_idle: Timeout,
     /// SIGTERM: how long in-flight requests may take to finish before Apex exits anyway.
     pub shutdown: Duration,
 }
@@ -217,9 +243,9 @@ impl Access {
 /// copied into each request's exchange when it is routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PerRequest {
-    pub upstream_head: Duration,
-    pub upstream_body: Duration,
-    pub client_body: Duration,
+    pub upstream_head: Timeout,
+    pub upstream_body: Timeout,
+    pub client_body: Timeout,
     pub body_bytes: u64,
     pub retry: RetryPolicy,
 }
@@ -454,14 +480,14 @@ impl Config {
         let _ = writeln!(o, "\n[timeouts]");
         let t = &self.timeouts;
         for (k, v) in [
-            ("client_head", t.client_head),
-            ("client_idle", t.client_idle),
-            ("client_body", t.client_body),
-            ("client_send", t.client_send),
-            ("upstream_connect", t.upstream_connect),
-            ("upstream_head", t.upstream_head),
-            ("upstream_body", t.upstream_body),
-            ("upstream_idle", t.upstream_idle),
+            ("client_head", t.client_head.duration()),
+            ("client_idle", t.client_idle.duration()),
+            ("client_body", t.client_body.duration()),
+            ("client_send", t.client_send.duration()),
+            ("upstream_connect", t.upstream_connect.duration()),
+            ("upstream_head", t.upstream_head.duration()),
+            ("upstream_body", t.upstream_body.duration()),
+            ("upstream_idle", t.upstream_idle.duration()),
             ("shutdown", t.shutdown),
         ] {
             let _ = writeln!(o, "{k} = {}", d(v));
@@ -524,7 +550,7 @@ impl Config {
                     ("client_body", p.client_body, g.client_body),
                 ] {
                     if v != global {
-                        let _ = writeln!(o, "{k} = {}", d(v));
+                        let _ = writeln!(o, "{k} = {}", d(v.duration()));
                     }
                 }
                 if p.body_bytes != g.body_bytes {
@@ -743,7 +769,7 @@ mod tests {
         let text = include_str!("../../apex.toml");
         let c = Config::parse(text, "apex.toml").unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
-        assert_eq!(c.timeouts.upstream_idle, Duration::from_secs(4));
+        assert_eq!(c.timeouts.upstream_idle, Timeout::from_millis(4_000));
         assert_eq!(c.route(b"anything", b"/x").map(|r| r.group), Some(0));
     }
 
@@ -857,7 +883,7 @@ mod tests {
             [[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:9\"]\n";
         let c = Config::parse(text, "t").unwrap();
         let poll = c.route(b"h", b"/poll/x").unwrap();
-        assert_eq!((poll.per.upstream_head, poll.per.body_bytes), (Duration::from_secs(120), 10 << 20));
+        assert_eq!((poll.per.upstream_head, poll.per.body_bytes), (Timeout::from_millis(120_000), 10 << 20));
         assert_eq!(poll.per.upstream_body, c.timeouts.upstream_body, "what it does not set is the global value");
         assert_eq!(c.route(b"h", b"/").unwrap().per, c.per);
         assert_eq!(c.body_bytes_max, 10 << 20, "the largest of the global and every route's");

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::config::Timeout;
 use crate::limits::LINGER_MS;
 use crate::log::{Entry, Rec, Sink};
 use crate::metrics::{CloseWhy, class_of};
@@ -80,7 +81,7 @@ impl Conn {
         let t = &cx.cfg.timeouts;
         let client_slow =
             self.cout.as_ref().is_some_and(|b| !b.is_empty()) || rq.presp.as_ref().is_some_and(|p| p.pending > 0);
-        match self.phase {
+        let (name, t) = match self.phase {
             Phase::ReadHead if rq.head_timer => ("client_head", t.client_head),
             Phase::ReadHead => ("client_idle", t.client_idle),
             Phase::Connect | Phase::Opening(_) => ("upstream_connect", t.upstream_connect),
@@ -89,8 +90,9 @@ impl Conn {
             Phase::RespBody(_) | Phase::Tunnel(_) if client_slow => ("client_send", t.client_send),
             Phase::RespBody(_) | Phase::Tunnel(_) => ("upstream_body", t.upstream_body),
             Phase::Respond => ("client_send", t.client_send),
-            Phase::Linger | Phase::Close => ("linger", Duration::from_millis(LINGER_MS)),
-        }
+            Phase::Linger | Phase::Close => ("linger", Timeout::from_millis(LINGER_MS)),
+        };
+        (name, t.duration())
     }
 }
 

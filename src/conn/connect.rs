@@ -279,7 +279,7 @@ fn failover_line(rq: &Exchange, cx: &mut Cx, server: usize, timed_out: bool, nex
     let cfg = rq.snap.as_deref();
     let (cooldown, fail_after) = passive(rq);
     let then = Then(cx.ups.is_out(server), cooldown, fail_after);
-    let connect = cfg.map_or(std::time::Duration::ZERO, |c| c.timeouts.upstream_connect);
+    let connect = cfg.map_or(std::time::Duration::ZERO, |c| c.timeouts.upstream_connect.duration());
     let what = if timed_out {
         format_args!("connect timed out (upstream_connect = {connect:?})")
     } else {

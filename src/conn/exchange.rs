@@ -8,10 +8,9 @@
 //! connection) stays within its 128-byte budget (`conn::tests::idle_connection_fits_budget`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::buf::Buf;
-use crate::config::{Config, PerRequest};
+use crate::config::{Config, PerRequest, Timeout};
 use crate::h1::chunked::Decoder;
 use crate::limits::REQUEST_ID_MAX;
 use crate::splice::Pipe;
@@ -235,9 +234,9 @@ impl Exchange {
             id_len: 0,
             id_out: false,
             per: PerRequest {
-                upstream_head: Duration::ZERO,
-                upstream_body: Duration::ZERO,
-                client_body: Duration::ZERO,
+                upstream_head: Timeout::from_millis(0),
+                upstream_body: Timeout::from_millis(0),
+                client_body: Timeout::from_millis(0),
                 body_bytes: 0,
                 retry: crate::config::RetryPolicy::DEFAULT,
             },

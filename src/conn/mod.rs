@@ -54,7 +54,7 @@ use mio::{Registry, Token};
 use slab::Slab;
 
 use crate::buf::{Buf, BufPool, FreeList};
-use crate::config::Config;
+use crate::config::{Config, Timeout};
 use crate::limits::{LINGER_MS, STEP_TURNS_MAX};
 use crate::log::{Level, Rec, WorkerLog};
 use crate::metrics::{CloseWhy, Reject, WorkerMetrics};
@@ -145,8 +145,8 @@ impl Cx {
     }
 
     /// A deadline `d` from now, on `now_ns`'s clock; the sweep is brought forward to it.
-    fn arm(&mut self, d: Duration) -> u64 {
-        let at = self.now_ns.saturating_add(nanos(d));
+    fn arm(&mut self, t: Timeout) -> u64 {
+        let at = self.now_ns.saturating_add(t.nanos());
         if at < self.next_sweep {
             self.next_sweep = at;
         }
@@ -561,7 +561,7 @@ impl Conn {
             }
             Phase::RespBody(_) | Phase::Tunnel(_) => rq.per.upstream_body,
             Phase::Respond => t.client_send,
-            Phase::Linger => Duration::from_millis(LINGER_MS),
+            Phase::Linger => Timeout::from_millis(LINGER_MS),
             Phase::Close => {
                 self.why = account::close_why(from, rq, cx.draining);
                 self.phase = to;
