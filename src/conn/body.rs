@@ -8,6 +8,7 @@
 //! Content-Length body or of the current chunk's data.
 
 use crate::buf::Buf;
+use crate::h1::chunked::ChunkError;
 use crate::limits::{PIPE_BYTES, SPLICE_MIN_BYTES};
 use crate::splice::Spliced;
 use crate::tls::Tls;
@@ -282,26 +283,10 @@ impl Conn {
                 Err(_) => rq.up_end = UpEnd::Cut,
             }
         }
-        let spare = cout.spare();
-        let (used, made) = match &mut rq.resp_body {
-            Body::Length(rem) => {
-                let n = copy_prefix(uin.filled(), spare, *rem);
-                *rem -= n as u64;
-                (n, n)
-            }
-            Body::Raw => {
-                let n = copy_prefix(uin.filled(), spare, u64::MAX);
-                (n, n)
-            }
-            Body::Chunked(dec) => match dec.relay(uin.filled(), spare, rq.rechunk) {
-                Ok(r) => r,
-                Err(_) => {
-                    // Bad framing mid-body: the response head is out; all we can do is cut it.
-                    self.drop_upstream(rq, cx);
-                    return Ok(Next::Go(Phase::Close));
-                }
-            },
-            Body::Done => (0, 0),
+        let Ok((used, made)) = relay_body(&mut rq.resp_body, uin.filled(), cout.spare(), rq.rechunk) else {
+            // Bad framing mid-body: the response head is out; all we can do is cut it.
+            self.drop_upstream(rq, cx);
+            return Ok(Next::Go(Phase::Close));
         };
         uin.consume(used);
         cout.commit(made);
@@ -309,6 +294,34 @@ impl Conn {
         progress |= used > 0;
         progress |= self.flush_client(cx)? > 0;
         Ok(self.resp_progress(rq, cx, up, progress))
+    }
+
+    /// Right after the response head: relays the body bytes that came with it, and when that
+    /// is the whole body (a short response, the common case) ends the exchange in the same
+    /// pass, without entering `RespBody` for a pass that would find nothing more to do (issue
+    /// #21). Only when that pass could do nothing more than this: all of the request sent, and
+    /// nothing left to read from the upstream (its stream ended, or its socket read dry and its
+    /// TLS session, if any, holding nothing). None: the rest goes through `RespBody`.
+    pub(super) fn whole_body(&mut self, rq: &mut Exchange, cx: &mut Cx, up: UpKey) -> Result<Option<Next>, Fault> {
+        let u = up_conn(&mut cx.ups, up)?;
+        let dry = rq.up_end.ended() || (!u.io.readable && u.tls.as_deref().is_none_or(Tls::is_quiet));
+        if !dry || !rq.req_sent() {
+            return Ok(None);
+        }
+        let (Some(uin), Some(cout)) = (rq.uin.as_mut(), self.cout.as_mut()) else { return Ok(None) };
+        let Ok((used, made)) = relay_body(&mut rq.resp_body, uin.filled(), cout.spare(), rq.rechunk) else {
+            // As in `resp_body`: the response head is queued; all we can do is cut it.
+            self.drop_upstream(rq, cx);
+            return Ok(Some(Next::Go(Phase::Close)));
+        };
+        uin.consume(used);
+        cout.commit(made);
+        rq.bytes_out += made as u64;
+        if !rq.resp_done() {
+            return Ok(None);
+        }
+        self.flush_client(cx)?;
+        Ok(Some(self.finish_exchange(rq, cx, up)))
     }
 
     /// After a round of response body: finished, cut short, or waiting.
@@ -381,6 +394,25 @@ impl Conn {
 /// An upstream connection's end, for reads and writes through its TLS if it has one.
 pub(super) fn end_of(u: &mut UpConn) -> End<'_> {
     End { sock: &u.sock, io: &mut u.io, tls: u.tls.as_deref_mut() }
+}
+
+/// Moves the response body bytes in `src` (what `uin` holds) into `dst` (`cout`'s spare room):
+/// as much as fits and belongs to the body, de-chunked or re-chunked as `rechunk` says.
+/// Returns (consumed, produced); Err for chunked framing that is not.
+fn relay_body(body: &mut Body, src: &[u8], dst: &mut [u8], rechunk: bool) -> Result<(usize, usize), ChunkError> {
+    Ok(match body {
+        Body::Length(rem) => {
+            let n = copy_prefix(src, dst, *rem);
+            *rem -= n as u64;
+            (n, n)
+        }
+        Body::Raw => {
+            let n = copy_prefix(src, dst, u64::MAX);
+            (n, n)
+        }
+        Body::Chunked(dec) => dec.relay(src, dst, rechunk)?,
+        Body::Done => (0, 0),
+    })
 }
 
 /// Copies the front of `src` into `dst`: as much as fits, at most `max` bytes. Returns how many.

@@ -511,6 +511,9 @@ impl Conn {
         if tunnel {
             return Ok(Next::Go(Phase::Tunnel(up)));
         }
+        if let Some(next) = self.whole_body(rq, cx, up)? {
+            return Ok(next);
+        }
         Ok(Next::Go(Phase::RespBody(up)))
     }
 

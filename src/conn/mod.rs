@@ -14,6 +14,10 @@
 //!                                                   |     what is left of a response)
 //!                                                   +--> ReadHead (keep-alive) | Linger --> Close
 //! ```
+//! A response whose whole body came with its head (the common short one) ends in `Exchange`
+//! (`body.rs`: `whole_body`), which goes to `ReadHead` or `Respond` as `RespBody` would (or to
+//! `Close` on chunked framing that is not).
+//!
 //! Only `enter` assigns `self.phase`; it is called from `run` (after a phase function returned
 //! `Next::Go`) and from `on_timeout`, and it `debug_assert!`s every (from, to) pair against
 //! `allowed`. A phase that needs an upstream connection carries its key (`UpKey`), so it cannot
@@ -247,6 +251,8 @@ fn allowed(from: Phase, to: Phase) -> bool {
         (Opening(_), Connect) => true,
         (Exchange(a), RespBody(b) | Tunnel(b)) => a == b,
         (Exchange(_), Connect | Respond) => true, // a retry; Apex's own 502/504
+        // The whole response came with its head (`whole_body`): as from `RespBody`.
+        (Exchange(_), ReadHead) => true,
         (RespBody(_), ReadHead | Respond) => true,
         // ReadHead while draining with bytes still queued for the client becomes Respond.
         (Respond, ReadHead | Respond | Linger) => true,
@@ -832,6 +838,7 @@ mod tests {
             (Phase::Exchange(a), Phase::RespBody(a)),
             (Phase::Exchange(a), Phase::Tunnel(a)),
             (Phase::Exchange(a), Phase::Connect),
+            (Phase::Exchange(a), Phase::ReadHead), // the whole response with its head
             (Phase::RespBody(a), Phase::ReadHead),
             (Phase::RespBody(a), Phase::Respond),
             (Phase::Respond, Phase::Linger),
