@@ -130,6 +130,33 @@ fn chunked_response_byte_by_byte() {
     assert_eq!(r.body, b"hello world");
 }
 
+const LENGTH_RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world";
+
+/// A Content-Length response written in two parts, split at every byte: the body bytes that
+/// come with the head are relayed at once (`whole_body`), the rest in `RespBody`. Either way
+/// the client gets the whole body, and the one upstream connection is pooled for the next.
+#[test]
+fn content_length_response_split_at_every_byte_position() {
+    let up = Upstream::start(|mut c| {
+        while let Some(r) = c.read_request() {
+            let n: usize = r.target.strip_prefix("/split/").and_then(|n| n.parse().ok()).unwrap_or(1);
+            let a = c.write(&LENGTH_RESP[..n]);
+            thread::sleep(ms(2));
+            if a.and_then(|_| c.write(&LENGTH_RESP[n..])).is_err() {
+                break;
+            }
+        }
+    });
+    let apex = Apex::start(&Config::to(up.addr));
+    let mut c = apex.client();
+    for i in 1..LENGTH_RESP.len() {
+        c.send(&get("h", &format!("/split/{i}")));
+        let r = c.try_read_response(false).unwrap_or_else(|e| panic!("split at {i}: {e}"));
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello world"[..]), "split at {i}");
+    }
+    assert_eq!(up.accepts(), 1, "every split response left its upstream connection pooled");
+}
+
 #[test]
 fn content_length_response_is_relayed() {
     let up = Upstream::http(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: 1\r\n\r\nabcde".to_vec());
