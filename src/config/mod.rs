@@ -117,7 +117,7 @@ pub struct TlsListen {
 
 /// A configured timeout in nanoseconds: the unit deadlines are armed in (`Cx::arm`), so that
 /// arming one, about seven times a request, is an add and not a conversion (issue #21).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeout(u64);
 
 impl Timeout {
@@ -125,10 +125,9 @@ impl Timeout {
         Timeout(ms.saturating_mul(1_000_000))
     }
 
-    /// Saturating: u64 nanoseconds span 584 years, so only a timeout near `Duration::MAX`
-    /// saturates, and it never fires either way.
+    /// Saturating, as `conn::nanos` is.
     pub fn from_duration(d: Duration) -> Timeout {
-        Timeout(d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos())))
+        Timeout(crate::conn::nanos(d))
     }
 
     #[inline]

@@ -20,7 +20,7 @@ use super::Cx;
 /// How a body is being moved.
 // A tag byte of its own (`repr(u8)`): without one the variant is kept in a niche of the chunk
 // decoder's state, and each of the nine or so checks a request makes (`is_done`, `req_done`)
-// finds it by subtracting and comparing. get −39 instructions a request (bench/README.md,
+// finds it by subtracting and comparing. get −38 instructions a request (bench/README.md,
 // round 12).
 #[derive(Clone, Copy, Debug)]
 #[repr(u8)]

@@ -148,7 +148,7 @@ impl Cx {
         self.now_ns / 1_000_000
     }
 
-    /// A deadline `d` from now, on `now_ns`'s clock; the sweep is brought forward to it.
+    /// A deadline `t` from now, on `now_ns`'s clock; the sweep is brought forward to it.
     fn arm(&mut self, t: Timeout) -> u64 {
         let at = self.now_ns.saturating_add(t.nanos());
         if at < self.next_sweep {
