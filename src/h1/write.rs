@@ -58,12 +58,19 @@ impl<'b> Out<'b> {
     }
 
     /// `Content-Length: n` CRLF, built on the stack and written in one copy.
-    pub fn content_length(&mut self, mut n: u64) {
+    pub fn content_length(&mut self, n: u64) {
+        self.content_length_then(n, b"\r\n");
+    }
+
+    /// `Content-Length: n`, then `end` (its CRLF, or that and the head's blank line).
+    #[inline(always)]
+    pub fn content_length_then<const E: usize>(&mut self, mut n: u64, end: &[u8; E]) {
         const NAME: &[u8; 16] = b"Content-Length: ";
-        let mut line = [0u8; 16 + 20 + 2];
-        let mut at = line.len() - 2;
-        if let Some(end) = line.last_chunk_mut::<2>() {
-            *end = *b"\r\n";
+        const { assert!(E <= 4) };
+        let mut line = [0u8; 16 + 20 + 4];
+        let mut at = line.len() - E;
+        if let Some(tail) = line.last_chunk_mut::<E>() {
+            *tail = *end;
         }
         loop {
             at -= 1;
@@ -83,13 +90,23 @@ impl<'b> Out<'b> {
     }
 
     pub fn put_ip(&mut self, ip: IpAddr) {
+        self.put_ip_after(b"", ip);
+    }
+
+    /// `prefix` (a field name, at most `PREFIX_MAX` bytes), then `ip`.
+    #[inline(always)]
+    pub fn put_ip_after<const P: usize>(&mut self, prefix: &[u8; P], ip: IpAddr) {
+        const { assert!(P <= PREFIX_MAX) };
         match ip {
             IpAddr::V4(v4) => {
-                // Into a stack buffer, then one copy: a put per octet and dot cost 260
-                // instructions per request. Each octet is one 4-byte store from `OCTET` (its
-                // digits, then a dot), so no division runs per request.
-                let mut text = [0u8; 16];
-                let mut len = 0;
+                // Into a stack buffer after the prefix, then one copy: a put per octet and dot
+                // cost 260 instructions per request. Each octet is one 4-byte store from `OCTET`
+                // (its digits, then a dot), so no division runs per request.
+                let mut text = [0u8; PREFIX_MAX + 16];
+                if let Some(head) = text.first_chunk_mut::<P>() {
+                    *head = *prefix;
+                }
+                let mut len = P;
                 for octet in v4.octets() {
                     let (word, n) = OCTET.get(usize::from(octet)).copied().unwrap_or_default(); // u8: always there
                     if let Some(slot) = text.get_mut(len..len + 4) {
@@ -98,9 +115,10 @@ impl<'b> Out<'b> {
                     len += usize::from(n) + 1;
                 }
                 // Less the last octet's dot.
-                self.put(text.get(..len.saturating_sub(1)).unwrap_or(&[]));
+                self.put(text.get(..len - 1).unwrap_or(&[]));
             }
             IpAddr::V6(_) => {
+                self.put(prefix);
                 let _ = write!(self, "{ip}");
             }
         }
@@ -117,6 +135,9 @@ impl<'b> Out<'b> {
         if self.overflow { None } else { Some(self.len) }
     }
 }
+
+/// The longest prefix `put_ip_after` takes.
+const PREFIX_MAX: usize = 24;
 
 /// Each octet's decimal digits followed by a dot, padded to four bytes, and the digit count.
 #[allow(clippy::indexing_slicing)] // const-evaluated; a u8 index into 256 entries
@@ -157,20 +178,28 @@ pub fn write_request(
     edits: Option<&Edits>,
     out: &mut Out,
 ) {
-    out.put(req.method.as_bytes());
-    out.put(b" ");
-    out.put(req.path.as_bytes());
-    // RFC 9110 §2.5: an intermediary sends its own version.
-    out.put(b" HTTP/1.1\r\nHost: ");
-    out.put(req.host);
-    out.put(b"\r\n");
+    // The request line and the Host line, as Apex writes them: copied, the two in one run with
+    // the lines after them, when the head already holds them in that form (`as_written`);
+    // else written from the parsed request.
+    let (headers, fields, run) = if as_written(req) {
+        (req.headers.get(1..).unwrap_or(&[]), req.fields.get(1..).unwrap_or(&[]), Some(0))
+    } else {
+        out.put(req.method.as_bytes());
+        out.put(b" ");
+        out.put(req.path.as_bytes());
+        // RFC 9110 §2.5: an intermediary sends its own version.
+        out.put(b" HTTP/1.1\r\nHost: ");
+        out.put(req.host);
+        out.put(b"\r\n");
+        (req.headers, req.fields, None)
+    };
     let names = req.connection_names;
     // Written below from the parsed request instead (Host, X-Forwarded-*), or answered by Apex
     // itself (Expect, RFC 9110 §10.1.1).
     let rewritten = |f: Field| {
         matches!(f, Field::Host | Field::Expect | Field::XForwardedFor | Field::XForwardedProto | Field::XForwardedHost)
     };
-    copy_kept_lines(req.raw, req.headers, req.fields, None, out, |h, f| {
+    copy_kept_lines(req.raw, headers, fields, run, out, |h, f| {
         rewritten(f)
             || f.hop_by_hop()
             || (!names.is_empty() && named_in(names, h.name.as_bytes()))
@@ -181,22 +210,36 @@ pub fn write_request(
     }
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): join them in order, then
     // append the client's address.
-    out.put(b"X-Forwarded-For: ");
-    let xff = req.headers.iter().zip(req.fields).filter(|(_, f)| append && **f == Field::XForwardedFor);
-    for (h, _) in xff {
-        let v = super::trim_ows(h.value);
-        if !v.is_empty() {
+    const XFF: &[u8; 17] = b"X-Forwarded-For: ";
+    let mut list = req
+        .headers
+        .iter()
+        .zip(req.fields)
+        .filter(|(_, f)| append && **f == Field::XForwardedFor)
+        .map(|(h, _)| super::trim_ows(h.value))
+        .filter(|v| !v.is_empty())
+        .peekable();
+    if list.peek().is_none() {
+        out.put_ip_after(XFF, client_ip); // the name and the address in one copy
+    } else {
+        out.put(XFF);
+        for v in list {
             out.put(v);
             out.put(b", ");
         }
+        out.put_ip_after(b"", client_ip);
     }
-    out.put_ip(client_ip);
     out.put(if https {
         &b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: "[..]
     } else {
         &b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "[..]
     });
     out.put(req.host);
+    // Nothing after X-Forwarded-Host (the usual GET): its CRLF and the blank line in one copy.
+    if matches!(req.framing, Framing::None | Framing::Close) && req.upgrade.is_none() {
+        out.put(b"\r\n\r\n");
+        return;
+    }
     out.put(b"\r\n");
     match req.framing {
         Framing::Length(n) => out.content_length(n),
@@ -209,6 +252,32 @@ pub fn write_request(
         out.put(b"\r\n");
     }
     out.put(b"\r\n");
+}
+
+/// Whether the head begins with the request line and the Host line exactly as `write_request` would write them: `method SP target SP
+/// "HTTP/1.1" CRLF` with the target going upstream unchanged (no rule rewrote it, origin-form or
+/// `*`), then `Host: value` CRLF with the very value that goes upstream, one SP before it,
+/// nothing after it. httparse took the line's delimiters as single SPs and the value without
+/// leading or trailing whitespace, and `lines_end_in_crlf` checked the CRLFs; this checks
+/// what is left: the positions, the version and the name's spelling.
+fn as_written(req: &Request) -> bool {
+    let raw = req.raw;
+    let at = |p: &[u8]| (p.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
+    let (method, path) = (req.method.as_bytes(), req.path.as_bytes());
+    let Some(host) = req.headers.first() else { return false };
+    if at(method) != 0 || at(path) != method.len() + 1 {
+        return false; // not at the start of this head: a rewritten path, or an absolute-form target
+    }
+    let version_at = method.len() + 1 + path.len();
+    let line_end = version_at + b" HTTP/1.1\r\n".len();
+    let value_at = line_end + b"Host: ".len();
+    raw.get(version_at..line_end) == Some(&b" HTTP/1.1\r\n"[..])
+        && at(host.name.as_bytes()) == line_end
+        && host.name == "Host"
+        && at(host.value) == value_at
+        && std::ptr::eq(host.value, req.host)
+        && raw.get(value_at - 2..value_at) == Some(&b": "[..])
+        && raw.get(value_at + host.value.len()) == Some(&b'\r')
 }
 
 /// How a response goes to the client.
@@ -253,6 +322,11 @@ pub fn write_response(resp: &Response, mode: RespMode, edits: Option<&Edits>, ou
         e.write(out);
     }
     match mode.framing {
+        // Nothing after Content-Length (keep-alive to an HTTP/1.1 client, the usual response):
+        // its CRLF and the blank line in one copy.
+        Framing::Length(n) if !mode.tunnel && mode.keep_alive && mode.client_minor != 0 => {
+            return out.content_length_then(n, b"\r\n\r\n");
+        }
         Framing::Length(n) => out.content_length(n),
         Framing::Chunked => out.put(b"Transfer-Encoding: chunked\r\n"),
         // A bodiless response still says how long the body would be (HEAD, 304: RFC 9110 §8.6).
@@ -601,6 +675,89 @@ mod tests {
         write_response(&resp, RespMode { framing: resp.framing, ..mode }, None, &mut out);
         let n = out.finish().unwrap();
         assert_eq!(&buf[..n], &plain[..]);
+    }
+
+    /// The request line and Host line are copied from the head only when they are already what
+    /// Apex writes; every other form is written from the parsed request, and the result is the
+    /// same head either way.
+    #[test]
+    fn request_and_host_lines_copied_only_as_written() {
+        let tail = "X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a.com\r\n\r\n";
+        for (head, copied, want) in [
+            (
+                &b"GET /x HTTP/1.1\r\nHost: a.com\r\nB: 2\r\n\r\n"[..],
+                true,
+                "GET /x HTTP/1.1\r\nHost: a.com\r\nB: 2\r\n",
+            ),
+            (b"GET /x HTTP/1.1\r\nHost: a.com\r\n\r\n", true, "GET /x HTTP/1.1\r\nHost: a.com\r\n"),
+            (b"OPTIONS * HTTP/1.1\r\nHost: a.com\r\n\r\n", true, "OPTIONS * HTTP/1.1\r\nHost: a.com\r\n"),
+            // Host first but dropped lines after it: the run ends before them.
+            (
+                b"GET /x HTTP/1.1\r\nHost: a.com\r\nTE: x\r\nB: 2\r\n\r\n",
+                true,
+                "GET /x HTTP/1.1\r\nHost: a.com\r\nB: 2\r\n",
+            ),
+            // Each of these differs from Apex's form in one place.
+            (b"GET /x HTTP/1.0\r\nHost: a.com\r\n\r\n", false, "GET /x HTTP/1.1\r\nHost: a.com\r\n"),
+            (b"GET /x HTTP/1.1\r\nhost: a.com\r\n\r\n", false, "GET /x HTTP/1.1\r\nHost: a.com\r\n"),
+            (b"GET /x HTTP/1.1\r\nHost:a.com\r\n\r\n", false, "GET /x HTTP/1.1\r\nHost: a.com\r\n"),
+            (b"GET /x HTTP/1.1\r\nHost:  a.com\r\n\r\n", false, "GET /x HTTP/1.1\r\nHost: a.com\r\n"),
+            (b"GET /x HTTP/1.1\r\nHost: a.com \r\n\r\n", false, "GET /x HTTP/1.1\r\nHost: a.com\r\n"),
+            (b"GET /x HTTP/1.1\r\nB: 2\r\nHost: a.com\r\n\r\n", false, "GET /x HTTP/1.1\r\nHost: a.com\r\nB: 2\r\n"),
+            (b"GET http://a.com/x HTTP/1.1\r\nHost: a.com\r\n\r\n", false, "GET /x HTTP/1.1\r\nHost: a.com\r\n"),
+        ] {
+            let arena = Bump::new();
+            let req = parse_request(head, &arena, 32).unwrap();
+            assert_eq!(as_written(&req), copied, "{:?}", String::from_utf8_lossy(head));
+            assert_eq!(rewrite(head), format!("{want}{tail}"), "{:?}", String::from_utf8_lossy(head));
+        }
+        // A path a rule rewrote is in the arena, not in the head: written, never copied.
+        let arena = Bump::new();
+        let mut req = parse_request(b"GET /api/x HTTP/1.1\r\nHost: a.com\r\n\r\n", &arena, 32).unwrap();
+        req.path = arena.alloc_str("/x");
+        assert!(!as_written(&req));
+        let mut buf = [0u8; 512];
+        let mut out = Out::new(&mut buf);
+        write_request(&req, "10.0.0.9".parse().unwrap(), true, false, None, &mut out);
+        let n = out.finish().unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), format!("GET /x HTTP/1.1\r\nHost: a.com\r\n{tail}"));
+    }
+
+    /// The head's end: the blank line joins the last line's copy only when nothing follows it.
+    #[test]
+    fn head_endings() {
+        let arena = Bump::new();
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
+        let resp = crate::h1::response::parse_response(head, &arena, 32, false).unwrap();
+        for (keep_alive, client_minor, tunnel, want) in [
+            (true, 1, false, "Content-Length: 2\r\n\r\n"),
+            (false, 1, false, "Content-Length: 2\r\nConnection: close\r\n\r\n"),
+            (true, 0, false, "Content-Length: 2\r\nConnection: keep-alive\r\n\r\n"),
+            (true, 1, true, "Content-Length: 2\r\nConnection: upgrade\r\nUpgrade: \r\n\r\n"),
+        ] {
+            let mut buf = [0u8; 256];
+            let mut out = Out::new(&mut buf);
+            let mode = RespMode { framing: resp.framing, keep_alive, client_minor, tunnel };
+            write_response(&resp, mode, None, &mut out);
+            let n = out.finish().unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), format!("HTTP/1.1 200 OK\r\n{want}"));
+        }
+        let tail = "X-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n";
+        for (head, want) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], format!("{tail}\r\n")),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", format!("{tail}Content-Length: 3\r\n\r\n")),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                format!("{tail}Transfer-Encoding: chunked\r\n\r\n"),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                format!("{tail}Connection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            ),
+        ] {
+            let got = rewrite(head);
+            assert!(got.ends_with(&format!("X-Forwarded-For: 10.0.0.9\r\n{want}")), "{got:?}");
+        }
     }
 
     /// `forwarded_for = "replace"`: the client's list is dropped, whatever it says.
