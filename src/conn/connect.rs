@@ -147,6 +147,9 @@ impl Conn {
                     if rq.fd == FdReclaim::No {
                         rq.fd = FdReclaim::Asked;
                         rq.tried &= !(1u64 << idx);
+                        // A deadline of its own while it waits (`enter` arms none for a pick),
+                        // or a stale one from the head could fire and blame the server.
+                        self.deadline = cx.arm(cx.cfg.timeouts.upstream_connect);
                         return Ok(Next::Wait);
                     }
                     let close = !rq.req_done();

@@ -293,6 +293,12 @@ impl Exchange {
             && self.rec.is_none()
     }
 
+    /// The head scan has not begun: what `is_pristine` comes to in `ReadHead` after a step
+    /// that ended well (`Conn::park`).
+    pub(super) fn head_untouched(&self) -> bool {
+        self.head_scan == 0 && !self.head_timer && !self.line_ok
+    }
+
     /// Gives back what this exchange holds (buffers, pipes, the access-log record) and resets
     /// it for the next request. Its upstream connection, if any, belongs to the phase and has
     /// been pooled or closed already.

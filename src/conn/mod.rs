@@ -455,7 +455,7 @@ impl Conn {
         {
             r = self.linger_after_alert(&mut rq, cx, key);
         }
-        self.park(rq, cx);
+        self.park(rq, cx, r.is_ok());
         r
     }
 
@@ -479,8 +479,16 @@ impl Conn {
     }
 
     /// Keeps the exchange while it holds or means anything; an idle connection gives it back.
-    fn park(&mut self, rq: Box<Exchange>, cx: &mut Cx) {
-        if matches!(self.phase, Phase::ReadHead) && rq.is_pristine() && self.cin.as_ref().is_none_or(Buf::is_empty) {
+    /// After a step that ended well in `ReadHead`, only the head scan can have touched it since
+    /// it was reset (`enter` resets it on the way in; everything else a request sets comes with
+    /// the step that leaves `ReadHead`): those fields are all that is looked at then. A step
+    /// that failed may have stopped anywhere, so its exchange is looked at whole.
+    fn park(&mut self, rq: Box<Exchange>, cx: &mut Cx, ok: bool) {
+        let idle = matches!(self.phase, Phase::ReadHead)
+            && if ok { rq.head_untouched() } else { rq.is_pristine() }
+            && self.cin.as_ref().is_none_or(Buf::is_empty);
+        debug_assert!(!idle || rq.is_pristine(), "an exchange given back holding something: {rq:?}");
+        if idle {
             cx.exchanges.give(rq);
         } else {
             self.rq = Some(rq);
@@ -557,9 +565,13 @@ impl Conn {
                 rq.head_timer = has_bytes;
                 if has_bytes { t.client_head } else { t.client_idle }
             }
-            // A deadline of its own, or a stale one from the head could fire while an fd is
-            // being reclaimed and blame the server for it.
-            Phase::Connect | Phase::Opening(_) => t.upstream_connect,
+            // `connect` runs in the same pass and leaves `Connect` at once, except to wait for an
+            // fd: it arms this deadline then (`connect`), not on every pick.
+            Phase::Connect => {
+                self.phase = to;
+                return;
+            }
+            Phase::Opening(_) => t.upstream_connect,
             // The route's own values (PerRequest), set when the request was routed.
             Phase::Exchange(_) => {
                 debug_assert!(rq.snap.is_some(), "exchanging an unrouted request");
@@ -723,7 +735,7 @@ impl Conn {
     pub fn on_timeout(&mut self, cx: &mut Cx, key: ClientKey) -> Result<(), Fault> {
         let mut rq = self.rq.take().unwrap_or_else(|| cx.exchanges.take());
         let r = self.timed_out(&mut rq, cx, key);
-        self.park(rq, cx);
+        self.park(rq, cx, r.is_ok());
         r
     }
 
