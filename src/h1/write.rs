@@ -254,29 +254,28 @@ pub fn write_request(
     out.put(b"\r\n");
 }
 
-/// Whether the head begins with the request line and the Host line exactly as `write_request` would write them: `method SP target SP
-/// "HTTP/1.1" CRLF` with the target going upstream unchanged (no rule rewrote it, origin-form or
-/// `*`), then `Host: value` CRLF with the very value that goes upstream, one SP before it,
-/// nothing after it. httparse took the line's delimiters as single SPs and the value without
-/// leading or trailing whitespace, and `lines_end_in_crlf` checked the CRLFs; this checks
-/// what is left: the positions, the version and the name's spelling.
+/// Whether the head begins with the request line and the Host line exactly as `write_request`
+/// would write them: `method SP target SP "HTTP/1.1" CRLF` with the target going upstream
+/// unchanged (no rule rewrote it, origin-form or `*`), then `Host: value` CRLF with the very
+/// value that goes upstream, one SP before it, nothing after it. httparse took the line's
+/// delimiters as single SPs, began the first field line right after the request line's CRLF
+/// (`lines_end_in_crlf` checked that it is one), ended its name at the colon and took its value
+/// without leading or trailing whitespace; what is left to check is the version, the name's
+/// spelling and where the value lies.
 fn as_written(req: &Request) -> bool {
+    const AFTER_TARGET: &[u8; 17] = b" HTTP/1.1\r\nHost: ";
     let raw = req.raw;
     let at = |p: &[u8]| (p.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize);
-    let (method, path) = (req.method.as_bytes(), req.path.as_bytes());
+    let path = req.path.as_bytes();
     let Some(host) = req.headers.first() else { return false };
-    if at(method) != 0 || at(path) != method.len() + 1 {
-        return false; // not at the start of this head: a rewritten path, or an absolute-form target
+    // Not right after the method: a path a rule rewrote, or an absolute-form target's.
+    if at(path) != req.method.len() + 1 {
+        return false;
     }
-    let version_at = method.len() + 1 + path.len();
-    let line_end = version_at + b" HTTP/1.1\r\n".len();
-    let value_at = line_end + b"Host: ".len();
-    raw.get(version_at..line_end) == Some(&b" HTTP/1.1\r\n"[..])
-        && at(host.name.as_bytes()) == line_end
-        && host.name == "Host"
+    let value_at = at(path) + path.len() + AFTER_TARGET.len();
+    raw.get(value_at - AFTER_TARGET.len()..value_at) == Some(&AFTER_TARGET[..])
         && at(host.value) == value_at
         && std::ptr::eq(host.value, req.host)
-        && raw.get(value_at - 2..value_at) == Some(&b": "[..])
         && raw.get(value_at + host.value.len()) == Some(&b'\r')
 }
 
