@@ -80,22 +80,27 @@ pub fn parse_request_in<'a>(
         return Ok(None);
     };
     let head = buf.get(..len).unwrap_or(&[]);
-    if !super::lines_end_in_crlf(head, req.headers) {
+    let headers: &'a [httparse::Header<'a>] = req.headers;
+    // A bare LF anywhere is the error for the whole head, before anything else is judged:
+    // `lines_end_in_crlf`, checked in two parts. The end now, each field line in the loop that
+    // classifies them (one pass over the fields, not two); an error found before the loop has
+    // seen every line checks the rest first (`refuse`, off the common path).
+    if !super::ends_in_blank_line(head) {
         return Err(H1Error::BadLineEnding);
     }
+    let refuse = |e: H1Error| if super::lines_end_in_crlf(head, headers) { e } else { H1Error::BadLineEnding };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(H1Error::Syntax("incomplete request line"));
+        return Err(refuse(H1Error::Syntax("incomplete request line")));
     };
-    let headers: &'a [httparse::Header<'a>] = req.headers;
 
     // RFC 9110 §9.3.6: CONNECT asks a forward proxy for a tunnel. Apex is a gateway.
     if method == "CONNECT" {
-        return Err(H1Error::MethodNotAllowed);
+        return Err(refuse(H1Error::MethodNotAllowed));
     }
     // RFC 9112 §3.2: visible ASCII only; httparse lets some non-ASCII through.
     // No fragment either: no request-target form has one (RFC 9112 §3.2).
     if target.is_empty() || !target.bytes().all(|b| (b'!'..=b'~').contains(&b) && b != b'#') {
-        return Err(H1Error::BadTarget);
+        return Err(refuse(H1Error::BadTarget));
     }
 
     let mut host: Option<&[u8]> = None;
@@ -106,8 +111,12 @@ pub fn parse_request_in<'a>(
     // RFC 9110 §5.5: no control bytes in a value. httparse refuses them (its HEADER_VALUE_MAP is
     // exactly VCHAR, obs-text, SP and HTAB; h1::tests::field_values_checked_by_httparse holds it to
     // that), so values are not scanned a second time here.
-    let kinds = arena.try_alloc_slice_fill_copy(headers.len(), Field::Other).map_err(|_| H1Error::TooManyHeaders)?;
+    let kinds =
+        arena.try_alloc_slice_fill_copy(headers.len(), Field::Other).map_err(|_| refuse(H1Error::TooManyHeaders))?;
     for (h, kind) in headers.iter().zip(kinds.iter_mut()) {
+        if !super::crlf_before(head, h.name) {
+            return Err(H1Error::BadLineEnding);
+        }
         let name = h.name.as_bytes();
         let field = Field::of(name);
         *kind = field;
@@ -116,26 +125,27 @@ pub fn parse_request_in<'a>(
         // a framing field, or one Apex sets, in disguise is refused (nginx drops underscored
         // names by default for the same reason). Such a name is as long as the real one.
         if field == Field::Other && name.len() >= DISGUISE_MIN_LEN && is_ours_in_disguise(name) {
-            return Err(H1Error::Syntax("underscore in a framing or forwarding header name"));
+            return Err(refuse(H1Error::Syntax("underscore in a framing or forwarding header name")));
         }
-        if fields.take(field, h.value, &mut names)? {
+        if fields.take(field, h.value, &mut names).map_err(refuse)? {
             continue;
         }
         match field {
             // RFC 9112 §3.2: more than one Host is a 400.
-            Field::Host if host.is_some() => return Err(H1Error::BadHost),
+            Field::Host if host.is_some() => return Err(refuse(H1Error::BadHost)),
             Field::Host => host = Some(trim_ows(h.value)),
             Field::Expect => {
                 // RFC 9110 §10.1.1: only 100-continue is defined.
                 if trim_ows(h.value).eq_ignore_ascii_case(b"100-continue") {
                     expect_continue = minor == 1;
                 } else {
-                    return Err(H1Error::ExpectationFailed);
+                    return Err(refuse(H1Error::ExpectationFailed));
                 }
             }
             _ => {}
         }
     }
+    // Every line has been checked from here on: errors below are the head's own.
     let MessageFields { content_length, te_seen, close, keep_alive: keep_alive_token, upgrade_token, upgrade } = fields;
 
     let framing = if te_seen {
@@ -326,6 +336,41 @@ pub(crate) fn named_in(names: &[&[u8]], name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bare LF is the error for the whole head, whichever line has it and whatever else is
+    /// wrong before it: the field lines are checked in the classifying loop, and an error found
+    /// before that loop has seen every line checks the rest first.
+    #[test]
+    fn bare_lf_wins_over_every_other_error() {
+        let arena = Bump::new();
+        let faults: [(&str, &str, H1Error); 7] = [
+            ("CONNECT a:1", "Host: a", H1Error::MethodNotAllowed),
+            ("GET /#f", "Host: a", H1Error::BadTarget),
+            ("GET /", "Host: a\r\nExpect: x", H1Error::ExpectationFailed),
+            ("GET /", "Host: a\r\nHost: b", H1Error::BadHost),
+            ("GET /", "Host: a\r\nContent-Length: x", H1Error::BadContentLength),
+            (
+                "GET /",
+                "Host: a\r\nContent_Length: 1",
+                H1Error::Syntax("underscore in a framing or forwarding header name"),
+            ),
+            ("GET /", "Host: a\r\nContent-Length: 1\r\nContent-Length: 1", H1Error::BadContentLength),
+        ];
+        for (line, fields, alone) in faults {
+            let whole = format!("{line} HTTP/1.1\r\n{fields}\r\nX: 1\r\n\r\n");
+            let got = parse_request_in(whole.as_bytes(), &arena, 32).map(|r| r.is_some());
+            assert_eq!(got, Err(alone), "{whole:?}");
+            // The same head with a bare LF after the fault, in a later line, and at the start.
+            for bare in [
+                format!("{line} HTTP/1.1\r\n{fields}\nX: 1\r\n\r\n"),
+                format!("{line} HTTP/1.1\r\n{fields}\r\nX: 1\nY: 2\r\n\r\n"),
+                format!("{line} HTTP/1.1\n{fields}\r\nX: 1\r\n\r\n"),
+            ] {
+                let got = parse_request_in(bare.as_bytes(), &arena, 32).map(|r| r.is_some());
+                assert_eq!(got, Err(H1Error::BadLineEnding), "{bare:?}");
+            }
+        }
+    }
 
     /// RFC 3986 §3.2.2: reg-name = *( unreserved / pct-encoded / sub-delims ), byte by byte.
     #[test]

@@ -159,10 +159,21 @@ pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H
 /// `head` must start with the start line (httparse skips leading empty lines; callers leave
 /// those to `find_head_end`).
 pub(crate) fn lines_end_in_crlf(head: &[u8], headers: &[httparse::Header<'_>]) -> bool {
-    let base = head.as_ptr() as usize;
-    let crlf_before = |at: usize| matches!(at.checked_sub(2).and_then(|s| head.get(s..at)), Some([b'\r', b'\n']));
-    headers.iter().all(|h| crlf_before((h.name.as_ptr() as usize).wrapping_sub(base)))
-        && matches!(head.last_chunk::<4>(), Some(b"\r\n\r\n"))
+    headers.iter().all(|h| crlf_before(head, h.name)) && ends_in_blank_line(head)
+}
+
+/// `lines_end_in_crlf` for one field line: the line before `name` (a field name httparse found
+/// in `head`) ends in CRLF.
+#[inline(always)]
+pub(crate) fn crlf_before(head: &[u8], name: &str) -> bool {
+    let at = (name.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+    matches!(at.checked_sub(2).and_then(|s| head.get(s..at)), Some([b'\r', b'\n']))
+}
+
+/// `lines_end_in_crlf` for the head's end: its last line and the blank line end in CRLF.
+#[inline(always)]
+pub(crate) fn ends_in_blank_line(head: &[u8]) -> bool {
+    matches!(head.last_chunk::<4>(), Some(b"\r\n\r\n"))
 }
 
 /// A head found at the start of a buffer: httparse parses it straight from the bytes read, and

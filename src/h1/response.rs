@@ -63,7 +63,10 @@ pub fn parse_response_in<'a>(
         return Ok(None);
     };
     let head = buf.get(..len).unwrap_or(&[]);
-    if !super::lines_end_in_crlf(head, resp.headers) {
+    // `super::lines_end_in_crlf`, here in two parts: the end now, each field line in the loop
+    // that classifies them (one pass over the fields, not two). A response refused for one
+    // fault or another is the same 502, so which the loop finds first does not matter.
+    if !super::ends_in_blank_line(head) {
         return Err(H1Error::BadLineEnding);
     }
     let (Some(code), Some(minor)) = (resp.code, resp.version) else {
@@ -84,6 +87,9 @@ pub fn parse_response_in<'a>(
     // repeated Content-Length in a response is a 502.
     let kinds = arena.try_alloc_slice_fill_copy(headers.len(), Field::Other).map_err(|_| H1Error::TooManyHeaders)?;
     for (h, kind) in headers.iter().zip(kinds.iter_mut()) {
+        if !super::crlf_before(head, h.name) {
+            return Err(H1Error::BadLineEnding);
+        }
         *kind = Field::of(h.name.as_bytes());
         fields.take(*kind, h.value, &mut names)?;
     }
