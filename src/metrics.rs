@@ -97,14 +97,52 @@ impl Histogram {
 
     #[inline(always)]
     pub fn observe(&self, us: u64) {
-        // The first bound >= us: Prometheus's `le` (less than or equal).
-        let i = BOUNDS_US.partition_point(|&b| b < us);
-        if let Some(c) = self.buckets.get(i) {
+        if let Some(c) = self.buckets.get(bucket_of(us)) {
             c.inc();
         }
         self.sum_us.add(us);
     }
 }
+
+/// The bucket `us` falls in: the first bound >= us (Prometheus's `le`, less than or equal), as
+/// `BOUNDS_US.partition_point(|&b| b < us)` finds it, without its search. Each bound is at least
+/// twice the one before, so the values of one bit length (`[2^(n-1), 2^n)`) hold at most one
+/// bound: `BY_BITS[n]` has the count of bounds below them and that bound, and one compare
+/// finishes. Two a request (route and server); bench/README.md, round 13.
+#[inline(always)]
+pub fn bucket_of(us: u64) -> usize {
+    let bits = (u64::BITS - us.leading_zeros()) as usize;
+    let (below, bound) = BY_BITS.get(bits).copied().unwrap_or((BOUNDS_US.len() as u8, u64::MAX)); // bits <= 64: always there
+    usize::from(below) + usize::from(us > bound)
+}
+
+/// For each bit length n (0 to 64): how many bounds lie below `2^(n-1)` (below 1 for n = 0), and
+/// the one bound in `[2^(n-1), 2^n)` (u64::MAX when there is none).
+#[allow(clippy::indexing_slicing)] // const-evaluated, within the arrays' lengths
+const BY_BITS: [(u8, u64); 65] = {
+    let mut t = [(0u8, u64::MAX); 65];
+    let mut n = 0;
+    while n <= 64 {
+        let (lo, hi) =
+            if n == 0 { (0u64, 0u64) } else { (1u64 << (n - 1), if n == 64 { u64::MAX } else { (1u64 << n) - 1 }) };
+        let mut below = 0;
+        let mut bound = u64::MAX;
+        let mut i = 0;
+        while i < BOUNDS_US.len() {
+            let b = BOUNDS_US[i];
+            if b < lo {
+                below += 1;
+            } else if b <= hi {
+                assert!(bound == u64::MAX, "two bounds of one bit length");
+                bound = b;
+            }
+            i += 1;
+        }
+        t[n] = (below, bound);
+        n += 1;
+    }
+    t
+};
 
 /// Why a client connection closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,4 +469,34 @@ fn slot_of<T: PartialEq>(names: &mut Vec<T>, key: T, cap: usize, other: impl Fn(
         names.push(other());
     }
     cap - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bucket_of` is the search it replaces, at every bound and its neighbours, at every power
+    /// of two and its neighbours, and at the ends.
+    #[test]
+    fn bucket_of_is_the_search() {
+        let search = |us: u64| BOUNDS_US.partition_point(|&b| b < us);
+        let mut values = vec![0, 1, 2, u64::MAX - 1, u64::MAX];
+        for b in BOUNDS_US {
+            values.extend([b - 1, b, b + 1]);
+        }
+        for n in 0..64 {
+            let p = 1u64 << n;
+            values.extend([p - 1, p, p + 1]);
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push(x >> (x % 64));
+        }
+        for us in values {
+            assert_eq!(bucket_of(us), search(us), "{us} µs");
+        }
+    }
 }
