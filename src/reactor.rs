@@ -152,6 +152,7 @@ impl Worker {
             conns: Slab::with_capacity(cap),
             cx: Cx {
                 now_ns,
+                origin_ns: crate::clock::origin_ns(),
                 cfg,
                 published: arc_swap::Cache::new(shared),
                 draining: false,
@@ -252,18 +253,21 @@ impl Worker {
 
     /// One poll and everything it made ready.
     pub fn turn(&mut self, events: &mut Events) -> io::Result<()> {
-        self.turn_within(events, Duration::MAX)
+        self.turn_capped(events, u64::MAX)
     }
 
     /// `turn`, waiting in `poll` at most `max_wait` (tests and fuzzing drive a worker by hand).
     pub fn turn_within(&mut self, events: &mut Events, max_wait: Duration) -> io::Result<()> {
+        self.turn_capped(events, crate::conn::nanos(max_wait))
+    }
+
+    /// A turn waiting at most `cap_ns` nanoseconds (u64::MAX: no cap, `turn`'s, so that the
+    /// worker's own loop converts no `Duration` per turn).
+    fn turn_capped(&mut self, events: &mut Events, cap_ns: u64) -> io::Result<()> {
         // From the batch's clock, not a fresh one: the sweep may come one batch's work late,
         // well inside its own granularity (`SWEEP_MIN_MS`), and a turn reads the clock once.
-        let timeout_ns = if self.again.is_empty() {
-            self.cx.next_sweep.saturating_sub(self.cx.now_ns).min(crate::conn::nanos(max_wait))
-        } else {
-            0
-        };
+        let timeout_ns =
+            if self.again.is_empty() { self.cx.next_sweep.saturating_sub(self.cx.now_ns).min(cap_ns) } else { 0 };
         // epoll_wait on mio's epoll fd, straight (rustix's raw syscall): mio's `poll` goes through
         // glibc's cancellation wrapper and rounds the timeout in u128, about 45 instructions a
         // call more (issue #21). Registration stays mio's, and so does the meaning of the flags
@@ -312,11 +316,15 @@ impl Worker {
             }
         }
 
-        std::mem::swap(&mut self.again, &mut self.again_now);
-        while let Some(key) = self.again_now.pop() {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.queued = false;
-                self.drive(key);
+        // Connections stepped again (out of turns, or handed an fd): usually none, and then not
+        // even the swap (six words moved each turn).
+        if !self.again.is_empty() {
+            std::mem::swap(&mut self.again, &mut self.again_now);
+            while let Some(key) = self.again_now.pop() {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.queued = false;
+                    self.drive(key);
+                }
             }
         }
 
