@@ -43,7 +43,18 @@ pub fn epoch() -> Instant {
 /// Nanoseconds since `epoch`, now.
 #[inline]
 pub fn now_ns() -> u64 {
-    let origin = the_epoch().raw_ns;
+    now_ns_from(origin_ns())
+}
+
+/// The raw clock's reading at `epoch`: kept by a worker, so that its reads of the clock
+/// (`now_ns_from`) need not look at the process-wide `OnceLock` each time.
+pub fn origin_ns() -> u64 {
+    the_epoch().raw_ns
+}
+
+/// `now_ns`, given `origin_ns`.
+#[inline]
+pub fn now_ns_from(origin: u64) -> u64 {
     raw_ns().saturating_sub(origin)
 }
 

@@ -77,6 +77,8 @@ pub struct Cx {
     /// `Instant + Duration` and `saturating_duration_since` cost ~30 instructions each (a
     /// connection arms about seven deadlines per request). `now()` is it as an `Instant`.
     pub now_ns: u64,
+    /// `clock::origin_ns`, read once.
+    pub origin_ns: u64,
     pub cfg: Arc<Config>,
     /// The published config, read through arc-swap's `Cache`: while nothing was published, a
     /// check is one atomic load and a compare (a full `load` was ~37 instructions).
@@ -133,7 +135,7 @@ impl Cx {
     /// Reads the batch's clock into `now_ns`.
     #[inline]
     pub fn set_now(&mut self) {
-        self.now_ns = crate::clock::now_ns();
+        self.now_ns = crate::clock::now_ns_from(self.origin_ns);
     }
 
     /// The batch's clock as an `Instant`, for what keeps `Instant`s (the log's timers, per-IP
